@@ -1,0 +1,44 @@
+# Two commands do everything on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CASCADE := $(BIN)/cascade
+STAMP := $(VENV)/.installed
+
+.PHONY: run test install lint format proto clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q --upgrade pip
+	# torch first, pinned, so that pip takes the local CPU wheel and never a CUDA build
+	$(BIN)/python -m pip install --disable-pip-version-check -q torch==2.13.0
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(CASCADE) data fetch movielens-100k
+	$(CASCADE) train recall
+	$(CASCADE) rebuild-index --if-stale
+	$(CASCADE) train ranking
+	$(CASCADE) serve
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+proto: $(STAMP)
+	$(BIN)/python -m services.api.codegen
+
+clean:
+	rm -rf $(VENV) artifacts var .pytest_cache .ruff_cache

@@ -1,0 +1,214 @@
+"""The ``cascade`` command line. Stage code is imported inside each command, so ``--help`` is instant."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from cascade.config import AppConfig, load_config
+
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="Cascade: recall-and-rank recommendations."
+)
+data_app = typer.Typer(no_args_is_help=True, help="Prepare datasets.")
+train_app = typer.Typer(no_args_is_help=True, help="Train models.")
+evaluate_app = typer.Typer(no_args_is_help=True, help="Evaluate on the temporal split.")
+app.add_typer(data_app, name="data")
+app.add_typer(train_app, name="train")
+app.add_typer(evaluate_app, name="evaluate")
+
+console = Console()
+logger = logging.getLogger("cascade")
+_state: dict[str, AppConfig] = {}
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML config file (default: $CASCADE_CONFIG or ./cascade.toml)."),
+]
+
+
+@app.callback()
+def main(
+    config: ConfigOption = None,
+    log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
+) -> None:
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)],
+    )
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it logs its CPU-feature probing at INFO
+    cfg = load_config(config)
+    _state["config"] = cfg
+    logger.debug("resolved config:\n%s", cfg.resolved_json())
+
+
+def _config() -> AppConfig:
+    return _state["config"]
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=1)
+
+
+def _run(fn, *args, **kwargs):
+    from cascade.errors import CascadeError
+
+    try:
+        return fn(*args, **kwargs)
+    except (CascadeError, RuntimeError, FileNotFoundError) as exc:
+        _fail(str(exc))
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: Annotated[str, typer.Argument(help="Dataset to prepare, e.g. movielens-100k.")],
+    source: Annotated[Path | None, typer.Option("--from", help="Official GroupLens zip or folder.")] = None,
+    force: Annotated[bool, typer.Option(help="Prepare again even if already there.")] = False,
+) -> None:
+    """Prepare a MovieLens dataset under data_dir (ML-100K needs no GroupLens access)."""
+    from cascade.data.fetch import fetch
+
+    path = _run(fetch, name, _config().data.data_dir, source, force)
+    console.print(f"dataset ready at [bold]{path}[/]")
+
+
+@data_app.command("synth")
+def data_synth(
+    name: Annotated[str, typer.Option(help="Folder name under data_dir.")] = "synthetic",
+    users: Annotated[int, typer.Option(help="Number of users.")] = 10_000,
+    items: Annotated[int, typer.Option(help="Number of items.")] = 20_000,
+    interactions: Annotated[int, typer.Option(help="Approximate number of interactions.")] = 500_000,
+    seed: Annotated[int | None, typer.Option(help="Seed (default: the config's).")] = None,
+) -> None:
+    """Generate a seeded synthetic MovieLens-shaped dataset."""
+    from cascade.data.synthetic import generate
+
+    cfg = _config()
+    dataset = generate(users, items, interactions, seed=cfg.seed if seed is None else seed, name=name)
+    path = dataset.save(Path(cfg.data.data_dir) / name)
+    console.print(f"synthetic dataset ({len(dataset.interactions)} interactions) at [bold]{path}[/]")
+
+
+@train_app.command("recall")
+def train_recall(force: Annotated[bool, typer.Option(help="Retrain even if up to date.")] = False) -> None:
+    """Train the two-tower model on the training split (reuses the current one if config and data match)."""
+    from services.workflows import train_recall as run
+
+    ref = _run(run, _config(), force)
+    console.print(f"recall artifact [bold]{ref.version}[/] metrics: {_fmt(ref.manifest['metrics'])}")
+
+
+@train_app.command("ranking")
+def train_ranking(force: Annotated[bool, typer.Option(help="Retrain even if up to date.")] = False) -> None:
+    """Train the ranker on labelled recall candidates (reuses the current one if config and data match)."""
+    from services.workflows import train_ranking as run
+
+    ref = _run(run, _config(), force)
+    console.print(f"ranking artifact [bold]{ref.version}[/] metrics: {_fmt(ref.manifest['metrics'])}")
+
+
+@app.command("rebuild-index")
+def rebuild_index(
+    if_stale: Annotated[
+        bool,
+        typer.Option(
+            help="Only build when the current index is not from the current recall model and config."
+        ),
+    ] = False,
+) -> None:
+    """Embed the catalogue, build and validate the FAISS index, and publish it atomically."""
+    from services.workflows import rebuild_index as run
+
+    ref = _run(run, _config(), if_stale)
+    console.print(f"index artifact [bold]{ref.version}[/] metrics: {_fmt(ref.manifest['metrics'])}")
+
+
+@app.command("serve")
+def serve() -> None:
+    """Start the gRPC service in the foreground (Ctrl-C stops it)."""
+    from services.app import serve_forever
+
+    cfg = _config()
+
+    def ready(port: int) -> None:
+        console.print(
+            f"[bold green]Cascade is serving on {cfg.serving.host}:{port}[/]\n"
+            f"  query it:  cascade recommend --user-id 42 --target {cfg.serving.host}:{port}\n"
+            "  stop it:   Ctrl-C"
+        )
+
+    _run(serve_forever, cfg, ready)
+
+
+@app.command("recommend")
+def recommend(
+    user_id: Annotated[str, typer.Option(help="User id.")],
+    k: Annotated[int, typer.Option(help="How many items.")] = 10,
+    target: Annotated[str | None, typer.Option(help="HOST:PORT of the service.")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(help="Item id to exclude (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Ask a running service for recommendations."""
+    import grpc
+    from google.protobuf.json_format import MessageToDict
+
+    from services.client import CascadeClient
+
+    cfg = _config()
+    target = target or f"{cfg.serving.host}:{cfg.serving.port}"
+    with CascadeClient(target) as client:
+        try:
+            reply = client.recommend(user_id, k=k, exclude_item_ids=exclude or [])
+        except grpc.RpcError as exc:
+            _fail(f"{exc.code().name}: {exc.details()}")
+    if as_json:
+        console.print_json(json.dumps(MessageToDict(reply)))
+        return
+    table = Table(title=f"user {user_id}" + (" (new user)" if reply.new_user else ""))
+    for col in ("#", "item_id", "title", "score", "source"):
+        table.add_column(col)
+    for rank, item in enumerate(reply.items, 1):
+        table.add_row(str(rank), item.item_id, item.title, f"{item.score:.4f}", item.source)
+    console.print(table)
+    v = reply.model_versions
+    console.print(f"models: recall {v.recall}, index {v.index}, ranking {v.ranking}")
+
+
+@evaluate_app.command("pipeline")
+def evaluate_pipeline(
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the report here.")] = None,
+) -> None:
+    """Recall@K and NDCG@10 of popularity, the two-tower alone and the whole pipeline, in one run."""
+    from services.workflows import evaluate_pipeline as run
+
+    report = _run(run, _config())
+    table = Table(title="held-out temporal split")
+    metrics = [m for m in next(iter(report.values())) if m != "users"]
+    table.add_column("system")
+    for m in metrics:
+        table.add_column(m)
+    for system, values in report.items():
+        table.add_row(system, *(f"{values.get(m, float('nan')):.4f}" for m in metrics))
+    console.print(table)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2, sort_keys=True))
+        console.print(f"wrote {json_path}")
+
+
+def _fmt(metrics: dict) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

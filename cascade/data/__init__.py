@@ -1,0 +1,5 @@
+"""Data loading, synthetic generation and the evaluation split."""
+
+from cascade.data.dataset import Dataset
+
+__all__ = ["Dataset"]

@@ -1,0 +1,137 @@
+"""The canonical in-memory dataset every loader produces and every stage consumes.
+
+Columns:
+    interactions: user_id int64, item_id int64, rating float32, timestamp int64 (unix seconds)
+    users:        user_id int64, gender str ("F", "M" or "" unknown), age int64 (-1 unknown),
+                  occupation str ("" unknown), zip_code str ("" unknown)
+    items:        item_id int64, title str, genres str (pipe-separated names), year int64 (0 unknown)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cascade.artifacts import atomic_write_bytes, sha256_file
+from cascade.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+INTERACTION_COLUMNS = {"user_id": "int64", "item_id": "int64", "rating": "float32", "timestamp": "int64"}
+USER_COLUMNS = {"user_id": "int64", "gender": "str", "age": "int64", "occupation": "str", "zip_code": "str"}
+ITEM_COLUMNS = {"item_id": "int64", "title": "str", "genres": "str", "year": "int64"}
+_FILES = ("interactions", "users", "items")
+
+
+def _conform(frame: pd.DataFrame, columns: dict[str, str], table: str) -> pd.DataFrame:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{table} table lacks column(s) {missing}")
+    out = pd.DataFrame(index=pd.RangeIndex(len(frame)))
+    for name, dtype in columns.items():
+        col = frame[name].reset_index(drop=True)
+        if dtype == "str":
+            out[name] = col.fillna("").astype(str).to_numpy(dtype=object)
+        else:
+            out[name] = col.to_numpy().astype(dtype)
+    return out
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    interactions: pd.DataFrame
+    users: pd.DataFrame
+    items: pd.DataFrame
+
+    @classmethod
+    def create(
+        cls, name: str, interactions: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame
+    ) -> Dataset:
+        """Validate and normalise the three tables to the canonical columns and dtypes."""
+        interactions = _conform(interactions, INTERACTION_COLUMNS, "interactions")
+        users = _conform(users, USER_COLUMNS, "users")
+        items = _conform(items, ITEM_COLUMNS, "items")
+        if users["user_id"].duplicated().any():
+            raise DataError("users table has duplicate user_id values")
+        if items["item_id"].duplicated().any():
+            raise DataError("items table has duplicate item_id values")
+        unknown_items = ~np.isin(interactions["item_id"].to_numpy(), items["item_id"].to_numpy())
+        if unknown_items.any():
+            raise DataError(
+                f"{int(unknown_items.sum())} interactions name items missing from the items table"
+            )
+        # Users may interact without a profile row (ml-latest has no user table): give them an empty one.
+        known = np.isin(np.unique(interactions["user_id"].to_numpy()), users["user_id"].to_numpy())
+        if not known.all():
+            extra_ids = np.unique(interactions["user_id"].to_numpy())[~known]
+            filler = pd.DataFrame(
+                {
+                    "user_id": extra_ids,
+                    "gender": "",
+                    "age": -1,
+                    "occupation": "",
+                    "zip_code": "",
+                }
+            )
+            users = _conform(pd.concat([users, filler], ignore_index=True), USER_COLUMNS, "users")
+        return cls(
+            name,
+            interactions,
+            users.sort_values("user_id", ignore_index=True),
+            items.sort_values("item_id", ignore_index=True),
+        )
+
+    def save(self, folder: Path | str) -> Path:
+        """Write parquet files and a ``dataset.json`` with their hashes; the folder appears whole or not."""
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for table in _FILES:
+            getattr(self, table).to_parquet(tmp / f"{table}.parquet", index=False)
+        meta = {
+            "name": self.name,
+            "files": {t: sha256_file(tmp / f"{t}.parquet") for t in _FILES},
+            "counts": {t: len(getattr(self, t)) for t in _FILES},
+        }
+        atomic_write_bytes(tmp / "dataset.json", json.dumps(meta, indent=2).encode())
+        if folder.exists():
+            old = folder.with_name(f".old-{folder.name}-{os.getpid()}")
+            os.rename(folder, old)
+            os.rename(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, folder)
+        logger.info("saved dataset %s to %s (%s)", self.name, folder, meta["counts"])
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path | str) -> Dataset:
+        folder = Path(folder)
+        meta_path = folder / "dataset.json"
+        if not meta_path.is_file():
+            raise DataError(
+                f"no prepared dataset at {folder}; run `cascade data fetch movielens-100k` "
+                "or `cascade data synth` first"
+            )
+        meta = json.loads(meta_path.read_text())
+        tables = {t: pd.read_parquet(folder / f"{t}.parquet") for t in _FILES}
+        return cls.create(meta["name"], tables["interactions"], tables["users"], tables["items"])
+
+    @staticmethod
+    def fingerprint_of(folder: Path | str) -> str:
+        """Content hash of a saved dataset, read from its metadata without loading the tables."""
+        meta_path = Path(folder) / "dataset.json"
+        if not meta_path.is_file():
+            raise DataError(f"no prepared dataset at {folder}")
+        files = json.loads(meta_path.read_text())["files"]
+        return "-".join(files[t][:12] for t in _FILES)

@@ -1,0 +1,67 @@
+"""Top-K metrics with binary relevance, averaged over users that have at least one positive."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+
+def recall_at_k(ranked: np.ndarray, positives: np.ndarray, k: int) -> float:
+    """|top-k ∩ positives| / |positives|."""
+    if len(positives) == 0:
+        raise ValueError("recall is undefined without positives")
+    return float(np.isin(ranked[:k], positives).sum() / len(positives))
+
+
+def ndcg_at_k(ranked: np.ndarray, positives: np.ndarray, k: int) -> float:
+    """Binary-relevance NDCG; the ideal list puts min(k, |positives|) hits first."""
+    if len(positives) == 0:
+        raise ValueError("NDCG is undefined without positives")
+    hits = np.isin(ranked[:k], positives).astype(np.float64)
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    ideal = discounts[: min(k, len(positives))].sum()
+    return float((hits * discounts[: len(hits)]).sum() / ideal)
+
+
+def evaluate_rankings(
+    rankings: Mapping[int, np.ndarray],
+    positives: Mapping[int, np.ndarray],
+    recall_ks: Iterable[int] = (10, 50, 100),
+    ndcg_ks: Iterable[int] = (10,),
+    catalogue_size: int | None = None,
+) -> dict[str, float]:
+    """Mean metrics over users in ``positives``; a user with no ranking counts as all misses."""
+    recall_ks, ndcg_ks = list(recall_ks), list(ndcg_ks)
+    sums = {f"recall@{k}": 0.0 for k in recall_ks} | {f"ndcg@{k}": 0.0 for k in ndcg_ks}
+    shown: set[int] = set()
+    empty = np.zeros(0, dtype=np.int64)
+    for user, pos in positives.items():
+        ranked = np.asarray(rankings.get(user, empty))
+        for k in recall_ks:
+            sums[f"recall@{k}"] += recall_at_k(ranked, pos, k)
+        for k in ndcg_ks:
+            sums[f"ndcg@{k}"] += ndcg_at_k(ranked, pos, k)
+        shown.update(ranked[: max(recall_ks + ndcg_ks)].tolist())
+    users = max(len(positives), 1)
+    result = {name: value / users for name, value in sums.items()}
+    result["users"] = float(len(positives))
+    if catalogue_size:
+        result["coverage"] = len(shown) / catalogue_size
+    return result
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties counted half); NaN when only one class is present."""
+    labels = np.asarray(labels).astype(bool)
+    positives, negatives = labels.sum(), (~labels).sum()
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = np.asarray(scores)[order]
+    ranks = np.empty(len(scores), dtype=np.float64)
+    # average ranks over ties
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    average = first + (counts + 1) / 2.0
+    ranks[order] = np.repeat(average, counts)
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2.0) / (positives * negatives))

@@ -1,0 +1,1 @@
+"""Ranking stage: features over recall candidates, the rankers and their training."""

@@ -1,0 +1,1 @@
+"""Recall stage: two-tower model, its training task, the FAISS index and popularity."""

@@ -1,0 +1,1 @@
+"""Rerank stage: business rules applied to the ranked list."""

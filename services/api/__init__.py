@@ -1,0 +1,1 @@
+"""Generated gRPC code for proto/recommender.proto (regenerate with `make proto`)."""

@@ -1,0 +1,39 @@
+"""Redis key schema, versioned so that a layout change never reads old data as new.
+
+Each user's keys share the hash tag ``{u:<id>}``: on Redis Cluster they land in one slot, so the
+MULTI/EXEC of RecordEvent stays valid there.
+
+    cascade:v1:{u:42}:profile   hash  gender, age, occupation, zip_code
+    cascade:v1:{u:42}:history   list  "<item_id>:<event_type>:<timestamp>", most recent first
+    cascade:v1:{u:42}:seen      set   item ids the user has interacted with
+    cascade:v1:meta:load        str   marker of the last complete bulk load
+"""
+
+from __future__ import annotations
+
+KEY_SCHEMA_VERSION = 1
+_PREFIX = f"cascade:v{KEY_SCHEMA_VERSION}"
+
+
+def profile_key(user_id: int) -> bytes:
+    return f"{_PREFIX}:{{u:{user_id}}}:profile".encode()
+
+
+def history_key(user_id: int) -> bytes:
+    return f"{_PREFIX}:{{u:{user_id}}}:history".encode()
+
+
+def seen_key(user_id: int) -> bytes:
+    return f"{_PREFIX}:{{u:{user_id}}}:seen".encode()
+
+
+LOAD_MARKER_KEY = f"{_PREFIX}:meta:load".encode()
+
+
+def encode_history_entry(item_id: int, event_type: int, timestamp: int) -> bytes:
+    return f"{item_id}:{event_type}:{timestamp}".encode()
+
+
+def decode_history_entry(raw: bytes) -> tuple[int, int, int]:
+    item_id, event_type, timestamp = raw.split(b":")
+    return int(item_id), int(event_type), int(timestamp)

@@ -1,0 +1,89 @@
+"""Everything serving loads from the artifact store, loaded and checked together."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from cascade.artifacts import ArtifactStore
+from cascade.errors import ArtifactError
+from cascade.features import SCHEMA_VERSION, FeatureSchema, ItemFeatures
+from ranking.features import RankingFeatureBuilder
+from ranking.ranker import Ranker, load_ranker
+from recall.index import ItemIndex
+from recall.two_tower import TwoTowerModel
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_FILE = "schema.json"
+CATALOGUE_FILE = "catalogue.parquet"
+POPULARITY_FILE = "popularity.npy"
+
+
+@dataclass(frozen=True)
+class ServingModels:
+    schema: FeatureSchema
+    items: ItemFeatures  # row i = item index i
+    titles: np.ndarray  # (num_items,) object, row i = item index i
+    popularity: np.ndarray  # (num_items,) training interaction counts
+    popular_order: np.ndarray  # item indices, most popular first
+    two_tower: TwoTowerModel
+    index: ItemIndex
+    ranker: Ranker
+    ranking_features: RankingFeatureBuilder
+    versions: dict[str, str]
+
+    @classmethod
+    def load(cls, store: ArtifactStore) -> ServingModels:
+        recall_ref = store.require("recall")
+        index_ref = store.require("index")
+        ranking_ref = store.require("ranking")
+        for ref in (recall_ref, index_ref, ranking_ref):
+            ref.verify()
+            if ref.manifest.get("schema_version") != SCHEMA_VERSION:
+                raise ArtifactError(
+                    f"{ref.kind}/{ref.version} has schema version "
+                    f"{ref.manifest.get('schema_version')}, this code reads {SCHEMA_VERSION}"
+                )
+        built_from = index_ref.manifest["parents"].get("recall")
+        if built_from != recall_ref.version:
+            raise ArtifactError(
+                f"index {index_ref.version} was built from recall {built_from}, but the current recall is "
+                f"{recall_ref.version}; run `cascade rebuild-index`"
+            )
+        schema = FeatureSchema.load(recall_ref.file(SCHEMA_FILE))
+        catalogue = pd.read_parquet(recall_ref.file(CATALOGUE_FILE))
+        items = schema.item_table(catalogue)
+        titles = np.full(schema.num_items, "", dtype=object)
+        titles[schema.item_index(catalogue["item_id"].to_numpy())] = catalogue["title"].to_numpy()
+        popularity = np.load(recall_ref.file(POPULARITY_FILE), allow_pickle=False)
+        popular_order = np.argsort(-popularity[1:], kind="stable") + 1
+        index = ItemIndex.load(index_ref.path)
+        if index.size != schema.num_items - 1:
+            raise ArtifactError(f"index holds {index.size} items, the schema {schema.num_items - 1}")
+        ranker = load_ranker(ranking_ref.path)
+        logger.info(
+            "loaded recall %s, index %s, ranking %s",
+            recall_ref.version,
+            index_ref.version,
+            ranking_ref.version,
+        )
+        return cls(
+            schema=schema,
+            items=items,
+            titles=titles,
+            popularity=popularity,
+            popular_order=popular_order,
+            two_tower=TwoTowerModel.load(recall_ref.path),
+            index=index,
+            ranker=ranker,
+            ranking_features=RankingFeatureBuilder(schema, items, popularity),
+            versions={
+                "recall": recall_ref.version,
+                "index": index_ref.version,
+                "ranking": ranking_ref.version,
+            },
+        )

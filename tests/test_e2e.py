@@ -1,0 +1,253 @@
+"""The real pipeline on MovieLens-100K, served over gRPC on a free port against a real Redis."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+
+from cascade.artifacts import ArtifactStore
+from cascade.config import AppConfig
+from cascade.data.dataset import Dataset
+from cascade.data.fetch import fetch
+from services.app import configure_compute_threads, ensure_features_loaded
+from services.client import CascadeClient
+from services.feature_store.redis_store import RedisFeatureStore
+from services.server import CascadeServer
+from services.workflows import evaluate_pipeline, rebuild_index, train_ranking, train_recall
+
+pytestmark = pytest.mark.e2e
+
+USER = 1  # a real ML-100K user with 272 ratings
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory, redis_server) -> AppConfig:
+    root = tmp_path_factory.mktemp("e2e")
+    return AppConfig.model_validate(
+        {
+            "artifacts_dir": str(root / "artifacts"),
+            "data": {"data_dir": str(root / "data")},
+            "recall": {"epochs": 6, "num_candidates": 150},
+            "ranking": {"epochs": 1, "training_candidates": 100},
+            "serving": {"port": 0, "redis_url": redis_server.url, "max_k": 50, "max_exclude_ids": 5},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def built(config):
+    fetch("movielens-100k", config.data.data_dir)
+    refs = {
+        "recall": train_recall(config, progress=False),
+        "index": rebuild_index(config),
+        "ranking": train_ranking(config, progress=False),
+    }
+    return refs
+
+
+@pytest.fixture(scope="module")
+def dataset(config, built) -> Dataset:
+    return Dataset.load(config.data.data_dir / "movielens-100k")
+
+
+@pytest.fixture(scope="module")
+def server(config, built, redis_server):
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()
+    store = RedisFeatureStore(client, cache_size=1000, cache_ttl_s=30)
+    configure_compute_threads(config)
+    srv = CascadeServer(config, store)
+    port = srv.start()
+    with CascadeClient(f"127.0.0.1:{port}") as probe:
+        assert probe.health() == "NOT_SERVING"
+        with pytest.raises(grpc.RpcError) as not_ready:
+            probe.recommend(USER, k=5)
+        assert not_ready.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert ensure_features_loaded(config, store) is True
+    assert ensure_features_loaded(config, store) is False  # same data: no reload, recorded events survive
+    srv.load_models()
+    yield srv, port
+    srv.stop()
+    client.flushdb()
+
+
+@pytest.fixture
+def client(server):
+    _, port = server
+    with CascadeClient(f"127.0.0.1:{port}") as c:
+        yield c
+
+
+def _ids(reply) -> list[int]:
+    return [int(i.item_id) for i in reply.items]
+
+
+def test_artifacts_record_config_metrics_and_are_reused(config, built):
+    recall = built["recall"]
+    assert recall.manifest["metrics"]["recall@100"] > 0
+    assert recall.manifest["config"]["recall"]["epochs"] == 6
+    assert built["index"].manifest["parents"]["recall"] == recall.version
+    assert built["index"].manifest["metrics"]["recall@150_vs_exact"] == pytest.approx(1.0)
+    # a second run with the same config and data reuses instead of retraining
+    assert train_recall(config, progress=False).version == recall.version
+    assert train_ranking(config, progress=False).version == built["ranking"].version
+    assert rebuild_index(config, if_stale=True).version == built["index"].version
+
+
+def test_recommendations_exclude_seen_items_and_are_sorted(client, dataset, built):
+    assert client.health() == "SERVING"
+    reply = client.recommend(USER, k=20, request_id="req-1")
+    assert reply.request_id == "req-1"
+    assert not reply.new_user
+    ids = _ids(reply)
+    assert len(ids) == 20 and len(set(ids)) == 20
+    seen = set(dataset.interactions.loc[dataset.interactions["user_id"] == USER, "item_id"])
+    assert not set(ids) & seen
+    scores = [i.score for i in reply.items]
+    assert scores == sorted(scores, reverse=True)
+    titles = dataset.items.set_index("item_id")["title"]
+    assert all(item.title == titles[int(item.item_id)] for item in reply.items)
+    assert reply.model_versions.recall == built["recall"].version
+    assert reply.model_versions.index == built["index"].version
+    assert reply.model_versions.ranking == built["ranking"].version
+    assert set(reply.stage_ms) >= {"features", "recall", "ranking", "rerank", "serialise"}
+    assert reply.request_id and client.recommend(USER, k=1).request_id  # generated when empty
+
+
+def test_exclude_ids_are_respected(client):
+    first = _ids(client.recommend(2, k=10))
+    again = _ids(client.recommend(2, k=10, exclude_item_ids=first[:3]))
+    assert not set(first[:3]) & set(again)
+    # the other items keep their scores, so their order; at most the 3 freed slots go to new items
+    kept = [i for i in again if i in first]
+    assert kept == [i for i in first[3:] if i in again]
+    assert len(kept) >= len(first) - 3 - 3 and len(again) == 10
+
+
+def test_record_event_changes_the_next_response_at_once(client):
+    user = 5
+    before = _ids(client.recommend(user, k=10))
+    reply = client.record_event(user, before[0], "click")
+    assert reply.history_length >= 1
+    after = _ids(client.recommend(user, k=10))
+    assert before[0] not in after
+    assert after != before
+
+
+def test_unknown_users_get_new_user_recommendations(client):
+    popular = client.recommend(999_999, k=10)
+    assert popular.new_user and len(popular.items) == 10
+    assert {i.source for i in popular.items} == {"popular"}
+    by_profile = client.recommend(999_998, k=10, gender="F", age=25, occupation="writer")
+    assert by_profile.new_user and len(by_profile.items) == 10
+    assert {i.source for i in by_profile.items} == {"two_tower"}
+    # an unknown user's events are recorded and filtered like anyone's
+    client.record_event(999_997, _ids(popular)[0], "view")
+    assert _ids(popular)[0] not in _ids(client.recommend(999_997, k=10))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"user_id": "", "k": 5}, "user_id"),
+        ({"user_id": "abc", "k": 5}, "user_id"),
+        ({"user_id": "-3", "k": 5}, "user_id"),
+        ({"user_id": "1" * 30, "k": 5}, "user_id"),
+        ({"user_id": "1", "k": 0}, "k"),
+        ({"user_id": "1", "k": -2}, "k"),
+        ({"user_id": "1", "k": 51}, "k"),
+        ({"user_id": "1", "k": 5, "exclude_item_ids": ["1"] * 6}, "exclude_item_ids"),
+        ({"user_id": "1", "k": 5, "exclude_item_ids": ["1", "x"]}, "exclude_item_ids[1]"),
+        ({"user_id": "1", "k": 5, "request_id": "has space"}, "request_id"),
+        ({"user_id": "424242", "k": 5, "gender": "Q"}, "demographics.gender"),
+        ({"user_id": "424242", "k": 5, "age": 500}, "demographics.age"),
+    ],
+)
+def test_bad_recommend_requests_are_invalid_argument_naming_the_field(client, kwargs, field):
+    kwargs = dict(kwargs)
+    user_id = kwargs.pop("user_id")
+    with pytest.raises(grpc.RpcError) as err:
+        client.recommend(user_id, **kwargs)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith(f"{field}:")
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (("", "1", "view"), "user_id"),
+        (("1", "", "view"), "item_id"),
+        (("1", "99999999", "view"), "item_id"),
+        (("1", "1", 0), "event_type"),
+        (("1", "1", 42), "event_type"),
+    ],
+)
+def test_bad_events_are_rejected_without_touching_redis(client, redis_server, args, field):
+    import redis
+
+    raw = redis.Redis.from_url(redis_server.url)
+    before = raw.dbsize()
+    with pytest.raises(grpc.RpcError) as err:
+        client.record_event(*args)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith(f"{field}:")
+    assert raw.dbsize() == before
+    with pytest.raises(grpc.RpcError) as err:
+        client.record_event("1", "1", "view", timestamp=-5)
+    assert err.value.details().startswith("timestamp:")
+
+
+def test_concurrent_requests_all_succeed(client):
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda u: client.recommend(u, k=10), range(1, 65)))
+    assert all(len(r.items) == 10 for r in replies)
+
+
+def test_cli_recommend_queries_the_running_server(server):
+    _, port = server
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cascade.cli",
+            "recommend",
+            "--user-id",
+            str(USER),
+            "--k",
+            "3",
+            "--target",
+            f"127.0.0.1:{port}",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert '"items"' in out and '"modelVersions"' in out
+    bad = subprocess.run(
+        [sys.executable, "-m", "cascade.cli", "recommend", "--user-id", "x", "--target", f"127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stdout
+
+
+def test_evaluation_reports_every_system_and_the_model_beats_popularity(config, built):
+    report = evaluate_pipeline(config)
+    assert set(report) == {"popularity", "two_tower", "pipeline"}
+    for values in report.values():
+        assert {"recall@100", "ndcg@10"} <= set(values)
+        assert 0.0 <= values["recall@100"] <= 1.0
+    assert report["two_tower"]["recall@100"] > report["popularity"]["recall@100"]
+    assert np.isfinite(report["pipeline"]["ndcg@10"])
+    store = ArtifactStore(config.artifacts_dir)
+    assert store.require("ranking").manifest["metrics"]["validation_auc"] > 0.5

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from cascade.features import (
+    AGE_UNKNOWN,
+    GENDER_UNKNOWN,
+    FeatureSchema,
+    encode_age,
+    encode_gender,
+    encode_year,
+    title_words,
+)
+
+
+def test_gender_codes():
+    assert encode_gender(["F", "M", "m", "", "x"]).tolist() == [0, 1, 1, GENDER_UNKNOWN, GENDER_UNKNOWN]
+
+
+def test_age_buckets_agree_between_raw_ages_and_ml1m_codes():
+    ml1m_codes = [1, 18, 25, 35, 45, 50, 56]
+    assert encode_age(ml1m_codes).tolist() == [0, 1, 2, 3, 4, 5, 6]
+    raw = [7, 17, 18, 24, 25, 34, 35, 44, 45, 49, 50, 55, 56, 73]
+    assert encode_age(raw).tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6]
+    assert encode_age([-1]).tolist() == [AGE_UNKNOWN]
+
+
+def test_title_words_drop_year_and_punctuation():
+    assert title_words("Shawshank Redemption, The (1994)") == ["shawshank", "redemption", "the"]
+    assert title_words("") == []
+
+
+def test_year_buckets():
+    assert encode_year([0, 1900, 1995, 1999, 2000]).tolist() == [0, 1, 20, 20, 21]
+
+
+def _schema() -> tuple[FeatureSchema, pd.DataFrame, pd.DataFrame]:
+    users = pd.DataFrame(
+        {
+            "user_id": [10, 3],
+            "gender": ["F", "M"],
+            "age": [30, -1],
+            "occupation": ["writer", "artist"],
+            "zip_code": ["", ""],
+        }
+    )
+    items = pd.DataFrame(
+        {
+            "item_id": [5, 2],
+            "title": ["Toy Story (1995)", "Toy Soldiers (1991)"],
+            "genres": ["Animation|Comedy|Children's", "Action"],
+            "year": [1995, 1991],
+        }
+    )
+    return FeatureSchema.fit(users, items, max_genres=2, title_length=3), users, items
+
+
+def test_schema_encodes_ids_vocabularies_and_padding():
+    schema, users, items = _schema()
+    assert schema.user_index([3, 10, 999]).tolist() == [1, 2, 0]
+    assert schema.item_index([2, 5, 7]).tolist() == [1, 2, 0]
+    assert schema.occupations == ("artist", "writer")
+    assert schema.title_vocab[:2] == ("<PAD>", "<UNK>")
+
+    enc_users = schema.encode_users(users)
+    assert enc_users.gender.tolist() == [0, 1]
+    assert enc_users.age.tolist() == [2, AGE_UNKNOWN]
+    assert enc_users.occupation.tolist() == [2, 1]
+
+    enc = schema.encode_items(items)
+    genre_id = {g: i + 1 for i, g in enumerate(schema.genres)}
+    # truncated to max_genres=2, padded with 0
+    assert enc.genres[0].tolist() == [genre_id["Animation"], genre_id["Comedy"]]
+    assert enc.genres[1].tolist() == [genre_id["Action"], 0]
+    word_id = {w: i for i, w in enumerate(schema.title_vocab)}
+    assert enc.title[0].tolist() == [word_id["toy"], word_id["story"], 0]
+
+    unseen = schema.encode_items(
+        pd.DataFrame({"item_id": [2], "title": ["Toy Zebra"], "genres": ["Western"], "year": [0]})
+    )
+    assert unseen.title[0].tolist() == [word_id["toy"], 1, 0]  # unknown word -> <UNK>
+    assert unseen.genres[0].tolist() == [0, 0]  # genre not in vocabulary -> dropped
+
+
+def test_tables_are_indexed_by_schema_index_and_roundtrip_json():
+    schema, users, items = _schema()
+    table = schema.item_table(items)
+    assert table.genres.shape == (schema.num_items, 2)
+    assert table.year[schema.item_index([5])[0]] == encode_year([1995])[0]
+    assert table.genres[0].tolist() == [0, 0]
+    utable = schema.user_table(users)
+    assert utable.gender[0] == GENDER_UNKNOWN and utable.gender[schema.user_index([10])[0]] == 0
+
+    again = FeatureSchema.from_json(schema.to_json())
+    assert np.array_equal(again.item_ids, schema.item_ids)
+    assert again.title_vocab == schema.title_vocab and again.genres == schema.genres
