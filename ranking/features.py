@@ -9,6 +9,10 @@ import torch
 
 from cascade.features import FeatureSchema, ItemFeatures
 
+# Bumped whenever a feature's meaning changes, so that rankers trained on the old meaning are retrained
+# rather than served.
+FEATURES_VERSION = 2
+
 # Recall scores are not comparable across users (each user's query vector differs), so the request-relative
 # position and gap to the best candidate carry the recall order into ranking.
 DENSE_FEATURES = (

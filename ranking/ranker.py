@@ -17,7 +17,7 @@ from tqdm import tqdm
 from cascade.config import RankingConfig
 from cascade.errors import ArtifactError
 from cascade.features import FeatureSchema
-from ranking.features import DENSE_FEATURES, RankingBatch
+from ranking.features import DENSE_FEATURES, FEATURES_VERSION, RankingBatch
 from ranking.wide_deep import CATEGORICAL_FIELDS, WideDeep, WideDeepSpec
 
 logger = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ class WideDeepRanker(Ranker):
             "type": self.type,
             "spec": asdict(self.model.spec),
             "dense_features": list(DENSE_FEATURES),
+            "features_version": FEATURES_VERSION,
             "config": self.config.model_dump(mode="json"),
         }
         (folder / RANKER_META).write_text(json.dumps(meta, indent=2))
@@ -109,10 +110,11 @@ class WideDeepRanker(Ranker):
     @classmethod
     def load(cls, folder: Path) -> WideDeepRanker:
         meta = json.loads((folder / RANKER_META).read_text())
-        if meta.get("dense_features") != list(DENSE_FEATURES):
+        trained_on = (meta.get("dense_features"), meta.get("features_version"))
+        if trained_on != (list(DENSE_FEATURES), FEATURES_VERSION):
             raise ArtifactError(
-                f"ranker in {folder} was trained on dense features {meta.get('dense_features')}, this code "
-                f"builds {list(DENSE_FEATURES)}; retrain with `cascade train ranking --force`"
+                f"ranker in {folder} was trained on features {trained_on}, this code builds "
+                f"{(list(DENSE_FEATURES), FEATURES_VERSION)}; retrain with `cascade train ranking`"
             )
         raw = meta["spec"]
         spec = WideDeepSpec(

@@ -23,7 +23,7 @@ from cascade.data.split import TemporalSplit, temporal_split
 from cascade.features import SCHEMA_VERSION, FeatureSchema, ItemFeatures, UserFeatures
 from cascade.metrics import auc, evaluate_rankings
 from cascade.seeding import seed_everything
-from ranking.features import DENSE_FEATURES, RankingBatch, RankingFeatureBuilder, UserRow
+from ranking.features import DENSE_FEATURES, FEATURES_VERSION, RankingBatch, RankingFeatureBuilder, UserRow
 from ranking.ranker import create_ranker
 from recall.index import ItemIndex, exact_search
 from recall.training import embed_items, embed_users, train_two_tower
@@ -282,7 +282,11 @@ def build_ranking_examples(
 
 def ranking_fingerprint(config: AppConfig, data_fp: str) -> str:
     return fingerprint(
-        "ranking", recall_fingerprint(config, data_fp), config.ranking.model_dump(mode="json"), DENSE_FEATURES
+        "ranking",
+        recall_fingerprint(config, data_fp),
+        config.ranking.model_dump(mode="json"),
+        DENSE_FEATURES,
+        FEATURES_VERSION,
     )
 
 
