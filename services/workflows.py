@@ -118,18 +118,20 @@ def _exact_topk_for_users(
     user_ids: np.ndarray,
     seen: dict[int, np.ndarray],
     k: int,
-) -> dict[int, np.ndarray]:
-    """Exact top-k item indices per user, items in ``seen`` removed."""
-    rows = prep.schema.user_index(user_ids)
-    queries = embed_users(model, prep.users, rows)
-    longest = max((len(s) for s in seen.values()), default=0)
-    _, found = exact_search(item_embeddings, queries, k + longest)
+    chunk: int = 2048,
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Exact top-k per user with the user's ``seen`` items removed -> user id: (item indices, scores)."""
     out = {}
-    for user, ranked in zip(user_ids.tolist(), found):
-        blocked = seen.get(user)
-        if blocked is not None:
-            ranked = ranked[~np.isin(ranked, blocked)]
-        out[user] = ranked[:k]
+    for begin in range(0, len(user_ids), chunk):
+        users = user_ids[begin : begin + chunk]
+        queries = embed_users(model, prep.users, prep.schema.user_index(users))
+        # widen by the longest seen list in this chunk, so k unseen items remain for everyone
+        longest = max((len(seen.get(int(u), ())) for u in users), default=0)
+        scores, found = exact_search(item_embeddings, queries, k + longest)
+        for user, ranked, ranked_scores in zip(users.tolist(), found, scores):
+            blocked = seen.get(user)
+            keep = ~np.isin(ranked, blocked) if blocked is not None else np.ones(len(ranked), dtype=bool)
+            out[user] = (ranked[keep][:k], ranked_scores[keep][:k])
     return out
 
 
@@ -162,7 +164,13 @@ def train_recall(config: AppConfig, force: bool = False, progress: bool = True) 
     rankings = _exact_topk_for_users(
         model, prep, item_embeddings, users, _seen_indices(prep.schema, prep.split.train), max(EVAL_RECALL_KS)
     )
-    metrics = evaluate_rankings(rankings, positives, EVAL_RECALL_KS, (10,), prep.schema.num_items - 1)
+    metrics = evaluate_rankings(
+        {u: items for u, (items, _) in rankings.items()},
+        positives,
+        EVAL_RECALL_KS,
+        (10,),
+        prep.schema.num_items - 1,
+    )
     metrics["train_seconds"] = train_seconds
     logger.info("two-tower on the held-out window: %s", {k: round(v, 4) for k, v in metrics.items()})
     popularity = _item_counts(prep.schema, prep.split.train)
@@ -266,14 +274,12 @@ def build_ranking_examples(
     builder = RankingFeatureBuilder(prep.schema, prep.items, _item_counts(prep.schema, inner.train))
     histories = _history_by_user(prep.schema, inner.train, config.features.history_length)
     rows = prep.schema.user_index(users)
-    queries = embed_users(model, prep.users, rows)
     batches, labels, owners = [], [], []
     empty = np.zeros(0, dtype=np.int64)
-    for user, row, query in zip(users.tolist(), rows.tolist(), queries):
-        cand = candidates[user]
+    for user, row in zip(users.tolist(), rows.tolist()):
+        cand, scores = candidates[user]
         if len(cand) == 0:
             continue
-        scores = item_embeddings[cand - 1] @ query
         batches.append(builder.build(_user_row(prep.users, row), histories.get(user, empty), cand, scores))
         labels.append(np.isin(cand, labels_by_user.get(user, empty)).astype(np.float32))
         owners.append(np.full(len(cand), user, dtype=np.int64))

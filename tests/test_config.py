@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from cascade.config import AppConfig, load_config
+from services.workflows import ranking_fingerprint, recall_fingerprint
+
+
+def test_toml_loads_with_defaults_and_rejects_unknown_keys(tmp_path, monkeypatch):
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    path = tmp_path / "cascade.toml"
+    path.write_text("seed = 7\n[recall]\nepochs = 3\n[serving]\nport = 6000\n")
+    cfg = load_config(path)
+    assert (cfg.seed, cfg.recall.epochs, cfg.serving.port) == (7, 3, 6000)
+    assert cfg.recall.embedding_dim == AppConfig().recall.embedding_dim
+    assert cfg.serving.redis_url is None
+    path.write_text("[recall]\nepoch = 3\n")
+    with pytest.raises(ValidationError, match="epoch"):
+        load_config(path)
+
+
+def test_redis_url_from_the_environment_wins(tmp_path, monkeypatch):
+    path = tmp_path / "cascade.toml"
+    path.write_text('[serving]\nredis_url = "redis://file:6379/0"\n')
+    monkeypatch.setenv("REDIS_URL", "redis://env:6379/1")
+    assert load_config(path).serving.redis_url == "redis://env:6379/1"
+
+
+def test_fingerprints_change_with_config_and_data_only():
+    base = AppConfig()
+    same = AppConfig.model_validate({})
+    assert recall_fingerprint(base, "data-a") == recall_fingerprint(same, "data-a")
+    assert recall_fingerprint(base, "data-a") != recall_fingerprint(base, "data-b")
+    more_epochs = AppConfig.model_validate({"recall": {"epochs": base.recall.epochs + 1}})
+    assert recall_fingerprint(base, "data-a") != recall_fingerprint(more_epochs, "data-a")
+    # serving-only knobs do not force retraining
+    other_port = AppConfig.model_validate({"serving": {"port": 1234}, "recall": {"num_candidates": 50}})
+    assert recall_fingerprint(base, "d") == recall_fingerprint(other_port, "d")
+    # the ranker depends on the recall model it learned from
+    assert ranking_fingerprint(base, "d") != ranking_fingerprint(more_epochs, "d")
