@@ -59,7 +59,11 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         return pipeline
 
     def _context(
-        self, pipeline: RecommendationPipeline, user_id: int, state: UserState, request: pb.RecommendRequest
+        self,
+        pipeline: RecommendationPipeline,
+        user_id: int,
+        state: UserState,
+        demographics: tuple[str, int, str],
     ) -> UserContext:
         schema = pipeline.models.schema
         history = schema.item_index([e.item_id for e in state.history])
@@ -73,8 +77,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             )
             has_profile = True
         else:
-            demo = request.demographics
-            gender, age, occupation = check_demographics(demo.gender, demo.age, demo.occupation)
+            gender, age, occupation = demographics
             has_profile = bool(gender or age or occupation)
             age = age if age > 0 else -1
         row = UserRow(
@@ -93,11 +96,13 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         k = check_k(request.k, self.config.serving.max_k)
         exclude_ids = parse_exclude_ids(list(request.exclude_item_ids), self.config.serving.max_exclude_ids)
         request_id = check_request_id(request.request_id) or uuid.uuid4().hex
+        demo = request.demographics
+        demographics = check_demographics(demo.gender, demo.age, demo.occupation)
         pipeline = self._require_pipeline()
         models = pipeline.models
         state = self.store.get_user_state(user_id, self.config.features.history_length)
         features_done = time.perf_counter()
-        ctx = self._context(pipeline, user_id, state, request)
+        ctx = self._context(pipeline, user_id, state, demographics)
         exclude = models.schema.item_index(exclude_ids)
         result = pipeline.recommend(ctx, k, exclude[exclude > 0])
         serialise_start = time.perf_counter()

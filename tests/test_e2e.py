@@ -168,6 +168,7 @@ def test_unknown_users_get_new_user_recommendations(client):
         ({"user_id": "1", "k": 5, "request_id": "has space"}, "request_id"),
         ({"user_id": "424242", "k": 5, "gender": "Q"}, "demographics.gender"),
         ({"user_id": "424242", "k": 5, "age": 500}, "demographics.age"),
+        ({"user_id": "1", "k": 5, "age": -1}, "demographics.age"),
     ],
 )
 def test_bad_recommend_requests_are_invalid_argument_naming_the_field(client, kwargs, field):
@@ -251,3 +252,24 @@ def test_evaluation_reports_every_system_and_the_model_beats_popularity(config, 
     assert np.isfinite(report["pipeline"]["ndcg@10"])
     store = ArtifactStore(config.artifacts_dir)
     assert store.require("ranking").manifest["metrics"]["validation_auc"] > 0.5
+
+
+def test_a_failing_store_is_internal_and_the_server_keeps_serving(config, built, tmp_path):
+    """Redis unreachable: the request fails with INTERNAL (no traceback leaks), the server stays up."""
+    dead = RedisFeatureStore.from_url(f"unix://{tmp_path}/nothing-listens.sock", cache_size=0)
+    srv = CascadeServer(config, dead)
+    port = srv.start()
+    try:
+        srv.load_models()
+        with CascadeClient(f"127.0.0.1:{port}") as c:
+            for _ in range(3):
+                with pytest.raises(grpc.RpcError) as err:
+                    c.recommend(USER, k=5)
+                assert err.value.code() == grpc.StatusCode.INTERNAL
+                assert "Traceback" not in err.value.details()
+            assert c.health() == "SERVING"
+            with pytest.raises(grpc.RpcError) as bad:
+                c.recommend("", k=5)  # validation still answers first
+            assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        srv.stop()
