@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -58,8 +60,6 @@ class CascadeClient:
 
     def wait_until_serving(self, timeout_s: float = 60.0) -> None:
         """Block until health says SERVING."""
-        import time
-
         deadline = time.monotonic() + timeout_s
         while True:
             try:
