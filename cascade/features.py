@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -179,8 +180,13 @@ class FeatureSchema:
         return self.item_ids[np.asarray(indices, dtype=np.int64) - 1]
 
     # --- encoding -----------------------------------------------------------------------------------
+    @cached_property
+    def _occupation_lookup(self) -> dict[str, int]:
+        # built once: serving encodes an occupation on every request
+        return {o: i + 1 for i, o in enumerate(self.occupations)}
+
     def encode_occupation(self, values: Any) -> np.ndarray:
-        lookup = {o: i + 1 for i, o in enumerate(self.occupations)}
+        lookup = self._occupation_lookup
         return np.array([lookup.get(str(v), 0) for v in np.asarray(values, dtype=object)], dtype=np.int64)
 
     def encode_users(self, users: pd.DataFrame) -> UserFeatures:

@@ -55,18 +55,21 @@ class RecommendationPipeline:
         with torch.inference_mode():
             return self.models.two_tower.user_tower(*tensors).numpy()  # (1, D)
 
-    def recall(self, ctx: UserContext, exclude: np.ndarray, count: int) -> Candidates:
-        """Up to ``count`` candidates the user has not seen and did not exclude, best first."""
-        blocked = np.union1d(ctx.seen, exclude) if len(exclude) else ctx.seen
+    def popular(self, blocked: np.ndarray, count: int) -> Candidates:
+        """The ``count`` most popular items not in ``blocked``, scored relative to the most popular."""
+        pool = self.models.popular_order[: count + len(blocked)]
+        pool = pool[~np.isin(pool, blocked)][:count]
+        pop = self.models.popularity[pool]
+        return Candidates(pool, (pop / max(pop.max(initial=0.0), 1.0)).astype(np.float32), SOURCE_POPULAR)
+
+    def recall(self, ctx: UserContext, count: int) -> Candidates:
+        """Up to ``count`` candidates the user has not seen, best first."""
         if ctx.row.user == 0 and not ctx.has_profile:
             # Nothing personal to embed: the most popular items are the best guess.
-            pool = self.models.popular_order[: count + len(blocked)]
-            pool = pool[~np.isin(pool, blocked)][:count]
-            pop = self.models.popularity[pool]
-            return Candidates(pool, (pop / max(pop.max(initial=0.0), 1.0)).astype(np.float32), SOURCE_POPULAR)
-        scores, items = self.models.index.search(self._user_embedding(ctx.row), count + len(blocked))
+            return self.popular(ctx.seen, count)
+        scores, items = self.models.index.search(self._user_embedding(ctx.row), count + len(ctx.seen))
         scores, items = scores[0], items[0]
-        keep = (items > 0) & ~np.isin(items, blocked)
+        keep = (items > 0) & ~np.isin(items, ctx.seen)
         return Candidates(items[keep][:count], scores[keep][:count], SOURCE_TWO_TOWER)
 
     def recommend(self, ctx: UserContext, k: int, exclude: np.ndarray) -> Recommendation:
@@ -74,8 +77,7 @@ class RecommendationPipeline:
         excluding an item never changes the features, and so the scores, of the others."""
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        no_exclude = exclude[:0]
-        candidates = self.recall(ctx, no_exclude, self.config.recall.num_candidates + len(exclude))
+        candidates = self.recall(ctx, self.config.recall.num_candidates + len(exclude))
         after_recall = time.perf_counter()
         timings["recall"] = (after_recall - start) * 1e3
         if candidates.source == SOURCE_POPULAR or len(candidates.items) == 0:

@@ -122,6 +122,7 @@ def _exact_topk_for_users(
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Exact top-k per user with the user's ``seen`` items removed -> user id: (item indices, scores)."""
     out = {}
+    nothing_seen = np.zeros(0, dtype=np.int64)
     for begin in range(0, len(user_ids), chunk):
         users = user_ids[begin : begin + chunk]
         queries = embed_users(model, prep.users, prep.schema.user_index(users))
@@ -129,8 +130,7 @@ def _exact_topk_for_users(
         longest = max((len(seen.get(int(u), ())) for u in users), default=0)
         scores, found = exact_search(item_embeddings, queries, k + longest)
         for user, ranked, ranked_scores in zip(users.tolist(), found, scores):
-            blocked = seen.get(user)
-            keep = ~np.isin(ranked, blocked) if blocked is not None else np.ones(len(ranked), dtype=bool)
+            keep = ~np.isin(ranked, seen.get(user, nothing_seen))
             out[user] = (ranked[keep][:k], ranked_scores[keep][:k])
     return out
 
@@ -365,9 +365,8 @@ def evaluate_pipeline(config: AppConfig) -> dict[str, dict[str, float]]:
             seen=seen.get(user, empty),
             has_profile=True,
         )
-        popular = models.popular_order[: k + len(ctx.seen)]
-        rankings["popularity"][user] = popular[~np.isin(popular, ctx.seen)][:k]
-        rankings["two_tower"][user] = pipeline.recall(ctx, empty, k).items
+        rankings["popularity"][user] = pipeline.popular(ctx.seen, k).items
+        rankings["two_tower"][user] = pipeline.recall(ctx, k).items
         started = time.perf_counter()
         rankings["pipeline"][user] = pipeline.recommend(ctx, k, empty).items
         pipeline_seconds += time.perf_counter() - started
