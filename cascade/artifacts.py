@@ -146,6 +146,40 @@ class ArtifactStore:
             return []
         return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(_TMP_PREFIX))
 
+    def set_current(self, kind: str, version: str) -> ArtifactRef:
+        """Point CURRENT at an existing, intact version (atomic replace)."""
+        ref = self.get(kind, version)
+        ref.verify()
+        atomic_write_bytes(self.root / kind / CURRENT, (version + "\n").encode())
+        logger.info("%s CURRENT -> %s", kind, version)
+        return ref
+
+    def previous(self, kind: str) -> ArtifactRef:
+        """The version published just before the current one (versions sort by publication time)."""
+        current = self.require(kind)
+        older = [v for v in self.versions(kind) if v < current.version]
+        if not older:
+            raise ArtifactError(f"{kind} {current.version} is the oldest version; nothing to roll back to")
+        return self.get(kind, older[-1])
+
+    def remove_stale_temp(self, kind: str, older_than_s: float = 3600.0) -> list[str]:
+        """Delete temp folders left by publications that died (killed, power loss) over an hour ago.
+
+        Younger ones may belong to a publication still running, so they are left alone."""
+        folder = self.root / kind
+        removed = []
+        if not folder.is_dir():
+            return removed
+        cutoff = time.time() - older_than_s
+        for path in folder.iterdir():
+            if path.name.startswith(_TMP_PREFIX) and path.stat().st_mtime < cutoff:
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+                removed.append(path.name)
+        return removed
+
     def publish(
         self,
         kind: str,
@@ -161,7 +195,11 @@ class ArtifactStore:
         """Write a new version with ``write_files(folder)`` and make it CURRENT, atomically."""
         kind_dir = self.root / kind
         kind_dir.mkdir(parents=True, exist_ok=True)
-        version = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{fingerprint[:8]}-{uuid.uuid4().hex[:4]}"
+        self.remove_stale_temp(kind)
+        # microseconds in the name: versions sort in publication order, which rollback relies on
+        now = time.time_ns() // 1000
+        stamp = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now // 1_000_000))}.{now % 1_000_000:06d}"
+        version = f"{stamp}-{fingerprint[:8]}-{uuid.uuid4().hex[:4]}"
         tmp = kind_dir / f"{_TMP_PREFIX}{version}"
         tmp.mkdir()
         try:

@@ -21,9 +21,11 @@ app = typer.Typer(
 data_app = typer.Typer(no_args_is_help=True, help="Prepare datasets.")
 train_app = typer.Typer(no_args_is_help=True, help="Train models.")
 evaluate_app = typer.Typer(no_args_is_help=True, help="Evaluate on the temporal split.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: JSON + PNG + markdown summary.")
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
 app.add_typer(evaluate_app, name="evaluate")
+app.add_typer(bench_app, name="bench")
 
 console = Console()
 logger = logging.getLogger("cascade")
@@ -133,6 +135,20 @@ def rebuild_index(
     console.print(f"index artifact [bold]{ref.version}[/] metrics: {_fmt(ref.manifest['metrics'])}")
 
 
+@app.command("rollback")
+def rollback(
+    kind: Annotated[str, typer.Argument(help="Artifact kind: recall, index or ranking.")] = "index",
+    to: Annotated[str | None, typer.Option(help="Version to go back to (default: the previous one).")] = None,
+) -> None:
+    """Point an artifact kind's CURRENT back at an earlier version (a running server picks it up)."""
+    from services.workflows import rollback as run
+
+    if kind not in ("recall", "index", "ranking"):
+        _fail(f"kind must be recall, index or ranking, got {kind!r}")
+    ref = _run(run, _config(), kind, to)
+    console.print(f"{kind} CURRENT is now [bold]{ref.version}[/]")
+
+
 @app.command("serve")
 def serve() -> None:
     """Start the gRPC service in the foreground (Ctrl-C stops it)."""
@@ -184,26 +200,59 @@ def recommend(
     console.print(f"models: recall {v.recall}, index {v.index}, ranking {v.ranking}")
 
 
-@evaluate_app.command("pipeline")
-def evaluate_pipeline(
-    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the report here.")] = None,
-) -> None:
-    """Recall@K and NDCG@10 of popularity, the two-tower alone and the whole pipeline, in one run."""
-    from services.workflows import evaluate_pipeline as run
+JsonOption = Annotated[Path | None, typer.Option("--json", help="Also write the report here.")]
 
-    report = _run(run, _config())
-    table = Table(title="held-out temporal split")
-    metrics = [m for m in next(iter(report.values())) if m != "users"]
+
+def _report(report: dict, json_path: Path | None, title: str) -> None:
+    systems = {name: values for name, values in report.items() if name[0] != "_" and "grid" not in name}
+    metrics = [m for m in next(iter(systems.values())) if m != "users"]
+    table = Table(title=title)
     table.add_column("system")
     for m in metrics:
         table.add_column(m)
-    for system, values in report.items():
-        table.add_row(system, *(f"{values.get(m, float('nan')):.4f}" for m in metrics))
+    for system, values in systems.items():
+        table.add_row(system, *(f"{values.get(m, float('nan')):.4g}" for m in metrics))
     console.print(table)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report, indent=2, sort_keys=True))
         console.print(f"wrote {json_path}")
+
+
+@evaluate_app.command("pipeline")
+def evaluate_pipeline(json_path: JsonOption = None) -> None:
+    """Recall@K and NDCG@10 of popularity, the two-tower alone, all channels and the whole pipeline."""
+    from services.workflows import evaluate_pipeline as run
+
+    _report(_run(run, _config()), json_path, "held-out temporal split: pipeline")
+
+
+@evaluate_app.command("recall")
+def evaluate_recall(json_path: JsonOption = None) -> None:
+    """Two-tower vs popularity vs validation-tuned implicit ALS: Recall@{10,50,100,500}, NDCG@10, coverage."""
+    from services.workflows import evaluate_recall as run
+
+    _report(_run(run, _config()), json_path, "held-out temporal split: recall")
+
+
+@bench_app.command("recall")
+def bench_recall(
+    json_path: Annotated[Path, typer.Option("--json", help="Report path; .png and .md go beside it.")] = Path(
+        "benchmarks/results/recall.json"
+    ),
+    sizes: Annotated[str, typer.Option(help="Comma-separated catalogue sizes.")] = "100000,1000000",
+    threads: Annotated[int, typer.Option(help="FAISS threads.")] = 2,
+    target_recall: Annotated[float, typer.Option(help="recall@500 the knob is tuned to reach.")] = 0.95,
+) -> None:
+    """FAISS Flat / IVF / HNSW on synthetic catalogues: build time, latency, recall against exact."""
+    from benchmarks.recall_index import BenchSettings, run, write_outputs
+
+    settings = BenchSettings(
+        sizes=tuple(int(s) for s in sizes.split(",")), threads=threads, target_recall=target_recall
+    )
+    report = run(settings, progress=lambda what: console.print(f"[cyan]benchmarking[/] {what}"))
+    for kind, path in write_outputs(report, json_path).items():
+        console.print(f"wrote {kind}: {path}")
 
 
 def _fmt(metrics: dict) -> str:

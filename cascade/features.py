@@ -7,6 +7,7 @@ Encoding rules (index 0 is always padding or "unknown" unless stated):
     age           -> 7 ordered buckets matching ML-1M's codes (1, 18, 25, 35, 45, 50, 56), so raw ML-100K
                      ages and ML-1M codes land in the same bucket; 7 when unknown
     occupation    -> 1..O in sorted name order
+    zip prefix    -> 1..Z over the first ``zip_prefix_length`` characters of the zip code, sorted; 0 unknown
     genres        -> padded list of genre ids (1..G)
     title         -> padded list of word ids; 0 <PAD>, 1 <UNK>, then the vocabulary
     release year  -> 5-year bucket, 0 unknown
@@ -26,7 +27,7 @@ import pandas as pd
 
 from cascade.errors import ArtifactError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 GENDER_CODES = {"F": 0, "M": 1}
 GENDER_UNKNOWN = 2
@@ -63,8 +64,17 @@ def title_words(title: str) -> list[str]:
     return _WORD.findall(_TITLE_YEAR.sub("", title or "").lower())
 
 
+def zip_prefix(zip_code: Any, length: int) -> str:
+    """Leading characters of a zip code, upper-cased; "" when missing or shorter than ``length``."""
+    text = str(zip_code or "").strip().upper()
+    return text[:length] if len(text) >= length else ""
+
+
 def split_genres(genres: str) -> list[str]:
     return [g for g in (genres or "").split("|") if g]
+
+
+USER_FIELDS = ("user", "gender", "age", "occupation", "zip")
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,7 @@ class UserFeatures:
     gender: np.ndarray
     age: np.ndarray
     occupation: np.ndarray
+    zip: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,8 @@ class FeatureSchema:
     title_vocab: tuple[str, ...]  # starts with PAD, UNK
     max_genres: int
     title_length: int
+    zip_prefixes: tuple[str, ...] = ()
+    zip_prefix_length: int = 2
     version: int = SCHEMA_VERSION
 
     # --- sizes of every categorical feature, for embedding tables -------------------------------------
@@ -120,6 +133,10 @@ class FeatureSchema:
         return len(self.occupations) + 1
 
     @property
+    def num_zip_prefixes(self) -> int:
+        return len(self.zip_prefixes) + 1
+
+    @property
     def num_genres(self) -> int:
         return len(self.genres) + 1
 
@@ -138,6 +155,7 @@ class FeatureSchema:
             "gender": self.num_genders,
             "age": self.num_ages,
             "occupation": self.num_occupations,
+            "zip": self.num_zip_prefixes,
             "genre": self.num_genres,
             "year": self.num_years,
         }[feature]
@@ -145,10 +163,16 @@ class FeatureSchema:
     # --- fitting ------------------------------------------------------------------------------------
     @classmethod
     def fit(
-        cls, users: pd.DataFrame, items: pd.DataFrame, max_genres: int, title_length: int
+        cls,
+        users: pd.DataFrame,
+        items: pd.DataFrame,
+        max_genres: int,
+        title_length: int,
+        zip_prefix_length: int = 2,
     ) -> FeatureSchema:
         """Build vocabularies from the catalogue tables (no interaction data is looked at)."""
         words = sorted({w for t in items["title"] for w in title_words(t)})
+        prefixes = {zip_prefix(z, zip_prefix_length) for z in users["zip_code"]} - {""}
         return cls(
             user_ids=np.sort(users["user_id"].to_numpy(dtype=np.int64)),
             item_ids=np.sort(items["item_id"].to_numpy(dtype=np.int64)),
@@ -157,6 +181,8 @@ class FeatureSchema:
             title_vocab=(PAD, UNK, *words),
             max_genres=max_genres,
             title_length=title_length,
+            zip_prefixes=tuple(sorted(prefixes)),
+            zip_prefix_length=zip_prefix_length,
         )
 
     # --- id mapping ---------------------------------------------------------------------------------
@@ -189,12 +215,23 @@ class FeatureSchema:
         lookup = self._occupation_lookup
         return np.array([lookup.get(str(v), 0) for v in np.asarray(values, dtype=object)], dtype=np.int64)
 
+    @cached_property
+    def _zip_lookup(self) -> dict[str, int]:
+        return {z: i + 1 for i, z in enumerate(self.zip_prefixes)}
+
+    def encode_zip(self, values: Any) -> np.ndarray:
+        lookup, length = self._zip_lookup, self.zip_prefix_length
+        return np.array(
+            [lookup.get(zip_prefix(v, length), 0) for v in np.asarray(values, dtype=object)], dtype=np.int64
+        )
+
     def encode_users(self, users: pd.DataFrame) -> UserFeatures:
         return UserFeatures(
             user=self.user_index(users["user_id"].to_numpy()),
             gender=encode_gender(users["gender"].to_numpy()),
             age=encode_age(users["age"].to_numpy()),
             occupation=self.encode_occupation(users["occupation"].to_numpy()),
+            zip=self.encode_zip(users["zip_code"].to_numpy()),
         )
 
     def encode_items(self, items: pd.DataFrame) -> ItemFeatures:
@@ -222,9 +259,10 @@ class FeatureSchema:
             gender=np.full(self.num_users, GENDER_UNKNOWN, dtype=np.int64),
             age=np.full(self.num_users, AGE_UNKNOWN, dtype=np.int64),
             occupation=np.zeros(self.num_users, dtype=np.int64),
+            zip=np.zeros(self.num_users, dtype=np.int64),
         )
         known = encoded.user > 0
-        for name in ("gender", "age", "occupation"):
+        for name in ("gender", "age", "occupation", "zip"):
             getattr(table, name)[encoded.user[known]] = getattr(encoded, name)[known]
         return table
 
@@ -255,6 +293,8 @@ class FeatureSchema:
                 "title_vocab": list(self.title_vocab),
                 "max_genres": self.max_genres,
                 "title_length": self.title_length,
+                "zip_prefixes": list(self.zip_prefixes),
+                "zip_prefix_length": self.zip_prefix_length,
             }
         )
 
@@ -271,6 +311,8 @@ class FeatureSchema:
             title_vocab=tuple(raw["title_vocab"]),
             max_genres=int(raw["max_genres"]),
             title_length=int(raw["title_length"]),
+            zip_prefixes=tuple(raw["zip_prefixes"]),
+            zip_prefix_length=int(raw["zip_prefix_length"]),
         )
 
     def save(self, path: Path) -> None:

@@ -30,8 +30,12 @@ def evaluate_rankings(
     recall_ks: Iterable[int] = (10, 50, 100),
     ndcg_ks: Iterable[int] = (10,),
     catalogue_size: int | None = None,
+    coverage_k: int | None = None,
 ) -> dict[str, float]:
-    """Mean metrics over users in ``positives``; a user with no ranking counts as all misses."""
+    """Mean metrics over users in ``positives``; a user with no ranking counts as all misses.
+
+    ``coverage`` is the share of the catalogue shown in some user's top ``coverage_k`` (default: the
+    largest k asked for)."""
     recall_ks, ndcg_ks = list(recall_ks), list(ndcg_ks)
     sums = {f"recall@{k}": 0.0 for k in recall_ks} | {f"ndcg@{k}": 0.0 for k in ndcg_ks}
     shown: set[int] = set()
@@ -42,7 +46,7 @@ def evaluate_rankings(
             sums[f"recall@{k}"] += recall_at_k(ranked, pos, k)
         for k in ndcg_ks:
             sums[f"ndcg@{k}"] += ndcg_at_k(ranked, pos, k)
-        shown.update(ranked[: max(recall_ks + ndcg_ks)].tolist())
+        shown.update(ranked[: coverage_k or max(recall_ks + ndcg_ks)].tolist())
     users = max(len(positives), 1)
     result = {name: value / users for name, value in sums.items()}
     result["users"] = float(len(positives))

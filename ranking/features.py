@@ -33,6 +33,7 @@ class UserRow:
     gender: int
     age: int
     occupation: int
+    zip: int = 0
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,7 @@ def serve_forever(config: AppConfig, on_ready: Callable[[int], None] | None = No
         port = server.start()
         try:
             server.load_models()
+            server.watch_artifacts()
             if on_ready is not None:
                 on_ready(port)
             stop.wait()

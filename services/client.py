@@ -35,15 +35,20 @@ class CascadeClient:
         gender: str = "",
         age: int = 0,
         occupation: str = "",
+        zip_code: str = "",
     ) -> pb.RecommendResponse:
         request = pb.RecommendRequest(
             user_id=str(user_id),
             k=k,
             exclude_item_ids=[str(i) for i in exclude_item_ids],
             request_id=request_id,
-            demographics=pb.Demographics(gender=gender, age=age, occupation=occupation),
+            demographics=pb.Demographics(gender=gender, age=age, occupation=occupation, zip_code=zip_code),
         )
         return self._stub.Recommend(request, timeout=self.timeout_s)
+
+    def similar_items(self, item_id: str | int, k: int = 10, request_id: str = "") -> pb.SimilarItemsResponse:
+        request = pb.SimilarItemsRequest(item_id=str(item_id), k=k, request_id=request_id)
+        return self._stub.SimilarItems(request, timeout=self.timeout_s)
 
     def record_event(
         self, user_id: str | int, item_id: str | int, event_type: str | int = "view", timestamp: int = 0

@@ -13,6 +13,7 @@ from cascade.errors import ArtifactError
 from cascade.features import SCHEMA_VERSION, FeatureSchema, ItemFeatures
 from ranking.features import RankingFeatureBuilder
 from ranking.ranker import Ranker, load_ranker
+from recall.channels import CooccurrenceRules, SegmentPopularity
 from recall.index import ItemIndex
 from recall.two_tower import TwoTowerModel
 
@@ -21,6 +22,8 @@ logger = logging.getLogger(__name__)
 SCHEMA_FILE = "schema.json"
 CATALOGUE_FILE = "catalogue.parquet"
 POPULARITY_FILE = "popularity.npy"
+QUERY_SAMPLE_FILE = "query_sample.npz"
+INNER_PREFIX = "inner_"  # the recall artifact's validation-split model, which ranking trains from
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,8 @@ class ServingModels:
     popular_order: np.ndarray  # item indices, most popular first
     two_tower: TwoTowerModel
     index: ItemIndex
+    cooccurrence: CooccurrenceRules
+    segment_popularity: SegmentPopularity
     ranker: Ranker
     ranking_features: RankingFeatureBuilder
     versions: dict[str, str]
@@ -79,6 +84,8 @@ class ServingModels:
             popular_order=popular_order,
             two_tower=TwoTowerModel.load(recall_ref.path),
             index=index,
+            cooccurrence=CooccurrenceRules.load(recall_ref.path),
+            segment_popularity=SegmentPopularity.load(recall_ref.path),
             ranker=ranker,
             ranking_features=RankingFeatureBuilder(schema, items, popularity),
             versions={

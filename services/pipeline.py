@@ -1,4 +1,5 @@
-"""The request-time composition of recall, ranking and rerank, shared by the server and the evaluation."""
+"""The request-time composition of recall channels, ranking and rerank, shared by the server and the
+offline evaluation."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 
 from cascade.config import AppConfig
 from ranking.features import UserRow
+from recall.channels import ChannelCandidates, MergedCandidates, merge_channels
 from rerank.rules import Reranker
 from services.models import ServingModels
 
@@ -26,20 +28,30 @@ class UserContext:
     seen: np.ndarray  # (S,)
     has_profile: bool  # demographics known, from the feature store or the request
 
+    @property
+    def anonymous(self) -> bool:
+        """Nothing personal to go on: popularity is the best guess."""
+        return self.row.user == 0 and not self.has_profile and len(self.history) == 0
+
 
 @dataclass
 class Recommendation:
     items: np.ndarray  # (k,) item indices, best first
-    scores: np.ndarray  # (k,)
-    sources: list[str]
+    scores: np.ndarray  # (k,) final scores
+    sources: list[str]  # (k,) recall channel of each item
+    channel_scores: np.ndarray  # (k,) each item's score within its channel
     stage_ms: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Candidates:
-    items: np.ndarray  # (C,)
-    scores: np.ndarray  # (C,)
-    source: str
+def two_tower_order(
+    items: np.ndarray, item_embeddings: np.ndarray, query: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates from any channel in two-tower order: items (C,), embeddings (N, D) of item indices
+    1..N, query (D,) -> (order (C,) into ``items``, two-tower scores in that order). Ranking features read
+    the recall score and rank from this order, whichever channel proposed an item."""
+    scores = item_embeddings[items - 1] @ query
+    order = np.argsort(-scores, kind="stable")
+    return order, scores[order].astype(np.float32)
 
 
 class RecommendationPipeline:
@@ -48,47 +60,83 @@ class RecommendationPipeline:
         self.config = config
         self.reranker = Reranker(config.rerank)
 
-    def _user_embedding(self, row: UserRow) -> np.ndarray:
+    def user_embedding(self, ctx: UserContext) -> np.ndarray:
+        """(D,) float32 query vector from the user's features and recent history."""
+        length = self.models.two_tower.spec.history_length
+        history = np.zeros((1, length), dtype=np.int64)
+        recent = ctx.history[:length]
+        history[0, : len(recent)] = recent
+        row = ctx.row
         tensors = [
-            torch.tensor([v], dtype=torch.int64) for v in (row.user, row.gender, row.age, row.occupation)
+            torch.tensor([v], dtype=torch.int64)
+            for v in (row.user, row.gender, row.age, row.occupation, row.zip)
         ]
         with torch.inference_mode():
-            return self.models.two_tower.user_tower(*tensors).numpy()  # (1, D)
+            return self.models.two_tower.user_tower(*tensors, torch.from_numpy(history)).numpy()[0]
 
-    def popular(self, blocked: np.ndarray, count: int) -> Candidates:
+    def popular(self, blocked: np.ndarray, count: int) -> ChannelCandidates:
         """The ``count`` most popular items not in ``blocked``, scored relative to the most popular."""
         pool = self.models.popular_order[: count + len(blocked)]
         pool = pool[~np.isin(pool, blocked)][:count]
         pop = self.models.popularity[pool]
-        return Candidates(pool, (pop / max(pop.max(initial=0.0), 1.0)).astype(np.float32), SOURCE_POPULAR)
+        return ChannelCandidates(
+            pool, (pop / max(pop.max(initial=0.0), 1.0)).astype(np.float32), SOURCE_POPULAR
+        )
 
-    def recall(self, ctx: UserContext, count: int) -> Candidates:
-        """Up to ``count`` candidates the user has not seen, best first."""
-        if ctx.row.user == 0 and not ctx.has_profile:
-            # Nothing personal to embed: the most popular items are the best guess.
-            return self.popular(ctx.seen, count)
-        scores, items = self.models.index.search(self._user_embedding(ctx.row), count + len(ctx.seen))
+    def two_tower(self, query: np.ndarray, blocked: np.ndarray, count: int) -> ChannelCandidates:
+        """Up to ``count`` nearest items to ``query`` (D,) from the ANN index, ``blocked`` removed."""
+        scores, items = self.models.index.search(query[None, :], count + len(blocked))
         scores, items = scores[0], items[0]
-        keep = (items > 0) & ~np.isin(items, ctx.seen)
-        return Candidates(items[keep][:count], scores[keep][:count], SOURCE_TWO_TOWER)
+        keep = (items > 0) & ~np.isin(items, blocked)
+        return ChannelCandidates(items[keep][:count], scores[keep][:count], SOURCE_TWO_TOWER)
+
+    def recall(self, ctx: UserContext, extra: int = 0) -> tuple[MergedCandidates, np.ndarray | None]:
+        """Every channel's candidates for the user, merged and de-duplicated, and the two-tower query
+        (None for anonymous users, who get popular items only). ``extra`` widens the two-tower quota."""
+        rc = self.config.recall
+        if ctx.anonymous:
+            return merge_channels([self.popular(ctx.seen, rc.num_candidates + extra)]), None
+        query = self.user_embedding(ctx)
+        channels = [self.two_tower(query, ctx.seen, rc.num_candidates + extra)]
+        if len(ctx.history):
+            recent = ctx.history[: rc.cooccurrence_recent_items]
+            channels.append(self.models.cooccurrence.candidates(recent, ctx.seen, rc.cooccurrence_candidates))
+        else:
+            channels.append(
+                self.models.segment_popularity.candidates(
+                    ctx.row.gender, ctx.row.age, ctx.seen, rc.segment_popular_candidates
+                )
+            )
+        return merge_channels(channels), query
 
     def recommend(self, ctx: UserContext, k: int, exclude: np.ndarray) -> Recommendation:
         """Excluded items are removed after ranking, from a candidate list widened by their number, so
         excluding an item never changes the features, and so the scores, of the others."""
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        candidates = self.recall(ctx, self.config.recall.num_candidates + len(exclude))
+        merged, query = self.recall(ctx, extra=len(exclude))
         after_recall = time.perf_counter()
         timings["recall"] = (after_recall - start) * 1e3
-        if candidates.source == SOURCE_POPULAR or len(candidates.items) == 0:
-            scores = candidates.scores
+        items, sources, channel_scores = merged.items, merged.sources, merged.channel_scores
+        if query is None or len(items) == 0:
+            scores = channel_scores
         else:
-            batch = self.models.ranking_features.build(
-                ctx.row, ctx.history, candidates.items, candidates.scores
-            )
+            order, tt_scores = two_tower_order(items, self.models.index.embeddings, query)
+            items, sources, channel_scores = items[order], sources[order], channel_scores[order]
+            batch = self.models.ranking_features.build(ctx.row, ctx.history, items, tt_scores)
             scores = self.models.ranker.score(batch)
         after_ranking = time.perf_counter()
         timings["ranking"] = (after_ranking - after_recall) * 1e3
-        result = self.reranker.apply(candidates.items, scores, ctx.seen, exclude, k)
+        result = self.reranker.apply(items, scores, ctx.seen, exclude, k)
         timings["rerank"] = (time.perf_counter() - after_ranking) * 1e3
-        return Recommendation(result.items, result.scores, [candidates.source] * len(result.items), timings)
+        return Recommendation(
+            result.items,
+            result.scores,
+            sources[result.positions].tolist(),
+            channel_scores[result.positions],
+            timings,
+        )
+
+    def similar_items(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k items nearest to item index ``item`` in the two-tower space, from the same ANN index."""
+        return self.models.index.similar(item, k)

@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from cascade.artifacts import ArtifactStore
 from cascade.config import AppConfig
-from cascade.errors import InvalidArgumentError, NotReadyError
+from cascade.errors import ArtifactError, InvalidArgumentError, NotFoundError, NotReadyError
 from cascade.features import encode_age, encode_gender
 from ranking.features import UserRow
 from services.api import recommender_pb2 as pb
@@ -34,6 +34,7 @@ from services.validation import (
 
 logger = logging.getLogger(__name__)
 
+KINDS = ("recall", "index", "ranking")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
 _EVENT_TYPES = frozenset(v.number for v in pb.EventType.DESCRIPTOR.values) - {pb.EVENT_TYPE_UNSPECIFIED}
 
@@ -63,28 +64,30 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         pipeline: RecommendationPipeline,
         user_id: int,
         state: UserState,
-        demographics: tuple[str, int, str],
+        demographics: tuple[str, int, str, str],
     ) -> UserContext:
         schema = pipeline.models.schema
         history = schema.item_index([e.item_id for e in state.history])
         seen = schema.item_index(np.fromiter(state.seen, dtype=np.int64, count=len(state.seen)))
         if state.features is not None:
             profile = state.features
-            gender, age, occupation = (
+            gender, age, occupation, zip_code = (
                 profile.get("gender", ""),
                 int(profile.get("age", -1) or -1),
                 profile.get("occupation", ""),
+                profile.get("zip_code", ""),
             )
             has_profile = True
         else:
-            gender, age, occupation = demographics
-            has_profile = bool(gender or age or occupation)
+            gender, age, occupation, zip_code = demographics
+            has_profile = bool(gender or age or occupation or zip_code)
             age = age if age > 0 else -1
         row = UserRow(
             user=int(schema.user_index([user_id])[0]),
             gender=int(encode_gender([gender])[0]),
             age=int(encode_age([age])[0]),
             occupation=int(schema.encode_occupation([occupation])[0]),
+            zip=int(schema.encode_zip([zip_code])[0]),
         )
         return UserContext(
             row=row, history=history[history > 0], seen=seen[seen > 0], has_profile=has_profile
@@ -97,7 +100,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         exclude_ids = parse_exclude_ids(list(request.exclude_item_ids), self.config.serving.max_exclude_ids)
         request_id = check_request_id(request.request_id) or uuid.uuid4().hex
         demo = request.demographics
-        demographics = check_demographics(demo.gender, demo.age, demo.occupation)
+        demographics = check_demographics(demo.gender, demo.age, demo.occupation, demo.zip_code)
         pipeline = self._require_pipeline()
         models = pipeline.models
         state = self.store.get_user_state(user_id, self.config.features.history_length)
@@ -110,9 +113,15 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         response = pb.RecommendResponse(
             request_id=request_id,
             items=[
-                pb.RecommendedItem(item_id=str(i), title=models.titles[idx], score=float(s), source=src)
-                for i, idx, s, src in zip(
-                    item_ids.tolist(), result.items.tolist(), result.scores.tolist(), result.sources
+                pb.RecommendedItem(
+                    item_id=str(i), title=models.titles[idx], score=s, source=src, channel_score=cs
+                )
+                for i, idx, s, src, cs in zip(
+                    item_ids.tolist(),
+                    result.items.tolist(),
+                    result.scores.tolist(),
+                    result.sources,
+                    result.channel_scores.tolist(),
                 )
             ],
             model_versions=pb.ModelVersions(**models.versions),
@@ -122,6 +131,29 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         response.stage_ms["features"] = (features_done - started) * 1e3
         response.stage_ms["serialise"] = (time.perf_counter() - serialise_start) * 1e3
         return response
+
+    def SimilarItems(
+        self, request: pb.SimilarItemsRequest, context: grpc.ServicerContext
+    ) -> pb.SimilarItemsResponse:
+        item_id = parse_id("item_id", request.item_id)
+        k = check_k(request.k, self.config.serving.max_similar_k)
+        request_id = check_request_id(request.request_id) or uuid.uuid4().hex
+        pipeline = self._require_pipeline()
+        models = pipeline.models
+        item = int(models.schema.item_index([item_id])[0])
+        if item == 0:
+            raise NotFoundError(f"item_id: no item {item_id} in the catalogue")
+        items, scores = pipeline.similar_items(item, k)
+        return pb.SimilarItemsResponse(
+            request_id=request_id,
+            items=[
+                pb.SimilarItem(item_id=str(i), title=models.titles[idx], score=s)
+                for i, idx, s in zip(
+                    models.schema.item_id_of(items).tolist(), items.tolist(), scores.tolist()
+                )
+            ],
+            model_versions=pb.ModelVersions(**models.versions),
+        )
 
     def RecordEvent(
         self, request: pb.RecordEventRequest, context: grpc.ServicerContext
@@ -160,6 +192,8 @@ class CascadeServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         self.port: int | None = None
         self._stopped = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._failed_versions: dict[str, str] | None = None
 
     def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):
@@ -181,6 +215,48 @@ class CascadeServer:
         self.service.install(models)
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         return models
+
+    def reload_if_published(self) -> bool:
+        """Swap in newly published versions, if any; True when a swap happened.
+
+        The new models load beside the old ones, which keep answering until the swap, a single reference
+        assignment, so no request fails or waits. A combination that fails to load (e.g. a new recall model
+        whose index is not built yet) is logged once and retried only when the published versions change.
+        """
+        store = ArtifactStore(self.config.artifacts_dir)
+        published = {kind: (ref.version if (ref := store.current(kind)) else "") for kind in KINDS}
+        pipeline = self.service._pipeline
+        if pipeline is not None and published == pipeline.models.versions:
+            return False
+        if published == self._failed_versions:
+            return False
+        try:
+            models = ServingModels.load(store)
+        except (ArtifactError, OSError, ValueError, KeyError) as exc:
+            self._failed_versions = published
+            logger.warning("not reloading: published versions %s do not load together: %s", published, exc)
+            return False
+        self.service.install(models)
+        self._failed_versions = None
+        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        logger.info("reloaded models: %s", models.versions)
+        return True
+
+    def watch_artifacts(self) -> None:
+        """Poll the artifact store every ``reload_interval_s`` in a daemon thread (0: never)."""
+        interval = self.config.serving.reload_interval_s
+        if interval <= 0 or self._watcher is not None:
+            return
+
+        def run() -> None:
+            while not self._stopped.wait(interval):
+                try:
+                    self.reload_if_published()
+                except Exception:  # the watcher must outlive any one bad publication
+                    logger.exception("artifact watcher failed; retrying in %.1f s", interval)
+
+        self._watcher = threading.Thread(target=run, name="cascade-artifact-watcher", daemon=True)
+        self._watcher.start()
 
     def stop(self, grace_s: float = 5.0) -> None:
         if self._stopped.is_set():

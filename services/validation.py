@@ -13,6 +13,7 @@ MAX_FUTURE_SKEW_S = 86_400
 MAX_AGE_YEARS = 130
 MAX_OCCUPATION_CHARS = 64
 GENDERS = ("", "F", "M")
+_ZIP = re.compile(r"[0-9A-Za-z -]{0,12}")
 
 
 def parse_id(field: str, value: str) -> int:
@@ -43,7 +44,9 @@ def check_request_id(value: str) -> str:
     return value
 
 
-def check_demographics(gender: str, age: int, occupation: str) -> tuple[str, int, str]:
+def check_demographics(
+    gender: str, age: int, occupation: str, zip_code: str = ""
+) -> tuple[str, int, str, str]:
     gender = gender.upper()
     if gender not in GENDERS:
         raise InvalidArgumentError("demographics.gender", f"must be 'F', 'M' or empty, got {gender[:10]!r}")
@@ -51,7 +54,11 @@ def check_demographics(gender: str, age: int, occupation: str) -> tuple[str, int
         raise InvalidArgumentError("demographics.age", f"must be 0 (unknown) to {MAX_AGE_YEARS}, got {age}")
     if len(occupation) > MAX_OCCUPATION_CHARS:
         raise InvalidArgumentError("demographics.occupation", f"at most {MAX_OCCUPATION_CHARS} characters")
-    return gender, age, occupation
+    if not _ZIP.fullmatch(zip_code):
+        raise InvalidArgumentError(
+            "demographics.zip_code", "must be at most 12 letters, digits, spaces or hyphens"
+        )
+    return gender, age, occupation, zip_code
 
 
 def check_timestamp(timestamp: int, now: float | None = None) -> int:

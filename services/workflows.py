@@ -15,25 +15,39 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from cascade.artifacts import ArtifactRef, ArtifactStore, fingerprint
 from cascade.config import AppConfig
 from cascade.data.dataset import Dataset
 from cascade.data.split import TemporalSplit, temporal_split
-from cascade.features import SCHEMA_VERSION, FeatureSchema, ItemFeatures, UserFeatures
+from cascade.features import SCHEMA_VERSION, USER_FIELDS, FeatureSchema, ItemFeatures, UserFeatures
 from cascade.metrics import auc, evaluate_rankings
 from cascade.seeding import seed_everything
 from ranking.features import DENSE_FEATURES, FEATURES_VERSION, RankingBatch, RankingFeatureBuilder, UserRow
 from ranking.ranker import create_ranker
+from recall.baselines import ALSRecommender, interaction_matrix, tune_als
+from recall.channels import ChannelCandidates, CooccurrenceRules, SegmentPopularity, merge_channels
 from recall.index import ItemIndex, exact_search
-from recall.training import embed_items, embed_users, train_two_tower
+from recall.training import InteractionSequences, embed_items, embed_users, train_two_tower
 from recall.two_tower import TwoTowerModel
-from services.models import CATALOGUE_FILE, POPULARITY_FILE, SCHEMA_FILE, ServingModels
-from services.pipeline import RecommendationPipeline, UserContext
+from services.models import (
+    CATALOGUE_FILE,
+    INNER_PREFIX,
+    POPULARITY_FILE,
+    QUERY_SAMPLE_FILE,
+    SCHEMA_FILE,
+    ServingModels,
+)
+from services.pipeline import RecommendationPipeline, UserContext, two_tower_order
 
 logger = logging.getLogger(__name__)
 
-EVAL_RECALL_KS = (10, 50, 100)
+EVAL_RECALL_KS = (10, 50, 100, 500)
+PIPELINE_KS = (10, 50, 100)  # the pipeline returns at most its candidate count, so no @500 for it
+COVERAGE_K = 100  # catalogue coverage counts the items shown in each user's top 100
+# A small grid around the values that suit MovieLens-sized data; chosen on the validation split.
+ALS_GRID = {"factors": [16, 32, 64], "regularization": [0.01, 0.1, 1.0], "alpha": [1.0, 10.0, 40.0]}
 
 
 @dataclass(frozen=True)
@@ -58,7 +72,11 @@ def prepare(config: AppConfig) -> Prepared:
     dataset = Dataset.load(path)
     split = temporal_split(dataset.interactions, config.data.holdout_fraction)
     schema = FeatureSchema.fit(
-        dataset.users, dataset.items, config.features.max_genres, config.features.title_length
+        dataset.users,
+        dataset.items,
+        config.features.max_genres,
+        config.features.title_length,
+        config.features.zip_prefix_length,
     )
     return Prepared(
         dataset, data_fp, split, schema, schema.user_table(dataset.users), schema.item_table(dataset.items)
@@ -70,20 +88,12 @@ def _item_counts(schema: FeatureSchema, interactions: pd.DataFrame) -> np.ndarra
     return np.bincount(idx[idx > 0], minlength=schema.num_items).astype(np.float64)
 
 
-def _fit_two_tower(
-    config: AppConfig, prep: Prepared, interactions: pd.DataFrame, progress: bool
-) -> TwoTowerModel:
-    result = train_two_tower(
-        config.recall,
-        prep.schema,
-        prep.users,
-        prep.items,
-        prep.schema.user_index(interactions["user_id"].to_numpy()),
-        prep.schema.item_index(interactions["item_id"].to_numpy()),
-        seed=config.seed,
-        progress=progress,
+def sequences_of(schema: FeatureSchema, interactions: pd.DataFrame) -> InteractionSequences:
+    return InteractionSequences(
+        schema.user_index(interactions["user_id"].to_numpy()),
+        schema.item_index(interactions["item_id"].to_numpy()),
+        interactions["timestamp"].to_numpy(),
     )
-    return result.model
 
 
 def recall_fingerprint(config: AppConfig, data_fp: str) -> str:
@@ -95,7 +105,16 @@ def recall_fingerprint(config: AppConfig, data_fp: str) -> str:
         config.data.model_dump(mode="json"),
         config.features.model_dump(mode="json"),
         config.recall.model_dump(
-            mode="json", exclude={"index_factory", "index_min_recall", "num_candidates"}
+            mode="json",
+            exclude={
+                "index_factory",
+                "index_min_recall",
+                "index_target_recall",
+                "num_candidates",
+                "cooccurrence_candidates",
+                "segment_popular_candidates",
+                "cooccurrence_recent_items",
+            },
         ),
     )
 
@@ -111,28 +130,70 @@ def _reuse(store: ArtifactStore, kind: str, wanted: str, force: bool) -> Artifac
 # --- recall ------------------------------------------------------------------------------------------
 
 
-def _exact_topk_for_users(
-    model: TwoTowerModel,
-    prep: Prepared,
-    item_embeddings: np.ndarray,
-    user_ids: np.ndarray,
-    seen: dict[int, np.ndarray],
-    k: int,
-    chunk: int = 2048,
-) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Exact top-k per user with the user's ``seen`` items removed -> user id: (item indices, scores)."""
-    out = {}
-    nothing_seen = np.zeros(0, dtype=np.int64)
-    for begin in range(0, len(user_ids), chunk):
-        users = user_ids[begin : begin + chunk]
-        queries = embed_users(model, prep.users, prep.schema.user_index(users))
-        # widen by the longest seen list in this chunk, so k unseen items remain for everyone
-        longest = max((len(seen.get(int(u), ())) for u in users), default=0)
-        scores, found = exact_search(item_embeddings, queries, k + longest)
-        for user, ranked, ranked_scores in zip(users.tolist(), found, scores):
-            keep = ~np.isin(ranked, seen.get(user, nothing_seen))
-            out[user] = (ranked[keep][:k], ranked_scores[keep][:k])
-    return out
+@dataclass(frozen=True)
+class RecallTask:
+    """What ranking a user's unseen items is judged on: one split's training part and its positives.
+
+    users: external ids (U,); rows: their user-table rows (U,); history: (U, L) latest training items;
+    seen: user id -> training item indices; positives: user id -> held-out positive item indices;
+    known: (num_items,) bool, items with training interactions."""
+
+    users: np.ndarray
+    rows: np.ndarray
+    history: np.ndarray
+    seen: dict[int, np.ndarray]
+    positives: dict[int, np.ndarray]
+    known: np.ndarray
+    sequences: InteractionSequences
+
+    @classmethod
+    def of(
+        cls, prep: Prepared, split: TemporalSplit, config: AppConfig, max_users: int | None = None
+    ) -> RecallTask:
+        schema = prep.schema
+        positives = _positive_indices(schema, split, config.data.positive_min_rating)
+        users = np.fromiter(positives, dtype=np.int64, count=len(positives))
+        if max_users is not None and len(users) > max_users:
+            users = np.sort(np.random.default_rng(config.seed).choice(users, max_users, replace=False))
+            positives = {int(u): positives[int(u)] for u in users}
+        sequences = sequences_of(schema, split.train)
+        rows = schema.user_index(users)
+        return cls(
+            users=users,
+            rows=rows,
+            history=sequences.latest_history(rows, config.features.history_length),
+            seen=_seen_indices(schema, split.train),
+            positives=positives,
+            known=np.bincount(sequences.item, minlength=schema.num_items) > 0,
+            sequences=sequences,
+        )
+
+    def rankings(
+        self, model: TwoTowerModel, prep: Prepared, k: int, chunk: int = 2048
+    ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Exact two-tower top-k of unseen items per user -> user id: (item indices, scores)."""
+        item_embeddings = embed_items(model, prep.items, self.known)
+        queries = embed_users(model, prep.users, self.rows, self.history)
+        out = {}
+        nothing = np.zeros(0, dtype=np.int64)
+        for begin in range(0, len(self.users), chunk):
+            users = self.users[begin : begin + chunk]
+            # widen by the longest seen list in this chunk, so k unseen items remain for everyone
+            longest = max((len(self.seen.get(int(u), ())) for u in users), default=0)
+            scores, found = exact_search(item_embeddings, queries[begin : begin + chunk], k + longest)
+            for user, ranked, ranked_scores in zip(users.tolist(), found, scores):
+                keep = ~np.isin(ranked, self.seen.get(user, nothing))
+                out[user] = (ranked[keep][:k], ranked_scores[keep][:k])
+        return out
+
+    def evaluate(self, rankings: dict[int, np.ndarray], num_items: int) -> dict[str, float]:
+        return evaluate_rankings(rankings, self.positives, EVAL_RECALL_KS, (10,), num_items - 1, COVERAGE_K)
+
+    def recall_at_100(self, model: TwoTowerModel, prep: Prepared) -> float:
+        ranked = self.rankings(model, prep, 100)
+        return evaluate_rankings({u: r for u, (r, _) in ranked.items()}, self.positives, (100,), ())[
+            "recall@100"
+        ]
 
 
 def _seen_indices(schema: FeatureSchema, interactions: pd.DataFrame) -> dict[int, np.ndarray]:
@@ -147,7 +208,68 @@ def _positive_indices(
     return {u: schema.item_index(items) for u, items in split.positives(min_rating).items()}
 
 
+def _train(
+    config: AppConfig,
+    prep: Prepared,
+    sequences: InteractionSequences,
+    progress: bool,
+    validation: RecallTask | None = None,
+    epochs: int | None = None,
+):
+    return train_two_tower(
+        config.recall,
+        prep.schema,
+        prep.users,
+        prep.items,
+        sequences,
+        seed=config.seed,
+        history_length=config.features.history_length,
+        validate=None if validation is None else (lambda model: validation.recall_at_100(model, prep)),
+        epochs=epochs,
+        progress=progress,
+    )
+
+
+def _mine_channels(config: AppConfig, prep: Prepared, interactions: pd.DataFrame):
+    rc = config.recall
+    seqs = sequences_of(prep.schema, interactions)
+    rules = CooccurrenceRules.mine(
+        seqs.user,
+        seqs.item,
+        prep.schema.num_items,
+        window=rc.cooccurrence_window,
+        min_support=rc.cooccurrence_min_support,
+        min_confidence=rc.cooccurrence_min_confidence,
+        neighbours=rc.cooccurrence_neighbours,
+    )
+    segments = SegmentPopularity.count(
+        prep.users.gender[seqs.user],
+        prep.users.age[seqs.user],
+        seqs.item,
+        prep.schema.num_items,
+        rc.segment_popular_top,
+    )
+    return rules, segments
+
+
+def _query_sample(
+    config: AppConfig, prep: Prepared, task: RecallTask, count: int = 2000
+) -> dict[str, np.ndarray]:
+    """Real user-tower inputs (encoded users and their histories) for tuning and validating the index."""
+    rng = np.random.default_rng(config.seed)
+    pick = rng.choice(len(task.rows), size=min(count, len(task.rows)), replace=False)
+    rows = task.rows[pick]
+    sample = {name: getattr(prep.users, name)[rows] for name in USER_FIELDS}
+    sample["history"] = task.history[pick]
+    return sample
+
+
 def train_recall(config: AppConfig, force: bool = False, progress: bool = True) -> ArtifactRef:
+    """Train the two-tower model with early stopping on a validation split, refit it on the whole training
+    part for the chosen number of epochs, mine the other channels, and publish them together.
+
+    The validation model (trained on the inner split only) is kept too: ranking draws its training
+    candidates from it, so the ranker learns from candidates whose labels the recall model never saw."""
     store = ArtifactStore(config.artifacts_dir)
     data_fp = Dataset.fingerprint_of(dataset_path(config))
     wanted = recall_fingerprint(config, data_fp)
@@ -155,31 +277,41 @@ def train_recall(config: AppConfig, force: bool = False, progress: bool = True) 
         return ref
     seed_everything(config.seed)
     prep = prepare(config)
+    inner = temporal_split(prep.split.train, config.data.holdout_fraction)
+    validation = RecallTask.of(prep, inner, config, max_users=config.recall.validation_users)
     started = time.perf_counter()
-    model = _fit_two_tower(config, prep, prep.split.train, progress)
+    inner_result = _train(config, prep, sequences_of(prep.schema, inner.train), progress, validation)
+    test_task = RecallTask.of(prep, prep.split, config, max_users=config.recall.validation_users)
+    seed_everything(config.seed)
+    final = _train(config, prep, test_task.sequences, progress, epochs=inner_result.best_epoch)
     train_seconds = time.perf_counter() - started
-    item_embeddings = embed_items(model, prep.items)
-    positives = _positive_indices(prep.schema, prep.split, config.data.positive_min_rating)
-    users = np.fromiter(positives.keys(), dtype=np.int64)
-    rankings = _exact_topk_for_users(
-        model, prep, item_embeddings, users, _seen_indices(prep.schema, prep.split.train), max(EVAL_RECALL_KS)
+    rankings = test_task.rankings(final.model, prep, max(EVAL_RECALL_KS))
+    metrics = test_task.evaluate({u: r for u, (r, _) in rankings.items()}, prep.schema.num_items)
+    metrics.update(
+        train_seconds=train_seconds,
+        best_epoch=float(inner_result.best_epoch),
+        validation_recall_at_100=max(inner_result.validation),
     )
-    metrics = evaluate_rankings(
-        {u: items for u, (items, _) in rankings.items()},
-        positives,
-        EVAL_RECALL_KS,
-        (10,),
-        prep.schema.num_items - 1,
-    )
-    metrics["train_seconds"] = train_seconds
     logger.info("two-tower on the held-out window: %s", {k: round(v, 4) for k, v in metrics.items()})
     popularity = _item_counts(prep.schema, prep.split.train)
+    rules, segments = _mine_channels(config, prep, prep.split.train)
+    inner_rules, _ = _mine_channels(config, prep, inner.train)
+    queries = _query_sample(config, prep, test_task)
+    logger.info("co-occurrence: %d rules over %d items", rules.num_rules, prep.schema.num_items - 1)
 
     def write(folder: Path) -> None:
-        model.save(folder)
+        final.model.save(folder)
+        inner_result.model.save(folder, prefix=INNER_PREFIX)
         prep.schema.save(folder / SCHEMA_FILE)
         prep.dataset.items.to_parquet(folder / CATALOGUE_FILE, index=False)
         np.save(folder / POPULARITY_FILE, popularity, allow_pickle=False)
+        rules.save(folder)
+        segments.save(folder)
+        inner_folder = folder / INNER_PREFIX.rstrip("_")
+        inner_folder.mkdir()
+        inner_rules.save(inner_folder)
+        with open(folder / QUERY_SAMPLE_FILE, "wb") as fh:
+            np.savez(fh, **queries)
 
     return store.publish(
         "recall",
@@ -188,47 +320,124 @@ def train_recall(config: AppConfig, force: bool = False, progress: bool = True) 
         config=config.model_dump(mode="json"),
         schema_version=SCHEMA_VERSION,
         metrics=metrics,
-        extra={"dataset": {"name": prep.dataset.name, "fingerprint": data_fp}},
+        extra={
+            "dataset": {"name": prep.dataset.name, "fingerprint": data_fp},
+            "validation_curve": inner_result.validation,
+            "cooccurrence_rules": rules.num_rules,
+        },
     )
+
+
+def evaluate_recall(config: AppConfig) -> dict[str, dict[str, float]]:
+    """The published two-tower model, popularity and a validation-tuned ALS on the held-out window."""
+    store = ArtifactStore(config.artifacts_dir)
+    recall_ref = store.require("recall")
+    _check_trained_on(recall_ref, config)
+    prep = prepare(config)
+    test = RecallTask.of(prep, prep.split, config)
+    k = max(EVAL_RECALL_KS)
+    report: dict[str, dict[str, float]] = {}
+    model = TwoTowerModel.load(recall_ref.path)
+    report["two_tower"] = test.evaluate(
+        {u: r for u, (r, _) in test.rankings(model, prep, k).items()}, prep.schema.num_items
+    )
+    popular_order = np.argsort(-_item_counts(prep.schema, prep.split.train)[1:], kind="stable") + 1
+    report["popularity"] = test.evaluate(
+        {int(u): _drop(popular_order, test.seen.get(int(u)), k) for u in test.users}, prep.schema.num_items
+    )
+    shape = (prep.schema.num_users, prep.schema.num_items)
+    inner = temporal_split(prep.split.train, config.data.holdout_fraction)
+    validation = RecallTask.of(prep, inner, config)
+
+    def matrix(task: RecallTask) -> sp.csr_matrix:
+        return interaction_matrix(task.sequences.user, task.sequences.item, shape)
+
+    def validation_recall(als: ALSRecommender) -> float:
+        found = als.recommend(validation.rows, 100)
+        return evaluate_rankings(
+            dict(zip(validation.users.tolist(), found)), validation.positives, (100,), ()
+        )["recall@100"]
+
+    params, grid = tune_als(ALS_GRID, matrix(validation), validation_recall, config.seed)
+    als = ALSRecommender(params, config.seed).fit(matrix(test))
+    report["als"] = test.evaluate(
+        dict(zip(test.users.tolist(), als.recommend(test.rows, k))), prep.schema.num_items
+    )
+    report["als"].update(
+        factors=float(params.factors), regularization=params.regularization, alpha=params.alpha
+    )
+    report["als_grid_validation_recall@100"] = grid
+    return report
+
+
+def _drop(ranked: np.ndarray, blocked: np.ndarray | None, k: int) -> np.ndarray:
+    if blocked is None:
+        return ranked[:k]
+    return ranked[: k + len(blocked)][~np.isin(ranked[: k + len(blocked)], blocked)][:k]
+
+
+def _check_trained_on(ref: ArtifactRef, config: AppConfig) -> None:
+    data_fp = Dataset.fingerprint_of(dataset_path(config))
+    trained_on = ref.manifest.get("dataset", {}).get("fingerprint")
+    if trained_on != data_fp:
+        raise RuntimeError(
+            f"the current recall model was trained on dataset {trained_on}, not on "
+            f"{config.data.dataset} ({data_fp}); retrain before evaluating"
+        )
 
 
 # --- index -------------------------------------------------------------------------------------------
 
 
-def rebuild_index(config: AppConfig, if_stale: bool = False, validation_queries: int = 500) -> ArtifactRef:
-    """Embed the catalogue with the current item tower, build and validate the index, publish it."""
+def rebuild_index(config: AppConfig, if_stale: bool = False) -> ArtifactRef:
+    """Embed the catalogue with the current item tower, build the index, tune its search knob on half of
+    the stored query sample, validate it against exact search on the other half, publish it atomically."""
     store = ArtifactStore(config.artifacts_dir)
     recall_ref = store.require("recall")
-    wanted = fingerprint("index", recall_ref.version, config.recall.index_factory, config.seed)
+    rc = config.recall
+    wanted = fingerprint(
+        "index", recall_ref.version, rc.index_factory, rc.index_target_recall, rc.num_candidates, config.seed
+    )
     if if_stale and (ref := _reuse(store, "index", wanted, force=False)) is not None:
         return ref
     seed_everything(config.seed)
+    started = time.perf_counter()
     model = TwoTowerModel.load(recall_ref.path)
     schema = FeatureSchema.load(recall_ref.file(SCHEMA_FILE))
     items = schema.item_table(pd.read_parquet(recall_ref.file(CATALOGUE_FILE)))
-    started = time.perf_counter()
-    embeddings = embed_items(model, items)
-    index = ItemIndex.build(embeddings, config.recall.index_factory, config.seed)
-    build_seconds = time.perf_counter() - started
-    # Validate with real user queries: the user tower over a sample of users (plus the unknown user).
-    rng = np.random.default_rng(config.seed)
-    rows = np.unique(np.concatenate([[0], rng.integers(0, schema.num_users, size=validation_queries)]))
-    users = UserFeatures(
-        user=rows,
-        gender=np.full(len(rows), 2),
-        age=np.full(len(rows), 7),
-        occupation=np.zeros(len(rows), dtype=np.int64),
+    known = np.load(recall_ref.file(POPULARITY_FILE), allow_pickle=False) > 0
+    embeddings = embed_items(model, items, known)
+    embed_seconds = time.perf_counter() - started
+    index = ItemIndex.build(embeddings, rc.index_factory, config.seed)
+    build_seconds = time.perf_counter() - started - embed_seconds
+    with np.load(recall_ref.file(QUERY_SAMPLE_FILE), allow_pickle=False) as raw:
+        users = UserFeatures(**{name: raw[name] for name in USER_FIELDS})
+        history = raw["history"]
+    rows = np.arange(len(history))
+    # the sampled users as they are, and as new users with demographics only: both kinds are served
+    queries = np.concatenate(
+        [embed_users(model, users, rows, history), embed_users(model, users, rows, np.zeros_like(history))]
     )
-    queries = embed_users(model, users, np.arange(len(rows)))
-    k = min(config.recall.num_candidates, index.size)
-    measured = index.recall_against_exact(queries, k)
-    if measured < config.recall.index_min_recall:
+    order = np.random.default_rng(config.seed).permutation(len(queries))
+    tune_q, check_q = queries[order[::2]], queries[order[1::2]]
+    k = min(rc.num_candidates, index.size)
+    tuning = index.tune(tune_q, k, rc.index_target_recall)
+    measured = index.recall_against_exact(check_q, k)
+    if measured < rc.index_min_recall:
         raise RuntimeError(
-            f"index {config.recall.index_factory!r} reaches recall@{k} {measured:.4f} against exact search, "
-            f"below index_min_recall {config.recall.index_min_recall}; not publishing"
+            f"index {rc.index_factory!r} reaches recall@{k} {measured:.4f} against exact search on held-out "
+            f"queries (tuned {tuning.parameter}={tuning.value}), below index_min_recall "
+            f"{rc.index_min_recall}; not publishing"
         )
-    metrics = {f"recall@{k}_vs_exact": measured, "build_seconds": build_seconds, "items": float(index.size)}
-    logger.info("index %s over %d items: %s", config.recall.index_factory, index.size, metrics)
+    metrics = {
+        f"recall@{k}_vs_exact": measured,
+        "embed_seconds": embed_seconds,
+        "build_seconds": build_seconds,
+        "total_seconds": time.perf_counter() - started,
+        "items": float(index.size),
+        "dim": float(index.dim),
+    }
+    logger.info("index %s over %d items: %s", rc.index_factory, index.size, metrics)
     return store.publish(
         "index",
         index.save,
@@ -237,7 +446,40 @@ def rebuild_index(config: AppConfig, if_stale: bool = False, validation_queries:
         schema_version=SCHEMA_VERSION,
         metrics=metrics,
         parents={"recall": recall_ref.version},
+        extra={
+            "index": {
+                "factory": rc.index_factory,
+                "dim": index.dim,
+                "items": index.size,
+                "search_params": index.search_params,
+                "tuning": {
+                    "parameter": tuning.parameter,
+                    "value": tuning.value,
+                    "k": tuning.k,
+                    "target_recall": rc.index_target_recall,
+                    "curve": {str(v): r for v, r in tuning.curve.items()},
+                },
+            }
+        },
     )
+
+
+def rollback(config: AppConfig, kind: str, to: str | None = None) -> ArtifactRef:
+    """Point ``kind``'s CURRENT back at ``to`` (default: the version before the current one).
+
+    An index is only rolled back to a version built from the current recall model, since serving
+    refuses any other combination."""
+    store = ArtifactStore(config.artifacts_dir)
+    target = store.get(kind, to) if to else store.previous(kind)
+    if kind == "index":
+        recall_now = store.require("recall").version
+        built_from = target.manifest.get("parents", {}).get("recall")
+        if built_from != recall_now:
+            raise RuntimeError(
+                f"index {target.version} was built from recall {built_from}, but the current recall is "
+                f"{recall_now}; roll back recall first or pick another version"
+            )
+    return store.set_current(kind, target.version)
 
 
 # --- ranking -----------------------------------------------------------------------------------------
@@ -255,33 +497,48 @@ def _history_by_user(schema: FeatureSchema, interactions: pd.DataFrame, length: 
 
 def _user_row(users: UserFeatures, row: int) -> UserRow:
     return UserRow(
-        int(users.user[row]), int(users.gender[row]), int(users.age[row]), int(users.occupation[row])
+        int(users.user[row]),
+        int(users.gender[row]),
+        int(users.age[row]),
+        int(users.occupation[row]),
+        int(users.zip[row]),
     )
 
 
 def build_ranking_examples(
-    config: AppConfig, prep: Prepared, progress: bool = True
+    config: AppConfig, prep: Prepared, recall_ref: ArtifactRef
 ) -> tuple[RankingBatch, np.ndarray, np.ndarray]:
-    """Labelled recall candidates from the nested split -> (batch, labels (N,), user id per row (N,))."""
+    """Labelled recall candidates from the nested split -> (batch, labels (N,), user id per row (N,)).
+
+    Candidates come from the recall artifact's validation model and co-occurrence rules, both fitted on
+    the inner training part only, merged as serving merges them."""
     inner = temporal_split(prep.split.train, config.data.holdout_fraction)
-    model = _fit_two_tower(config, prep, inner.train, progress)
-    item_embeddings = embed_items(model, prep.items)
-    labels_by_user = _positive_indices(prep.schema, inner, config.data.positive_min_rating)
-    users = np.unique(inner.test["user_id"].to_numpy())
-    seen = _seen_indices(prep.schema, inner.train)
-    count = config.ranking.training_candidates
-    candidates = _exact_topk_for_users(model, prep, item_embeddings, users, seen, count)
+    task = RecallTask.of(prep, inner, config)
+    model = TwoTowerModel.load(recall_ref.path, prefix=INNER_PREFIX)
+    rules = CooccurrenceRules.load(recall_ref.path / INNER_PREFIX.rstrip("_"))
+    item_embeddings = embed_items(model, prep.items, task.known)
+    queries = embed_users(model, prep.users, task.rows, task.history)
+    candidates = task.rankings(model, prep, config.ranking.training_candidates)
     builder = RankingFeatureBuilder(prep.schema, prep.items, _item_counts(prep.schema, inner.train))
-    histories = _history_by_user(prep.schema, inner.train, config.features.history_length)
-    rows = prep.schema.user_index(users)
     batches, labels, owners = [], [], []
     empty = np.zeros(0, dtype=np.int64)
-    for user, row in zip(users.tolist(), rows.tolist()):
-        cand, scores = candidates[user]
-        if len(cand) == 0:
+    recent = config.recall.cooccurrence_recent_items
+    for i, (user, row) in enumerate(zip(task.users.tolist(), task.rows.tolist())):
+        two_tower, tt_scores = candidates[user]
+        seen = task.seen.get(user, empty)
+        history = task.history[i][task.history[i] > 0]
+        merged = merge_channels(
+            [
+                ChannelCandidates(two_tower, tt_scores, "two_tower"),
+                rules.candidates(history[:recent], seen, config.recall.cooccurrence_candidates),
+            ]
+        )
+        if len(merged) == 0:
             continue
-        batches.append(builder.build(_user_row(prep.users, row), histories.get(user, empty), cand, scores))
-        labels.append(np.isin(cand, labels_by_user.get(user, empty)).astype(np.float32))
+        order, scores = two_tower_order(merged.items, item_embeddings, queries[i])
+        cand = merged.items[order]
+        batches.append(builder.build(_user_row(prep.users, row), history, cand, scores))
+        labels.append(np.isin(cand, task.positives.get(user, empty)).astype(np.float32))
         owners.append(np.full(len(cand), user, dtype=np.int64))
     return RankingBatch.concat(batches), np.concatenate(labels), np.concatenate(owners)
 
@@ -305,8 +562,14 @@ def train_ranking(
     if (ref := _reuse(store, "ranking", wanted, force)) is not None:
         return ref
     seed_everything(config.seed)
+    recall_ref = store.require("recall")
+    if recall_ref.fingerprint != recall_fingerprint(config, data_fp):
+        raise RuntimeError(
+            f"the current recall artifact {recall_ref.version} was not trained with this config and data; "
+            "run `cascade train recall` first"
+        )
     prep = prepare(config)
-    batch, labels, owners = build_ranking_examples(config, prep, progress)
+    batch, labels, owners = build_ranking_examples(config, prep, recall_ref)
     rng = np.random.default_rng(config.seed)
     user_ids = np.unique(owners)
     held_users = rng.choice(user_ids, size=max(1, int(len(user_ids) * validation_share)), replace=False)
@@ -338,24 +601,24 @@ def train_ranking(
 
 
 def evaluate_pipeline(config: AppConfig) -> dict[str, dict[str, float]]:
-    """Popularity, the two-tower alone and the whole pipeline on the held-out window, side by side."""
+    """Popularity, the two-tower channel alone, all recall channels merged (in two-tower order) and the
+    whole pipeline on the held-out window, side by side."""
     store = ArtifactStore(config.artifacts_dir)
     models = ServingModels.load(store)
-    data_fp = Dataset.fingerprint_of(dataset_path(config))
-    trained_on = store.require("recall").manifest.get("dataset", {}).get("fingerprint")
-    if trained_on != data_fp:
-        raise RuntimeError(
-            f"the served recall model was trained on dataset {trained_on}, not on "
-            f"{config.data.dataset} ({data_fp}); retrain before evaluating"
-        )
+    _check_trained_on(store.require("recall"), config)
     prep = prepare(config)
     pipeline = RecommendationPipeline(models, config)
     positives = _positive_indices(prep.schema, prep.split, config.data.positive_min_rating)
     seen = _seen_indices(prep.schema, prep.split.train)
     histories = _history_by_user(prep.schema, prep.split.train, config.features.history_length)
-    k = max(EVAL_RECALL_KS)
+    k = max(PIPELINE_KS)
     empty = np.zeros(0, dtype=np.int64)
-    rankings: dict[str, dict[int, np.ndarray]] = {"popularity": {}, "two_tower": {}, "pipeline": {}}
+    rankings: dict[str, dict[int, np.ndarray]] = {
+        "popularity": {},
+        "two_tower": {},
+        "recall_channels": {},
+        "pipeline": {},
+    }
     pipeline_seconds = 0.0
     for user in positives:
         row = int(prep.schema.user_index([user])[0])
@@ -366,12 +629,16 @@ def evaluate_pipeline(config: AppConfig) -> dict[str, dict[str, float]]:
             has_profile=True,
         )
         rankings["popularity"][user] = pipeline.popular(ctx.seen, k).items
-        rankings["two_tower"][user] = pipeline.recall(ctx, k).items
+        query = pipeline.user_embedding(ctx)
+        rankings["two_tower"][user] = pipeline.two_tower(query, ctx.seen, k).items
+        merged, _ = pipeline.recall(ctx)
+        order, _ = two_tower_order(merged.items, models.index.embeddings, query)
+        rankings["recall_channels"][user] = merged.items[order]
         started = time.perf_counter()
         rankings["pipeline"][user] = pipeline.recommend(ctx, k, empty).items
         pipeline_seconds += time.perf_counter() - started
     report = {
-        name: evaluate_rankings(r, positives, EVAL_RECALL_KS, (10,), prep.schema.num_items - 1)
+        name: evaluate_rankings(r, positives, PIPELINE_KS, (10,), prep.schema.num_items - 1, COVERAGE_K)
         for name, r in rankings.items()
     }
     report["pipeline"]["mean_in_process_ms"] = pipeline_seconds / max(len(positives), 1) * 1e3

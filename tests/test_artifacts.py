@@ -55,3 +55,57 @@ def test_verify_detects_a_corrupted_file(tmp_path):
         ref.verify()
     with pytest.raises(ArtifactError, match="no published"):
         store.require("index")
+
+
+_KILLED_PUBLISHER = """
+import sys, time
+from pathlib import Path
+from cascade.artifacts import ArtifactStore
+
+def write(folder):
+    (folder / "weights.bin").write_bytes(b"x" * 1_000_000)
+    (folder / "half.bin").write_bytes(b"y" * 10)
+    Path(sys.argv[2]).write_text("writing")  # tell the parent we are midway
+    time.sleep(60)
+
+ArtifactStore(sys.argv[1]).publish("recall", write, fingerprint="k" * 16, config={}, schema_version=1)
+"""
+
+
+def test_sigkill_midway_through_a_publication_leaves_the_old_version_current(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    store = ArtifactStore(tmp_path / "store")
+    old = _publish(store, "old")
+    flag = tmp_path / "midway"
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_PUBLISHER, str(store.root), str(flag)])
+    deadline = time.monotonic() + 60
+    while not flag.exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert store.current("recall").version == old.version
+    assert store.versions("recall") == [old.version]  # the temp folder is not a version
+    leftovers = [p for p in (store.root / "recall").iterdir() if p.name.startswith(".tmp-")]
+    assert leftovers  # ... but it is there, until it is old enough to be certainly dead
+    assert store.remove_stale_temp("recall", older_than_s=0) == [leftovers[0].name]
+
+
+def test_rollback_goes_to_the_previous_version_and_refuses_past_the_oldest(tmp_path):
+    store = ArtifactStore(tmp_path)
+    first = _publish(store, "one")
+    second = _publish(store, "two")
+    assert store.previous("recall").version == first.version
+    store.set_current("recall", first.version)
+    assert store.current("recall").version == first.version
+    with pytest.raises(ArtifactError, match="oldest"):
+        store.previous("recall")
+    (second.path / "weights.bin").write_text("tampered")
+    with pytest.raises(ArtifactError, match="sha256"):
+        store.set_current("recall", second.version)  # never switch to a damaged version
+    assert store.current("recall").version == first.version

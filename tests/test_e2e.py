@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -18,7 +22,7 @@ from services.app import configure_compute_threads, ensure_features_loaded
 from services.client import CascadeClient
 from services.feature_store.redis_store import RedisFeatureStore
 from services.server import CascadeServer
-from services.workflows import evaluate_pipeline, rebuild_index, train_ranking, train_recall
+from services.workflows import evaluate_pipeline, rebuild_index, rollback, train_ranking, train_recall
 
 pytestmark = pytest.mark.e2e
 
@@ -32,9 +36,15 @@ def config(tmp_path_factory, redis_server) -> AppConfig:
         {
             "artifacts_dir": str(root / "artifacts"),
             "data": {"data_dir": str(root / "data")},
-            "recall": {"epochs": 6, "num_candidates": 150},
+            "recall": {"epochs": 4, "num_candidates": 150, "early_stopping_patience": 2},
             "ranking": {"epochs": 1, "training_candidates": 100},
-            "serving": {"port": 0, "redis_url": redis_server.url, "max_k": 50, "max_exclude_ids": 5},
+            "serving": {
+                "port": 0,
+                "redis_url": redis_server.url,
+                "max_k": 50,
+                "max_exclude_ids": 5,
+                "reload_interval_s": 0.2,
+            },
         }
     )
 
@@ -92,7 +102,10 @@ def _ids(reply) -> list[int]:
 def test_artifacts_record_config_metrics_and_are_reused(config, built):
     recall = built["recall"]
     assert recall.manifest["metrics"]["recall@100"] > 0
-    assert recall.manifest["config"]["recall"]["epochs"] == 6
+    assert recall.manifest["config"]["recall"]["epochs"] == 4
+    assert 1 <= recall.manifest["metrics"]["best_epoch"] <= 4
+    assert len(recall.manifest["validation_curve"]) >= recall.manifest["metrics"]["best_epoch"]
+    assert recall.manifest["git_commit"] and recall.manifest["schema_version"] >= 2
     assert built["index"].manifest["parents"]["recall"] == recall.version
     assert built["index"].manifest["metrics"]["recall@150_vs_exact"] == pytest.approx(1.0)
     # a second run with the same config and data reuses instead of retraining
@@ -118,6 +131,12 @@ def test_recommendations_exclude_seen_items_and_are_sorted(client, dataset, buil
     assert reply.model_versions.index == built["index"].version
     assert reply.model_versions.ranking == built["ranking"].version
     assert set(reply.stage_ms) >= {"features", "recall", "ranking", "rerank", "serialise"}
+    # a user with history gets two-tower and co-occurrence candidates, each tagged with its channel score
+    wide = client.recommend(USER, k=50)
+    assert {i.source for i in wide.items} <= {"two_tower", "cooccurrence"}
+    assert {i.source for i in wide.items} == {"two_tower", "cooccurrence"}
+    assert all(i.channel_score > 0 for i in wide.items if i.source == "cooccurrence")
+    assert all(-1.0 <= i.channel_score <= 1.0 for i in wide.items if i.source == "two_tower")
     assert reply.request_id and client.recommend(USER, k=1).request_id  # generated when empty
 
 
@@ -147,7 +166,10 @@ def test_unknown_users_get_new_user_recommendations(client):
     assert {i.source for i in popular.items} == {"popular"}
     by_profile = client.recommend(999_998, k=10, gender="F", age=25, occupation="writer")
     assert by_profile.new_user and len(by_profile.items) == 10
-    assert {i.source for i in by_profile.items} == {"two_tower"}
+    # demographics only: the two-tower channel embeds them, and their segment's popular items join in
+    assert {i.source for i in by_profile.items} <= {"two_tower", "segment_popular"}
+    wide = client.recommend(999_998, k=50, gender="F", age=25, occupation="writer", zip_code="94110")
+    assert {i.source for i in wide.items} == {"two_tower", "segment_popular"}
     # an unknown user's events are recorded and filtered like anyone's
     client.record_event(999_997, _ids(popular)[0], "view")
     assert _ids(popular)[0] not in _ids(client.recommend(999_997, k=10))
@@ -169,6 +191,8 @@ def test_unknown_users_get_new_user_recommendations(client):
         ({"user_id": "424242", "k": 5, "gender": "Q"}, "demographics.gender"),
         ({"user_id": "424242", "k": 5, "age": 500}, "demographics.age"),
         ({"user_id": "1", "k": 5, "age": -1}, "demographics.age"),
+        ({"user_id": "424242", "k": 5, "zip_code": "9" * 20}, "demographics.zip_code"),
+        ({"user_id": "424242", "k": 5, "zip_code": "12;34"}, "demographics.zip_code"),
     ],
 )
 def test_bad_recommend_requests_are_invalid_argument_naming_the_field(client, kwargs, field):
@@ -244,7 +268,7 @@ def test_cli_recommend_queries_the_running_server(server):
 
 def test_evaluation_reports_every_system_and_the_model_beats_popularity(config, built):
     report = evaluate_pipeline(config)
-    assert set(report) == {"popularity", "two_tower", "pipeline"}
+    assert set(report) == {"popularity", "two_tower", "recall_channels", "pipeline"}
     for values in report.values():
         assert {"recall@100", "ndcg@10"} <= set(values)
         assert 0.0 <= values["recall@100"] <= 1.0
@@ -273,3 +297,109 @@ def test_a_failing_store_is_internal_and_the_server_keeps_serving(config, built,
             assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     finally:
         srv.stop()
+
+
+def test_similar_items_come_from_the_index_and_exclude_the_item(client, server):
+    srv, _ = server
+    reply = client.similar_items(50, k=10, request_id="sim-1")
+    assert reply.request_id == "sim-1" and len(reply.items) == 10
+    ids = [int(i.item_id) for i in reply.items]
+    assert 50 not in ids and len(set(ids)) == 10
+    scores = [i.score for i in reply.items]
+    assert scores == sorted(scores, reverse=True)
+    # the same answer as exact search over the item embeddings (the test index is Flat)
+    models = srv.service._pipeline.models
+    item = int(models.schema.item_index([50])[0])
+    emb = models.index.embeddings
+    exact = np.argsort(-(emb @ emb[item - 1]))[:11] + 1
+    assert ids == [int(i) for i in models.schema.item_id_of(exact[exact != item][:10])]
+    assert reply.model_versions.index == models.versions["index"]
+
+
+@pytest.mark.parametrize(
+    ("item_id", "k", "code", "field"),
+    [
+        ("", 5, grpc.StatusCode.INVALID_ARGUMENT, "item_id"),
+        ("abc", 5, grpc.StatusCode.INVALID_ARGUMENT, "item_id"),
+        ("50", 0, grpc.StatusCode.INVALID_ARGUMENT, "k"),
+        ("50", 100_000, grpc.StatusCode.INVALID_ARGUMENT, "k"),
+        ("99999999", 5, grpc.StatusCode.NOT_FOUND, "item_id"),
+    ],
+)
+def test_bad_similar_items_requests_name_the_field(client, item_id, k, code, field):
+    with pytest.raises(grpc.RpcError) as err:
+        client.similar_items(item_id, k=k)
+    assert err.value.code() == code
+    assert err.value.details().startswith(f"{field}:")
+
+
+def test_a_new_index_is_picked_up_under_load_without_a_failed_request(config, server, client):
+    """Publish a new index, then roll it back, while 4 threads keep asking: no request fails and the
+    served index version follows CURRENT both ways without a restart."""
+    srv, _ = server
+    srv.watch_artifacts()
+    before = client.recommend(USER, k=5).model_versions.index
+    failures: list[Exception] = []
+    seen_versions: set[str] = set()
+    stop = threading.Event()
+
+    def hammer(offset: int) -> None:
+        user = 1 + offset
+        while not stop.is_set():
+            try:
+                reply = client.recommend(user, k=10)
+                assert len(reply.items) == 10
+                seen_versions.add(reply.model_versions.index)
+            except Exception as exc:  # every failure is collected and reported
+                failures.append(exc)
+            user = user % 900 + 1
+
+    def wait_for(version: str) -> None:
+        deadline = time.monotonic() + 30
+        while client.recommend(USER, k=5).model_versions.index != version:
+            assert time.monotonic() < deadline, f"server never picked up index {version}"
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        new = rebuild_index(config)  # not --if-stale: always a new version
+        assert new.version != before
+        wait_for(new.version)
+        back = rollback(config, "index")
+        assert back.version == before
+        wait_for(before)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not failures, failures[:3]
+    assert {before, new.version} <= seen_versions
+
+
+def test_killing_rebuild_index_midway_never_leaves_a_half_written_version(config, built):
+    """SIGKILL `cascade rebuild-index` at several points: CURRENT always names a complete, verified
+    version, and no partial version is visible."""
+    store = ArtifactStore(config.artifacts_dir)
+    env = dict(os.environ, CASCADE_CONFIG="")
+    toml = config.artifacts_dir.parent / "kill.toml"
+    toml.write_text(
+        f'artifacts_dir = "{config.artifacts_dir}"\n[data]\ndata_dir = "{config.data.data_dir}"\n'
+        "[recall]\nepochs = 4\nnum_candidates = 150\nearly_stopping_patience = 2\n"
+    )
+    for delay in (0.5, 1.5, 2.5, 3.5):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cascade.cli", "-c", str(toml), "rebuild-index"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        current = store.require("index")
+        current.verify()
+        for version in store.versions("index"):
+            store.get("index", version).verify()  # every visible version has a manifest and intact files
+    assert store.require("index").manifest["parents"]["recall"] == built["recall"].version

@@ -51,3 +51,36 @@ def test_rerank_filters_dedupes_and_keeps_top_k_by_score():
         items, scores, np.array([9]), np.array([]), 10
     )
     assert 9 in keep_seen.items
+
+
+def _clustered(rng, n, d, topics=40):
+    centres = _unit(rng, topics, d)
+    x = centres[rng.integers(0, topics, n)] + rng.normal(size=(n, d)).astype(np.float32) * 0.1
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize(("factory", "knob"), [("IVF64,Flat", "nprobe"), ("HNSW16", "efSearch")])
+def test_tuning_picks_the_smallest_knob_reaching_the_target_and_it_survives_a_reload(tmp_path, factory, knob):
+    rng = np.random.default_rng(2)
+    items = _clustered(rng, 6000, 16)
+    tune_q, check_q = _clustered(rng, 100, 16), _clustered(rng, 100, 16)
+    index = ItemIndex.build(items, factory, seed=0)
+    result = index.tune(tune_q, 50, target_recall=0.9)
+    assert result.parameter == knob and result.recall >= 0.9
+    values = list(result.curve)
+    assert values[-1] == result.value and all(result.curve[v] < 0.9 for v in values[:-1])  # smallest
+    assert index.recall_against_exact(check_q, 50) >= 0.85  # holds on queries it was not tuned on
+    index.save(tmp_path)
+    again = ItemIndex.load(tmp_path)
+    assert again.search_params == {knob: result.value}
+    assert np.array_equal(again.search(check_q, 50)[1], index.search(check_q, 50)[1])
+
+
+def test_similar_items_excludes_the_item_itself():
+    rng = np.random.default_rng(3)
+    items = _unit(rng, 500, 8)
+    index = ItemIndex.build(items, "Flat", seed=0)
+    found, _ = index.similar(7, 5)
+    assert 7 not in found and len(found) == 5
+    brute = np.argsort(-(items @ items[6]))[1:6] + 1
+    assert found.tolist() == brute.tolist()

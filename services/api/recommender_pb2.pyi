@@ -21,14 +21,16 @@ EVENT_TYPE_RATE: EventType
 EVENT_TYPE_PURCHASE: EventType
 
 class Demographics(_message.Message):
-    __slots__ = ("gender", "age", "occupation")
+    __slots__ = ("gender", "age", "occupation", "zip_code")
     GENDER_FIELD_NUMBER: _ClassVar[int]
     AGE_FIELD_NUMBER: _ClassVar[int]
     OCCUPATION_FIELD_NUMBER: _ClassVar[int]
+    ZIP_CODE_FIELD_NUMBER: _ClassVar[int]
     gender: str
     age: int
     occupation: str
-    def __init__(self, gender: _Optional[str] = ..., age: _Optional[int] = ..., occupation: _Optional[str] = ...) -> None: ...
+    zip_code: str
+    def __init__(self, gender: _Optional[str] = ..., age: _Optional[int] = ..., occupation: _Optional[str] = ..., zip_code: _Optional[str] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
     __slots__ = ("user_id", "k", "exclude_item_ids", "request_id", "demographics")
@@ -45,16 +47,18 @@ class RecommendRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., demographics: _Optional[_Union[Demographics, _Mapping]] = ...) -> None: ...
 
 class RecommendedItem(_message.Message):
-    __slots__ = ("item_id", "title", "score", "source")
+    __slots__ = ("item_id", "title", "score", "source", "channel_score")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_SCORE_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     title: str
     score: float
     source: str
-    def __init__(self, item_id: _Optional[str] = ..., title: _Optional[str] = ..., score: _Optional[float] = ..., source: _Optional[str] = ...) -> None: ...
+    channel_score: float
+    def __init__(self, item_id: _Optional[str] = ..., title: _Optional[str] = ..., score: _Optional[float] = ..., source: _Optional[str] = ..., channel_score: _Optional[float] = ...) -> None: ...
 
 class ModelVersions(_message.Message):
     __slots__ = ("recall", "index", "ranking")
@@ -104,3 +108,33 @@ class RecordEventResponse(_message.Message):
     HISTORY_LENGTH_FIELD_NUMBER: _ClassVar[int]
     history_length: int
     def __init__(self, history_length: _Optional[int] = ...) -> None: ...
+
+class SimilarItemsRequest(_message.Message):
+    __slots__ = ("item_id", "k", "request_id")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    k: int
+    request_id: str
+    def __init__(self, item_id: _Optional[str] = ..., k: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class SimilarItem(_message.Message):
+    __slots__ = ("item_id", "title", "score")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    title: str
+    score: float
+    def __init__(self, item_id: _Optional[str] = ..., title: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+
+class SimilarItemsResponse(_message.Message):
+    __slots__ = ("request_id", "items", "model_versions")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    items: _containers.RepeatedCompositeFieldContainer[SimilarItem]
+    model_versions: ModelVersions
+    def __init__(self, request_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[SimilarItem, _Mapping]]] = ..., model_versions: _Optional[_Union[ModelVersions, _Mapping]] = ...) -> None: ...

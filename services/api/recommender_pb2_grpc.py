@@ -44,6 +44,11 @@ class RecommenderStub:
                 request_serializer=recommender__pb2.RecordEventRequest.SerializeToString,
                 response_deserializer=recommender__pb2.RecordEventResponse.FromString,
                 _registered_method=True)
+        self.SimilarItems = channel.unary_unary(
+                '/cascade.v1.Recommender/SimilarItems',
+                request_serializer=recommender__pb2.SimilarItemsRequest.SerializeToString,
+                response_deserializer=recommender__pb2.SimilarItemsResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer:
@@ -63,6 +68,13 @@ class RecommenderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SimilarItems(self, request, context):
+        """Items nearest to one item in the two-tower space, answered from the recall ANN index.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +87,11 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.RecordEvent,
                     request_deserializer=recommender__pb2.RecordEventRequest.FromString,
                     response_serializer=recommender__pb2.RecordEventResponse.SerializeToString,
+            ),
+            'SimilarItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.SimilarItems,
+                    request_deserializer=recommender__pb2.SimilarItemsRequest.FromString,
+                    response_serializer=recommender__pb2.SimilarItemsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +148,33 @@ class Recommender:
             '/cascade.v1.Recommender/RecordEvent',
             recommender__pb2.RecordEventRequest.SerializeToString,
             recommender__pb2.RecordEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SimilarItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.v1.Recommender/SimilarItems',
+            recommender__pb2.SimilarItemsRequest.SerializeToString,
+            recommender__pb2.SimilarItemsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,219 @@
+"""Recall channels beside the two-tower ANN, and how their candidates are merged.
+
+* ``CooccurrenceRules``: association rules "people who took X also took Y" (the cross-selling of the
+  domain papers) mined from interactions that lie within a window of each other in a user's history, with
+  support (how many times X and Y co-occurred) and confidence (support / how many times X occurred)
+  thresholds. A user's candidates come from the rules of their most recent items.
+* ``SegmentPopularity``: the most popular items within each demographic segment (gender x age bucket), the
+  channel for users with no history.
+
+Item arrays hold item indices (0 = padding, never returned).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from cascade.features import AGE_UNKNOWN, GENDER_UNKNOWN
+
+
+@dataclass(frozen=True)
+class ChannelCandidates:
+    """One channel's candidates, best first: items (C,) int64, scores (C,) float32."""
+
+    items: np.ndarray
+    scores: np.ndarray
+    source: str
+
+    @classmethod
+    def empty(cls, source: str) -> ChannelCandidates:
+        return cls(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32), source)
+
+
+@dataclass(frozen=True)
+class MergedCandidates:
+    """Candidates of several channels, de-duplicated: items (C,), channel_scores (C,), sources (C,) str.
+
+    An item several channels propose keeps the first channel's tag and score (channels are given in
+    priority order)."""
+
+    items: np.ndarray
+    channel_scores: np.ndarray
+    sources: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def merge_channels(channels: list[ChannelCandidates]) -> MergedCandidates:
+    items = np.concatenate([c.items for c in channels]) if channels else np.zeros(0, dtype=np.int64)
+    scores = np.concatenate([c.scores for c in channels]) if channels else np.zeros(0, dtype=np.float32)
+    sources = (
+        np.concatenate([np.full(len(c.items), c.source, dtype=object) for c in channels])
+        if channels
+        else (np.zeros(0, dtype=object))
+    )
+    _, first = np.unique(items, return_index=True)
+    keep = np.sort(first)
+    keep = keep[items[keep] > 0]
+    return MergedCandidates(items[keep].astype(np.int64), scores[keep].astype(np.float32), sources[keep])
+
+
+def _top_unblocked(items: np.ndarray, scores: np.ndarray, blocked: np.ndarray, count: int, source: str):
+    keep = ~np.isin(items, blocked)
+    return ChannelCandidates(items[keep][:count], scores[keep][:count].astype(np.float32), source)
+
+
+class CooccurrenceRules:
+    """For each item X, up to ``neighbours`` items Y with support(X, Y) >= min_support and
+    confidence(X -> Y) >= min_confidence, strongest first; kept as CSR arrays over item indices."""
+
+    FILE = "cooccurrence.npz"
+    SOURCE = "cooccurrence"
+
+    def __init__(self, indptr: np.ndarray, indices: np.ndarray, confidence: np.ndarray, support: np.ndarray):
+        self.indptr, self.indices, self.confidence, self.support = indptr, indices, confidence, support
+
+    @property
+    def num_items(self) -> int:
+        return len(self.indptr) - 1
+
+    @property
+    def num_rules(self) -> int:
+        return len(self.indices)
+
+    @classmethod
+    def mine(
+        cls,
+        user: np.ndarray,
+        item: np.ndarray,
+        num_items: int,
+        *,
+        window: int,
+        min_support: int,
+        min_confidence: float,
+        neighbours: int,
+    ) -> CooccurrenceRules:
+        """``user``, ``item`` (N,): interactions sorted by user, then time. Pairs are the interactions at
+        most ``window`` apart within one user's sequence, counted in both directions."""
+        pairs = sp.csr_matrix((num_items, num_items), dtype=np.float32)
+        for offset in range(1, window + 1):
+            same_user = user[offset:] == user[:-offset]
+            a, b = item[:-offset][same_user], item[offset:][same_user]
+            distinct = a != b
+            a, b = a[distinct], b[distinct]
+            ones = np.ones(2 * len(a), dtype=np.float32)
+            pairs = pairs + sp.csr_matrix(
+                (ones, (np.concatenate([a, b]), np.concatenate([b, a]))), shape=(num_items, num_items)
+            )
+        pairs.sum_duplicates()
+        occurrences = np.bincount(item, minlength=num_items).astype(np.float32)
+        coo = pairs.tocoo()
+        support = coo.data
+        confidence = np.minimum(support / np.maximum(occurrences[coo.row], 1.0), 1.0)
+        keep = (support >= min_support) & (confidence >= min_confidence) & (coo.row > 0) & (coo.col > 0)
+        rows, cols, conf, supp = coo.row[keep], coo.col[keep], confidence[keep], support[keep]
+        # strongest first within each X, then cut to ``neighbours`` per X
+        order = np.lexsort((-supp, -conf, rows))
+        rows, cols, conf, supp = rows[order], cols[order], conf[order], supp[order]
+        starts = np.searchsorted(rows, np.arange(num_items))
+        rank = np.arange(len(rows)) - starts[rows]
+        within = rank < neighbours
+        rows, cols, conf, supp = rows[within], cols[within], conf[within], supp[within]
+        indptr = np.searchsorted(rows, np.arange(num_items + 1)).astype(np.int64)
+        return cls(indptr, cols.astype(np.int64), conf.astype(np.float32), supp.astype(np.int32))
+
+    def rules_of(self, item: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Y items, confidences and supports of the rules X=item -> Y, strongest first."""
+        lo, hi = self.indptr[item], self.indptr[item + 1]
+        return self.indices[lo:hi], self.confidence[lo:hi], self.support[lo:hi]
+
+    def candidates(
+        self, recent: np.ndarray, blocked: np.ndarray, count: int, recency_decay: float = 0.9
+    ) -> ChannelCandidates:
+        """Items implied by ``recent`` (most recent first): each Y scores the sum over X of
+        confidence(X -> Y) * recency_decay ** position(X)."""
+        recent = recent[(recent > 0) & (recent < self.num_items)]
+        if len(recent) == 0 or count <= 0:
+            return ChannelCandidates.empty(self.SOURCE)
+        starts, ends = self.indptr[recent], self.indptr[recent + 1]
+        lengths = ends - starts
+        if lengths.sum() == 0:
+            return ChannelCandidates.empty(self.SOURCE)
+        flat = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)])
+        weights = np.repeat(recency_decay ** np.arange(len(recent), dtype=np.float32), lengths)
+        targets = self.indices[flat]
+        totals = np.bincount(targets, weights=self.confidence[flat] * weights)
+        found = np.flatnonzero(totals)
+        order = found[np.argsort(-totals[found], kind="stable")]
+        return _top_unblocked(order, totals[order], np.concatenate([blocked, recent]), count, self.SOURCE)
+
+    def save(self, folder: Path) -> None:
+        with open(folder / self.FILE, "wb") as fh:
+            np.savez(
+                fh, indptr=self.indptr, indices=self.indices, confidence=self.confidence, support=self.support
+            )
+
+    @classmethod
+    def load(cls, folder: Path) -> CooccurrenceRules:
+        with np.load(folder / cls.FILE, allow_pickle=False) as raw:
+            return cls(raw["indptr"], raw["indices"], raw["confidence"], raw["support"])
+
+
+class SegmentPopularity:
+    """Top items per segment = gender code x age bucket (unknowns included, so a user who gives only one of
+    them lands in a segment too). Scores are each item's share of its segment's interactions."""
+
+    FILE = "segment_popularity.npz"
+    SOURCE = "segment_popular"
+    NUM_SEGMENTS = (GENDER_UNKNOWN + 1) * (AGE_UNKNOWN + 1)
+
+    def __init__(self, items: np.ndarray, scores: np.ndarray):
+        self.items, self.scores = items, scores  # (S, M) each; 0-padded where a segment has fewer
+
+    @staticmethod
+    def segment_of(gender: np.ndarray | int, age: np.ndarray | int) -> np.ndarray | int:
+        return gender * (AGE_UNKNOWN + 1) + age
+
+    @classmethod
+    def count(
+        cls, gender: np.ndarray, age: np.ndarray, item: np.ndarray, num_items: int, top: int
+    ) -> SegmentPopularity:
+        """Per-interaction user gender/age codes and item indices (N,) -> the ``top`` items per segment.
+
+        A segment with no interactions (e.g. unknown gender and age) falls back to overall popularity."""
+        segment = cls.segment_of(gender, age)
+        counts = sp.csr_matrix(
+            (np.ones(len(item), dtype=np.float32), (segment, item)), shape=(cls.NUM_SEGMENTS, num_items)
+        ).toarray()
+        counts[:, 0] = 0
+        overall = counts.sum(axis=0)
+        top = min(top, num_items - 1)
+        items = np.zeros((cls.NUM_SEGMENTS, top), dtype=np.int64)
+        scores = np.zeros((cls.NUM_SEGMENTS, top), dtype=np.float32)
+        for s in range(cls.NUM_SEGMENTS):
+            row = counts[s] if counts[s].sum() > 0 else overall
+            best = np.argsort(-row, kind="stable")[:top]
+            best = best[row[best] > 0]
+            items[s, : len(best)] = best
+            scores[s, : len(best)] = row[best] / max(row.sum(), 1.0)
+        return cls(items, scores)
+
+    def candidates(self, gender: int, age: int, blocked: np.ndarray, count: int) -> ChannelCandidates:
+        s = int(self.segment_of(gender, age))
+        items, scores = self.items[s], self.scores[s]
+        real = items > 0
+        return _top_unblocked(items[real], scores[real], blocked, count, self.SOURCE)
+
+    def save(self, folder: Path) -> None:
+        with open(folder / self.FILE, "wb") as fh:
+            np.savez(fh, items=self.items, scores=self.scores)
+
+    @classmethod
+    def load(cls, folder: Path) -> SegmentPopularity:
+        with np.load(folder / cls.FILE, allow_pickle=False) as raw:
+            return cls(raw["items"], raw["scores"])

@@ -1,0 +1,204 @@
+"""The two-tower model, its training task and the other recall channels, on small real tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cascade.config import RecallConfig
+from cascade.data.split import temporal_split
+from cascade.data.synthetic import generate
+from cascade.features import FeatureSchema
+from recall.baselines import ALSParams, ALSRecommender, interaction_matrix
+from recall.channels import ChannelCandidates, CooccurrenceRules, SegmentPopularity, merge_channels
+from recall.text_cnn import TitleCNN
+from recall.training import InteractionSequences, embed_items, embed_users, train_two_tower
+from recall.two_tower import HistoryAttentionPooling, TwoTowerModel
+
+
+def test_title_cnn_shapes_and_padding_does_not_matter():
+    torch.manual_seed(0)
+    cnn = TitleCNN(vocab_size=30, word_dim=8, windows=(2, 3, 4, 5), filters_per_window=4, out_dim=6)
+    titles = torch.tensor([[3, 4, 5, 0, 0, 0, 0], [7, 0, 0, 0, 0, 0, 0]])
+    out = cnn(titles)
+    assert out.shape == (2, 6) and torch.all(out.abs() <= 1)  # Tanh output
+    longer = torch.nn.functional.pad(titles, (0, 5))  # more padding: same vectors
+    assert torch.allclose(cnn(longer), out, atol=1e-6)
+    short = cnn(torch.tensor([[9]]))  # a title shorter than the widest window still works
+    assert short.shape == (1, 6)
+
+
+def test_history_attention_ignores_padding_and_empty_history_is_zero():
+    torch.manual_seed(0)
+    pool = HistoryAttentionPooling(dim=8, max_length=5)
+    emb = torch.randn(2, 5, 8)
+    ids = torch.tensor([[4, 2, 0, 0, 0], [0, 0, 0, 0, 0]])
+    out = pool(emb, ids)
+    garbage = emb.clone()
+    garbage[0, 2:] = 100.0  # padded positions' embeddings must not matter
+    assert torch.allclose(pool(garbage, ids), out)
+    assert torch.all(out[1] == 0)
+
+
+def test_history_before_holds_only_earlier_interactions_most_recent_first():
+    users = np.array([1, 1, 1, 1, 2, 2])
+    items = np.array([10, 11, 12, 13, 20, 21])
+    times = np.array([4, 1, 2, 3, 5, 6])  # user 1's order in time: 11, 12, 13, 10
+    seq = InteractionSequences(users, items, times)
+    assert seq.item.tolist() == [11, 12, 13, 10, 20, 21]
+    hist = seq.history_before(np.arange(6), 3)
+    assert hist.tolist() == [[0, 0, 0], [11, 0, 0], [12, 11, 0], [13, 12, 11], [0, 0, 0], [20, 0, 0]]
+    gapped = seq.history_before(np.array([3]), 3, gap=np.array([1]))
+    assert gapped.tolist() == [[12, 11, 0]]  # ends one interaction before the target's own
+    assert seq.latest_history(np.array([1, 2, 3]), 2).tolist() == [[10, 13], [21, 20], [0, 0]]
+
+
+def test_cooccurrence_rules_have_exact_support_and_confidence():
+    # sequences per user (time order): u1: 1 2 3, u2: 1 2, u3: 1 4
+    user = np.array([1, 1, 1, 2, 2, 3, 3])
+    item = np.array([1, 2, 3, 1, 2, 1, 4])
+    rules = CooccurrenceRules.mine(user, item, 5, window=1, min_support=1, min_confidence=0.0, neighbours=10)
+    ys, conf, support = rules.rules_of(1)
+    assert ys.tolist() == [2, 4]  # 1 -> 2 twice (conf 2/3), 1 -> 4 once (conf 1/3); 1 -> 3 is 2 apart
+    assert support.tolist() == [2, 1]
+    assert conf.tolist() == pytest.approx([2 / 3, 1 / 3])
+    strict = CooccurrenceRules.mine(user, item, 5, window=1, min_support=2, min_confidence=0.5, neighbours=10)
+    assert strict.rules_of(1)[0].tolist() == [2] and strict.rules_of(4)[0].tolist() == []
+    got = rules.candidates(np.array([1]), blocked=np.array([4]), count=5)
+    assert got.items.tolist() == [2] and got.source == "cooccurrence"
+
+
+def test_merge_keeps_the_first_channels_tag_and_score():
+    merged = merge_channels(
+        [
+            ChannelCandidates(np.array([5, 3]), np.array([0.9, 0.8], dtype=np.float32), "two_tower"),
+            ChannelCandidates(
+                np.array([3, 7, 0]), np.array([0.5, 0.4, 0.3], dtype=np.float32), "cooccurrence"
+            ),
+        ]
+    )
+    assert merged.items.tolist() == [5, 3, 7]
+    assert merged.sources.tolist() == ["two_tower", "two_tower", "cooccurrence"]
+    assert merged.channel_scores.tolist() == pytest.approx([0.9, 0.8, 0.4])
+
+
+def test_segment_popularity_is_per_gender_and_age_with_an_overall_fallback():
+    gender = np.array([0, 0, 0, 1, 1])
+    age = np.array([2, 2, 2, 3, 3])
+    item = np.array([1, 1, 2, 3, 3])
+    seg = SegmentPopularity.count(gender, age, item, num_items=4, top=3)
+    assert seg.candidates(0, 2, np.array([]), 3).items.tolist() == [1, 2]
+    assert seg.candidates(1, 3, np.array([]), 3).items.tolist() == [3]
+    assert seg.candidates(2, 7, np.array([1]), 3).items.tolist() == [3, 2]  # empty segment: overall
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A two-tower model on seeded synthetic data where taste follows topics, and topics fix genres."""
+    data = generate(num_users=400, num_items=600, num_interactions=30_000, seed=3)
+    schema = FeatureSchema.fit(data.users, data.items, max_genres=4, title_length=6)
+    users, items = schema.user_table(data.users), schema.item_table(data.items)
+    inter = data.interactions
+    seq = InteractionSequences(
+        schema.user_index(inter["user_id"]),
+        schema.item_index(inter["item_id"]),
+        inter["timestamp"].to_numpy(),
+    )
+    config = RecallConfig(epochs=4, batch_size=256, uniform_negatives=128, item_id_dropout=0.3)
+    result = train_two_tower(config, schema, users, items, seq, seed=7, history_length=10, progress=False)
+    return data, schema, users, items, seq, result
+
+
+def test_training_is_seeded_and_reproducible(trained):
+    _, schema, users, items, seq, _ = trained
+    config = RecallConfig(epochs=1, batch_size=256, uniform_negatives=64)
+    a = train_two_tower(config, schema, users, items, seq, seed=11, history_length=10, progress=False)
+    b = train_two_tower(config, schema, users, items, seq, seed=11, history_length=10, progress=False)
+    for (name, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(x, y), name
+
+
+def test_early_stopping_keeps_the_best_epoch(trained):
+    _, schema, users, items, seq, _ = trained
+    scores = iter([0.3, 0.5, 0.4, 0.45, 0.2, 0.9])
+    config = RecallConfig(epochs=6, batch_size=512, uniform_negatives=0, early_stopping_patience=2)
+    result = train_two_tower(
+        config,
+        schema,
+        users,
+        items,
+        seq,
+        seed=1,
+        history_length=5,
+        validate=lambda m: next(scores),
+        progress=False,
+    )
+    assert result.best_epoch == 2 and result.epochs == 4 and result.validation == [0.3, 0.5, 0.4, 0.45]
+
+
+def test_model_roundtrips_through_safetensors(tmp_path, trained):
+    *_, result = trained
+    result.model.save(tmp_path, prefix="x_")
+    again = TwoTowerModel.load(tmp_path, prefix="x_")
+    assert again.item_tower.item_embedding is again.user_tower.item_embedding  # still one shared table
+    for (name, x), (_, y) in zip(result.model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(x, y), name
+
+
+def test_a_new_item_embedded_from_content_has_neighbours_of_its_genres(trained):
+    _, schema, _, items, _, result = trained
+    cold = embed_items(result.model, items, known=np.zeros(schema.num_items, dtype=bool))  # ids hidden
+    warm = embed_items(result.model, items)
+    rng = np.random.default_rng(0)
+    probes = rng.choice(np.arange(1, schema.num_items), size=100, replace=False)
+    first_genre = items.genres[:, 0]
+    same, chance = [], []
+    for item in probes:
+        scores = warm @ cold[item - 1]
+        scores[item - 1] = -np.inf
+        neighbours = np.argsort(-scores)[:10] + 1
+        same.append(np.mean(first_genre[neighbours] == first_genre[item]))
+        chance.append(np.mean(first_genre[1:] == first_genre[item]))
+    assert np.mean(same) > 2 * np.mean(chance)
+
+
+def test_a_new_user_embedded_from_demographics_alone_beats_chance(trained):
+    _, schema, users, items, seq, result = trained
+    emb = embed_items(result.model, items)
+    rows = np.arange(1, schema.num_users)
+    hidden = users.__class__(
+        **{f: getattr(users, f).copy() for f in ("user", "gender", "age", "occupation", "zip")}
+    )
+    hidden.user[:] = 0  # every user as a stranger: demographics only, no id, no history
+    queries = embed_users(result.model, hidden, rows, np.zeros((len(rows), 10), dtype=np.int64))
+    top = np.argsort(-(queries @ emb.T), axis=1)[:, :50] + 1
+    taken = [set(seq.item[seq.user == r].tolist()) for r in rows]
+    hit = np.mean(
+        [len(taken[i] & set(top[i].tolist())) / len(taken[i]) for i in range(len(rows)) if taken[i]]
+    )
+    share_random = 50 / (schema.num_items - 1)
+    assert hit > 1.3 * share_random  # topic priors depend on demographics: better than random items
+
+
+def test_als_baseline_beats_popularity_on_held_out_interactions():
+    data = generate(num_users=300, num_items=400, num_interactions=20_000, seed=5)
+    schema = FeatureSchema.fit(data.users, data.items, 3, 4)
+    split = temporal_split(data.interactions, 0.2)
+    matrix = interaction_matrix(
+        schema.user_index(split.train["user_id"]),
+        schema.item_index(split.train["item_id"]),
+        (schema.num_users, schema.num_items),
+    )
+    positives = {u: schema.item_index(v) for u, v in split.positives(1.0).items()}
+    users = np.array(sorted(positives))
+    als = ALSRecommender(ALSParams(factors=16, regularization=0.1, alpha=10.0), seed=0).fit(matrix)
+    found = als.recommend(schema.user_index(users), 50)
+    popular = np.argsort(-np.asarray(matrix.sum(axis=0)).ravel())
+    seen = {u: set(matrix[schema.user_index([u])[0]].indices) for u in users}
+    hits_als = np.mean([np.isin(positives[u], f).mean() for u, f in zip(users, found)])
+    hits_pop = np.mean(
+        [np.isin(positives[u], [i for i in popular if i not in seen[u]][:50]).mean() for u in users]
+    )
+    assert hits_als > hits_pop
+    assert all(not set(f.tolist()) & seen[u] for u, f in zip(users, found))  # seen items filtered
