@@ -141,10 +141,11 @@ def rollback(
     to: Annotated[str | None, typer.Option(help="Version to go back to (default: the previous one).")] = None,
 ) -> None:
     """Point an artifact kind's CURRENT back at an earlier version (a running server picks it up)."""
+    from services.models import SERVED_KINDS
     from services.workflows import rollback as run
 
-    if kind not in ("recall", "index", "ranking"):
-        _fail(f"kind must be recall, index or ranking, got {kind!r}")
+    if kind not in SERVED_KINDS:
+        _fail(f"kind must be one of {', '.join(SERVED_KINDS)}, got {kind!r}")
     ref = _run(run, _config(), kind, to)
     console.print(f"{kind} CURRENT is now [bold]{ref.version}[/]")
 

@@ -21,6 +21,13 @@ import scipy.sparse as sp
 from cascade.features import AGE_UNKNOWN, GENDER_UNKNOWN
 
 
+def keep_unblocked(items: np.ndarray, blocked: np.ndarray, count: int) -> np.ndarray:
+    """Positions of the first ``count`` real items (not padding 0) of ``items`` that are not in ``blocked``.
+
+    Every channel, and every evaluation of a ranked list, filters a best-first list this way."""
+    return np.flatnonzero((items > 0) & ~np.isin(items, blocked))[:count]
+
+
 @dataclass(frozen=True)
 class ChannelCandidates:
     """One channel's candidates, best first: items (C,) int64, scores (C,) float32."""
@@ -32,6 +39,14 @@ class ChannelCandidates:
     @classmethod
     def empty(cls, source: str) -> ChannelCandidates:
         return cls(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32), source)
+
+    @classmethod
+    def top(
+        cls, items: np.ndarray, scores: np.ndarray, blocked: np.ndarray, count: int, source: str
+    ) -> ChannelCandidates:
+        """The first ``count`` of a best-first list, padding and ``blocked`` items removed."""
+        keep = keep_unblocked(items, blocked, count)
+        return cls(items[keep], scores[keep].astype(np.float32), source)
 
 
 @dataclass(frozen=True)
@@ -50,22 +65,17 @@ class MergedCandidates:
 
 
 def merge_channels(channels: list[ChannelCandidates]) -> MergedCandidates:
-    items = np.concatenate([c.items for c in channels]) if channels else np.zeros(0, dtype=np.int64)
-    scores = np.concatenate([c.scores for c in channels]) if channels else np.zeros(0, dtype=np.float32)
-    sources = (
-        np.concatenate([np.full(len(c.items), c.source, dtype=object) for c in channels])
-        if channels
-        else (np.zeros(0, dtype=object))
-    )
+    if not channels:
+        return MergedCandidates(
+            np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32), np.zeros(0, object)
+        )
+    items = np.concatenate([c.items for c in channels])
+    scores = np.concatenate([c.scores for c in channels])
+    sources = np.concatenate([np.full(len(c.items), c.source, dtype=object) for c in channels])
     _, first = np.unique(items, return_index=True)
     keep = np.sort(first)
     keep = keep[items[keep] > 0]
     return MergedCandidates(items[keep].astype(np.int64), scores[keep].astype(np.float32), sources[keep])
-
-
-def _top_unblocked(items: np.ndarray, scores: np.ndarray, blocked: np.ndarray, count: int, source: str):
-    keep = ~np.isin(items, blocked)
-    return ChannelCandidates(items[keep][:count], scores[keep][:count].astype(np.float32), source)
 
 
 class CooccurrenceRules:
@@ -150,7 +160,9 @@ class CooccurrenceRules:
         totals = np.bincount(targets, weights=self.confidence[flat] * weights)
         found = np.flatnonzero(totals)
         order = found[np.argsort(-totals[found], kind="stable")]
-        return _top_unblocked(order, totals[order], np.concatenate([blocked, recent]), count, self.SOURCE)
+        return ChannelCandidates.top(
+            order, totals[order], np.concatenate([blocked, recent]), count, self.SOURCE
+        )
 
     def save(self, folder: Path) -> None:
         with open(folder / self.FILE, "wb") as fh:
@@ -205,9 +217,7 @@ class SegmentPopularity:
 
     def candidates(self, gender: int, age: int, blocked: np.ndarray, count: int) -> ChannelCandidates:
         s = int(self.segment_of(gender, age))
-        items, scores = self.items[s], self.scores[s]
-        real = items > 0
-        return _top_unblocked(items[real], scores[real], blocked, count, self.SOURCE)
+        return ChannelCandidates.top(self.items[s], self.scores[s], blocked, count, self.SOURCE)
 
     def save(self, folder: Path) -> None:
         with open(folder / self.FILE, "wb") as fh:

@@ -47,7 +47,7 @@ def tunable_parameter(index: faiss.Index) -> tuple[str, list[int]] | None:
     if ivf is not None:
         values = sorted({min(2**p, ivf.nlist) for p in range(0, 16)})
         return "nprobe", values
-    if "HNSW" in type(faiss.downcast_index(index)).__name__ or hasattr(faiss.downcast_index(index), "hnsw"):
+    if hasattr(faiss.downcast_index(index), "hnsw"):
         return "efSearch", [16, 32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 4096]
     return None
 

@@ -43,31 +43,34 @@ class InteractionSequences:
         starts = np.r_[0, np.flatnonzero(np.diff(self.user)) + 1]
         lengths = np.diff(np.r_[starts, len(self.user)])
         self.position = np.arange(len(self.user)) - np.repeat(starts, lengths)  # index within the user
-        self._last_of_user = {int(u): int(s + n - 1) for u, s, n in zip(self.user[starts], starts, lengths)}
 
     def __len__(self) -> int:
         return len(self.item)
+
+    def _walk_back(self, rows: np.ndarray, length: int, first_step: np.ndarray) -> np.ndarray:
+        """Items ``first_step``, ``first_step`` + 1, ... positions back from each of ``rows`` within its
+        user, 0 past the user's first interaction -> (R, length)."""
+        back = first_step[:, None] + np.arange(length)[None, :]
+        valid = back <= self.position[rows][:, None]
+        return np.where(valid, self.item[np.maximum(rows[:, None] - back, 0)], 0)
 
     def history_before(self, rows: np.ndarray, length: int, gap: np.ndarray | None = None) -> np.ndarray:
         """The ``length`` interactions before each of ``rows`` (positions in this order), most recent
         first, 0-padded -> (R, length). ``gap`` (R,) skips that many more interactions back first, so the
         history ends ``gap`` interactions before the row's own."""
         skip = np.zeros(len(rows), dtype=np.int64) if gap is None else np.minimum(gap, self.position[rows])
-        back = np.arange(1, length + 1)[None, :] + skip[:, None]
-        source = rows[:, None] - back
-        valid = back <= self.position[rows][:, None]
-        return np.where(valid, self.item[np.maximum(source, 0)], 0)
+        return self._walk_back(rows, length, 1 + skip)
 
     def latest_history(self, user_rows: np.ndarray, length: int) -> np.ndarray:
         """Each user's latest ``length`` items, most recent first, 0-padded; users absent here get an empty
         history -> (U, length)."""
-        out = np.zeros((len(user_rows), length), dtype=np.int64)
-        for i, user in enumerate(np.asarray(user_rows).tolist()):
-            last = self._last_of_user.get(user)
-            if last is not None:
-                take = min(length, int(self.position[last]) + 1)
-                out[i, :take] = self.item[last - take + 1 : last + 1][::-1]
-        return out
+        user_rows = np.asarray(user_rows, dtype=np.int64)
+        if len(self.user) == 0:
+            return np.zeros((len(user_rows), length), dtype=np.int64)
+        last = np.searchsorted(self.user, user_rows, side="right") - 1
+        present = (last >= 0) & (self.user[np.maximum(last, 0)] == user_rows)
+        history = self._walk_back(np.maximum(last, 0), length, np.zeros(len(user_rows), dtype=np.int64))
+        return np.where(present[:, None], history, 0)
 
 
 @dataclass

@@ -23,6 +23,7 @@ SCHEMA_FILE = "schema.json"
 CATALOGUE_FILE = "catalogue.parquet"
 POPULARITY_FILE = "popularity.npy"
 QUERY_SAMPLE_FILE = "query_sample.npz"
+SERVED_KINDS = ("recall", "index", "ranking")  # the artifact kinds serving loads together
 INNER_PREFIX = "inner_"  # the recall artifact's validation-split model, which ranking trains from
 
 

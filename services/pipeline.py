@@ -11,7 +11,7 @@ import torch
 
 from cascade.config import AppConfig
 from ranking.features import UserRow
-from recall.channels import ChannelCandidates, MergedCandidates, merge_channels
+from recall.channels import ChannelCandidates, MergedCandidates, keep_unblocked, merge_channels
 from rerank.rules import Reranker
 from services.models import ServingModels
 
@@ -77,7 +77,7 @@ class RecommendationPipeline:
     def popular(self, blocked: np.ndarray, count: int) -> ChannelCandidates:
         """The ``count`` most popular items not in ``blocked``, scored relative to the most popular."""
         pool = self.models.popular_order[: count + len(blocked)]
-        pool = pool[~np.isin(pool, blocked)][:count]
+        pool = pool[keep_unblocked(pool, blocked, count)]
         pop = self.models.popularity[pool]
         return ChannelCandidates(
             pool, (pop / max(pop.max(initial=0.0), 1.0)).astype(np.float32), SOURCE_POPULAR
@@ -86,28 +86,31 @@ class RecommendationPipeline:
     def two_tower(self, query: np.ndarray, blocked: np.ndarray, count: int) -> ChannelCandidates:
         """Up to ``count`` nearest items to ``query`` (D,) from the ANN index, ``blocked`` removed."""
         scores, items = self.models.index.search(query[None, :], count + len(blocked))
-        scores, items = scores[0], items[0]
-        keep = (items > 0) & ~np.isin(items, blocked)
-        return ChannelCandidates(items[keep][:count], scores[keep][:count], SOURCE_TWO_TOWER)
+        return ChannelCandidates.top(items[0], scores[0], blocked, count, SOURCE_TWO_TOWER)
 
     def recall(self, ctx: UserContext, extra: int = 0) -> tuple[MergedCandidates, np.ndarray | None]:
         """Every channel's candidates for the user, merged and de-duplicated, and the two-tower query
         (None for anonymous users, who get popular items only). ``extra`` widens the two-tower quota."""
-        rc = self.config.recall
         if ctx.anonymous:
-            return merge_channels([self.popular(ctx.seen, rc.num_candidates + extra)]), None
+            return merge_channels([self.popular(ctx.seen, self.config.recall.num_candidates + extra)]), None
         query = self.user_embedding(ctx)
-        channels = [self.two_tower(query, ctx.seen, rc.num_candidates + extra)]
+        return self.channels(ctx, query, extra), query
+
+    def channels(self, ctx: UserContext, query: np.ndarray, extra: int = 0) -> MergedCandidates:
+        """The personal channels for a user with two-tower ``query`` (D,): the ANN, plus co-occurrence
+        from recent items, or popular-in-segment for a user with no history."""
+        rc = self.config.recall
+        found = [self.two_tower(query, ctx.seen, rc.num_candidates + extra)]
         if len(ctx.history):
             recent = ctx.history[: rc.cooccurrence_recent_items]
-            channels.append(self.models.cooccurrence.candidates(recent, ctx.seen, rc.cooccurrence_candidates))
+            found.append(self.models.cooccurrence.candidates(recent, ctx.seen, rc.cooccurrence_candidates))
         else:
-            channels.append(
+            found.append(
                 self.models.segment_popularity.candidates(
                     ctx.row.gender, ctx.row.age, ctx.seen, rc.segment_popular_candidates
                 )
             )
-        return merge_channels(channels), query
+        return merge_channels(found)
 
     def recommend(self, ctx: UserContext, k: int, exclude: np.ndarray) -> Recommendation:
         """Excluded items are removed after ranking, from a candidate list widened by their number, so

@@ -21,7 +21,7 @@ from services.api import recommender_pb2 as pb
 from services.api import recommender_pb2_grpc as pb_grpc
 from services.feature_store import HistoryEvent, OnlineFeatureStore, UserState
 from services.interceptors import ErrorInterceptor
-from services.models import ServingModels
+from services.models import SERVED_KINDS, ServingModels
 from services.pipeline import RecommendationPipeline, UserContext
 from services.validation import (
     check_demographics,
@@ -34,7 +34,6 @@ from services.validation import (
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("recall", "index", "ranking")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
 _EVENT_TYPES = frozenset(v.number for v in pb.EventType.DESCRIPTOR.values) - {pb.EVENT_TYPE_UNSPECIFIED}
 
@@ -224,7 +223,7 @@ class CascadeServer:
         whose index is not built yet) is logged once and retried only when the published versions change.
         """
         store = ArtifactStore(self.config.artifacts_dir)
-        published = {kind: (ref.version if (ref := store.current(kind)) else "") for kind in KINDS}
+        published = {kind: (ref.version if (ref := store.current(kind)) else "") for kind in SERVED_KINDS}
         pipeline = self.service._pipeline
         if pipeline is not None and published == pipeline.models.versions:
             return False

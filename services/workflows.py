@@ -27,7 +27,13 @@ from cascade.seeding import seed_everything
 from ranking.features import DENSE_FEATURES, FEATURES_VERSION, RankingBatch, RankingFeatureBuilder, UserRow
 from ranking.ranker import create_ranker
 from recall.baselines import ALSRecommender, interaction_matrix, tune_als
-from recall.channels import ChannelCandidates, CooccurrenceRules, SegmentPopularity, merge_channels
+from recall.channels import (
+    ChannelCandidates,
+    CooccurrenceRules,
+    SegmentPopularity,
+    keep_unblocked,
+    merge_channels,
+)
 from recall.index import ItemIndex, exact_search
 from recall.training import InteractionSequences, embed_items, embed_users, train_two_tower
 from recall.two_tower import TwoTowerModel
@@ -168,12 +174,16 @@ class RecallTask:
             sequences=sequences,
         )
 
+    def embed(self, model: TwoTowerModel, prep: Prepared) -> tuple[np.ndarray, np.ndarray]:
+        """Item embeddings (N, D) of item indices 1..N and this task's user queries (U, D)."""
+        return embed_items(model, prep.items, self.known), embed_users(
+            model, prep.users, self.rows, self.history
+        )
+
     def rankings(
-        self, model: TwoTowerModel, prep: Prepared, k: int, chunk: int = 2048
+        self, item_embeddings: np.ndarray, queries: np.ndarray, k: int, chunk: int = 2048
     ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """Exact two-tower top-k of unseen items per user -> user id: (item indices, scores)."""
-        item_embeddings = embed_items(model, prep.items, self.known)
-        queries = embed_users(model, prep.users, self.rows, self.history)
         out = {}
         nothing = np.zeros(0, dtype=np.int64)
         for begin in range(0, len(self.users), chunk):
@@ -182,15 +192,15 @@ class RecallTask:
             longest = max((len(self.seen.get(int(u), ())) for u in users), default=0)
             scores, found = exact_search(item_embeddings, queries[begin : begin + chunk], k + longest)
             for user, ranked, ranked_scores in zip(users.tolist(), found, scores):
-                keep = ~np.isin(ranked, self.seen.get(user, nothing))
-                out[user] = (ranked[keep][:k], ranked_scores[keep][:k])
+                keep = keep_unblocked(ranked, self.seen.get(user, nothing), k)
+                out[user] = (ranked[keep], ranked_scores[keep])
         return out
 
     def evaluate(self, rankings: dict[int, np.ndarray], num_items: int) -> dict[str, float]:
         return evaluate_rankings(rankings, self.positives, EVAL_RECALL_KS, (10,), num_items - 1, COVERAGE_K)
 
     def recall_at_100(self, model: TwoTowerModel, prep: Prepared) -> float:
-        ranked = self.rankings(model, prep, 100)
+        ranked = self.rankings(*self.embed(model, prep), 100)
         return evaluate_rankings({u: r for u, (r, _) in ranked.items()}, self.positives, (100,), ())[
             "recall@100"
         ]
@@ -230,26 +240,27 @@ def _train(
     )
 
 
-def _mine_channels(config: AppConfig, prep: Prepared, interactions: pd.DataFrame):
+def _mine_rules(config: AppConfig, prep: Prepared, sequences: InteractionSequences) -> CooccurrenceRules:
     rc = config.recall
-    seqs = sequences_of(prep.schema, interactions)
-    rules = CooccurrenceRules.mine(
-        seqs.user,
-        seqs.item,
+    return CooccurrenceRules.mine(
+        sequences.user,
+        sequences.item,
         prep.schema.num_items,
         window=rc.cooccurrence_window,
         min_support=rc.cooccurrence_min_support,
         min_confidence=rc.cooccurrence_min_confidence,
         neighbours=rc.cooccurrence_neighbours,
     )
-    segments = SegmentPopularity.count(
-        prep.users.gender[seqs.user],
-        prep.users.age[seqs.user],
-        seqs.item,
+
+
+def _count_segments(config: AppConfig, prep: Prepared, sequences: InteractionSequences) -> SegmentPopularity:
+    return SegmentPopularity.count(
+        prep.users.gender[sequences.user],
+        prep.users.age[sequences.user],
+        sequences.item,
         prep.schema.num_items,
-        rc.segment_popular_top,
+        config.recall.segment_popular_top,
     )
-    return rules, segments
 
 
 def _query_sample(
@@ -280,12 +291,12 @@ def train_recall(config: AppConfig, force: bool = False, progress: bool = True) 
     inner = temporal_split(prep.split.train, config.data.holdout_fraction)
     validation = RecallTask.of(prep, inner, config, max_users=config.recall.validation_users)
     started = time.perf_counter()
-    inner_result = _train(config, prep, sequences_of(prep.schema, inner.train), progress, validation)
+    inner_result = _train(config, prep, validation.sequences, progress, validation)
     test_task = RecallTask.of(prep, prep.split, config, max_users=config.recall.validation_users)
     seed_everything(config.seed)
     final = _train(config, prep, test_task.sequences, progress, epochs=inner_result.best_epoch)
     train_seconds = time.perf_counter() - started
-    rankings = test_task.rankings(final.model, prep, max(EVAL_RECALL_KS))
+    rankings = test_task.rankings(*test_task.embed(final.model, prep), max(EVAL_RECALL_KS))
     metrics = test_task.evaluate({u: r for u, (r, _) in rankings.items()}, prep.schema.num_items)
     metrics.update(
         train_seconds=train_seconds,
@@ -294,8 +305,9 @@ def train_recall(config: AppConfig, force: bool = False, progress: bool = True) 
     )
     logger.info("two-tower on the held-out window: %s", {k: round(v, 4) for k, v in metrics.items()})
     popularity = _item_counts(prep.schema, prep.split.train)
-    rules, segments = _mine_channels(config, prep, prep.split.train)
-    inner_rules, _ = _mine_channels(config, prep, inner.train)
+    rules = _mine_rules(config, prep, test_task.sequences)
+    segments = _count_segments(config, prep, test_task.sequences)
+    inner_rules = _mine_rules(config, prep, validation.sequences)
     queries = _query_sample(config, prep, test_task)
     logger.info("co-occurrence: %d rules over %d items", rules.num_rules, prep.schema.num_items - 1)
 
@@ -339,11 +351,16 @@ def evaluate_recall(config: AppConfig) -> dict[str, dict[str, float]]:
     report: dict[str, dict[str, float]] = {}
     model = TwoTowerModel.load(recall_ref.path)
     report["two_tower"] = test.evaluate(
-        {u: r for u, (r, _) in test.rankings(model, prep, k).items()}, prep.schema.num_items
+        {u: r for u, (r, _) in test.rankings(*test.embed(model, prep), k).items()}, prep.schema.num_items
     )
     popular_order = np.argsort(-_item_counts(prep.schema, prep.split.train)[1:], kind="stable") + 1
+    nothing = np.zeros(0, dtype=np.int64)
     report["popularity"] = test.evaluate(
-        {int(u): _drop(popular_order, test.seen.get(int(u)), k) for u in test.users}, prep.schema.num_items
+        {
+            int(u): popular_order[keep_unblocked(popular_order, test.seen.get(int(u), nothing), k)]
+            for u in test.users
+        },
+        prep.schema.num_items,
     )
     shape = (prep.schema.num_users, prep.schema.num_items)
     inner = temporal_split(prep.split.train, config.data.holdout_fraction)
@@ -368,12 +385,6 @@ def evaluate_recall(config: AppConfig) -> dict[str, dict[str, float]]:
     )
     report["als_grid_validation_recall@100"] = grid
     return report
-
-
-def _drop(ranked: np.ndarray, blocked: np.ndarray | None, k: int) -> np.ndarray:
-    if blocked is None:
-        return ranked[:k]
-    return ranked[: k + len(blocked)][~np.isin(ranked[: k + len(blocked)], blocked)][:k]
 
 
 def _check_trained_on(ref: ArtifactRef, config: AppConfig) -> None:
@@ -485,16 +496,6 @@ def rollback(config: AppConfig, kind: str, to: str | None = None) -> ArtifactRef
 # --- ranking -----------------------------------------------------------------------------------------
 
 
-def _history_by_user(schema: FeatureSchema, interactions: pd.DataFrame, length: int) -> dict[int, np.ndarray]:
-    """user id -> item indices of their latest ``length`` interactions, most recent first."""
-    ordered = interactions.sort_values(
-        ["user_id", "timestamp", "item_id"], ascending=[True, False, False], kind="mergesort"
-    )
-    idx = schema.item_index(ordered["item_id"].to_numpy())
-    frame = pd.DataFrame({"user_id": ordered["user_id"].to_numpy(), "item": idx})
-    return {int(u): g.to_numpy()[:length] for u, g in frame.groupby("user_id", sort=False)["item"]}
-
-
 def _user_row(users: UserFeatures, row: int) -> UserRow:
     return UserRow(
         int(users.user[row]),
@@ -516,9 +517,8 @@ def build_ranking_examples(
     task = RecallTask.of(prep, inner, config)
     model = TwoTowerModel.load(recall_ref.path, prefix=INNER_PREFIX)
     rules = CooccurrenceRules.load(recall_ref.path / INNER_PREFIX.rstrip("_"))
-    item_embeddings = embed_items(model, prep.items, task.known)
-    queries = embed_users(model, prep.users, task.rows, task.history)
-    candidates = task.rankings(model, prep, config.ranking.training_candidates)
+    item_embeddings, queries = task.embed(model, prep)
+    candidates = task.rankings(item_embeddings, queries, config.ranking.training_candidates)
     builder = RankingFeatureBuilder(prep.schema, prep.items, _item_counts(prep.schema, inner.train))
     batches, labels, owners = [], [], []
     empty = np.zeros(0, dtype=np.int64)
@@ -608,9 +608,7 @@ def evaluate_pipeline(config: AppConfig) -> dict[str, dict[str, float]]:
     _check_trained_on(store.require("recall"), config)
     prep = prepare(config)
     pipeline = RecommendationPipeline(models, config)
-    positives = _positive_indices(prep.schema, prep.split, config.data.positive_min_rating)
-    seen = _seen_indices(prep.schema, prep.split.train)
-    histories = _history_by_user(prep.schema, prep.split.train, config.features.history_length)
+    test = RecallTask.of(prep, prep.split, config)
     k = max(PIPELINE_KS)
     empty = np.zeros(0, dtype=np.int64)
     rankings: dict[str, dict[int, np.ndarray]] = {
@@ -620,26 +618,25 @@ def evaluate_pipeline(config: AppConfig) -> dict[str, dict[str, float]]:
         "pipeline": {},
     }
     pipeline_seconds = 0.0
-    for user in positives:
-        row = int(prep.schema.user_index([user])[0])
+    for user, row, history in zip(test.users.tolist(), test.rows.tolist(), test.history):
         ctx = UserContext(
             row=_user_row(prep.users, row),
-            history=histories.get(user, empty),
-            seen=seen.get(user, empty),
+            history=history[history > 0],
+            seen=test.seen.get(user, empty),
             has_profile=True,
         )
         rankings["popularity"][user] = pipeline.popular(ctx.seen, k).items
         query = pipeline.user_embedding(ctx)
         rankings["two_tower"][user] = pipeline.two_tower(query, ctx.seen, k).items
-        merged, _ = pipeline.recall(ctx)
+        merged = pipeline.channels(ctx, query)
         order, _ = two_tower_order(merged.items, models.index.embeddings, query)
         rankings["recall_channels"][user] = merged.items[order]
         started = time.perf_counter()
         rankings["pipeline"][user] = pipeline.recommend(ctx, k, empty).items
         pipeline_seconds += time.perf_counter() - started
     report = {
-        name: evaluate_rankings(r, positives, PIPELINE_KS, (10,), prep.schema.num_items - 1, COVERAGE_K)
+        name: evaluate_rankings(r, test.positives, PIPELINE_KS, (10,), prep.schema.num_items - 1, COVERAGE_K)
         for name, r in rankings.items()
     }
-    report["pipeline"]["mean_in_process_ms"] = pipeline_seconds / max(len(positives), 1) * 1e3
+    report["pipeline"]["mean_in_process_ms"] = pipeline_seconds / max(len(test.users), 1) * 1e3
     return report
