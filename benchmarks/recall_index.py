@@ -14,7 +14,6 @@ recall-vs-latency plot.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import platform
@@ -25,6 +24,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from benchmarks.report import write_outputs as write_report
 from recall.index import ItemIndex, exact_search, recall_of, tunable_parameter
 
 logger = logging.getLogger(__name__)
@@ -232,9 +232,4 @@ def summary(report: dict) -> str:
 
 
 def write_outputs(report: dict, json_path: Path) -> dict[str, Path]:
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(report, indent=2))
-    png, md = json_path.with_suffix(".png"), json_path.with_suffix(".md")
-    plot(report, png)
-    md.write_text(summary(report))
-    return {"json": json_path, "png": png, "markdown": md}
+    return write_report(report, json_path, plot, summary)

@@ -236,6 +236,23 @@ def evaluate_recall(json_path: JsonOption = None) -> None:
     _report(_run(run, _config()), json_path, "held-out temporal split: recall")
 
 
+@evaluate_app.command("ranking")
+def evaluate_ranking(json_path: JsonOption = None) -> None:
+    """Wide&Deep vs DIN vs LightGBM on the held-out window's recall candidates: AUC, GAUC, logloss,
+    NDCG@10 and Recall@10, beside the recall order alone."""
+    from services.workflows import evaluate_ranking as run
+
+    _report(_run(run, _config(), True), json_path, "held-out temporal split: ranking")
+
+
+@evaluate_app.command("rating")
+def evaluate_rating(json_path: JsonOption = None) -> None:
+    """Rating prediction on a random 90/10 split: RMSE of the rating model against PMF."""
+    from services.workflows import evaluate_rating as run
+
+    _report(_run(run, _config(), True), json_path, "random 90/10 split: rating RMSE")
+
+
 @bench_app.command("recall")
 def bench_recall(
     json_path: Annotated[Path, typer.Option("--json", help="Report path; .png and .md go beside it.")] = Path(
@@ -250,6 +267,35 @@ def bench_recall(
 
     settings = BenchSettings(
         sizes=tuple(int(s) for s in sizes.split(",")), threads=threads, target_recall=target_recall
+    )
+    report = run(settings, progress=lambda what: console.print(f"[cyan]benchmarking[/] {what}"))
+    for kind, path in write_outputs(report, json_path).items():
+        console.print(f"wrote {kind}: {path}")
+
+
+@bench_app.command("ranking")
+def bench_ranking(
+    json_path: Annotated[Path, typer.Option("--json", help="Report path; .png and .md go beside it.")] = Path(
+        "benchmarks/results/ranking.json"
+    ),
+    candidates: Annotated[int, typer.Option(help="Candidates per request.")] = 500,
+    behaviours: Annotated[int, typer.Option(help="Behaviours in the user's sequence.")] = 50,
+    dim: Annotated[int, typer.Option(help="Behaviour / candidate vector width d.")] = 64,
+    repeats: Annotated[int, typer.Option(help="Timed requests per implementation.")] = 200,
+    threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+) -> None:
+    """DIN inference per request: the straightforward form, ours (split attention, user side once) and
+    DeepCTR-Torch's DIN at the same sizes, p50 / p99."""
+    from benchmarks.ranking_inference import BenchSettings, run, write_outputs
+
+    settings = BenchSettings(
+        candidates=candidates,
+        behaviours=behaviours,
+        dim=dim,
+        repeats=repeats,
+        threads=threads,
+        device=device,
     )
     report = run(settings, progress=lambda what: console.print(f"[cyan]benchmarking[/] {what}"))
     for kind, path in write_outputs(report, json_path).items():

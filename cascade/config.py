@@ -136,20 +136,59 @@ class RecallConfig(StageConfig):
 
 
 class RankingConfig(StageConfig):
-    type: Literal["wide_deep"] = Field("wide_deep", description="Which ranker to train and serve.")
-    embedding_dim: int = Field(16, ge=2, description="Embedding width of each categorical feature.")
-    hidden_dims: tuple[int, ...] = Field((128, 64), description="Widths of the deep part's MLP layers.")
+    type: Literal["wide_deep", "din", "lightgbm"] = Field(
+        "lightgbm", description="Which ranker `train ranking` trains and the service serves."
+    )
+    embedding_dim: int = Field(
+        16, ge=2, description="Wide&Deep: embedding width of each categorical feature."
+    )
+    hidden_dims: tuple[int, ...] = Field((128, 64), description="Wide&Deep: widths of the deep MLP layers.")
     wide_crosses: tuple[tuple[str, str], ...] = Field(
-        (("gender", "genre"), ("age", "genre"), ("occupation", "genre")),
-        description="Cross-product transformations of the wide part, as pairs of feature names.",
+        (("gender", "genre"), ("age", "genre"), ("occupation", "genre"), ("history", "item")),
+        description="Wide&Deep: cross-product transformations of the wide part, as pairs of feature names; "
+        "('history', 'item') crosses each recent item with the candidate.",
     )
-    epochs: int = Field(4, ge=1, description="Training epochs over the labelled recall candidates.")
-    batch_size: int = Field(2048, ge=8, description="Candidates per training step.")
-    learning_rate: float = Field(2e-3, gt=0, description="Adam learning rate.")
-    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout between MLP layers.")
+    wide_hash_buckets: int = Field(
+        1_000_003,
+        ge=1,
+        description="A cross with more value pairs than this is hashed into this many weights (a prime, so "
+        "that structured ids spread evenly).",
+    )
+    din_item_dim: int = Field(48, ge=2, description="DIN: item-id embedding width of behaviours/candidates.")
+    din_genre_dim: int = Field(
+        16, ge=2, description="DIN: genre embedding width; an item is [item, mean genre] embeddings."
+    )
+    din_user_dim: int = Field(8, ge=2, description="DIN: embedding width of each user-side categorical.")
+    din_attention_hidden: tuple[int, ...] = Field(
+        (36,), description="DIN: hidden widths of the activation unit scoring each behaviour (paper: 36)."
+    )
+    din_attention_activation: Literal["prelu", "dice"] = Field(
+        "prelu", description="DIN: activation inside the activation unit."
+    )
+    din_hidden_dims: tuple[int, ...] = Field((200, 80), description="DIN: widths of the final MLP (paper).")
+    din_activation: Literal["prelu", "dice"] = Field("dice", description="DIN: activation of the final MLP.")
+    epochs: int = Field(6, ge=1, description="Neural rankers: most epochs; the best on validation is kept.")
+    batch_size: int = Field(2048, ge=8, description="Neural rankers: candidates per training step.")
+    learning_rate: float = Field(2e-3, gt=0, description="Neural rankers: Adam learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Neural rankers: Adam weight decay.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Neural rankers: dropout between MLP layers.")
+    lgb_rounds: int = Field(500, ge=1, description="LightGBM: most boosting rounds (early stopping picks).")
+    lgb_learning_rate: float = Field(0.05, gt=0, description="LightGBM: shrinkage.")
+    lgb_num_leaves: int = Field(31, ge=2, description="LightGBM: leaves per tree.")
+    lgb_min_data_in_leaf: int = Field(50, ge=1, description="LightGBM: smallest leaf.")
+    lgb_early_stopping_rounds: int = Field(
+        30, ge=1, description="LightGBM: stop after this many rounds without validation NDCG@10 gains."
+    )
+    validation_share: float = Field(
+        0.1, gt=0, lt=1, description="Share of training users held out to pick epochs / rounds."
+    )
     training_candidates: int = Field(
-        300, ge=10, description="Recall candidates per user labelled for training the ranker."
+        300, ge=10, description="Two-tower candidates per user labelled for training the ranker."
     )
+    recent_window_days: float = Field(
+        7.0, gt=0, description="Window of the 'recent popularity' feature, before the request time."
+    )
+    threads: int = Field(2, ge=1, description="Threads for training (LightGBM, torch).")
 
 
 class RerankConfig(StageConfig):

@@ -69,3 +69,25 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     average = first + (counts + 1) / 2.0
     ranks[order] = np.repeat(average, counts)
     return float((ranks[labels].sum() - positives * (positives + 1) / 2.0) / (positives * negatives))
+
+
+def gauc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> float:
+    """Group AUC (DIN paper): each group's AUC weighted by its size, over groups with both classes.
+    labels, scores, groups: (N,); NaN when no group has both classes."""
+    labels = np.asarray(labels).astype(bool)
+    order = np.argsort(groups, kind="stable")
+    bounds = np.flatnonzero(np.diff(np.asarray(groups)[order])) + 1
+    total, weight = 0.0, 0
+    for rows in np.split(order, bounds):
+        positives = labels[rows].sum()
+        if 0 < positives < len(rows):
+            total += auc(labels[rows], np.asarray(scores)[rows]) * len(rows)
+            weight += len(rows)
+    return total / weight if weight else float("nan")
+
+
+def logloss(labels: np.ndarray, probabilities: np.ndarray, eps: float = 1e-7) -> float:
+    """Mean binary cross-entropy of probabilities (N,) against 0/1 labels (N,)."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), eps, 1 - eps)
+    y = np.asarray(labels, dtype=np.float64)
+    return float(-(y * np.log(p) + (1 - y) * np.log1p(-p)).mean())

@@ -1,4 +1,8 @@
-"""Ranking features for (user, candidate) pairs, built the same way for training and serving."""
+"""Ranking features for (user, candidate) pairs, built the same way for training and serving.
+
+A RankingBatch keeps the user side once per request and the candidate side once per candidate, so models
+compute the user side (embeddings, behaviour projections) once per request rather than once per pair.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,11 @@ import numpy as np
 import torch
 
 from cascade.features import FeatureSchema, ItemFeatures
+from ranking.statistics import ItemStatistics
 
 # Bumped whenever a feature's meaning changes, so that rankers trained on the old meaning are retrained
 # rather than served.
-FEATURES_VERSION = 2
+FEATURES_VERSION = 3
 
 # Recall scores are not comparable across users (each user's query vector differs), so the request-relative
 # position and gap to the best candidate carry the recall order into ranking.
@@ -20,9 +25,26 @@ DENSE_FEATURES = (
     "recall_score_gap",
     "recall_rank",
     "log_popularity",
+    "log_recent_popularity",
+    "log_item_age_days",
+    "item_mean_rating",
+    "item_positive_rate",
     "genre_affinity",
     "log_history_length",
+    "history_mean_log_popularity",
 )
+
+# Recall channels as a categorical feature; code 0 is an unknown channel.
+CHANNELS = ("two_tower", "cooccurrence", "segment_popular", "popular")
+_CHANNEL_CODES = {name: code for code, name in enumerate(CHANNELS, start=1)}
+
+REQUEST_FIELDS = ("user", "gender", "age", "occupation", "zip", "history")
+CANDIDATE_FIELDS = ("request", "item", "genres", "year", "channel", "dense")
+
+
+def encode_channels(sources) -> np.ndarray:
+    """Channel names (C,) -> codes (C,) int64."""
+    return np.fromiter((_CHANNEL_CODES.get(s, 0) for s in sources), dtype=np.int64, count=len(sources))
 
 
 @dataclass(frozen=True)
@@ -38,45 +60,80 @@ class UserRow:
 
 @dataclass(frozen=True)
 class RankingBatch:
-    """B (user, candidate) pairs. Categorical arrays are (B,) int64 except ``genres`` (B, G);
-    ``dense`` is (B, len(DENSE_FEATURES)) float32."""
+    """R requests and their B candidates.
+
+    Per request: ``user``, ``gender``, ``age``, ``occupation``, ``zip`` (R,) int64 and ``history`` (R, L)
+    int64 item indices, most recent first, 0-padded. Per candidate: ``request`` (B,) int64 in [0, R),
+    ``item``, ``year``, ``channel`` (B,) int64, ``genres`` (B, G) int64 0-padded, ``dense``
+    (B, len(DENSE_FEATURES)) float32. Candidates of one request are contiguous.
+    """
 
     user: np.ndarray
     gender: np.ndarray
     age: np.ndarray
     occupation: np.ndarray
+    zip: np.ndarray
+    history: np.ndarray
+    request: np.ndarray
     item: np.ndarray
     genres: np.ndarray
     year: np.ndarray
+    channel: np.ndarray
     dense: np.ndarray
 
     def __len__(self) -> int:
         return len(self.item)
 
+    @property
+    def num_requests(self) -> int:
+        return len(self.user)
+
     def take(self, rows: np.ndarray) -> RankingBatch:
-        return RankingBatch(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+        """The candidates at ``rows``, with only the requests they belong to (renumbered, order kept)."""
+        used, request = np.unique(self.request[rows], return_inverse=True)
+        parts = {name: getattr(self, name)[used] for name in REQUEST_FIELDS}
+        parts |= {name: getattr(self, name)[rows] for name in CANDIDATE_FIELDS if name != "request"}
+        return RankingBatch(request=request.astype(np.int64), **parts)
+
+    def take_requests(self, requests: np.ndarray) -> RankingBatch:
+        """All candidates of the given request numbers."""
+        return self.take(np.flatnonzero(np.isin(self.request, requests)))
+
+    def group_sizes(self) -> np.ndarray:
+        """Candidates per request (R,), in request order."""
+        return np.bincount(self.request, minlength=self.num_requests)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {f.name: torch.from_numpy(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
     def concat(cls, batches: list[RankingBatch]) -> RankingBatch:
-        return cls(**{f.name: np.concatenate([getattr(b, f.name) for b in batches]) for f in fields(cls)})
+        offsets = np.cumsum([0] + [b.num_requests for b in batches[:-1]])
+        parts = {name: np.concatenate([getattr(b, name) for b in batches]) for name in REQUEST_FIELDS}
+        parts |= {
+            name: np.concatenate([getattr(b, name) for b in batches])
+            for name in CANDIDATE_FIELDS
+            if name != "request"
+        }
+        parts["request"] = np.concatenate([b.request + o for b, o in zip(batches, offsets)])
+        return cls(**parts)
 
 
 class RankingFeatureBuilder:
-    """Turns a user, their behaviour history and recall candidates into a RankingBatch.
+    """Turns a user, their behaviour history and recall candidates into a one-request RankingBatch.
 
-    ``item_popularity`` (num_items,) counts interactions per item index in the window the models were
-    trained on, so no statistic peeks at the evaluation window.
+    ``statistics`` cover the window the ranker's training examples came from (see ItemStatistics), so no
+    feature peeks at the evaluation window; ``history_length`` is the behaviour sequence the models see.
     """
 
-    def __init__(self, schema: FeatureSchema, items: ItemFeatures, item_popularity: np.ndarray):
+    def __init__(
+        self, schema: FeatureSchema, items: ItemFeatures, statistics: ItemStatistics, history_length: int
+    ):
         self.schema = schema
         self.items = items
-        self._log_popularity = (np.log1p(item_popularity) / np.log1p(max(item_popularity.max(), 1))).astype(
-            np.float32
-        )
+        self.statistics = statistics
+        self.history_length = history_length
+        self._log_popularity = np.log1p(statistics.counts) / np.log1p(max(statistics.counts.max(), 1.0))
 
     def genre_share(self, history: np.ndarray) -> np.ndarray:
         """Share of each genre id among the genres of the history items -> (num_genres,), [0] = 0."""
@@ -86,14 +143,25 @@ class RankingFeatureBuilder:
         return counts / total if total > 0 else counts
 
     def build(
-        self, user: UserRow, history: np.ndarray, candidates: np.ndarray, recall_scores: np.ndarray
+        self,
+        user: UserRow,
+        history: np.ndarray,
+        candidates: np.ndarray,
+        recall_scores: np.ndarray,
+        channels: np.ndarray,
+        at: float | None = None,
     ) -> RankingBatch:
-        """history: item indices (H,); candidates, recall_scores: (C,) in recall order -> C rows."""
+        """history: item indices (H,) most recent first; candidates, recall_scores, channels (codes): (C,)
+        in recall order; ``at``: unix time of the request (None = now) -> one request with C candidates."""
         count = len(candidates)
+        stats = self.statistics
+        when = stats.clamp_time(at)
+        candidates = np.asarray(candidates, dtype=np.int64)
         recall_scores = np.asarray(recall_scores, dtype=np.float32)
         best = recall_scores.max(initial=0.0) if count else 0.0
         genres = self.items.genres[candidates]
-        affinity = self.genre_share(history)[genres].sum(axis=1)
+        log_pop_max = np.log1p(max(stats.counts.max(), 1.0))
+        history_pop = self._log_popularity[history].mean() if len(history) else 0.0
         dense = np.column_stack(
             [
                 recall_scores,
@@ -101,17 +169,29 @@ class RankingFeatureBuilder:
                 # fixed scale (log1p(1000) ~ 6.9), not the list length, so a longer list moves no one
                 np.log1p(np.arange(count, dtype=np.float32)) / 7.0,
                 self._log_popularity[candidates],
-                affinity,
-                np.full(count, np.log1p(len(history)) / 5.0, dtype=np.float32),
+                np.log1p(stats.recent_counts(candidates, when)) / log_pop_max,
+                np.log1p(stats.age_days(candidates, when)) / 7.0,
+                stats.mean_rating(candidates),
+                stats.positive_rate(candidates),
+                self.genre_share(history)[genres].sum(axis=1),
+                np.full(count, np.log1p(len(history)) / 7.0),
+                np.full(count, history_pop),
             ]
         ).astype(np.float32)
+        padded = np.zeros((1, self.history_length), dtype=np.int64)
+        recent = history[: self.history_length]
+        padded[0, : len(recent)] = recent
         return RankingBatch(
-            user=np.full(count, user.user, dtype=np.int64),
-            gender=np.full(count, user.gender, dtype=np.int64),
-            age=np.full(count, user.age, dtype=np.int64),
-            occupation=np.full(count, user.occupation, dtype=np.int64),
-            item=np.asarray(candidates, dtype=np.int64),
+            user=np.array([user.user], dtype=np.int64),
+            gender=np.array([user.gender], dtype=np.int64),
+            age=np.array([user.age], dtype=np.int64),
+            occupation=np.array([user.occupation], dtype=np.int64),
+            zip=np.array([user.zip], dtype=np.int64),
+            history=padded,
+            request=np.zeros(count, dtype=np.int64),
+            item=candidates,
             genres=genres,
             year=self.items.year[candidates],
+            channel=np.asarray(channels, dtype=np.int64),
             dense=dense,
         )

@@ -13,6 +13,7 @@ from cascade.errors import ArtifactError
 from cascade.features import SCHEMA_VERSION, FeatureSchema, ItemFeatures
 from ranking.features import RankingFeatureBuilder
 from ranking.ranker import Ranker, load_ranker
+from ranking.statistics import ItemStatistics
 from recall.channels import CooccurrenceRules, SegmentPopularity
 from recall.index import ItemIndex
 from recall.two_tower import TwoTowerModel
@@ -25,6 +26,7 @@ POPULARITY_FILE = "popularity.npy"
 QUERY_SAMPLE_FILE = "query_sample.npz"
 SERVED_KINDS = ("recall", "index", "ranking")  # the artifact kinds serving loads together
 INNER_PREFIX = "inner_"  # the recall artifact's validation-split model, which ranking trains from
+ITEM_STATISTICS_FILE = "item_statistics.npz"  # in the ranking artifact: what its features are computed from
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,12 @@ class ServingModels:
             cooccurrence=CooccurrenceRules.load(recall_ref.path),
             segment_popularity=SegmentPopularity.load(recall_ref.path),
             ranker=ranker,
-            ranking_features=RankingFeatureBuilder(schema, items, popularity),
+            ranking_features=RankingFeatureBuilder(
+                schema,
+                items,
+                ItemStatistics.load(ranking_ref.file(ITEM_STATISTICS_FILE)),
+                ranking_ref.manifest["config"]["features"]["history_length"],
+            ),
             versions={
                 "recall": recall_ref.version,
                 "index": index_ref.version,

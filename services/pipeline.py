@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from cascade.config import AppConfig
-from ranking.features import UserRow
+from ranking.features import UserRow, encode_channels
 from recall.channels import ChannelCandidates, MergedCandidates, keep_unblocked, merge_channels
 from rerank.rules import Reranker
 from services.models import ServingModels
@@ -27,6 +27,7 @@ class UserContext:
     history: np.ndarray  # (H,) most recent first
     seen: np.ndarray  # (S,)
     has_profile: bool  # demographics known, from the feature store or the request
+    at: float | None = None  # unix time the request is answered as of; None = now
 
     @property
     def anonymous(self) -> bool:
@@ -126,7 +127,9 @@ class RecommendationPipeline:
         else:
             order, tt_scores = two_tower_order(items, self.models.index.embeddings, query)
             items, sources, channel_scores = items[order], sources[order], channel_scores[order]
-            batch = self.models.ranking_features.build(ctx.row, ctx.history, items, tt_scores)
+            batch = self.models.ranking_features.build(
+                ctx.row, ctx.history, items, tt_scores, encode_channels(sources), ctx.at
+            )
             scores = self.models.ranker.score(batch)
         after_ranking = time.perf_counter()
         timings["ranking"] = (after_ranking - after_recall) * 1e3

@@ -16,16 +16,36 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import torch
+from threadpoolctl import threadpool_limits
 
 from cascade.artifacts import ArtifactRef, ArtifactStore, fingerprint
 from cascade.config import AppConfig
 from cascade.data.dataset import Dataset
 from cascade.data.split import TemporalSplit, temporal_split
 from cascade.features import SCHEMA_VERSION, USER_FIELDS, FeatureSchema, ItemFeatures, UserFeatures
-from cascade.metrics import auc, evaluate_rankings
+from cascade.metrics import auc, evaluate_rankings, gauc, logloss
 from cascade.seeding import seed_everything
-from ranking.features import DENSE_FEATURES, FEATURES_VERSION, RankingBatch, RankingFeatureBuilder, UserRow
-from ranking.ranker import create_ranker
+from ranking.features import (
+    DENSE_FEATURES,
+    FEATURES_VERSION,
+    RankingBatch,
+    RankingFeatureBuilder,
+    UserRow,
+    encode_channels,
+)
+from ranking.ranker import RANKERS, Ranker, create_ranker
+from ranking.rating import (
+    PMF,
+    HybridRatingModel,
+    ImplicitFeedback,
+    RatingData,
+    RatingTrainSettings,
+    predict,
+    rmse,
+    train_rating_model,
+)
+from ranking.statistics import ItemStatistics
 from recall.baselines import ALSRecommender, interaction_matrix, tune_als
 from recall.channels import (
     ChannelCandidates,
@@ -40,6 +60,7 @@ from recall.two_tower import TwoTowerModel
 from services.models import (
     CATALOGUE_FILE,
     INNER_PREFIX,
+    ITEM_STATISTICS_FILE,
     POPULARITY_FILE,
     QUERY_SAMPLE_FILE,
     SCHEMA_FILE,
@@ -506,23 +527,63 @@ def _user_row(users: UserFeatures, row: int) -> UserRow:
     )
 
 
-def build_ranking_examples(
-    config: AppConfig, prep: Prepared, recall_ref: ArtifactRef
-) -> tuple[RankingBatch, np.ndarray, np.ndarray]:
-    """Labelled recall candidates from the nested split -> (batch, labels (N,), user id per row (N,)).
+def _item_statistics(config: AppConfig, prep: Prepared, interactions: pd.DataFrame) -> ItemStatistics:
+    return ItemStatistics.from_interactions(
+        prep.schema, interactions, config.data.positive_min_rating, config.ranking.recent_window_days
+    )
 
-    Candidates come from the recall artifact's validation model and co-occurrence rules, both fitted on
-    the inner training part only, merged as serving merges them."""
-    inner = temporal_split(prep.split.train, config.data.holdout_fraction)
-    task = RecallTask.of(prep, inner, config)
-    model = TwoTowerModel.load(recall_ref.path, prefix=INNER_PREFIX)
-    rules = CooccurrenceRules.load(recall_ref.path / INNER_PREFIX.rstrip("_"))
+
+@dataclass(frozen=True)
+class RankingExamples:
+    """Recall candidates labelled against a split's held-out positives: batch (R requests, B candidates,
+    each request's in two-tower order), labels (B,) 0/1, users (R,) external id of each request."""
+
+    batch: RankingBatch
+    labels: np.ndarray
+    users: np.ndarray
+
+    def split_users(self, share: float, seed: int) -> tuple[RankingExamples, RankingExamples]:
+        """(the rest, a random ``share`` of the users) for picking epochs / rounds."""
+        rng = np.random.default_rng(seed)
+        held = np.zeros(len(self.users), dtype=bool)
+        held[rng.choice(len(self.users), size=max(1, int(len(self.users) * share)), replace=False)] = True
+        return self.of_requests(np.flatnonzero(~held)), self.of_requests(np.flatnonzero(held))
+
+    def of_requests(self, requests: np.ndarray) -> RankingExamples:
+        rows = np.flatnonzero(np.isin(self.batch.request, requests))
+        return RankingExamples(self.batch.take(rows), self.labels[rows], self.users[np.sort(requests)])
+
+    def rankings(self, scores: np.ndarray) -> dict[int, np.ndarray]:
+        """user id -> candidate items sorted by ``scores`` (B,), best first (ties keep recall order)."""
+        out = {}
+        bounds = np.cumsum(self.batch.group_sizes())[:-1]
+        for user, items, s in zip(
+            self.users.tolist(), np.split(self.batch.item, bounds), np.split(scores, bounds)
+        ):
+            out[user] = items[np.argsort(-s, kind="stable")]
+        return out
+
+
+def labelled_candidates(
+    config: AppConfig,
+    prep: Prepared,
+    split: TemporalSplit,
+    model: TwoTowerModel,
+    rules: CooccurrenceRules,
+    statistics: ItemStatistics,
+) -> RankingExamples:
+    """For each user with held-out positives in ``split``: the two-tower and co-occurrence candidates
+    merged as serving merges them, featurised as of the user's last training interaction, labelled 1 when
+    among the user's held-out positives. ``model``, ``rules`` and ``statistics`` must come from
+    ``split.train`` only, so no feature sees the held-out window."""
+    task = RecallTask.of(prep, split, config)
     item_embeddings, queries = task.embed(model, prep)
     candidates = task.rankings(item_embeddings, queries, config.ranking.training_candidates)
-    builder = RankingFeatureBuilder(prep.schema, prep.items, _item_counts(prep.schema, inner.train))
-    batches, labels, owners = [], [], []
+    builder = RankingFeatureBuilder(prep.schema, prep.items, statistics, config.features.history_length)
+    last_seen = split.train.groupby("user_id")["timestamp"].max()
+    batches, labels, users = [], [], []
     empty = np.zeros(0, dtype=np.int64)
-    recent = config.recall.cooccurrence_recent_items
+    rc = config.recall
     for i, (user, row) in enumerate(zip(task.users.tolist(), task.rows.tolist())):
         two_tower, tt_scores = candidates[user]
         seen = task.seen.get(user, empty)
@@ -530,17 +591,36 @@ def build_ranking_examples(
         merged = merge_channels(
             [
                 ChannelCandidates(two_tower, tt_scores, "two_tower"),
-                rules.candidates(history[:recent], seen, config.recall.cooccurrence_candidates),
+                rules.candidates(history[: rc.cooccurrence_recent_items], seen, rc.cooccurrence_candidates),
             ]
         )
         if len(merged) == 0:
             continue
         order, scores = two_tower_order(merged.items, item_embeddings, queries[i])
         cand = merged.items[order]
-        batches.append(builder.build(_user_row(prep.users, row), history, cand, scores))
+        at = float(last_seen.get(user, statistics.end))
+        batches.append(
+            builder.build(
+                _user_row(prep.users, row), history, cand, scores, encode_channels(merged.sources[order]), at
+            )
+        )
         labels.append(np.isin(cand, task.positives.get(user, empty)).astype(np.float32))
-        owners.append(np.full(len(cand), user, dtype=np.int64))
-    return RankingBatch.concat(batches), np.concatenate(labels), np.concatenate(owners)
+        users.append(user)
+    return RankingExamples(RankingBatch.concat(batches), np.concatenate(labels), np.array(users))
+
+
+def ranking_training_examples(config: AppConfig, prep: Prepared, recall_ref: ArtifactRef) -> RankingExamples:
+    """Labelled candidates of the nested split, from the recall artifact's validation model and rules,
+    both fitted on the inner training part only."""
+    inner = temporal_split(prep.split.train, config.data.holdout_fraction)
+    return labelled_candidates(
+        config,
+        prep,
+        inner,
+        TwoTowerModel.load(recall_ref.path, prefix=INNER_PREFIX),
+        CooccurrenceRules.load(recall_ref.path / INNER_PREFIX.rstrip("_")),
+        _item_statistics(config, prep, inner.train),
+    )
 
 
 def ranking_fingerprint(config: AppConfig, data_fp: str) -> str:
@@ -548,53 +628,140 @@ def ranking_fingerprint(config: AppConfig, data_fp: str) -> str:
         "ranking",
         recall_fingerprint(config, data_fp),
         config.ranking.model_dump(mode="json"),
+        config.features.history_length,
         DENSE_FEATURES,
         FEATURES_VERSION,
     )
 
 
-def train_ranking(
-    config: AppConfig, force: bool = False, progress: bool = True, validation_share: float = 0.1
-) -> ArtifactRef:
-    store = ArtifactStore(config.artifacts_dir)
-    data_fp = Dataset.fingerprint_of(dataset_path(config))
-    wanted = ranking_fingerprint(config, data_fp)
-    if (ref := _reuse(store, "ranking", wanted, force)) is not None:
-        return ref
-    seed_everything(config.seed)
+def _require_current_recall(store: ArtifactStore, config: AppConfig, data_fp: str) -> ArtifactRef:
     recall_ref = store.require("recall")
     if recall_ref.fingerprint != recall_fingerprint(config, data_fp):
         raise RuntimeError(
             f"the current recall artifact {recall_ref.version} was not trained with this config and data; "
             "run `cascade train recall` first"
         )
-    prep = prepare(config)
-    batch, labels, owners = build_ranking_examples(config, prep, recall_ref)
-    rng = np.random.default_rng(config.seed)
-    user_ids = np.unique(owners)
-    held_users = rng.choice(user_ids, size=max(1, int(len(user_ids) * validation_share)), replace=False)
-    is_val = np.isin(owners, held_users)
-    ranker = create_ranker(config.ranking, prep.schema)
+    return recall_ref
+
+
+def _fit_ranker(
+    config: AppConfig, prep: Prepared, examples: RankingExamples, progress: bool, ranking_type: str
+) -> tuple[Ranker, dict[str, float]]:
+    fit_part, val_part = examples.split_users(config.ranking.validation_share, config.seed)
+    seed_everything(config.seed)
+    ranker = create_ranker(config.ranking.model_copy(update={"type": ranking_type}), prep.schema, prep.items)
     started = time.perf_counter()
-    metrics = ranker.fit(
-        batch.take(np.flatnonzero(~is_val)), labels[~is_val], seed=config.seed, progress=progress
-    )
+    with threadpool_limits(config.ranking.threads), _torch_threads(config.ranking.threads):
+        metrics = ranker.fit(
+            fit_part.batch,
+            fit_part.labels,
+            seed=config.seed,
+            progress=progress,
+            validation=(val_part.batch, val_part.labels),
+        )
     metrics["train_seconds"] = time.perf_counter() - started
-    val_scores = ranker.score(batch.take(np.flatnonzero(is_val)))
-    metrics["validation_auc"] = auc(labels[is_val], val_scores)
-    metrics["validation_auc_recall_score"] = auc(labels[is_val], batch.dense[is_val, 0])
-    metrics["examples"] = float(len(labels))
-    metrics["positive_rate"] = float(labels.mean())
+    val_scores = ranker.score(val_part.batch)
+    metrics["validation_auc"] = auc(val_part.labels, val_scores)
+    metrics["validation_auc_recall_score"] = auc(val_part.labels, val_part.batch.dense[:, 0])
+    return ranker, metrics
+
+
+def train_ranking(config: AppConfig, force: bool = False, progress: bool = True) -> ArtifactRef:
+    """Train the configured ranker on labelled recall candidates of the nested split and publish it with
+    the item statistics serving computes its features from (over the whole training part)."""
+    store = ArtifactStore(config.artifacts_dir)
+    data_fp = Dataset.fingerprint_of(dataset_path(config))
+    wanted = ranking_fingerprint(config, data_fp)
+    if (ref := _reuse(store, "ranking", wanted, force)) is not None:
+        return ref
+    seed_everything(config.seed)
+    recall_ref = _require_current_recall(store, config, data_fp)
+    prep = prepare(config)
+    examples = ranking_training_examples(config, prep, recall_ref)
+    ranker, metrics = _fit_ranker(config, prep, examples, progress, config.ranking.type)
+    metrics["examples"] = float(len(examples.labels))
+    metrics["positive_rate"] = float(examples.labels.mean())
     logger.info("ranker %s: %s", config.ranking.type, {k: round(v, 4) for k, v in metrics.items()})
+    statistics = _item_statistics(config, prep, prep.split.train)
+
+    def write(folder: Path) -> None:
+        ranker.save(folder)
+        statistics.save(folder / ITEM_STATISTICS_FILE)
+
     return store.publish(
         "ranking",
-        ranker.save,
+        write,
         fingerprint=wanted,
         config=config.model_dump(mode="json"),
         schema_version=SCHEMA_VERSION,
         metrics=metrics,
-        extra={"dataset": {"name": prep.dataset.name, "fingerprint": data_fp}},
+        parents={"recall": recall_ref.version},
+        extra={"dataset": {"name": prep.dataset.name, "fingerprint": data_fp}, "ranker": config.ranking.type},
     )
+
+
+class _torch_threads:
+    """Context manager capping torch's intra-op threads (restored on exit)."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+
+    def __enter__(self) -> None:
+        self.before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+
+    def __exit__(self, *exc) -> None:
+        torch.set_num_threads(self.before)
+
+
+def ranking_report(examples: RankingExamples, scores: np.ndarray, positives: dict[int, np.ndarray]) -> dict:
+    """AUC, GAUC, logloss of ``scores`` (B,) on the labelled candidates, and NDCG@10 / Recall@10 of each
+    user's candidates sorted by them, against all the user's held-out positives."""
+    ranked = evaluate_rankings(examples.rankings(scores), positives, (10,), (10,))
+    return {
+        "auc": auc(examples.labels, scores),
+        "gauc": gauc(examples.labels, scores, examples.batch.request),
+        "logloss": logloss(examples.labels, scores)
+        if scores.min() >= 0 and scores.max() <= 1
+        else float("nan"),
+        "ndcg@10": ranked["ndcg@10"],
+        "recall@10": ranked["recall@10"],
+    }
+
+
+def evaluate_ranking(config: AppConfig, progress: bool = False) -> dict[str, dict[str, float]]:
+    """Train Wide&Deep, DIN and LightGBM on the nested split's candidates, exactly as `train ranking`
+    does, and compare them on the held-out window's candidates from the current recall artifact, beside
+    the recall order alone."""
+    store = ArtifactStore(config.artifacts_dir)
+    data_fp = Dataset.fingerprint_of(dataset_path(config))
+    recall_ref = _require_current_recall(store, config, data_fp)
+    prep = prepare(config)
+    training = ranking_training_examples(config, prep, recall_ref)
+    test = labelled_candidates(
+        config,
+        prep,
+        prep.split,
+        TwoTowerModel.load(recall_ref.path),
+        CooccurrenceRules.load(recall_ref.path),
+        _item_statistics(config, prep, prep.split.train),
+    )
+    positives = _positive_indices(prep.schema, prep.split, config.data.positive_min_rating)
+    # the recall order: each request's candidates arrive sorted by two-tower score
+    recall_scores = 1.0 / (1.0 + np.exp(-test.batch.dense[:, 0] / config.recall.temperature))
+    report = {"recall_order": ranking_report(test, recall_scores.astype(np.float64), positives)}
+    for name in RANKERS:
+        ranker, metrics = _fit_ranker(config, prep, training, progress, name)
+        started = time.perf_counter()
+        scores = ranker.score(test.batch)
+        report[name] = ranking_report(test, scores, positives) | {
+            "train_seconds": metrics["train_seconds"],
+            "score_us_per_candidate": (time.perf_counter() - started) / len(test.labels) * 1e6,
+        }
+    for part in report.values():
+        part["users"] = float(len(test.users))
+        part["candidates"] = float(len(test.labels))
+    return report
 
 
 # --- evaluation --------------------------------------------------------------------------------------
@@ -618,12 +785,15 @@ def evaluate_pipeline(config: AppConfig) -> dict[str, dict[str, float]]:
         "pipeline": {},
     }
     pipeline_seconds = 0.0
+    # each user is served as of their last training interaction, as the ranker's examples were
+    last_seen = prep.split.train.groupby("user_id")["timestamp"].max()
     for user, row, history in zip(test.users.tolist(), test.rows.tolist(), test.history):
         ctx = UserContext(
             row=_user_row(prep.users, row),
             history=history[history > 0],
             seen=test.seen.get(user, empty),
             has_profile=True,
+            at=float(last_seen[user]),
         )
         rankings["popularity"][user] = pipeline.popular(ctx.seen, k).items
         query = pipeline.user_embedding(ctx)
@@ -639,4 +809,82 @@ def evaluate_pipeline(config: AppConfig) -> dict[str, dict[str, float]]:
         for name, r in rankings.items()
     }
     report["pipeline"]["mean_in_process_ms"] = pipeline_seconds / max(len(test.users), 1) * 1e3
+    return report
+
+
+# --- rating prediction -------------------------------------------------------------------------------
+
+RATING_L2_GRID = (0.03, 0.1, 0.3, 1.0)
+RATING_FACTORS = 32
+
+
+def evaluate_rating(config: AppConfig, progress: bool = False) -> dict[str, dict[str, float]]:
+    """Rating RMSE on a seeded random 90/10 split of all ratings: the hybrid (SVD++ + side features)
+    model against PMF and the global mean, each with its L2 weight chosen on a 5% validation part of the
+    training ratings."""
+    seed_everything(config.seed)
+    prep = prepare(config)
+    frame = prep.dataset.interactions
+    schema = prep.schema
+    data = RatingData(
+        schema.user_index(frame["user_id"].to_numpy()),
+        schema.item_index(frame["item_id"].to_numpy()),
+        frame["rating"].to_numpy(dtype=np.float32),
+    )
+    rng = np.random.default_rng(config.seed)
+    order = rng.permutation(len(data.ratings))
+    test_rows, rest = order[: len(order) // 10], order[len(order) // 10 :]
+    val_rows, train_rows = rest[: len(rest) // 20], rest[len(rest) // 20 :]
+    train, validation, test = data.take(train_rows), data.take(val_rows), data.take(test_rows)
+    feedback = ImplicitFeedback(train, schema.num_users)
+    side = {name: getattr(prep.users, name) for name in ("gender", "age", "occupation", "zip")}
+    mean = float(train.ratings.mean())
+
+    def build(kind: str) -> torch.nn.Module:
+        if kind == "pmf":
+            return PMF(schema.num_users, schema.num_items, RATING_FACTORS, mean)
+        return HybridRatingModel(
+            schema.num_users,
+            schema.num_items,
+            RATING_FACTORS,
+            mean,
+            {name: schema.cardinality(name) for name in side},
+            prep.items.genres,
+            prep.items.year,
+            schema.num_genres,
+            schema.num_years,
+        )
+
+    report = {"global_mean": {"rmse": rmse(np.full(len(test.ratings), mean), test.ratings)}}
+    chosen = {}
+    with threadpool_limits(config.ranking.threads), _torch_threads(config.ranking.threads):
+        for kind in ("pmf", "hybrid"):
+            best = None
+            for l2 in RATING_L2_GRID:
+                torch.manual_seed(config.seed)
+                started = time.perf_counter()
+                model, metrics = train_rating_model(
+                    build(kind), train, validation, side, feedback, RatingTrainSettings(l2=l2), config.seed
+                )
+                metrics |= {"l2": l2, "train_seconds": time.perf_counter() - started}
+                logger.info("rating %s l2=%s: %s", kind, l2, metrics)
+                if best is None or metrics["validation_rmse"] < best[1]["validation_rmse"]:
+                    best = (model, metrics)
+            model, metrics = best
+            chosen[kind] = model
+            report[kind] = {"rmse": rmse(predict(model, test, side, feedback), test.ratings)} | metrics
+    # the two models err differently: a least-squares blend weight, fitted on validation only
+    val_h, val_p = (predict(chosen[k], validation, side, feedback) for k in ("hybrid", "pmf"))
+    diff = val_h - val_p
+    weight = float(
+        np.clip((diff * (validation.ratings - val_p)).sum() / max((diff * diff).sum(), 1e-12), 0, 1)
+    )
+    test_h, test_p = (predict(chosen[k], test, side, feedback) for k in ("hybrid", "pmf"))
+    report["blend"] = {
+        "rmse": rmse(weight * test_h + (1 - weight) * test_p, test.ratings),
+        "validation_rmse": rmse(weight * val_h + (1 - weight) * val_p, validation.ratings),
+        "hybrid_weight": weight,
+    }
+    for part in report.values():
+        part |= {"train_ratings": float(len(train.ratings)), "test_ratings": float(len(test.ratings))}
     return report

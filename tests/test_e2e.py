@@ -403,3 +403,60 @@ def test_killing_rebuild_index_midway_never_leaves_a_half_written_version(config
         for version in store.versions("index"):
             store.get("index", version).verify()  # every visible version has a manifest and intact files
     assert store.require("index").manifest["parents"]["recall"] == built["recall"].version
+
+
+def test_ranking_examples_see_nothing_of_their_evaluation_window(config, built):
+    """The ranker's examples are labelled by the nested split's held-out window; scrambling that window
+    (other items, ratings, later times) must change the labels and nothing else: not the histories, the
+    candidates, the item statistics, nor the co-occurrence rules the recall artifact mined."""
+    import dataclasses
+
+    import pandas as pd
+
+    from cascade.data.split import TemporalSplit, temporal_split
+    from recall.channels import CooccurrenceRules
+    from services.workflows import _mine_rules, prepare, ranking_training_examples, sequences_of
+
+    prep = prepare(config)
+    recall_ref = ArtifactStore(config.artifacts_dir).require("recall")
+    inner = temporal_split(prep.split.train, config.data.holdout_fraction)
+    rng = np.random.default_rng(0)
+    window = inner.test.copy()
+    window["item_id"] = rng.permutation(window["item_id"].to_numpy())
+    window["rating"] = rng.integers(1, 6, len(window)).astype(window["rating"].dtype)
+    window["timestamp"] = window["timestamp"] + 10_000_000  # still after each user's inner training part
+    scrambled = dataclasses.replace(
+        prep,
+        split=TemporalSplit(train=pd.concat([inner.train, window], ignore_index=True), test=prep.split.test),
+    )
+    assert temporal_split(scrambled.split.train, config.data.holdout_fraction).train.equals(inner.train)
+    before = ranking_training_examples(config, prep, recall_ref)
+    after = ranking_training_examples(config, scrambled, recall_ref)
+    # examples exist for users with held-out positives, which scrambling changes: compare users in both
+    common = np.intersect1d(before.users, after.users)
+    assert len(common) > 0.5 * len(before.users)
+    before = before.of_requests(np.flatnonzero(np.isin(before.users, common)))
+    after = after.of_requests(np.flatnonzero(np.isin(after.users, common)))
+    np.testing.assert_array_equal(before.users, after.users)
+    for name in ("user", "history", "request", "item", "genres", "year", "channel", "dense"):
+        np.testing.assert_array_equal(getattr(before.batch, name), getattr(after.batch, name), err_msg=name)
+    assert not np.array_equal(before.labels, after.labels)
+    published = CooccurrenceRules.load(recall_ref.path / "inner")
+    mined = _mine_rules(config, scrambled, sequences_of(prep.schema, inner.train))
+    for name in ("indptr", "indices", "confidence", "support"):
+        np.testing.assert_array_equal(getattr(published, name), getattr(mined, name), err_msg=name)
+
+
+def test_evaluate_ranking_compares_three_rankers_with_the_recall_order(config, built):
+    from services.workflows import evaluate_ranking
+
+    report = evaluate_ranking(config)
+    assert set(report) == {"recall_order", "wide_deep", "din", "lightgbm"}
+    for name, metrics in report.items():
+        # the small e2e models rank weakly; the point here is that every ranker is trained and scored
+        assert 0.5 < metrics["gauc"] <= 1 and 0 < metrics["auc"] <= 1, name
+        assert 0 < metrics["ndcg@10"] <= 1 and 0 < metrics["recall@10"] <= 1, name
+        assert metrics["users"] > 500, name
+    assert report["lightgbm"]["gauc"] > 0.55
+    for name in ("wide_deep", "din", "lightgbm"):
+        assert 0 < report[name]["logloss"] < 0.3, name  # calibrated: far below the recall order's

@@ -1,0 +1,278 @@
+"""Ranking: features, the three rankers, DIN's split attention against its straightforward form."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cascade.config import RankingConfig
+from cascade.features import FeatureSchema
+from cascade.metrics import auc, gauc
+from ranking.din import DIN
+from ranking.features import CHANNELS, DENSE_FEATURES, RankingBatch, encode_channels
+from ranking.ranker import RANKERS, DINRanker, create_ranker, load_ranker
+from ranking.statistics import ItemStatistics
+from ranking.wide_deep import WideCross
+
+NUM_ITEMS, NUM_GENRES, MAX_GENRES = 60, 6, 3
+
+
+class _Schema:
+    """The cardinalities a ranker reads from a FeatureSchema, for synthetic batches."""
+
+    def cardinality(self, name: str) -> int:
+        return {
+            "user": 30,
+            "item": NUM_ITEMS,
+            "gender": 3,
+            "age": 8,
+            "occupation": 5,
+            "zip": 4,
+            "genre": NUM_GENRES,
+            "year": 10,
+        }[name]
+
+
+class _Items:
+    def __init__(self, rng):
+        self.genres = np.zeros((NUM_ITEMS, MAX_GENRES), dtype=np.int64)
+        self.genres[1:, 0] = rng.integers(1, NUM_GENRES, NUM_ITEMS - 1)
+        self.genres[1::2, 1] = rng.integers(1, NUM_GENRES, NUM_ITEMS // 2)
+        self.year = rng.integers(1, 10, NUM_ITEMS)
+
+
+def synthetic_batch(rng, requests: int, candidates: int, history: int, items: _Items) -> RankingBatch:
+    """Requests with random users, histories (some padded) and candidates."""
+    hist = rng.integers(1, NUM_ITEMS, (requests, history))
+    for r in range(requests):
+        hist[r, rng.integers(history // 2, history + 1) :] = 0
+    cand = rng.integers(1, NUM_ITEMS, requests * candidates)
+    return RankingBatch(
+        user=rng.integers(1, 30, requests),
+        gender=rng.integers(0, 3, requests),
+        age=rng.integers(0, 8, requests),
+        occupation=rng.integers(0, 5, requests),
+        zip=rng.integers(0, 4, requests),
+        history=hist,
+        request=np.repeat(np.arange(requests), candidates),
+        item=cand,
+        genres=items.genres[cand],
+        year=items.year[cand],
+        channel=rng.integers(1, len(CHANNELS) + 1, requests * candidates),
+        dense=rng.normal(size=(requests * candidates, len(DENSE_FEATURES))).astype(np.float32),
+    )
+
+
+def planted_labels(batch: RankingBatch, items: _Items) -> np.ndarray:
+    """Positive when two engineered features are jointly high: a signal every ranker can see."""
+    return (batch.dense[:, 0] + 0.5 * batch.dense[:, 1] > 1.0).astype(np.float32)
+
+
+@pytest.fixture
+def items():
+    return _Items(np.random.default_rng(0))
+
+
+def _din(config: RankingConfig, items: _Items) -> DIN:
+    ranker = DINRanker.create(config, _Schema(), items)
+    return ranker.model
+
+
+@pytest.mark.parametrize("attention_hidden", [(36,), (64, 16)])
+@pytest.mark.parametrize("activation_name", ["prelu", "dice"])
+def test_din_split_attention_equals_the_straightforward_form(items, attention_hidden, activation_name):
+    torch.manual_seed(0)
+    config = RankingConfig(
+        din_attention_hidden=attention_hidden,
+        din_attention_activation=activation_name,
+        din_activation=activation_name,
+    )
+    model = _din(config, items)
+    rng = np.random.default_rng(1)
+    # a few training steps so that Dice's running statistics and every weight are non-trivial
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    train = synthetic_batch(rng, 6, 40, 12, items)
+    for _ in range(3):
+        loss = model(train.tensors()).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.inference_mode():
+        for requests in (1, 5):  # the one-request serving layout and the batched layout
+            batch = synthetic_batch(rng, requests, 50, 20, items).tensors()
+            fast, slow = model(batch), model.reference_forward(batch)
+            assert fast.shape == (requests * 50,)
+            torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+
+
+def test_din_attention_ignores_padding_and_weights_are_not_normalised(items):
+    torch.manual_seed(0)
+    model = _din(RankingConfig(), items).eval()
+    rng = np.random.default_rng(2)
+    batch = synthetic_batch(rng, 1, 8, 10, items)
+    short = batch.history.copy()
+    short[0, 5:] = 0
+    padded_other = short.copy()
+    padded_other[0, 5:] = 0
+    with torch.inference_mode():
+        a = model(RankingBatch(**{**batch.__dict__, "history": short}).tensors())
+        # padding positions hold 0 whatever the history length they pad to
+        longer = np.zeros((1, 20), dtype=np.int64)
+        longer[0, :10] = short[0]
+        b = model(RankingBatch(**{**batch.__dict__, "history": longer}).tensors())
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    behaviours = model.item_vectors(torch.from_numpy(short))
+    weights = model.attention(
+        behaviours, model.item_vectors(torch.from_numpy(batch.item)), torch.zeros(8, dtype=torch.int64)
+    )
+    assert not torch.allclose(weights.sum(1), torch.ones(8))  # intensities, not a softmax
+
+
+def test_wide_cross_of_history_and_candidate_sums_one_weight_per_pair():
+    cross = WideCross("history", "item", 10, 10, hash_buckets=1_000)
+    assert not cross.hashed
+    with torch.no_grad():
+        cross.weight.weight.copy_(torch.arange(100, dtype=torch.float32).unsqueeze(1))
+    batch = {
+        "history": torch.tensor([[3, 4, 0], [7, 0, 0]]),
+        "item": torch.tensor([5, 6, 2]),
+        "request": torch.tensor([0, 0, 1]),
+    }
+    # request 0's candidates see behaviours 3 and 4; padding contributes nothing
+    assert cross(batch).tolist() == [35 + 45, 36 + 46, 72]
+    hashed = WideCross("history", "item", 10, 10, hash_buckets=7)
+    assert hashed.hashed and hashed.weight.num_embeddings == 7
+
+
+def test_batch_take_and_concat_keep_each_candidate_with_its_request(items):
+    rng = np.random.default_rng(3)
+    a, b = synthetic_batch(rng, 3, 4, 5, items), synthetic_batch(rng, 2, 4, 5, items)
+    both = RankingBatch.concat([a, b])
+    assert both.num_requests == 5 and len(both) == 20
+    np.testing.assert_array_equal(both.history[both.request[12:]], b.history[b.request])
+    picked = both.take(np.array([13, 2, 19]))
+    assert picked.num_requests == 3
+    np.testing.assert_array_equal(picked.item, both.item[[13, 2, 19]])
+    np.testing.assert_array_equal(picked.user[picked.request], both.user[both.request[[13, 2, 19]]])
+    np.testing.assert_array_equal(picked.group_sizes(), [1, 1, 1])
+
+
+def test_channel_codes():
+    np.testing.assert_array_equal(encode_channels(np.array(["two_tower", "cooccurrence", "?"])), [1, 2, 0])
+
+
+def test_item_statistics_count_only_events_up_to_the_time_asked(tmp_path):
+    rng = np.random.default_rng(4)
+    day = 86_400
+    frame = pd.DataFrame(
+        {
+            "user_id": rng.integers(1, 20, 400),
+            "item_id": rng.integers(1, 15, 400),
+            "rating": rng.integers(1, 6, 400).astype(float),
+            "timestamp": 1_000_000 + rng.integers(0, 30 * day, 400),
+        }
+    )
+    schema = FeatureSchema.fit(
+        pd.DataFrame(
+            {"user_id": np.arange(1, 20), "gender": "M", "age": 25, "occupation": "x", "zip_code": "1"}
+        ),
+        pd.DataFrame({"item_id": np.arange(1, 15), "title": "t (1990)", "genres": "Drama", "year": 1990}),
+        max_genres=2,
+        title_length=4,
+        zip_prefix_length=1,
+    )
+    stats = ItemStatistics.from_interactions(schema, frame, positive_min_rating=4, recent_window_days=7)
+    items = schema.item_index(np.arange(1, 15))
+    for at in (1_000_000 - 5, 1_000_000 + 10 * day + 123, 1_000_000 + 40 * day):
+        ids = schema.item_id_of(items)
+        expected = [((frame.item_id == i) & (frame.timestamp <= at)).sum() for i in ids]
+        recent = [
+            ((frame.item_id == i) & (frame.timestamp <= at) & (frame.timestamp > at - 7 * day)).sum()
+            for i in ids
+        ]
+        np.testing.assert_array_equal(stats.counts_before(items, at), expected)
+        np.testing.assert_array_equal(stats.recent_counts(items, at), recent)
+    assert stats.clamp_time(None) == frame.timestamp.max()
+    assert stats.clamp_time(frame.timestamp.max() + 99) == frame.timestamp.max()
+    stats.save(tmp_path / "s.npz")
+    again = ItemStatistics.load(tmp_path / "s.npz")
+    np.testing.assert_array_equal(again.event_keys, stats.event_keys)
+    assert again.end == stats.end and again.recent_window_days == 7
+
+
+@pytest.mark.parametrize("ranker_type", sorted(RANKERS))
+def test_each_ranker_learns_a_planted_signal_and_round_trips(items, ranker_type, tmp_path):
+    rng = np.random.default_rng(5)
+    train = synthetic_batch(rng, 150, 40, 8, items)
+    val = synthetic_batch(rng, 15, 40, 8, items)
+    test = synthetic_batch(rng, 20, 40, 8, items)
+    config = RankingConfig(type=ranker_type, epochs=5, batch_size=256, learning_rate=5e-3, lgb_rounds=60)
+    ranker = create_ranker(config, _Schema(), items)
+    metrics = ranker.fit(
+        train,
+        planted_labels(train, items),
+        seed=0,
+        progress=False,
+        validation=(val, planted_labels(val, items)),
+    )
+    assert metrics["validation_gauc"] > 0.5
+    scores = ranker.score(test)
+    labels = planted_labels(test, items)
+    assert scores.shape == (len(test),) and scores.dtype == np.float32
+    assert scores.min() >= 0 and scores.max() <= 1
+    assert auc(labels, scores) > 0.75
+    assert gauc(labels, scores, test.request) > 0.75
+    ranker.save(tmp_path)
+    np.testing.assert_allclose(load_ranker(tmp_path).score(test), scores, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["pmf", "hybrid"])
+def test_rating_models_recover_low_rank_ratings_better_than_the_mean(kind):
+    from ranking.rating import (
+        PMF,
+        HybridRatingModel,
+        ImplicitFeedback,
+        RatingData,
+        RatingTrainSettings,
+        predict,
+        rmse,
+        train_rating_model,
+    )
+
+    rng = np.random.default_rng(6)
+    users, items_count = 80, 60
+    u, v = rng.normal(size=(users, 3)), rng.normal(size=(items_count, 3))
+    pairs = rng.choice(users * items_count, 3000, replace=False)
+    rows, cols = pairs // items_count, pairs % items_count
+    ratings = np.clip(3.5 + (u[rows] * v[cols]).sum(1) * 0.6 + rng.normal(0, 0.2, 3000), 1, 5)
+    data = RatingData(rows + 1, cols + 1, ratings.astype(np.float32))
+    train, val, test = (
+        data.take(np.arange(2400)),
+        data.take(np.arange(2400, 2700)),
+        data.take(np.arange(2700, 3000)),
+    )
+    side = {"gender": rng.integers(0, 3, users + 1)}
+    mean = float(train.ratings.mean())
+    if kind == "pmf":
+        model = PMF(users + 1, items_count + 1, 8, mean)
+    else:
+        genres = rng.integers(0, 4, (items_count + 1, 2))
+        model = HybridRatingModel(
+            users + 1, items_count + 1, 8, mean, {"gender": 3}, genres, np.zeros(items_count + 1), 4, 1
+        )
+    feedback = ImplicitFeedback(train, users + 1)
+    model, metrics = train_rating_model(
+        model,
+        train,
+        val,
+        side,
+        feedback,
+        RatingTrainSettings(l2=0.01, epochs=40, batch_size=256, learning_rate=1e-2),
+        0,
+    )
+    error = rmse(predict(model, test, side, feedback), test.ratings)
+    assert error < 0.6 * rmse(np.full(300, mean), test.ratings)
+    assert metrics["validation_rmse"] < 0.6 * rmse(np.full(300, mean), val.ratings)
