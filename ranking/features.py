@@ -95,10 +95,6 @@ class RankingBatch:
         parts |= {name: getattr(self, name)[rows] for name in CANDIDATE_FIELDS if name != "request"}
         return RankingBatch(request=request.astype(np.int64), **parts)
 
-    def take_requests(self, requests: np.ndarray) -> RankingBatch:
-        """All candidates of the given request numbers."""
-        return self.take(np.flatnonzero(np.isin(self.request, requests)))
-
     def group_sizes(self) -> np.ndarray:
         """Candidates per request (R,), in request order."""
         return np.bincount(self.request, minlength=self.num_requests)
@@ -133,7 +129,8 @@ class RankingFeatureBuilder:
         self.items = items
         self.statistics = statistics
         self.history_length = history_length
-        self._log_popularity = np.log1p(statistics.counts) / np.log1p(max(statistics.counts.max(), 1.0))
+        self._log_popularity_scale = np.log1p(max(statistics.counts.max(), 1.0))
+        self._log_popularity = np.log1p(statistics.counts) / self._log_popularity_scale
 
     def genre_share(self, history: np.ndarray) -> np.ndarray:
         """Share of each genre id among the genres of the history items -> (num_genres,), [0] = 0."""
@@ -160,7 +157,6 @@ class RankingFeatureBuilder:
         recall_scores = np.asarray(recall_scores, dtype=np.float32)
         best = recall_scores.max(initial=0.0) if count else 0.0
         genres = self.items.genres[candidates]
-        log_pop_max = np.log1p(max(stats.counts.max(), 1.0))
         history_pop = self._log_popularity[history].mean() if len(history) else 0.0
         dense = np.column_stack(
             [
@@ -169,7 +165,7 @@ class RankingFeatureBuilder:
                 # fixed scale (log1p(1000) ~ 6.9), not the list length, so a longer list moves no one
                 np.log1p(np.arange(count, dtype=np.float32)) / 7.0,
                 self._log_popularity[candidates],
-                np.log1p(stats.recent_counts(candidates, when)) / log_pop_max,
+                np.log1p(stats.recent_counts(candidates, when)) / self._log_popularity_scale,
                 np.log1p(stats.age_days(candidates, when)) / 7.0,
                 stats.mean_rating(candidates),
                 stats.positive_rate(candidates),

@@ -306,9 +306,10 @@ class LightGBMRanker(Ranker):
         metrics = {"rounds": float(self.booster.best_iteration or self.booster.current_iteration())}
         if validation is not None:
             val_batch, val_labels = validation
-            self.platt = _platt(self._raw(val_batch), np.asarray(val_labels, dtype=np.float64))
+            raw = self._raw(val_batch)
+            self.platt = _platt(raw, np.asarray(val_labels, dtype=np.float64))
             metrics["validation_ndcg@10"] = float(self.booster.best_score["valid_0"]["ndcg@10"])
-            metrics["validation_gauc"] = gauc(val_labels, self._raw(val_batch), val_batch.request)
+            metrics["validation_gauc"] = gauc(val_labels, raw, val_batch.request)
         return metrics
 
     def _raw(self, batch: RankingBatch) -> np.ndarray:

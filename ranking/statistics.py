@@ -8,6 +8,7 @@ part. Windowed counts are causal: asked at time t, they only count events at or 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -71,29 +72,44 @@ class ItemStatistics:
         """Statistics describe their window only: a request after it is answered as of the window's end."""
         return self.end if at is None else min(float(at), self.end)
 
+    def _events_through(self, items: np.ndarray, at: float) -> np.ndarray:
+        """Position in ``event_keys`` just past each item's last event at or before ``at`` (C,); before
+        the first event of the window it is the item's first position, so differences count events."""
+        keys = items.astype(np.int64) << _TIME_BITS
+        if at < self.start:
+            return np.searchsorted(self.event_keys, keys, side="left")
+        # event offsets are whole seconds, so "at or before at" is "at or before floor(at)"
+        return np.searchsorted(self.event_keys, keys | np.int64(at - self.start), side="right")
+
     def counts_before(self, items: np.ndarray, at: float) -> np.ndarray:
         """Events of each item (C,) at or before unix time ``at`` -> (C,) float64."""
-        offset = np.int64(max(at - self.start, -1))
-        keys = (items.astype(np.int64) << _TIME_BITS) | max(offset, 0)
-        found = np.searchsorted(self.event_keys, keys, side="right")
-        first = np.searchsorted(self.event_keys, items.astype(np.int64) << _TIME_BITS, side="left")
-        counted = (found - first).astype(np.float64)
-        return counted if offset >= 0 else np.zeros_like(counted)
+        return (self._events_through(items, at) - self._events_through(items, self.start - 1)).astype(
+            np.float64
+        )
 
     def recent_counts(self, items: np.ndarray, at: float) -> np.ndarray:
         """Events of each item (C,) in the ``recent_window_days`` before ``at`` -> (C,) float64."""
         window = self.recent_window_days * SECONDS_PER_DAY
-        return self.counts_before(items, at) - self.counts_before(items, at - window)
+        return (self._events_through(items, at) - self._events_through(items, at - window)).astype(np.float64)
+
+    # the global means are fixed once the statistics are; requests must not pay O(num_items) for them
+    @cached_property
+    def _mean_rating(self) -> float:
+        return float(self.rating_sums.sum() / max(self.counts.sum(), 1.0))
+
+    @cached_property
+    def _positive_share(self) -> float:
+        return float(self.positives.sum() / max(self.counts.sum(), 1.0))
 
     def mean_rating(self, items: np.ndarray) -> np.ndarray:
         """Smoothed mean rating (C,), centred on the global mean so that 0 means 'typical'."""
-        overall = self.rating_sums.sum() / max(self.counts.sum(), 1.0)
+        overall = self._mean_rating
         smoothed = (self.rating_sums[items] + _SMOOTHING * overall) / (self.counts[items] + _SMOOTHING)
         return smoothed - overall
 
     def positive_rate(self, items: np.ndarray) -> np.ndarray:
         """Smoothed share of an item's ratings that are positive (C,)."""
-        overall = self.positives.sum() / max(self.counts.sum(), 1.0)
+        overall = self._positive_share
         return (self.positives[items] + _SMOOTHING * overall) / (self.counts[items] + _SMOOTHING)
 
     def age_days(self, items: np.ndarray, at: float) -> np.ndarray:

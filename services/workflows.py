@@ -8,8 +8,10 @@ the inner training part only. Nothing from the evaluation window reaches any art
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -536,11 +538,13 @@ def _item_statistics(config: AppConfig, prep: Prepared, interactions: pd.DataFra
 @dataclass(frozen=True)
 class RankingExamples:
     """Recall candidates labelled against a split's held-out positives: batch (R requests, B candidates,
-    each request's in two-tower order), labels (B,) 0/1, users (R,) external id of each request."""
+    each request's in two-tower order), labels (B,) 0/1, users (R,) external id of each request; positives:
+    user id -> every held-out positive item (candidate or not), what list metrics are judged against."""
 
     batch: RankingBatch
     labels: np.ndarray
     users: np.ndarray
+    positives: dict[int, np.ndarray]
 
     def split_users(self, share: float, seed: int) -> tuple[RankingExamples, RankingExamples]:
         """(the rest, a random ``share`` of the users) for picking epochs / rounds."""
@@ -551,7 +555,9 @@ class RankingExamples:
 
     def of_requests(self, requests: np.ndarray) -> RankingExamples:
         rows = np.flatnonzero(np.isin(self.batch.request, requests))
-        return RankingExamples(self.batch.take(rows), self.labels[rows], self.users[np.sort(requests)])
+        return RankingExamples(
+            self.batch.take(rows), self.labels[rows], self.users[np.sort(requests)], self.positives
+        )
 
     def rankings(self, scores: np.ndarray) -> dict[int, np.ndarray]:
         """user id -> candidate items sorted by ``scores`` (B,), best first (ties keep recall order)."""
@@ -606,7 +612,9 @@ def labelled_candidates(
         )
         labels.append(np.isin(cand, task.positives.get(user, empty)).astype(np.float32))
         users.append(user)
-    return RankingExamples(RankingBatch.concat(batches), np.concatenate(labels), np.array(users))
+    return RankingExamples(
+        RankingBatch.concat(batches), np.concatenate(labels), np.array(users), task.positives
+    )
 
 
 def ranking_training_examples(config: AppConfig, prep: Prepared, recall_ref: ArtifactRef) -> RankingExamples:
@@ -651,7 +659,7 @@ def _fit_ranker(
     seed_everything(config.seed)
     ranker = create_ranker(config.ranking.model_copy(update={"type": ranking_type}), prep.schema, prep.items)
     started = time.perf_counter()
-    with threadpool_limits(config.ranking.threads), _torch_threads(config.ranking.threads):
+    with _compute_threads(config.ranking.threads):
         metrics = ranker.fit(
             fit_part.batch,
             fit_part.labels,
@@ -700,30 +708,26 @@ def train_ranking(config: AppConfig, force: bool = False, progress: bool = True)
     )
 
 
-class _torch_threads:
-    """Context manager capping torch's intra-op threads (restored on exit)."""
-
-    def __init__(self, threads: int):
-        self.threads = threads
-
-    def __enter__(self) -> None:
-        self.before = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-
-    def __exit__(self, *exc) -> None:
-        torch.set_num_threads(self.before)
+@contextlib.contextmanager
+def _compute_threads(threads: int) -> Iterator[None]:
+    """Cap BLAS/OpenMP pools and torch's intra-op threads for offline training (torch's restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(threads):
+            yield
+    finally:
+        torch.set_num_threads(before)
 
 
-def ranking_report(examples: RankingExamples, scores: np.ndarray, positives: dict[int, np.ndarray]) -> dict:
+def ranking_report(examples: RankingExamples, scores: np.ndarray) -> dict:
     """AUC, GAUC, logloss of ``scores`` (B,) on the labelled candidates, and NDCG@10 / Recall@10 of each
     user's candidates sorted by them, against all the user's held-out positives."""
-    ranked = evaluate_rankings(examples.rankings(scores), positives, (10,), (10,))
+    ranked = evaluate_rankings(examples.rankings(scores), examples.positives, (10,), (10,))
     return {
         "auc": auc(examples.labels, scores),
         "gauc": gauc(examples.labels, scores, examples.batch.request),
-        "logloss": logloss(examples.labels, scores)
-        if scores.min() >= 0 and scores.max() <= 1
-        else float("nan"),
+        "logloss": logloss(examples.labels, scores),
         "ndcg@10": ranked["ndcg@10"],
         "recall@10": ranked["recall@10"],
     }
@@ -746,15 +750,14 @@ def evaluate_ranking(config: AppConfig, progress: bool = False) -> dict[str, dic
         CooccurrenceRules.load(recall_ref.path),
         _item_statistics(config, prep, prep.split.train),
     )
-    positives = _positive_indices(prep.schema, prep.split, config.data.positive_min_rating)
     # the recall order: each request's candidates arrive sorted by two-tower score
     recall_scores = 1.0 / (1.0 + np.exp(-test.batch.dense[:, 0] / config.recall.temperature))
-    report = {"recall_order": ranking_report(test, recall_scores.astype(np.float64), positives)}
+    report = {"recall_order": ranking_report(test, recall_scores.astype(np.float64))}
     for name in RANKERS:
         ranker, metrics = _fit_ranker(config, prep, training, progress, name)
         started = time.perf_counter()
         scores = ranker.score(test.batch)
-        report[name] = ranking_report(test, scores, positives) | {
+        report[name] = ranking_report(test, scores) | {
             "train_seconds": metrics["train_seconds"],
             "score_us_per_candidate": (time.perf_counter() - started) / len(test.labels) * 1e6,
         }
@@ -857,7 +860,7 @@ def evaluate_rating(config: AppConfig, progress: bool = False) -> dict[str, dict
 
     report = {"global_mean": {"rmse": rmse(np.full(len(test.ratings), mean), test.ratings)}}
     chosen = {}
-    with threadpool_limits(config.ranking.threads), _torch_threads(config.ranking.threads):
+    with _compute_threads(config.ranking.threads):
         for kind in ("pmf", "hybrid"):
             best = None
             for l2 in RATING_L2_GRID:
