@@ -170,6 +170,14 @@ class DeepCTRRunner:
         return torch.from_numpy(x).to(self.device)
 
 
+def _with_precision(model: DIN, precision: str, call):
+    model.set_precision(precision)
+    try:
+        return call()
+    finally:
+        model.set_precision("float32")
+
+
 def run(settings: BenchSettings, progress=None) -> dict:
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
@@ -189,6 +197,8 @@ def run(settings: BenchSettings, progress=None) -> dict:
         # the feature tensors are built inside the timed call for every implementation
         "straightforward": lambda b: model.reference_forward(tensors(b)),
         "ours": lambda b: model(tensors(b)),
+        # the serving option ranker_precision = "bfloat16": the pair product in bf16, float32 accumulation
+        "ours_bf16": lambda b: _with_precision(model, "bfloat16", lambda: model(tensors(b))),
     }
     unavailable = {}
     try:
@@ -201,6 +211,17 @@ def run(settings: BenchSettings, progress=None) -> dict:
     with torch.inference_mode():
         max_diff = max(
             float((model(tensors(b)) - model.reference_forward(tensors(b))).abs().max()) for b in requests
+        )
+        max_diff_bf16 = max(
+            float(
+                (
+                    _with_precision(model, "bfloat16", lambda b=b: model(tensors(b)))
+                    - model.reference_forward(tensors(b))
+                )
+                .abs()
+                .max()
+            )
+            for b in requests
         )
         samples: dict[str, list[float]] = {name: [] for name in implementations}
         names = list(implementations)
@@ -231,6 +252,7 @@ def run(settings: BenchSettings, progress=None) -> dict:
         },
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "max_abs_diff_ours_vs_straightforward": max_diff,
+        "max_abs_diff_ours_bf16_vs_straightforward": max_diff_bf16,
         "results": results,
         "p50_speedup_of_ours_over": speedups,
         "unavailable": unavailable,
@@ -283,7 +305,8 @@ def summary(report: dict) -> str:
     lines += [
         "",
         f"ours vs straightforward, largest absolute difference of the logits: "
-        f"{report['max_abs_diff_ours_vs_straightforward']:.2e}.",
+        f"{report['max_abs_diff_ours_vs_straightforward']:.2e}; ours_bf16 (the pair product in bfloat16, "
+        f"float32 accumulation): {report['max_abs_diff_ours_bf16_vs_straightforward']:.2e}.",
     ]
     for name, why in report["unavailable"].items():
         lines.append(f"{name} not measured: {why}")

@@ -91,12 +91,20 @@ def data_synth(
     items: Annotated[int, typer.Option(help="Number of items.")] = 20_000,
     interactions: Annotated[int, typer.Option(help="Approximate number of interactions.")] = 500_000,
     seed: Annotated[int | None, typer.Option(help="Seed (default: the config's).")] = None,
+    min_interactions: Annotated[int, typer.Option(help="Fewest interactions of any user.")] = 5,
 ) -> None:
     """Generate a seeded synthetic MovieLens-shaped dataset."""
     from cascade.data.synthetic import generate
 
     cfg = _config()
-    dataset = generate(users, items, interactions, seed=cfg.seed if seed is None else seed, name=name)
+    dataset = generate(
+        users,
+        items,
+        interactions,
+        seed=cfg.seed if seed is None else seed,
+        name=name,
+        min_interactions=min_interactions,
+    )
     path = dataset.save(Path(cfg.data.data_dir) / name)
     console.print(f"synthetic dataset ({len(dataset.interactions)} interactions) at [bold]{path}[/]")
 
@@ -299,6 +307,137 @@ def bench_ranking(
     )
     report = run(settings, progress=lambda what: console.print(f"[cyan]benchmarking[/] {what}"))
     for kind, path in write_outputs(report, json_path).items():
+        console.print(f"wrote {kind}: {path}")
+
+
+ScenarioOption = Annotated[
+    str,
+    typer.Option(
+        help="Scenario: a name under benchmarks/scenarios/ (synthetic-1m, movielens-100k) or a TOML."
+    ),
+]
+
+
+PrecisionOption = Annotated[
+    str | None,
+    typer.Option(help="DIN pair-product precision: float32 or bfloat16 (default: the scenario's)."),
+]
+
+
+def _scenario(
+    scenario: str, processes: int | None = None, workers: int | None = None, precision: str | None = None
+) -> AppConfig:
+    from benchmarks.serve_load import scenario_config
+
+    cfg = load_config(_run(scenario_config, scenario))
+    overrides = {"processes": processes, "workers": workers, "ranker_precision": precision}
+    serving = {k: v for k, v in overrides.items() if v is not None}
+    return cfg.model_copy(update={"serving": cfg.serving.model_copy(update=serving)}) if serving else cfg
+
+
+@bench_app.command("serve")
+def bench_serve(
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Report path; .png and .md beside it.")
+    ] = None,
+    scenario: ScenarioOption = "synthetic-1m",
+    target: Annotated[
+        str | None,
+        typer.Option(help="HOST:PORT of a service already running the scenario; else one is started."),
+    ] = None,
+    rates: Annotated[str, typer.Option(help="Offered rates to sweep, requests/s, comma-separated.")] = (
+        "25,50,100,150,200,300,400"
+    ),
+    duration: Annotated[float, typer.Option(help="Seconds per offered rate.")] = 10.0,
+    warmup: Annotated[float, typer.Option(help="Warm-up seconds at the lowest rate (discarded).")] = 3.0,
+    max_requests: Annotated[int, typer.Option(help="Most requests per offered rate.")] = 20_000,
+    k: Annotated[int, typer.Option(help="Items per request.")] = 20,
+    channels: Annotated[int, typer.Option(help="gRPC connections the generator spreads requests over.")] = 16,
+    arrivals: Annotated[str, typer.Option(help="uniform or poisson inter-arrival times.")] = "uniform",
+    processes: Annotated[int | None, typer.Option(help="Server processes (default: the scenario's).")] = None,
+    workers: Annotated[int | None, typer.Option(help="RPC threads per server process.")] = None,
+    pin_cpu: Annotated[int | None, typer.Option(help="Pin the load generator to this CPU.")] = None,
+    ranker_precision: PrecisionOption = None,
+) -> None:
+    """Open-loop load over gRPC against the scenario's service: latency percentiles from each request's
+    scheduled send time against offered load, throughput, errors by code, and the server's stage breakdown."""
+    from benchmarks import serve_load
+
+    cfg = _scenario(scenario, processes, workers, ranker_precision)
+    settings = serve_load.LoadSettings(
+        rates=tuple(float(r) for r in rates.split(",")),
+        duration_s=duration,
+        warmup_s=warmup,
+        max_requests=max_requests,
+        k=k,
+        channels=channels,
+        arrivals=arrivals,
+        pin_cpu=pin_cpu,
+        seed=cfg.seed,
+    )
+    json_path = json_path or Path(f"benchmarks/results/serve-{cfg.data.dataset}.json")
+
+    def say(what: str) -> None:
+        console.print(f"[cyan]bench serve[/] {what}")
+
+    context = {
+        "scenario": scenario,
+        "title": f"cascade bench serve: {cfg.data.dataset}, ranker {cfg.ranking.type}",
+        "server": f"{cfg.serving.processes} process(es) x {cfg.serving.workers} RPC threads, "
+        f"ranker precision {cfg.serving.ranker_precision}" + (f", external {target}" if target else ""),
+        "ranker": cfg.ranking.type,
+        "num_candidates": cfg.recall.num_candidates + cfg.recall.cooccurrence_candidates,
+        "history_length": cfg.features.history_length,
+    }
+    if target is None:
+        _run(serve_load.prepare_scenario, cfg, say)
+    user_ids = serve_load.scenario_user_ids(cfg)
+    pinned = serve_load.pin_to_cpu(pin_cpu)
+
+    def drive(address: str, pid: int | None) -> list:
+        return serve_load.sweep(address, user_ids, settings, pid, say)
+
+    if target is not None:
+        results = drive(target, None)
+    else:
+        log = json_path.with_suffix(".server.log")
+        say(f"starting the service ({context['server']}); its log: {log}")
+        with serve_load.running_service(cfg, log) as (address, pid):
+            say(f"service SERVING on {address}")
+            results = drive(address, pid)
+    report = serve_load.build_report(results, settings, context, pinned)
+    for kind, path in serve_load.write_outputs(report, json_path).items():
+        console.print(f"wrote {kind}: {path}")
+    console.print(report["summary"])
+
+
+@bench_app.command("stages")
+def bench_stages(
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Report path; .png and .md beside it.")
+    ] = None,
+    scenario: ScenarioOption = "synthetic-1m",
+    requests: Annotated[int, typer.Option(help="Timed requests.")] = 300,
+    k: Annotated[int, typer.Option(help="Items per request.")] = 20,
+    ranker_precision: PrecisionOption = None,
+) -> None:
+    """Each Recommend stage in-process (real Redis, real models, no gRPC), p50 / p99 / mean."""
+    from benchmarks import serve_load, serve_stages
+    from services.app import ensure_features_loaded, open_feature_store
+
+    cfg = _scenario(scenario, precision=ranker_precision)
+    json_path = json_path or Path(f"benchmarks/results/stages-{cfg.data.dataset}.json")
+
+    def say(what: str) -> None:
+        console.print(f"[cyan]bench stages[/] {what}")
+
+    _run(serve_load.prepare_scenario, cfg, say)
+    with open_feature_store(cfg) as store:
+        ensure_features_loaded(cfg, store)
+        report = serve_stages.run(
+            cfg, store, serve_load.scenario_user_ids(cfg), serve_stages.StageSettings(requests, k=k), say
+        )
+    for kind, path in serve_stages.write_outputs(report, json_path).items():
         console.print(f"wrote {kind}: {path}")
 
 

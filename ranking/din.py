@@ -107,6 +107,9 @@ class ActivationUnit(nn.Module):
         self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(widths))
         self.activations = nn.ModuleList(activation(activation_name, h) for h in hidden)
         self.out = nn.Linear(hidden[-1], 1)
+        # dtype of the serving path's pair product (B*H*L*D multiply-adds, most of the model's work);
+        # bfloat16 runs it on AVX512-BF16 / tensor cores with float32 accumulation (see DIN.set_precision)
+        self.product_dtype = torch.float32
 
     def reference(self, behaviours: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """Straightforward form: behaviours (B, L, D) gathered per candidate, candidates (B, D) -> (B, L)."""
@@ -142,32 +145,35 @@ class ActivationUnit(nn.Module):
         w_behaviour: torch.Tensor,
         w_pair: torch.Tensor,
     ) -> torch.Tensor:
-        """The serving case, behaviours (L, D) of one user, laid out (B, H, L) so that the whole first layer
-        is one (B*H, D+1) x (D+1, L) product: row (a, h) holds W4[h] * e_a + (W1 + W3)[h] and, in the extra
-        column, the candidate term, met by a column of ones on the behaviour side."""
+        """The serving case, behaviours (L, D) of one user. The whole first layer is one
+        (L, D+1) x (D+1, B*H) product: column (a, h) of the right operand holds W4[h] * e_a + (W1 + W3)[h]
+        and, in the extra row, the candidate term, met by a column of ones on the behaviour side. The result
+        (L*B, H) keeps the hidden units last, so every later layer is a plain matrix product and the
+        activations run on contiguous rows."""
         count, hidden, d = candidates.shape[0], w_pair.shape[0], self.dim
+        # row j, column (a, h): e_a[j] * W4[h, j] + (W1 + W3)[h, j]
+        # contiguous operands: a broadcast over transposed views is 5x slower
+        pair_terms = (
+            w_behaviour.t().contiguous().unsqueeze(1),
+            candidates.t().contiguous().unsqueeze(2),
+            w_pair.t().contiguous().unsqueeze(1),
+        )
         if torch.is_grad_enabled():
-            rows = torch.cat(
-                [
-                    torch.addcmul(w_behaviour.unsqueeze(0), candidates.unsqueeze(1), w_pair.unsqueeze(0)),
-                    per_candidate.unsqueeze(-1),
-                ],
-                dim=-1,
-            )
-        else:  # written in place: no (B, H, D+1) concatenation copy
-            rows = candidates.new_empty(count, hidden, d + 1)
-            torch.addcmul(
-                w_behaviour.unsqueeze(0), candidates.unsqueeze(1), w_pair.unsqueeze(0), out=rows[..., :d]
-            )
-            rows[..., d] = per_candidate
-        # (D+1, L), contiguous: a transposed view as the right operand halves the product's speed
-        keys = torch.cat([behaviours.t(), behaviours.new_ones(1, behaviours.shape[0])], dim=0)
-        x = torch.mm(rows.view(count * hidden, d + 1), keys).view(count, hidden, -1)  # (B, H, L)
+            dtype = candidates.dtype
+            columns = torch.cat([torch.addcmul(*pair_terms), per_candidate.unsqueeze(0)], dim=0)
+        else:  # written in place: no (D+1, B, H) concatenation copy
+            dtype = self.product_dtype
+            columns = candidates.new_empty(d + 1, count, hidden)
+            torch.addcmul(*pair_terms, out=columns[:d])
+            columns[d] = per_candidate
+            columns = columns.to(dtype)  # float32 arithmetic, then one cast: bf16 elementwise is slow on CPU
+        keys = torch.cat([behaviours, behaviours.new_ones(behaviours.shape[0], 1)], dim=1).to(dtype)
+        x = torch.mm(keys, columns.view(d + 1, count * hidden))  # (L, B*H)
+        x = x.to(candidates.dtype).view(-1, hidden)  # (L*B, H)
         x = self.activations[0](x, axis=1)
         for linear, act in zip(self.linears[1:], self.activations[1:]):
-            x = act(torch.matmul(linear.weight, x) + linear.bias.view(1, -1, 1), axis=1)
-        # an einsum, not matmul: matmul would broadcast the (1, H) weight into a batched product and copy x
-        return torch.einsum("h,bhl->bl", self.out.weight[0], x) + self.out.bias  # (B, L)
+            x = act(torch.addmm(linear.bias, x, linear.weight.t()), axis=1)
+        return torch.mv(x, self.out.weight[0]).add_(self.out.bias).view(-1, count).t()  # (B, L)
 
 
 class DIN(nn.Module):
@@ -203,6 +209,15 @@ class DIN(nn.Module):
             width = hidden
         layers.append(nn.Linear(width, 1))
         self.mlp = nn.Sequential(*layers)
+
+    def set_precision(self, precision: str) -> None:
+        """Precision of the attention's pair product in inference: "float32" (exact to the reference
+        form) or "bfloat16" (products in bf16, accumulated in float32; 4x faster on AVX512-BF16 CPUs,
+        logits move by about 1e-2)."""
+        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+        if precision not in dtypes:
+            raise ValueError(f"precision: must be one of {sorted(dtypes)}, got {precision!r}")
+        self.attention.product_dtype = dtypes[precision]
 
     def set_item_genres(self, genres: torch.Tensor) -> None:
         """genres: (num_items, max_genres) genre ids of each item index, 0-padded."""

@@ -43,8 +43,12 @@ CANDIDATE_FIELDS = ("request", "item", "genres", "year", "channel", "dense")
 
 
 def encode_channels(sources) -> np.ndarray:
-    """Channel names (C,) -> codes (C,) int64."""
-    return np.fromiter((_CHANNEL_CODES.get(s, 0) for s in sources), dtype=np.int64, count=len(sources))
+    """Channel names (C,) -> codes (C,) int64 (0 for an unknown name)."""
+    sources = np.asarray(sources, dtype=object)
+    codes = np.zeros(len(sources), dtype=np.int64)
+    for name, code in _CHANNEL_CODES.items():  # a few vectorised comparisons, not a Python loop over C
+        codes[sources == name] = code
+    return codes
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,11 @@ class Ranker(ABC):
     def score(self, batch: RankingBatch) -> np.ndarray:
         """-> (B,) float32 probabilities that each candidate is a positive; higher is better."""
 
+    def set_inference_precision(self, precision: str) -> bool:
+        """Use ``precision`` ("float32" or "bfloat16") where this ranker has a reduced-precision serving
+        path; returns whether it has one (only float32 exists otherwise)."""
+        return precision == "float32"
+
     @abstractmethod
     def save(self, folder: Path) -> None: ...
 
@@ -209,6 +214,10 @@ class DINRanker(TorchRanker):
             dropout=config.dropout,
             max_genres=max_genres,
         )
+
+    def set_inference_precision(self, precision: str) -> bool:
+        self.model.set_precision(precision)
+        return True
 
     @classmethod
     def create(cls, config: RankingConfig, schema: FeatureSchema, items: ItemFeatures) -> DINRanker:

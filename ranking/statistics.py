@@ -89,8 +89,19 @@ class ItemStatistics:
 
     def recent_counts(self, items: np.ndarray, at: float) -> np.ndarray:
         """Events of each item (C,) in the ``recent_window_days`` before ``at`` -> (C,) float64."""
+        if at == self.end:  # every served request (clamp_time): one gather, not two binary searches
+            return self._recent_counts_at_end[items]
+        return self._recent_counts_searched(items, at)
+
+    def _recent_counts_searched(self, items: np.ndarray, at: float) -> np.ndarray:
         window = self.recent_window_days * SECONDS_PER_DAY
         return (self._events_through(items, at) - self._events_through(items, at - window)).astype(np.float64)
+
+    @cached_property
+    def _recent_counts_at_end(self) -> np.ndarray:
+        """(num_items,) recent counts as of the window's end. Serving asks for this for ~500 random items
+        per request; searching the event keys for them costs ~1 ms in cache misses at 7M events."""
+        return self._recent_counts_searched(np.arange(self.num_items), self.end)
 
     # the global means are fixed once the statistics are; requests must not pay O(num_items) for them
     @cached_property

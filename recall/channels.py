@@ -156,12 +156,15 @@ class CooccurrenceRules:
             return ChannelCandidates.empty(self.SOURCE)
         flat = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)])
         weights = np.repeat(recency_decay ** np.arange(len(recent), dtype=np.float32), lengths)
-        targets = self.indices[flat]
-        totals = np.bincount(targets, weights=self.confidence[flat] * weights)
-        found = np.flatnonzero(totals)
-        order = found[np.argsort(-totals[found], kind="stable")]
+        # sum per distinct target over the few hundred rules found, not over a catalogue-sized array:
+        # a bincount of item ids costs O(num_items) per request (2 ms at 1M items)
+        found, inverse = np.unique(self.indices[flat], return_inverse=True)
+        totals = np.bincount(inverse, weights=self.confidence[flat] * weights, minlength=len(found))
+        positive = totals > 0
+        found, totals = found[positive], totals[positive]
+        order = np.argsort(-totals, kind="stable")  # ties: lower item index first
         return ChannelCandidates.top(
-            order, totals[order], np.concatenate([blocked, recent]), count, self.SOURCE
+            found[order], totals[order], np.concatenate([blocked, recent]), count, self.SOURCE
         )
 
     def save(self, folder: Path) -> None:

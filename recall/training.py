@@ -148,6 +148,8 @@ def train_two_tower(
     for epoch in bar:
         model.train()
         order = rng.permutation(len(sequences))
+        if config.max_steps_per_epoch is not None:
+            order = order[: config.max_steps_per_epoch * batch_size]
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             if len(rows) < 2:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
+import os
+import queue
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import torch
@@ -64,13 +68,17 @@ def configure_compute_threads(config: AppConfig) -> None:
 
 
 def serve_forever(config: AppConfig, on_ready: Callable[[int], None] | None = None) -> None:
-    """Run the service in the foreground until SIGINT/SIGTERM."""
-    configure_compute_threads(config)
+    """Run the service in the foreground until SIGINT/SIGTERM: in this process, or with
+    ``serving.processes`` > 1 in that many child processes sharing the port."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with open_feature_store(config) as store:
         ensure_features_loaded(config, store)
+        if config.serving.processes > 1:
+            _serve_processes(config, store, stop, on_ready)
+            return
+        configure_compute_threads(config)
         server = CascadeServer(config, store)
         port = server.start()
         try:
@@ -81,3 +89,80 @@ def serve_forever(config: AppConfig, on_ready: Callable[[int], None] | None = No
             stop.wait()
         finally:
             server.stop()
+
+
+def _serve_processes(
+    config: AppConfig,
+    store: RedisFeatureStore,
+    stop: threading.Event,
+    on_ready: Callable[[int], None] | None,
+    start_timeout_s: float = 600.0,
+) -> None:
+    """Start ``serving.processes`` servers on one port (SO_REUSEPORT: the kernel spreads connections over
+    them); stop them all when ``stop`` is set or any one of them exits."""
+    if config.serving.port == 0:
+        raise RuntimeError("serving.port must be a fixed port when serving.processes > 1")
+    if store.url is None:
+        raise RuntimeError("the feature store has no URL the server processes could connect to")
+    context = multiprocessing.get_context("spawn")  # no forked copies of torch/FAISS/gRPC threads
+    ready = context.Queue()
+    children = [
+        context.Process(
+            target=_serve_child,
+            args=(config.model_dump_json(), store.url, index, ready),
+            name=f"cascade-server-{index}",
+        )
+        for index in range(config.serving.processes)
+    ]
+    for child in children:
+        child.start()
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        started: set[int] = set()
+        while len(started) < len(children):
+            if stop.is_set():
+                return
+            if any(not child.is_alive() for child in children):
+                raise RuntimeError("a server process exited while starting; see its log")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server processes not ready after {start_timeout_s:.0f}s")
+            with contextlib.suppress(queue.Empty):
+                started.add(ready.get(timeout=0.2))
+        logger.info("%d server processes serving on port %d", len(children), config.serving.port)
+        if on_ready is not None:
+            on_ready(config.serving.port)
+        while not stop.wait(0.5):
+            if any(not child.is_alive() for child in children):
+                logger.error("a server process exited; stopping the others")
+                break
+    finally:
+        for child in children:
+            if child.is_alive():
+                os.kill(child.pid, signal.SIGTERM)
+        for child in children:
+            child.join(timeout=15)
+            if child.is_alive():
+                child.kill()
+                child.join()
+
+
+def _serve_child(config_json: str, redis_url: str, index: int, ready: multiprocessing.Queue) -> None:
+    """One of several server processes: its own models, thread pool and Redis connections."""
+    logging.basicConfig(level=logging.INFO, format=f"[server {index}] %(levelname)s %(name)s: %(message)s")
+    config = AppConfig.model_validate_json(config_json)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    configure_compute_threads(config)
+    serving = config.serving
+    store = RedisFeatureStore.from_url(redis_url, serving.user_cache_size, serving.user_cache_ttl_s)
+    server = CascadeServer(config, store, process_index=index)
+    try:
+        server.start()
+        server.load_models()
+        server.watch_artifacts()
+        ready.put(index)
+        stop.wait()
+    finally:
+        server.stop()
+        store.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -63,10 +64,15 @@ class CascadeClient:
         reply = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout_s)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
-    def wait_until_serving(self, timeout_s: float = 60.0) -> None:
-        """Block until health says SERVING."""
+    def wait_until_serving(
+        self, timeout_s: float = 60.0, check: Callable[[], None] | None = None, poll_s: float = 0.2
+    ) -> None:
+        """Block until health says SERVING; ``check`` runs before each probe and may raise to give up
+        early (e.g. when the server's process has exited)."""
         deadline = time.monotonic() + timeout_s
         while True:
+            if check is not None:
+                check()
             try:
                 if self.health() == "SERVING":
                     return
@@ -74,7 +80,7 @@ class CascadeClient:
                 pass
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self.target} not SERVING after {timeout_s}s")
-            time.sleep(0.2)
+            time.sleep(poll_s)
 
     def close(self) -> None:
         self._channel.close()

@@ -3,6 +3,7 @@ offline evaluation."""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -14,6 +15,8 @@ from ranking.features import UserRow, encode_channels
 from recall.channels import ChannelCandidates, MergedCandidates, keep_unblocked, merge_channels
 from rerank.rules import Reranker
 from services.models import ServingModels
+
+logger = logging.getLogger(__name__)
 
 SOURCE_TWO_TOWER = "two_tower"
 SOURCE_POPULAR = "popular"
@@ -60,6 +63,11 @@ class RecommendationPipeline:
         self.models = models
         self.config = config
         self.reranker = Reranker(config.rerank)
+        precision = config.serving.ranker_precision
+        if not models.ranker.set_inference_precision(precision):
+            logger.warning(
+                "the %s ranker has no %s path; it serves in float32", models.ranker.type, precision
+            )
 
     def user_embedding(self, ctx: UserContext) -> np.ndarray:
         """(D,) float32 query vector from the user's features and recent history."""
@@ -122,6 +130,7 @@ class RecommendationPipeline:
         after_recall = time.perf_counter()
         timings["recall"] = (after_recall - start) * 1e3
         items, sources, channel_scores = merged.items, merged.sources, merged.channel_scores
+        features_built = after_recall
         if query is None or len(items) == 0:
             scores = channel_scores
         else:
@@ -130,9 +139,11 @@ class RecommendationPipeline:
             batch = self.models.ranking_features.build(
                 ctx.row, ctx.history, items, tt_scores, encode_channels(sources), ctx.at
             )
+            features_built = time.perf_counter()
             scores = self.models.ranker.score(batch)
         after_ranking = time.perf_counter()
-        timings["ranking"] = (after_ranking - after_recall) * 1e3
+        timings["ranking_features"] = (features_built - after_recall) * 1e3
+        timings["ranking"] = (after_ranking - features_built) * 1e3
         result = self.reranker.apply(items, scores, ctx.seen, exclude, k)
         timings["rerank"] = (time.perf_counter() - after_ranking) * 1e3
         return Recommendation(

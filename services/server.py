@@ -21,6 +21,7 @@ from services.api import recommender_pb2 as pb
 from services.api import recommender_pb2_grpc as pb_grpc
 from services.feature_store import HistoryEvent, OnlineFeatureStore, UserState
 from services.interceptors import ErrorInterceptor
+from services.metrics import ServerMetrics
 from services.models import SERVED_KINDS, ServingModels
 from services.pipeline import RecommendationPipeline, UserContext
 from services.validation import (
@@ -39,9 +40,10 @@ _EVENT_TYPES = frozenset(v.number for v in pb.EventType.DESCRIPTOR.values) - {pb
 
 
 class RecommenderService(pb_grpc.RecommenderServicer):
-    def __init__(self, config: AppConfig, store: OnlineFeatureStore):
+    def __init__(self, config: AppConfig, store: OnlineFeatureStore, metrics: ServerMetrics | None = None):
         self.config = config
         self.store = store
+        self.metrics = metrics
         self._pipeline: RecommendationPipeline | None = None
 
     @property
@@ -103,9 +105,9 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         pipeline = self._require_pipeline()
         models = pipeline.models
         state = self.store.get_user_state(user_id, self.config.features.history_length)
-        features_done = time.perf_counter()
         ctx = self._context(pipeline, user_id, state, demographics)
         exclude = models.schema.item_index(exclude_ids)
+        features_done = time.perf_counter()
         result = pipeline.recommend(ctx, k, exclude[exclude > 0])
         serialise_start = time.perf_counter()
         item_ids = models.schema.item_id_of(result.items)
@@ -126,9 +128,11 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             model_versions=pb.ModelVersions(**models.versions),
             new_user=state.features is None,
         )
-        response.stage_ms.update(result.stage_ms)
-        response.stage_ms["features"] = (features_done - started) * 1e3
-        response.stage_ms["serialise"] = (time.perf_counter() - serialise_start) * 1e3
+        stage_ms = {"features": (features_done - started) * 1e3, **result.stage_ms}
+        stage_ms["serialise"] = (time.perf_counter() - serialise_start) * 1e3
+        response.stage_ms.update(stage_ms)
+        if self.metrics is not None:
+            self.metrics.observe_stages(stage_ms)
         return response
 
     def SimilarItems(
@@ -178,18 +182,23 @@ class RecommenderService(pb_grpc.RecommenderServicer):
 class CascadeServer:
     """A grpc server with the Recommender and health services; NOT_SERVING until models are loaded."""
 
-    def __init__(self, config: AppConfig, store: OnlineFeatureStore):
+    def __init__(self, config: AppConfig, store: OnlineFeatureStore, process_index: int = 0):
         self.config = config
-        self.service = RecommenderService(config, store)
+        self.process_index = process_index
+        self.metrics = ServerMetrics()
+        self.service = RecommenderService(config, store, self.metrics)
         self.health = health.HealthServicer()
+        # Several processes share one port only when asked to; otherwise binding a taken port must fail.
+        reuse_port = int(config.serving.processes > 1)
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.serving.workers, thread_name_prefix="cascade-rpc"),
-            interceptors=[ErrorInterceptor()],
-            options=[("grpc.so_reuseport", 0)],
+            interceptors=[ErrorInterceptor(self.metrics)],
+            options=[("grpc.so_reuseport", reuse_port)],
         )
         pb_grpc.add_RecommenderServicer_to_server(self.service, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         self.port: int | None = None
+        self.metrics_port: int | None = None
         self._stopped = threading.Event()
         self._watcher: threading.Thread | None = None
         self._failed_versions: dict[str, str] | None = None
@@ -207,6 +216,11 @@ class CascadeServer:
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self._server.start()
         logger.info("gRPC server listening on %s:%d", self.config.serving.host, self.port)
+        if self.config.serving.metrics_port is not None:
+            metrics_port = self.config.serving.metrics_port
+            self.metrics_port = self.metrics.serve_http(
+                metrics_port + self.process_index if metrics_port else 0, self.config.serving.host
+            )
         return self.port
 
     def load_models(self) -> ServingModels:
@@ -263,6 +277,7 @@ class CascadeServer:
         self._stopped.set()
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self._server.stop(grace_s).wait()
+        self.metrics.close()
         logger.info("gRPC server stopped")
 
     def wait(self) -> None:

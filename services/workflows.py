@@ -582,7 +582,7 @@ def labelled_candidates(
     merged as serving merges them, featurised as of the user's last training interaction, labelled 1 when
     among the user's held-out positives. ``model``, ``rules`` and ``statistics`` must come from
     ``split.train`` only, so no feature sees the held-out window."""
-    task = RecallTask.of(prep, split, config)
+    task = RecallTask.of(prep, split, config, max_users=config.ranking.max_training_users)
     item_embeddings, queries = task.embed(model, prep)
     candidates = task.rankings(item_embeddings, queries, config.ranking.training_candidates)
     builder = RankingFeatureBuilder(prep.schema, prep.items, statistics, config.features.history_length)

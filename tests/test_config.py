@@ -39,3 +39,14 @@ def test_fingerprints_change_with_config_and_data_only():
     assert recall_fingerprint(base, "d") == recall_fingerprint(other_port, "d")
     # the ranker depends on the recall model it learned from
     assert ranking_fingerprint(base, "d") != ranking_fingerprint(more_epochs, "d")
+
+
+def test_a_saved_resolved_config_loads_back_from_json(tmp_path, monkeypatch):
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    cfg = AppConfig.model_validate({"seed": 9, "serving": {"processes": 3, "port": 6100}})
+    path = tmp_path / "resolved.json"
+    path.write_text(cfg.model_dump_json())
+    assert load_config(path) == cfg
+    path.write_text('{"serving": {"proceses": 2}}')
+    with pytest.raises(ValidationError, match="proceses"):
+        load_config(path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -44,6 +45,7 @@ def config(tmp_path_factory, redis_server) -> AppConfig:
                 "max_k": 50,
                 "max_exclude_ids": 5,
                 "reload_interval_s": 0.2,
+                "metrics_port": 0,
             },
         }
     )
@@ -460,3 +462,103 @@ def test_evaluate_ranking_compares_three_rankers_with_the_recall_order(config, b
     assert report["lightgbm"]["gauc"] > 0.55
     for name in ("wide_deep", "din", "lightgbm"):
         assert 0 < report[name]["logloss"] < 0.3, name  # calibrated: far below the recall order's
+
+
+def _scrape(port: int) -> dict[tuple[str, tuple], float]:
+    """(sample name, sorted labels) -> value from a Prometheus /metrics endpoint."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_stage_and_status_histograms_are_exported_for_prometheus(server, client):
+    srv, _ = server
+    before = _scrape(srv.metrics_port)
+    reply = client.recommend(USER, k=5)
+    with pytest.raises(grpc.RpcError):
+        client.recommend("not-a-number", k=5)
+    after = _scrape(srv.metrics_port)
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert delta("cascade_requests_total", method="Recommend", code="OK") == 1
+    assert delta("cascade_requests_total", method="Recommend", code="INVALID_ARGUMENT") == 1
+    assert delta("cascade_request_seconds_count", method="Recommend") == 2
+    for stage in ("features", "recall", "ranking_features", "ranking", "rerank", "serialise"):
+        assert stage in reply.stage_ms
+        assert delta("cascade_stage_seconds_count", stage=stage) == 1, stage
+        assert delta("cascade_stage_seconds_sum", stage=stage) == pytest.approx(reply.stage_ms[stage] / 1e3)
+
+
+def test_load_generator_and_in_process_stages_on_the_real_service(config, server, redis_server, dataset):
+    from benchmarks import serve_stages
+    from benchmarks.serve_load import LoadSettings, make_requests, run_rate
+
+    _, port = server
+    users = np.unique(dataset.interactions["user_id"].to_numpy())
+    rng = np.random.default_rng(0)
+    result = run_rate(
+        f"127.0.0.1:{port}", make_requests(users, 40, 10, rng), 80.0, LoadSettings(channels=4), None, rng
+    )
+    assert result.ok == result.sent == 40 and not result.errors
+    assert result.stage_ms["ranking"]["mean"] > 0 and result.stage_ms["recall"]["mean"] > 0
+    assert result.latency_ms["p50"] >= result.server_total_ms["p50"]  # latency includes the server's time
+    assert 40 < result.achieved_rps < 100
+
+    store = RedisFeatureStore.from_url(redis_server.url)
+    try:
+        report = serve_stages.run(config, store, users, serve_stages.StageSettings(requests=20, warmup=2))
+    finally:
+        store.close()
+    assert set(report["stages"]) == {*serve_stages.STAGES, "wire_encode"}
+    assert all(v["p50"] > 0 for v in report["stages"].values())
+    assert report["total_ms"]["p50"] > report["stages"]["ranking"]["p50"]
+    assert report["context"]["mean_candidates"] > config.recall.num_candidates  # plus co-occurrence
+
+
+def test_several_server_processes_share_one_port(config, built, tmp_path):
+    """`serving.processes = 2`: two processes bind the port with SO_REUSEPORT and the kernel spreads the
+    generator's connections over them; each process's own /metrics counts what it answered."""
+    from benchmarks.serve_load import LoadSettings, free_port, make_requests, run_rate, running_service
+
+    port = free_port()
+    metrics_base = free_port()
+    while True:  # process i exposes metrics on base + i: both must be free
+        try:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", metrics_base + 1))
+            break
+        except OSError:
+            metrics_base = free_port()
+    multi = config.model_copy(
+        update={
+            "serving": config.serving.model_copy(
+                update={"processes": 2, "port": port, "metrics_port": metrics_base, "reload_interval_s": 0}
+            )
+        }
+    )
+    rng = np.random.default_rng(0)
+    with running_service(multi, tmp_path / "server.log", start_timeout_s=180) as (target, pid):
+        result = run_rate(
+            target, make_requests(np.arange(1, 900), 48, 5, rng), 100.0, LoadSettings(channels=16), pid, rng
+        )
+        answered = [
+            _scrape(metrics_base + i).get(
+                ("cascade_requests_total", (("code", "OK"), ("method", "Recommend"))), 0
+            )
+            for i in range(2)
+        ]
+    assert result.ok == 48 and not result.errors
+    assert sum(answered) == 48
+    assert min(answered) > 0  # 16 connections all hashed to one process: odds 2 in 65536
+    assert result.server_cpu > 0

@@ -80,6 +80,20 @@ def _din(config: RankingConfig, items: _Items) -> DIN:
     return ranker.model
 
 
+def _trained_din(config: RankingConfig, items: _Items, rng: np.random.Generator, steps: int) -> DIN:
+    """A DIN after a few training steps, so that Dice's running statistics and every weight are
+    non-trivial; in eval mode."""
+    model = _din(config, items)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    train = synthetic_batch(rng, 6, 40, 12, items)
+    for _ in range(steps):
+        loss = model(train.tensors()).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
 @pytest.mark.parametrize("attention_hidden", [(36,), (64, 16)])
 @pytest.mark.parametrize("activation_name", ["prelu", "dice"])
 def test_din_split_attention_equals_the_straightforward_form(items, attention_hidden, activation_name):
@@ -89,23 +103,36 @@ def test_din_split_attention_equals_the_straightforward_form(items, attention_hi
         din_attention_activation=activation_name,
         din_activation=activation_name,
     )
-    model = _din(config, items)
     rng = np.random.default_rng(1)
-    # a few training steps so that Dice's running statistics and every weight are non-trivial
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    train = synthetic_batch(rng, 6, 40, 12, items)
-    for _ in range(3):
-        loss = model(train.tensors()).square().mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
+    model = _trained_din(config, items, rng, steps=3)
     with torch.inference_mode():
         for requests in (1, 5):  # the one-request serving layout and the batched layout
             batch = synthetic_batch(rng, requests, 50, 20, items).tensors()
             fast, slow = model(batch), model.reference_forward(batch)
             assert fast.shape == (requests * 50,)
             torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+
+
+def test_din_bfloat16_pair_product_stays_close_to_float32(items):
+    """The serving option ``ranker_precision = "bfloat16"``: approximate, so checked against exact."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(5)
+    model = _trained_din(RankingConfig(), items, rng, steps=5)
+    batch = synthetic_batch(rng, 1, 500, 50, items).tensors()
+    with torch.inference_mode():
+        exact = torch.sigmoid(model(batch))
+        model.set_precision("bfloat16")
+        approx = torch.sigmoid(model(batch))
+        model.set_precision("float32")
+        again = torch.sigmoid(model(batch))
+    torch.testing.assert_close(again, exact, atol=0, rtol=0)
+    assert not torch.equal(approx, exact)  # the bf16 path did run
+    assert (approx - exact).abs().max() < 5e-3
+    top_exact = set(torch.topk(exact, 20).indices.tolist())
+    top_approx = set(torch.topk(approx, 20).indices.tolist())
+    assert len(top_exact & top_approx) >= 18
+    with pytest.raises(ValueError, match="precision"):
+        model.set_precision("float16")
 
 
 def test_din_attention_ignores_padding_and_weights_are_not_normalised(items):
@@ -186,7 +213,8 @@ def test_item_statistics_count_only_events_up_to_the_time_asked(tmp_path):
     )
     stats = ItemStatistics.from_interactions(schema, frame, positive_min_rating=4, recent_window_days=7)
     items = schema.item_index(np.arange(1, 15))
-    for at in (1_000_000 - 5, 1_000_000 + 10 * day + 123, 1_000_000 + 40 * day):
+    end = float(frame.timestamp.max())  # the time every served request is clamped to: a cached answer
+    for at in (1_000_000 - 5, 1_000_000 + 10 * day + 123, end, 1_000_000 + 40 * day):
         ids = schema.item_id_of(items)
         expected = [((frame.item_id == i) & (frame.timestamp <= at)).sum() for i in ids]
         recent = [

@@ -34,8 +34,9 @@ def generate(
     num_topics: int = 20,
     popularity_exponent: float = 1.1,
     name: str = "synthetic",
+    min_interactions: int = 5,
 ) -> Dataset:
-    if min(num_users, num_items, num_interactions, num_topics) <= 0:
+    if min(num_users, num_items, num_interactions, num_topics, min_interactions) <= 0:
         raise ValueError("sizes must be positive")
     rng = np.random.default_rng(seed)
     genres = np.array(ML100K_GENRES[1:], dtype=object)
@@ -94,9 +95,12 @@ def generate(
         w = weight[topic_start[t] : topic_start[t + 1]]
         cdfs.append(np.cumsum(w) / w.sum() if len(w) else np.zeros(0))
 
-    # Interactions per user: heavy-tailed counts, at least 5 each, at most half the catalogue.
+    # Interactions per user: heavy-tailed counts, at least ``min_interactions`` each (so the total can
+    # exceed ``num_interactions``), at most half the catalogue.
     activity = rng.pareto(1.5, size=num_users) + 1.0
-    target = np.maximum(5, np.round(activity / activity.sum() * num_interactions)).astype(np.int64)
+    target = np.maximum(min_interactions, np.round(activity / activity.sum() * num_interactions)).astype(
+        np.int64
+    )
     target = np.minimum(target, max(num_items // 2, 1))
     mix_cdf = np.cumsum(user_mix, axis=1)
 

@@ -57,13 +57,20 @@ class TTLCache:
 
 
 class RedisFeatureStore(OnlineFeatureStore):
-    def __init__(self, client: redis.Redis, cache_size: int = 100_000, cache_ttl_s: float = 60.0):
+    def __init__(
+        self,
+        client: redis.Redis,
+        cache_size: int = 100_000,
+        cache_ttl_s: float = 60.0,
+        url: str | None = None,
+    ):
         self.client = client
+        self.url = url  # how another process reaches the same server, when known
         self._profiles = TTLCache(cache_size, cache_ttl_s)
 
     @classmethod
     def from_url(cls, url: str, cache_size: int = 100_000, cache_ttl_s: float = 60.0) -> RedisFeatureStore:
-        return cls(redis.Redis.from_url(url, socket_timeout=5.0), cache_size, cache_ttl_s)
+        return cls(redis.Redis.from_url(url, socket_timeout=5.0), cache_size, cache_ttl_s, url)
 
     def get_user_state(self, user_id: int, history_length: int) -> UserState:
         cached = self._profiles.get(user_id)
