@@ -329,13 +329,23 @@ def scenario_config(name_or_path: str) -> Path:
     return candidate
 
 
-def summarise(results: list[RateResult], settings: LoadSettings) -> dict:
-    at_100 = next((r for r in results if r.offered_rps == 100), None)
-    within = [r for r in results if r.latency_ms["p99"] <= settings.slo_p99_ms and not r.errors]
+def summarise(rates: list[dict], slo_p99_ms: float) -> dict:
+    """The two sizing numbers from a sweep (``rates``: RateResult dicts, ascending): p99 at 100 req/s, and
+    the highest offered rate at which p99 stays within the SLO with no errors, at it and at every lower
+    rate (a rate that passes after one that failed is luck, not capacity)."""
+    at_100 = next((r for r in rates if r["offered_rps"] == 100), None)
+    sustained = None
+    for r in rates:
+        if r["latency_ms"]["p99"] > slo_p99_ms or r["errors"]:
+            break
+        sustained = r["offered_rps"]
     return {
-        "p99_ms_at_100_rps": at_100.latency_ms["p99"] if at_100 else None,
-        "max_rps_with_p99_within_slo": max((r.offered_rps for r in within), default=None),
-        "slo_p99_ms": settings.slo_p99_ms,
+        "p99_ms_at_100_rps": at_100["latency_ms"]["p99"] if at_100 else None,
+        "max_rps_with_p99_within_slo": sustained,
+        "rates_within_slo": [
+            r["offered_rps"] for r in rates if r["latency_ms"]["p99"] <= slo_p99_ms and not r["errors"]
+        ],
+        "slo_p99_ms": slo_p99_ms,
     }
 
 
@@ -344,7 +354,7 @@ def build_report(results: list[RateResult], settings: LoadSettings, context: dic
         "benchmark": "serve",
         "settings": asdict(settings) | {"rates": list(settings.rates)},
         "context": context | {"generator_pinned_cpu": pin, "cpus": os.cpu_count()},
-        "summary": summarise(results, settings),
+        "summary": summarise([asdict(r) for r in results], settings.slo_p99_ms),
         "rates": [asdict(r) for r in results],
     }
 
@@ -397,8 +407,9 @@ def markdown(report: dict) -> str:
         f"pinned to CPU {ctx['generator_pinned_cpu']}; {ctx['cpus']} CPUs.",
         "",
         f"- p99 at 100 req/s: {_fmt(summary['p99_ms_at_100_rps'])} ms",
-        f"- highest offered rate with p99 <= {summary['slo_p99_ms']:g} ms and no errors: "
-        f"{_fmt(summary['max_rps_with_p99_within_slo'])} req/s",
+        f"- highest offered rate with p99 <= {summary['slo_p99_ms']:g} ms and no errors, there and at every "
+        f"lower rate: {_fmt(summary['max_rps_with_p99_within_slo'])} req/s (rates within it: "
+        f"{', '.join(f'{r:g}' for r in summary['rates_within_slo']) or 'none'})",
         "",
         "| offered | achieved | p50 | p90 | p99 | p99.9 | errors | server ms (mean) | outside ms | "
         "gen CPU | server CPU |",

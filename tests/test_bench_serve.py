@@ -9,7 +9,7 @@ import grpc
 import numpy as np
 import pytest
 
-from benchmarks.serve_load import LoadSettings, make_requests, run_rate
+from benchmarks.serve_load import LoadSettings, make_requests, run_rate, summarise
 from services.api import recommender_pb2 as pb
 from services.api import recommender_pb2_grpc as pb_grpc
 
@@ -62,3 +62,15 @@ def test_a_server_past_its_deadline_is_counted_by_status_code(slow_target):
     assert result.errors.get("DEADLINE_EXCEEDED", 0) >= 6
     assert result.ok + sum(result.errors.values()) == 12
     assert result.latency_ms["p99"] >= 100  # failed requests stay in the percentiles
+
+
+def test_sustained_rate_stops_at_the_first_rate_that_misses_the_slo():
+    def rate(offered: float, p99: float, errors: dict | None = None) -> dict:
+        return {"offered_rps": offered, "latency_ms": {"p99": p99}, "errors": errors or {}}
+
+    rates = [rate(50, 9), rate(100, 12), rate(150, 68), rate(200, 30), rate(250, 40, {"UNAVAILABLE": 1})]
+    summary = summarise(rates, slo_p99_ms=50)
+    assert summary["p99_ms_at_100_rps"] == 12
+    assert summary["max_rps_with_p99_within_slo"] == 100  # 200 passing after 150 failed is not capacity
+    assert summary["rates_within_slo"] == [50, 100, 200]
+    assert summarise([rate(50, 80)], 50)["max_rps_with_p99_within_slo"] is None
