@@ -43,9 +43,9 @@ def run(
 ) -> dict:
     """Answer ``settings.requests`` requests of users drawn from ``user_ids`` in this process, one at a
     time, with the threads serving gives each request; per stage p50 / p99 / mean in ms."""
-    from services.app import configure_compute_threads
+    from services.app import configure_serving_process
 
-    configure_compute_threads(config)
+    configure_serving_process(config)
     models = ServingModels.load(ArtifactStore(config.artifacts_dir))
     service = RecommenderService(config, store)
     service.install(models)

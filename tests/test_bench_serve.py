@@ -74,3 +74,9 @@ def test_sustained_rate_stops_at_the_first_rate_that_misses_the_slo():
     assert summary["max_rps_with_p99_within_slo"] == 100  # 200 passing after 150 failed is not capacity
     assert summary["rates_within_slo"] == [50, 100, 200]
     assert summarise([rate(50, 80)], 50)["max_rps_with_p99_within_slo"] is None
+
+
+def test_the_serving_allocator_settings_are_taken_by_glibc():
+    from services.app import keep_large_allocations_on_the_heap
+
+    assert keep_large_allocations_on_the_heap() is True

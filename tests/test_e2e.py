@@ -19,7 +19,7 @@ from cascade.artifacts import ArtifactStore
 from cascade.config import AppConfig
 from cascade.data.dataset import Dataset
 from cascade.data.fetch import fetch
-from services.app import configure_compute_threads, ensure_features_loaded
+from services.app import configure_serving_process, ensure_features_loaded
 from services.client import CascadeClient
 from services.feature_store.redis_store import RedisFeatureStore
 from services.server import CascadeServer
@@ -74,7 +74,7 @@ def server(config, built, redis_server):
     client = redis.Redis.from_url(redis_server.url)
     client.flushdb()
     store = RedisFeatureStore(client, cache_size=1000, cache_ttl_s=30)
-    configure_compute_threads(config)
+    configure_serving_process(config)
     srv = CascadeServer(config, store)
     port = srv.start()
     with CascadeClient(f"127.0.0.1:{port}") as probe:
