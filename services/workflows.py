@@ -577,12 +577,14 @@ def labelled_candidates(
     model: TwoTowerModel,
     rules: CooccurrenceRules,
     statistics: ItemStatistics,
+    max_users: int | None = None,
 ) -> RankingExamples:
     """For each user with held-out positives in ``split``: the two-tower and co-occurrence candidates
     merged as serving merges them, featurised as of the user's last training interaction, labelled 1 when
     among the user's held-out positives. ``model``, ``rules`` and ``statistics`` must come from
-    ``split.train`` only, so no feature sees the held-out window."""
-    task = RecallTask.of(prep, split, config, max_users=config.ranking.max_training_users)
+    ``split.train`` only, so no feature sees the held-out window. ``max_users``: a seeded sample of the
+    users, all when None."""
+    task = RecallTask.of(prep, split, config, max_users=max_users)
     item_embeddings, queries = task.embed(model, prep)
     candidates = task.rankings(item_embeddings, queries, config.ranking.training_candidates)
     builder = RankingFeatureBuilder(prep.schema, prep.items, statistics, config.features.history_length)
@@ -628,6 +630,7 @@ def ranking_training_examples(config: AppConfig, prep: Prepared, recall_ref: Art
         TwoTowerModel.load(recall_ref.path, prefix=INNER_PREFIX),
         CooccurrenceRules.load(recall_ref.path / INNER_PREFIX.rstrip("_")),
         _item_statistics(config, prep, inner.train),
+        max_users=config.ranking.max_training_users,
     )
 
 
