@@ -15,15 +15,18 @@ Weights are random: speed does not depend on them, and ``ours`` is checked equal
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks.report import percentiles
 from benchmarks.report import write_outputs as write_report
 from cascade.config import RankingConfig
 from ranking.din import DIN
@@ -50,16 +53,6 @@ class BenchSettings:
     threads: int = 2
     device: str = "cpu"
     seed: int = 0
-
-
-def _percentiles(samples_ms: list[float]) -> dict[str, float]:
-    a = np.asarray(samples_ms)
-    return {
-        "p50_ms": float(np.percentile(a, 50)),
-        "p99_ms": float(np.percentile(a, 99)),
-        "mean_ms": float(a.mean()),
-        "samples": len(a),
-    }
 
 
 def _cardinalities(settings: BenchSettings) -> dict[str, int]:
@@ -170,10 +163,11 @@ class DeepCTRRunner:
         return torch.from_numpy(x).to(self.device)
 
 
-def _with_precision(model: DIN, precision: str, call):
+@contextlib.contextmanager
+def _precision(model: DIN, precision: str) -> Iterator[None]:
     model.set_precision(precision)
     try:
-        return call()
+        yield
     finally:
         model.set_precision("float32")
 
@@ -193,12 +187,16 @@ def run(settings: BenchSettings, progress=None) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    def ours_bf16(batch: RankingBatch) -> torch.Tensor:
+        # the serving option ranker_precision = "bfloat16": the pair product in bf16, float32 accumulation
+        with _precision(model, "bfloat16"):
+            return model(tensors(batch))
+
     implementations = {
         # the feature tensors are built inside the timed call for every implementation
         "straightforward": lambda b: model.reference_forward(tensors(b)),
         "ours": lambda b: model(tensors(b)),
-        # the serving option ranker_precision = "bfloat16": the pair product in bf16, float32 accumulation
-        "ours_bf16": lambda b: _with_precision(model, "bfloat16", lambda: model(tensors(b))),
+        "ours_bf16": ours_bf16,
     }
     unavailable = {}
     try:
@@ -209,20 +207,15 @@ def run(settings: BenchSettings, progress=None) -> dict:
         logger.warning("DeepCTR-Torch not benchmarked: %s", exc)
 
     with torch.inference_mode():
-        max_diff = max(
-            float((model(tensors(b)) - model.reference_forward(tensors(b))).abs().max()) for b in requests
-        )
-        max_diff_bf16 = max(
-            float(
-                (
-                    _with_precision(model, "bfloat16", lambda b=b: model(tensors(b)))
-                    - model.reference_forward(tensors(b))
-                )
-                .abs()
-                .max()
+
+        def largest_difference(forward) -> float:
+            """Largest absolute logit difference from the straightforward form over the requests."""
+            return max(
+                float((forward(b) - model.reference_forward(tensors(b))).abs().max()) for b in requests
             )
-            for b in requests
-        )
+
+        max_diff = largest_difference(implementations["ours"])
+        max_diff_bf16 = largest_difference(ours_bf16)
         samples: dict[str, list[float]] = {name: [] for name in implementations}
         names = list(implementations)
         for step in range(settings.warmup + settings.repeats):
@@ -237,7 +230,7 @@ def run(settings: BenchSettings, progress=None) -> dict:
                 sync()
                 if step >= settings.warmup:
                     samples[name].append((time.perf_counter() - started) * 1e3)
-    results = {name: _percentiles(s) for name, s in samples.items()}
+    results = {name: percentiles(s, suffix="_ms") | {"samples": len(s)} for name, s in samples.items()}
     ours = results["ours"]["p50_ms"]
     speedups = {name: r["p50_ms"] / ours for name, r in results.items() if name != "ours"}
     return {

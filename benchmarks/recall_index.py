@@ -24,6 +24,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from benchmarks.report import percentiles
 from benchmarks.report import write_outputs as write_report
 from recall.index import ItemIndex, exact_search, recall_of, tunable_parameter
 
@@ -72,11 +73,6 @@ def factories_for(num_items: int) -> list[str]:
     return ["Flat", f"IVF{nlist},Flat", "HNSW32"]
 
 
-def _percentiles(samples_ms: list[float] | np.ndarray) -> dict[str, float]:
-    arr = np.asarray(samples_ms)
-    return {"p50_ms": float(np.percentile(arr, 50)), "p99_ms": float(np.percentile(arr, 99))}
-
-
 def measure_latency(index: ItemIndex, queries: np.ndarray, k: int, batch_size: int, single_limit: int):
     """Single-query latencies over up to ``single_limit`` queries and per-query time of whole batches."""
     singles = []
@@ -90,7 +86,7 @@ def measure_latency(index: ItemIndex, queries: np.ndarray, k: int, batch_size: i
         started = time.perf_counter()
         index.search(chunk, k)
         batched.append((time.perf_counter() - started) * 1e3 / len(chunk))
-    return _percentiles(singles), _percentiles(batched)
+    return percentiles(singles, suffix="_ms", mean=False), percentiles(batched, suffix="_ms", mean=False)
 
 
 def bench_one(

@@ -1,10 +1,27 @@
-"""Every benchmark publishes the same three files: the report as JSON, a PNG plot and a markdown summary."""
+"""What every benchmark shares: timings summarised as percentiles, and the same three files published (the
+report as JSON, a PNG plot and a markdown summary)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import numpy as np
+
+
+def percentiles(
+    values: Sequence[float] | np.ndarray,
+    points: Sequence[float] = (50.0, 99.0),
+    suffix: str = "",
+    mean: bool = True,
+) -> dict[str, float]:
+    """{"p50<suffix>": ..., "p99<suffix>": ..., "mean<suffix>": ...} of ``values``; NaN for no values."""
+    arr = np.asarray(values, dtype=np.float64)
+    out = {f"p{p:g}{suffix}": float(np.percentile(arr, p)) if len(arr) else float("nan") for p in points}
+    if mean:
+        out[f"mean{suffix}"] = float(arr.mean()) if len(arr) else float("nan")
+    return out
 
 
 def write_outputs(

@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import grpc
@@ -32,6 +32,7 @@ import numpy as np
 import psutil
 
 from benchmarks import report as report_io
+from benchmarks.report import percentiles
 from cascade.config import AppConfig
 from services.api import recommender_pb2 as pb
 from services.api import recommender_pb2_grpc as pb_grpc
@@ -75,15 +76,6 @@ class RateResult:
     outside_server_ms: float  # mean latency minus mean server time: transport, queueing, (de)serialisation
     generator_cpu: float  # cores the generator used on average
     server_cpu: float  # cores the service (all its processes) used on average
-    extra: dict = field(default_factory=dict)
-
-
-def _percentiles(values: np.ndarray) -> dict[str, float]:
-    if len(values) == 0:
-        return {f"p{p:g}": float("nan") for p in PERCENTILES} | {"mean": float("nan")}
-    out = {f"p{p:g}": float(np.percentile(values, p)) for p in PERCENTILES}
-    out["mean"] = float(values.mean())
-    return out
 
 
 def _schedule(count: int, rate: float, arrivals: str, rng: np.random.Generator) -> np.ndarray:
@@ -195,14 +187,8 @@ def run_rate(
     latency, lag, codes, stages, elapsed, generator_cpu, server_cpu = asyncio.run(main())
     ok = np.array([c == "OK" for c in codes])
     answered = [s for s, good in zip(stages, ok) if good]
-    stage_ms = {}
-    for stage in STAGES:
-        values = np.array([s.get(stage, 0.0) for s in answered])
-        pct = _percentiles(values)
-        stage_ms[stage] = {"mean": pct["mean"], "p50": pct["p50"], "p99": pct["p99"]}
-    server_total = np.array([sum(s.values()) for s in answered])
-    total_pct = _percentiles(server_total)
-    latency_ms = _percentiles(latency * 1e3)
+    stage_ms = {stage: percentiles([s.get(stage, 0.0) for s in answered]) for stage in STAGES}
+    server_total_ms = percentiles([sum(s.values()) for s in answered])
     ok_latency_mean = float((latency[ok] * 1e3).mean()) if ok.any() else float("nan")
     return RateResult(
         offered_rps=float(rate),
@@ -210,15 +196,15 @@ def run_rate(
         ok=int(ok.sum()),
         errors=dict(Counter(c for c in codes if c != "OK")),
         achieved_rps=float(ok.sum() / elapsed),
-        latency_ms=latency_ms,
+        latency_ms=percentiles(latency * 1e3, PERCENTILES),
         send_lag_ms={
             "p50": float(np.percentile(lag, 50) * 1e3),
             "p99": float(np.percentile(lag, 99) * 1e3),
             "max": float(lag.max() * 1e3),
         },
         stage_ms=stage_ms,
-        server_total_ms={"mean": total_pct["mean"], "p50": total_pct["p50"], "p99": total_pct["p99"]},
-        outside_server_ms=ok_latency_mean - total_pct["mean"],
+        server_total_ms=server_total_ms,
+        outside_server_ms=ok_latency_mean - server_total_ms["mean"],
         generator_cpu=generator_cpu,
         server_cpu=server_cpu,
     )
@@ -349,11 +335,11 @@ def summarise(rates: list[dict], slo_p99_ms: float) -> dict:
     }
 
 
-def build_report(results: list[RateResult], settings: LoadSettings, context: dict, pin: int | None) -> dict:
+def build_report(results: list[RateResult], settings: LoadSettings, context: dict) -> dict:
     return {
         "benchmark": "serve",
         "settings": asdict(settings) | {"rates": list(settings.rates)},
-        "context": context | {"generator_pinned_cpu": pin, "cpus": os.cpu_count()},
+        "context": context | {"generator_pinned_cpu": settings.pin_cpu, "cpus": os.cpu_count()},
         "summary": summarise([asdict(r) for r in results], settings.slo_p99_ms),
         "rates": [asdict(r) for r in results],
     }
@@ -443,12 +429,10 @@ def write_outputs(report: dict, json_path: Path) -> dict[str, Path]:
     return report_io.write_outputs(report, json_path, plot, markdown)
 
 
-def pin_to_cpu(cpu: int | None) -> int | None:
+def pin_to_cpu(cpu: int | None) -> None:
     """Pin this process (the generator) to one CPU, so the service's share is predictable."""
-    if cpu is None:
-        return None
-    os.sched_setaffinity(0, {cpu})
-    return cpu
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
 
 
 # Sizes of the synthetic data sets the scenarios name; generated on first use (seeded). Every user has at

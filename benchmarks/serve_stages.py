@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import report as report_io
+from benchmarks.report import percentiles
 from benchmarks.serve_load import STAGES
 from cascade.artifacts import ArtifactStore
 from cascade.config import AppConfig
@@ -73,15 +74,6 @@ def run(
             state = store.get_user_state(user, config.features.history_length)
             ctx = service._context(pipeline, user, state, ("", 0, "", ""))
             candidates.append(len(pipeline.recall(ctx)[0].items))
-    stages = {}
-    for stage, values in per_stage.items():
-        arr = np.array(values)
-        stages[stage] = {
-            "p50": float(np.percentile(arr, 50)),
-            "p99": float(np.percentile(arr, 99)),
-            "mean": float(arr.mean()),
-        }
-    total = np.array(totals)
     return {
         "benchmark": "stages",
         "settings": asdict(settings),
@@ -96,12 +88,8 @@ def run(
             "compute_threads": config.serving.compute_threads,
             "versions": models.versions,
         },
-        "stages": stages,
-        "total_ms": {
-            "p50": float(np.percentile(total, 50)),
-            "p99": float(np.percentile(total, 99)),
-            "mean": float(total.mean()),
-        },
+        "stages": {stage: percentiles(values) for stage, values in per_stage.items()},
+        "total_ms": percentiles(totals),
     }
 
 

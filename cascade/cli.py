@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -261,6 +262,15 @@ def evaluate_rating(json_path: JsonOption = None) -> None:
     _report(_run(run, _config(), True), json_path, "random 90/10 split: rating RMSE")
 
 
+def _progress(label: str) -> Callable[[str], None]:
+    return lambda what: console.print(f"[cyan]{label}[/] {what}")
+
+
+def _wrote(outputs: dict[str, Path]) -> None:
+    for kind, path in outputs.items():
+        console.print(f"wrote {kind}: {path}")
+
+
 @bench_app.command("recall")
 def bench_recall(
     json_path: Annotated[Path, typer.Option("--json", help="Report path; .png and .md go beside it.")] = Path(
@@ -276,9 +286,8 @@ def bench_recall(
     settings = BenchSettings(
         sizes=tuple(int(s) for s in sizes.split(",")), threads=threads, target_recall=target_recall
     )
-    report = run(settings, progress=lambda what: console.print(f"[cyan]benchmarking[/] {what}"))
-    for kind, path in write_outputs(report, json_path).items():
-        console.print(f"wrote {kind}: {path}")
+    report = run(settings, progress=_progress("benchmarking"))
+    _wrote(write_outputs(report, json_path))
 
 
 @bench_app.command("ranking")
@@ -305,9 +314,8 @@ def bench_ranking(
         threads=threads,
         device=device,
     )
-    report = run(settings, progress=lambda what: console.print(f"[cyan]benchmarking[/] {what}"))
-    for kind, path in write_outputs(report, json_path).items():
-        console.print(f"wrote {kind}: {path}")
+    report = run(settings, progress=_progress("benchmarking"))
+    _wrote(write_outputs(report, json_path))
 
 
 ScenarioOption = Annotated[
@@ -376,10 +384,7 @@ def bench_serve(
         seed=cfg.seed,
     )
     json_path = json_path or Path(f"benchmarks/results/serve-{cfg.data.dataset}.json")
-
-    def say(what: str) -> None:
-        console.print(f"[cyan]bench serve[/] {what}")
-
+    say = _progress("bench serve")
     context = {
         "scenario": scenario,
         "title": f"cascade bench serve: {cfg.data.dataset}, ranker {cfg.ranking.type}",
@@ -392,7 +397,7 @@ def bench_serve(
     if target is None:
         _run(serve_load.prepare_scenario, cfg, say)
     user_ids = serve_load.scenario_user_ids(cfg)
-    pinned = serve_load.pin_to_cpu(pin_cpu)
+    serve_load.pin_to_cpu(pin_cpu)
 
     def drive(address: str, pid: int | None) -> list:
         return serve_load.sweep(address, user_ids, settings, pid, say)
@@ -405,9 +410,8 @@ def bench_serve(
         with serve_load.running_service(cfg, log) as (address, pid):
             say(f"service SERVING on {address}")
             results = drive(address, pid)
-    report = serve_load.build_report(results, settings, context, pinned)
-    for kind, path in serve_load.write_outputs(report, json_path).items():
-        console.print(f"wrote {kind}: {path}")
+    report = serve_load.build_report(results, settings, context)
+    _wrote(serve_load.write_outputs(report, json_path))
     console.print(report["summary"])
 
 
@@ -427,18 +431,14 @@ def bench_stages(
 
     cfg = _scenario(scenario, precision=ranker_precision)
     json_path = json_path or Path(f"benchmarks/results/stages-{cfg.data.dataset}.json")
-
-    def say(what: str) -> None:
-        console.print(f"[cyan]bench stages[/] {what}")
-
+    say = _progress("bench stages")
     _run(serve_load.prepare_scenario, cfg, say)
     with open_feature_store(cfg) as store:
         ensure_features_loaded(cfg, store)
         report = serve_stages.run(
             cfg, store, serve_load.scenario_user_ids(cfg), serve_stages.StageSettings(requests, k=k), say
         )
-    for kind, path in serve_stages.write_outputs(report, json_path).items():
-        console.print(f"wrote {kind}: {path}")
+    _wrote(serve_stages.write_outputs(report, json_path))
 
 
 def _fmt(metrics: dict) -> str:

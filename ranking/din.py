@@ -213,7 +213,7 @@ class DIN(nn.Module):
     def set_precision(self, precision: str) -> None:
         """Precision of the attention's pair product in inference: "float32" (exact to the reference
         form) or "bfloat16" (products in bf16, accumulated in float32; 4x faster on AVX512-BF16 CPUs,
-        logits move by about 1e-2)."""
+        logits move by about 1e-3)."""
         dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
         if precision not in dtypes:
             raise ValueError(f"precision: must be one of {sorted(dtypes)}, got {precision!r}")

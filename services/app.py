@@ -94,28 +94,45 @@ def keep_large_allocations_on_the_heap(
     return bool(ok)
 
 
-def serve_forever(config: AppConfig, on_ready: Callable[[int], None] | None = None) -> None:
-    """Run the service in the foreground until SIGINT/SIGTERM: in this process, or with
-    ``serving.processes`` > 1 in that many child processes sharing the port."""
+def _stop_on_signals() -> threading.Event:
+    """An event that SIGINT or SIGTERM sets."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def _run_server(
+    config: AppConfig,
+    store: RedisFeatureStore,
+    stop: threading.Event,
+    on_ready: Callable[[int], None] | None,
+    process_index: int = 0,
+) -> None:
+    """One server in this process: bind, load the models, watch for new ones, serve until ``stop``."""
+    configure_serving_process(config)
+    server = CascadeServer(config, store, process_index=process_index)
+    port = server.start()
+    try:
+        server.load_models()
+        server.watch_artifacts()
+        if on_ready is not None:
+            on_ready(port)
+        stop.wait()
+    finally:
+        server.stop()
+
+
+def serve_forever(config: AppConfig, on_ready: Callable[[int], None] | None = None) -> None:
+    """Run the service in the foreground until SIGINT/SIGTERM: in this process, or with
+    ``serving.processes`` > 1 in that many child processes sharing the port."""
+    stop = _stop_on_signals()
     with open_feature_store(config) as store:
         ensure_features_loaded(config, store)
         if config.serving.processes > 1:
             _serve_processes(config, store, stop, on_ready)
-            return
-        configure_serving_process(config)
-        server = CascadeServer(config, store)
-        port = server.start()
-        try:
-            server.load_models()
-            server.watch_artifacts()
-            if on_ready is not None:
-                on_ready(port)
-            stop.wait()
-        finally:
-            server.stop()
+        else:
+            _run_server(config, store, stop, on_ready)
 
 
 def _serve_processes(
@@ -131,16 +148,22 @@ def _serve_processes(
         raise RuntimeError("serving.port must be a fixed port when serving.processes > 1")
     if store.url is None:
         raise RuntimeError("the feature store has no URL the server processes could connect to")
+    # every child connects to the Redis this process opened (an embedded one included)
+    shared = config.model_copy(update={"serving": config.serving.model_copy(update={"redis_url": store.url})})
     context = multiprocessing.get_context("spawn")  # no forked copies of torch/FAISS/gRPC threads
     ready = context.Queue()
     children = [
         context.Process(
             target=_serve_child,
-            args=(config.model_dump_json(), store.url, index, ready),
+            args=(shared.model_dump_json(), index, ready),
             name=f"cascade-server-{index}",
         )
         for index in range(config.serving.processes)
     ]
+
+    def one_exited() -> bool:
+        return any(not child.is_alive() for child in children)
+
     for child in children:
         child.start()
     try:
@@ -149,7 +172,7 @@ def _serve_processes(
         while len(started) < len(children):
             if stop.is_set():
                 return
-            if any(not child.is_alive() for child in children):
+            if one_exited():
                 raise RuntimeError("a server process exited while starting; see its log")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"server processes not ready after {start_timeout_s:.0f}s")
@@ -159,7 +182,7 @@ def _serve_processes(
         if on_ready is not None:
             on_ready(config.serving.port)
         while not stop.wait(0.5):
-            if any(not child.is_alive() for child in children):
+            if one_exited():
                 logger.error("a server process exited; stopping the others")
                 break
     finally:
@@ -173,23 +196,10 @@ def _serve_processes(
                 child.join()
 
 
-def _serve_child(config_json: str, redis_url: str, index: int, ready: multiprocessing.Queue) -> None:
+def _serve_child(config_json: str, index: int, ready: multiprocessing.Queue) -> None:
     """One of several server processes: its own models, thread pool and Redis connections."""
     logging.basicConfig(level=logging.INFO, format=f"[server {index}] %(levelname)s %(name)s: %(message)s")
     config = AppConfig.model_validate_json(config_json)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    configure_serving_process(config)
-    serving = config.serving
-    store = RedisFeatureStore.from_url(redis_url, serving.user_cache_size, serving.user_cache_ttl_s)
-    server = CascadeServer(config, store, process_index=index)
-    try:
-        server.start()
-        server.load_models()
-        server.watch_artifacts()
-        ready.put(index)
-        stop.wait()
-    finally:
-        server.stop()
-        store.close()
+    stop = _stop_on_signals()
+    with open_feature_store(config) as store:
+        _run_server(config, store, stop, lambda _port: ready.put(index), process_index=index)
