@@ -256,7 +256,7 @@ def evaluate_ranking(json_path: JsonOption = None) -> None:
 
 @evaluate_app.command("rating")
 def evaluate_rating(json_path: JsonOption = None) -> None:
-    """Rating prediction on a random 90/10 split: RMSE of the rating model against PMF."""
+    """Rating RMSE on a random 90/10 split: SVD++ hybrid, PMF, I-AutoRec and their validation-fitted blend."""
     from services.workflows import evaluate_rating as run
 
     _report(_run(run, _config(), True), json_path, "random 90/10 split: rating RMSE")

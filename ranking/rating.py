@@ -5,8 +5,11 @@ the SVD++ form (N(u): the items u rated in the training part, which carries who-
 ratings) plus an MLP over the user's demographics and the item's genres and year, which is what a new
 user or item falls back on.
 ``PMF`` (Salakhutdinov & Mnih): r(u, i) = mu + p_u . q_i with Gaussian priors, i.e. L2 on the factors.
-Both are trained the same way: Adam on squared error plus L2 on the rows each batch touches, early
-stopping on a validation part of the training ratings.
+``ItemAutoRec`` (Sedhain et al., 2015): each item's column of known ratings is encoded and decoded
+back, a non-linear model that errs differently from the factor models.
+All are trained the same way: Adam on squared error plus L2, early stopping on a validation part of the
+training ratings. ``RatingBlend`` stacks their predictions with least-squares weights fitted on that
+validation part.
 """
 
 from __future__ import annotations
@@ -131,6 +134,64 @@ class HybridRatingModel(nn.Module):
         return prediction, (penalty + implicit.square().sum()) / len(users)
 
 
+class ItemAutoRec(nn.Module):
+    """I-AutoRec: item i's known ratings r_i (U,) (zero where unknown) give h = sigmoid(V r_i + c)
+    (hidden,) and the reconstruction W h + b (U,), whose entry u is the prediction for (u, i).
+
+    The known ratings are the training ratings, held as item-major CSR buffers; each batch densifies
+    only its own items' columns, so memory is (items in batch, U), never the whole (I, U) matrix.
+    The loss counts observed entries only; the penalty is ||V||^2 + ||W||^2 over twice the number of
+    known ratings, so that l2 weighs the weights against the mean squared error as the paper's sum does.
+    """
+
+    def __init__(self, num_users: int, num_items: int, known: RatingData, hidden: int = 500):
+        super().__init__()
+        self.num_users = num_users
+        self.encoder = nn.Linear(num_users, hidden)
+        self.decoder = nn.Linear(hidden, num_users)
+        order = np.lexsort((known.users, known.items))
+        counts = np.bincount(known.items, minlength=num_items)
+        self.register_buffer("item_offsets", torch.from_numpy(np.concatenate([[0], np.cumsum(counts)])))
+        self.register_buffer("known_users", torch.from_numpy(known.users[order].astype(np.int64)))
+        self.register_buffer("known_ratings", torch.from_numpy(known.ratings[order].astype(np.float32)))
+        self.known_count = len(known.ratings)
+
+    def item_columns(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """items (b,) -> known ratings (b, U) and their observed mask (b, U)."""
+        starts, ends = self.item_offsets[items], self.item_offsets[items + 1]
+        counts = ends - starts
+        row = torch.repeat_interleave(torch.arange(len(items)), counts)
+        position = torch.arange(int(counts.sum())) - torch.repeat_interleave(
+            torch.cumsum(counts, 0) - counts, counts
+        )
+        entries = torch.repeat_interleave(starts, counts) + position
+        ratings = torch.zeros(len(items), self.num_users)
+        mask = torch.zeros(len(items), self.num_users)
+        ratings[row, self.known_users[entries]] = self.known_ratings[entries]
+        mask[row, self.known_users[entries]] = 1.0
+        return ratings, mask
+
+    def reconstruct(self, ratings: torch.Tensor) -> torch.Tensor:
+        """(b, U) known ratings -> (b, U) reconstructions."""
+        return self.decoder(torch.sigmoid(self.encoder(ratings)))
+
+    def penalty(self) -> torch.Tensor:
+        return (self.encoder.weight.square().sum() + self.decoder.weight.square().sum()) / (
+            2 * self.known_count
+        )
+
+    def reconstruction_loss(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """items (b,) -> mean squared error over their observed entries, penalty (scalars)."""
+        ratings, mask = self.item_columns(items)
+        error = (self.reconstruct(ratings) - ratings).square() * mask
+        return error.sum() / mask.sum().clamp(min=1.0), self.penalty()
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor, **_) -> tuple[torch.Tensor, torch.Tensor]:
+        """users, items (B,) -> predictions (B,), penalty (scalar); each distinct item is decoded once."""
+        unique, row = torch.unique(items, return_inverse=True)
+        return self.reconstruct(self.item_columns(unique)[0])[row, users], self.penalty()
+
+
 @dataclass(frozen=True)
 class RatingTrainSettings:
     l2: float
@@ -172,7 +233,8 @@ def train_rating_model(
     settings: RatingTrainSettings,
     seed: int,
 ) -> tuple[nn.Module, dict[str, float]]:
-    """Adam on squared error + l2 * penalty; keeps the epoch with the lowest validation RMSE."""
+    """Adam on squared error + l2 * penalty; keeps the epoch with the lowest validation RMSE. Batches are
+    ratings, except for ItemAutoRec, whose batches are items (all of each item's known ratings)."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
@@ -180,11 +242,16 @@ def train_rating_model(
     targets = torch.from_numpy(train.ratings.astype(np.float32))
     for epoch in range(settings.epochs):
         model.train()
-        order = rng.permutation(len(train.ratings))
+        autorec = isinstance(model, ItemAutoRec)
+        order = rng.permutation(len(model.item_offsets) - 1 if autorec else len(train.ratings))
         for start in range(0, len(order), settings.batch_size):
             rows = order[start : start + settings.batch_size]
-            prediction, penalty = model(**_inputs(model, train.take(rows), side, feedback))
-            loss = F.mse_loss(prediction, targets[rows]) + settings.l2 * penalty
+            if autorec:
+                error, penalty = model.reconstruction_loss(torch.from_numpy(rows))
+            else:
+                prediction, penalty = model(**_inputs(model, train.take(rows), side, feedback))
+                error = F.mse_loss(prediction, targets[rows])
+            loss = error + settings.l2 * penalty
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -196,3 +263,28 @@ def train_rating_model(
     model.load_state_dict(best[2])
     model.eval()
     return model, {"validation_rmse": best[0], "best_epoch": float(best[1])}
+
+
+@dataclass(frozen=True)
+class RatingBlend:
+    """A linear stack r = intercept + sum_m weight_m * r_m of several models' predictions, fitted by least
+    squares on ratings none of the models trained on. Unconstrained weights with an intercept also undo
+    each model's shrinkage towards the mean, which a convex mix cannot."""
+
+    names: tuple[str, ...]
+    intercept: float
+    weights: tuple[float, ...]
+
+    @classmethod
+    def fit(cls, predictions: dict[str, np.ndarray], ratings: np.ndarray) -> RatingBlend:
+        """predictions: model name -> (N,) on the blend's ratings (N,)."""
+        names = tuple(predictions)
+        design = np.column_stack([np.ones(len(ratings))] + [predictions[n] for n in names]).astype(np.float64)
+        solution = np.linalg.lstsq(design, ratings.astype(np.float64), rcond=None)[0]
+        return cls(names, float(solution[0]), tuple(float(w) for w in solution[1:]))
+
+    def predict(self, predictions: dict[str, np.ndarray]) -> np.ndarray:
+        blended = self.intercept + sum(
+            w * predictions[n] for n, w in zip(self.names, self.weights, strict=True)
+        )
+        return np.clip(blended, 1.0, 5.0)

@@ -257,12 +257,13 @@ def test_each_ranker_learns_a_planted_signal_and_round_trips(items, ranker_type,
     np.testing.assert_allclose(load_ranker(tmp_path).score(test), scores, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["pmf", "hybrid"])
+@pytest.mark.parametrize("kind", ["pmf", "hybrid", "autorec"])
 def test_rating_models_recover_low_rank_ratings_better_than_the_mean(kind):
     from ranking.rating import (
         PMF,
         HybridRatingModel,
         ImplicitFeedback,
+        ItemAutoRec,
         RatingData,
         RatingTrainSettings,
         predict,
@@ -284,8 +285,12 @@ def test_rating_models_recover_low_rank_ratings_better_than_the_mean(kind):
     )
     side = {"gender": rng.integers(0, 3, users + 1)}
     mean = float(train.ratings.mean())
+    settings = RatingTrainSettings(l2=0.01, epochs=40, batch_size=256, learning_rate=1e-2)
     if kind == "pmf":
         model = PMF(users + 1, items_count + 1, 8, mean)
+    elif kind == "autorec":
+        model = ItemAutoRec(users + 1, items_count + 1, train, hidden=64)
+        settings = RatingTrainSettings(l2=0.01, epochs=300, batch_size=4, learning_rate=3e-3, patience=20)
     else:
         genres = rng.integers(0, 4, (items_count + 1, 2))
         model = HybridRatingModel(
@@ -298,9 +303,46 @@ def test_rating_models_recover_low_rank_ratings_better_than_the_mean(kind):
         val,
         side,
         feedback,
-        RatingTrainSettings(l2=0.01, epochs=40, batch_size=256, learning_rate=1e-2),
+        settings,
         0,
     )
     error = rmse(predict(model, test, side, feedback), test.ratings)
     assert error < 0.6 * rmse(np.full(300, mean), test.ratings)
     assert metrics["validation_rmse"] < 0.6 * rmse(np.full(300, mean), val.ratings)
+
+
+def test_item_autorec_densifies_exactly_the_known_ratings_of_each_item():
+    from ranking.rating import ItemAutoRec, RatingData
+
+    known = RatingData(
+        np.array([3, 1, 2, 1]), np.array([2, 0, 2, 3]), np.array([5.0, 4.0, 1.0, 2.0], np.float32)
+    )
+    model = ItemAutoRec(num_users=5, num_items=4, known=known, hidden=3)
+    ratings, mask = model.item_columns(torch.tensor([2, 1, 3, 0]))
+    expected = np.zeros((4, 5), np.float32)
+    expected[0, 3], expected[0, 2], expected[2, 1], expected[3, 1] = 5.0, 1.0, 2.0, 4.0
+    np.testing.assert_array_equal(ratings.numpy(), expected)
+    np.testing.assert_array_equal(mask.numpy(), expected > 0)
+    # a prediction reads the reconstruction of the item's column at the user
+    predictions, _ = model(torch.tensor([3, 0]), torch.tensor([2, 2]))
+    reconstruction = model.reconstruct(ratings[:1])[0]
+    np.testing.assert_allclose(
+        predictions.detach().numpy(), reconstruction[[3, 0]].detach().numpy(), rtol=1e-6
+    )
+
+
+def test_rating_blend_recovers_the_stacking_weights_and_beats_each_member():
+    from ranking.rating import RatingBlend, rmse
+
+    rng = np.random.default_rng(3)
+    truth = rng.uniform(1.5, 4.5, 4000)
+    # two models that shrink towards the mean and carry independent errors
+    a = 3.0 + 0.6 * (truth - 3.0) + rng.normal(0, 0.3, 4000)
+    b = 3.0 + 0.6 * (truth - 3.0) + rng.normal(0, 0.3, 4000)
+    fit, held = slice(0, 3000), slice(3000, None)
+    blend = RatingBlend.fit({"a": a[fit], "b": b[fit]}, truth[fit])
+    assert blend.names == ("a", "b")
+    blended = blend.predict({"a": a[held], "b": b[held]})
+    assert rmse(blended, truth[held]) < 0.9 * min(rmse(a[held], truth[held]), rmse(b[held], truth[held]))
+    # the weights sum above 1 to undo the shrinkage, which a convex mix could not
+    assert sum(blend.weights) > 1.1
