@@ -7,6 +7,7 @@ compute the user side (embeddings, behaviour projections) once per request rathe
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ from ranking.statistics import ItemStatistics
 
 # Bumped whenever a feature's meaning changes, so that rankers trained on the old meaning are retrained
 # rather than served.
-FEATURES_VERSION = 3
+FEATURES_VERSION = 4
 
 # Recall scores are not comparable across users (each user's query vector differs), so the request-relative
 # position and gap to the best candidate carry the recall order into ranking.
@@ -32,7 +33,22 @@ DENSE_FEATURES = (
     "genre_affinity",
     "log_history_length",
     "history_mean_log_popularity",
+    # the candidate against the behaviour sequence in the two-tower item space (cosine: the vectors are
+    # L2-normalised): the latest item, the best of the latest 10, the mean of the latest 5 and of all
+    "similarity_to_latest",
+    "max_similarity_latest_10",
+    "mean_similarity_latest_5",
+    "mean_similarity_history",
+    # co-occurrence rules history item -> candidate: confidence summed over the latest 10 and over the
+    # whole sequence, summed with weight 0.9^position, the strongest, and log(1 + support) over the latest 10
+    "cooccurrence_latest_10",
+    "cooccurrence_history",
+    "cooccurrence_decayed",
+    "cooccurrence_max",
+    "cooccurrence_log_support_latest_10",
 )
+# how much each older behaviour counts in cooccurrence_decayed, as the co-occurrence channel weighs it
+COOCCURRENCE_DECAY = 0.9
 
 # Recall channels as a categorical feature; code 0 is an unknown channel.
 CHANNELS = ("two_tower", "cooccurrence", "segment_popular", "popular")
@@ -49,6 +65,14 @@ def encode_channels(sources) -> np.ndarray:
     for name, code in _CHANNEL_CODES.items():  # a few vectorised comparisons, not a Python loop over C
         codes[sources == name] = code
     return codes
+
+
+class ItemRelations(Protocol):
+    """Directed item -> item association strengths (recall's co-occurrence rules provide them)."""
+
+    def pair_strengths(self, sources: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """sources (H,), targets (C,) distinct item indices -> confidence (H, C), support (H, C); 0 = none."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -122,17 +146,27 @@ class RankingBatch:
 class RankingFeatureBuilder:
     """Turns a user, their behaviour history and recall candidates into a one-request RankingBatch.
 
-    ``statistics`` cover the window the ranker's training examples came from (see ItemStatistics), so no
-    feature peeks at the evaluation window; ``history_length`` is the behaviour sequence the models see.
+    ``statistics``, ``item_vectors`` (N, D), the two-tower item embeddings of item indices 1..N, and
+    ``relations`` must come from the same training window as the candidates' recall model (see
+    ItemStatistics), so no feature peeks at the evaluation window; ``history_length`` is the behaviour
+    sequence the models see.
     """
 
     def __init__(
-        self, schema: FeatureSchema, items: ItemFeatures, statistics: ItemStatistics, history_length: int
+        self,
+        schema: FeatureSchema,
+        items: ItemFeatures,
+        statistics: ItemStatistics,
+        history_length: int,
+        item_vectors: np.ndarray,
+        relations: ItemRelations,
     ):
         self.schema = schema
         self.items = items
         self.statistics = statistics
         self.history_length = history_length
+        self.item_vectors = item_vectors
+        self.relations = relations
         self._log_popularity_scale = np.log1p(max(statistics.counts.max(), 1.0))
         self._log_popularity = np.log1p(statistics.counts) / self._log_popularity_scale
 
@@ -142,6 +176,35 @@ class RankingFeatureBuilder:
         counts = np.bincount(genres[genres > 0], minlength=self.schema.num_genres).astype(np.float32)
         total = counts.sum()
         return counts / total if total > 0 else counts
+
+    def history_similarity(self, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """history (H,) most recent first, candidates (C,) -> (C, 4): similarity to the latest item, the
+        max over the latest 10, the mean over the latest 5 and over all H; zeros without a history."""
+        if len(history) == 0:
+            return np.zeros((len(candidates), 4), dtype=np.float32)
+        similarity = self.item_vectors[candidates - 1] @ self.item_vectors[history - 1].T  # (C, H)
+        return np.column_stack(
+            [
+                similarity[:, 0],
+                similarity[:, :10].max(axis=1),
+                similarity[:, :5].mean(axis=1),
+                similarity.mean(axis=1),
+            ]
+        )
+
+    def history_cooccurrence(self, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """history (H,) most recent first, candidates (C,) -> (C, 5), the cooccurrence_* features."""
+        confidence, support = self.relations.pair_strengths(history, candidates)  # (H, C) each
+        decay = COOCCURRENCE_DECAY ** np.arange(len(history), dtype=np.float32)
+        return np.column_stack(
+            [
+                confidence[:10].sum(axis=0),
+                confidence.sum(axis=0),
+                decay @ confidence,
+                confidence.max(axis=0, initial=0.0),
+                np.log1p(support[:10]).sum(axis=0),
+            ]
+        )
 
     def build(
         self,
@@ -161,6 +224,8 @@ class RankingFeatureBuilder:
         recall_scores = np.asarray(recall_scores, dtype=np.float32)
         best = recall_scores.max(initial=0.0) if count else 0.0
         genres = self.items.genres[candidates]
+        history = np.asarray(history, dtype=np.int64)
+        history = history[history > 0][: self.history_length]
         history_pop = self._log_popularity[history].mean() if len(history) else 0.0
         dense = np.column_stack(
             [
@@ -176,11 +241,12 @@ class RankingFeatureBuilder:
                 self.genre_share(history)[genres].sum(axis=1),
                 np.full(count, np.log1p(len(history)) / 7.0),
                 np.full(count, history_pop),
+                self.history_similarity(history, candidates),
+                self.history_cooccurrence(history, candidates),
             ]
         ).astype(np.float32)
         padded = np.zeros((1, self.history_length), dtype=np.int64)
-        recent = history[: self.history_length]
-        padded[0, : len(recent)] = recent
+        padded[0, : len(history)] = history
         return RankingBatch(
             user=np.array([user.user], dtype=np.int64),
             gender=np.array([user.gender], dtype=np.int64),

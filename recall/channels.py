@@ -142,6 +142,37 @@ class CooccurrenceRules:
         lo, hi = self.indptr[item], self.indptr[item + 1]
         return self.indices[lo:hi], self.confidence[lo:hi], self.support[lo:hi]
 
+    def _rows_of(self, sources: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(source position, rule entry) of every rule whose X is in ``sources`` (H,), without a Python
+        loop over sources."""
+        starts = self.indptr[sources]
+        lengths = self.indptr[sources + 1] - starts
+        position = np.repeat(np.arange(len(sources)), lengths)
+        firsts = np.cumsum(lengths) - lengths
+        entries = np.repeat(starts - firsts, lengths) + np.arange(lengths.sum(), dtype=np.int64)
+        return position, entries
+
+    def pair_strengths(self, sources: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """sources (H,), targets (C,) distinct item indices -> confidence (H, C) float32 and support (H, C)
+        float32 of the rules source -> target, 0 where there is no rule. Costs O(rules of the sources +
+        C log C), never O(num_items)."""
+        confidence = np.zeros((len(sources), len(targets)), dtype=np.float32)
+        support = np.zeros_like(confidence)
+        sources = np.asarray(sources, dtype=np.int64)
+        valid = (sources > 0) & (sources < self.num_items)
+        if len(targets) == 0 or not valid.any():
+            return confidence, support
+        position, entries = self._rows_of(np.where(valid, sources, 0))
+        neighbours = self.indices[entries]
+        by_item = np.argsort(targets, kind="stable")
+        sorted_targets = np.asarray(targets)[by_item]
+        slot = np.minimum(np.searchsorted(sorted_targets, neighbours), len(targets) - 1)
+        hit = sorted_targets[slot] == neighbours
+        rows, columns = position[hit], by_item[slot[hit]]
+        confidence[rows, columns] = self.confidence[entries[hit]]
+        support[rows, columns] = self.support[entries[hit]]
+        return confidence, support
+
     def candidates(
         self, recent: np.ndarray, blocked: np.ndarray, count: int, recency_decay: float = 0.9
     ) -> ChannelCandidates:

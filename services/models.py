@@ -79,6 +79,7 @@ class ServingModels:
             index_ref.version,
             ranking_ref.version,
         )
+        cooccurrence = CooccurrenceRules.load(recall_ref.path)
         return cls(
             schema=schema,
             items=items,
@@ -87,7 +88,7 @@ class ServingModels:
             popular_order=popular_order,
             two_tower=TwoTowerModel.load(recall_ref.path),
             index=index,
-            cooccurrence=CooccurrenceRules.load(recall_ref.path),
+            cooccurrence=cooccurrence,
             segment_popularity=SegmentPopularity.load(recall_ref.path),
             ranker=ranker,
             ranking_features=RankingFeatureBuilder(
@@ -95,6 +96,8 @@ class ServingModels:
                 items,
                 ItemStatistics.load(ranking_ref.file(ITEM_STATISTICS_FILE)),
                 ranking_ref.manifest["config"]["features"]["history_length"],
+                item_vectors=index.embeddings,
+                relations=cooccurrence,
             ),
             versions={
                 "recall": recall_ref.version,

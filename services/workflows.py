@@ -589,7 +589,14 @@ def labelled_candidates(
     task = RecallTask.of(prep, split, config, max_users=max_users)
     item_embeddings, queries = task.embed(model, prep)
     candidates = task.rankings(item_embeddings, queries, config.ranking.training_candidates)
-    builder = RankingFeatureBuilder(prep.schema, prep.items, statistics, config.features.history_length)
+    builder = RankingFeatureBuilder(
+        prep.schema,
+        prep.items,
+        statistics,
+        config.features.history_length,
+        item_vectors=item_embeddings,
+        relations=rules,
+    )
     last_seen = split.train.groupby("user_id")["timestamp"].max()
     batches, labels, users = [], [], []
     empty = np.zeros(0, dtype=np.int64)

@@ -69,6 +69,29 @@ def test_cooccurrence_rules_have_exact_support_and_confidence():
     assert got.items.tolist() == [2] and got.source == "cooccurrence"
 
 
+def test_pair_strengths_equal_a_lookup_of_each_rule():
+    rng = np.random.default_rng(11)
+    user = np.sort(rng.integers(0, 40, 1500))
+    item = rng.integers(1, 30, 1500)
+    rules = CooccurrenceRules.mine(user, item, 30, window=3, min_support=2, min_confidence=0.0, neighbours=6)
+    sources = np.array([4, 0, 17, 4, 29, 35])  # a repeat, padding and an index past the catalogue
+    targets = rng.permutation(np.arange(1, 30))[:12]
+    confidence, support = rules.pair_strengths(sources, targets)
+    expected_conf, expected_support = np.zeros((6, 12)), np.zeros((6, 12))
+    for h, x in enumerate(sources.tolist()):
+        if not 0 < x < 30:
+            continue
+        for y, conf, supp in zip(*rules.rules_of(x)):
+            if y in targets:
+                column = targets.tolist().index(y)
+                expected_conf[h, column], expected_support[h, column] = conf, supp
+    assert expected_conf.any()  # the case is not vacuous
+    np.testing.assert_allclose(confidence, expected_conf, rtol=1e-6)
+    np.testing.assert_array_equal(support, expected_support)
+    empty = rules.pair_strengths(np.array([0]), np.array([], dtype=np.int64))
+    assert empty[0].shape == (1, 0)
+
+
 def test_merge_keeps_the_first_channels_tag_and_score():
     merged = merge_channels(
         [
