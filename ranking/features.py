@@ -177,12 +177,17 @@ class RankingFeatureBuilder:
         total = counts.sum()
         return counts / total if total > 0 else counts
 
-    def history_similarity(self, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-        """history (H,) most recent first, candidates (C,) -> (C, 4): similarity to the latest item, the
-        max over the latest 10, the mean over the latest 5 and over all H; zeros without a history."""
+    def history_similarity(
+        self, history: np.ndarray, candidates: np.ndarray, candidate_vectors: np.ndarray | None = None
+    ) -> np.ndarray:
+        """history (H,) most recent first, candidates (C,) (their vectors (C, D) when the caller has them)
+        -> (C, 4): similarity to the latest item, the max over the latest 10, the mean over the latest 5
+        and over all H; zeros without a history."""
         if len(history) == 0:
             return np.zeros((len(candidates), 4), dtype=np.float32)
-        similarity = self.item_vectors[candidates - 1] @ self.item_vectors[history - 1].T  # (C, H)
+        if candidate_vectors is None:
+            candidate_vectors = self.item_vectors[candidates - 1]
+        similarity = candidate_vectors @ self.item_vectors[history - 1].T  # (C, H)
         return np.column_stack(
             [
                 similarity[:, 0],
@@ -214,9 +219,11 @@ class RankingFeatureBuilder:
         recall_scores: np.ndarray,
         channels: np.ndarray,
         at: float | None = None,
+        candidate_vectors: np.ndarray | None = None,
     ) -> RankingBatch:
         """history: item indices (H,) most recent first; candidates, recall_scores, channels (codes): (C,)
-        in recall order; ``at``: unix time of the request (None = now) -> one request with C candidates."""
+        in recall order; ``at``: unix time of the request (None = now); ``candidate_vectors``: (C, D) rows
+        of ``item_vectors`` for the candidates, if already gathered -> one request with C candidates."""
         count = len(candidates)
         stats = self.statistics
         when = stats.clamp_time(at)
@@ -241,7 +248,7 @@ class RankingFeatureBuilder:
                 self.genre_share(history)[genres].sum(axis=1),
                 np.full(count, np.log1p(len(history)) / 7.0),
                 np.full(count, history_pop),
-                self.history_similarity(history, candidates),
+                self.history_similarity(history, candidates, candidate_vectors),
                 self.history_cooccurrence(history, candidates),
             ]
         ).astype(np.float32)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from cascade.artifacts import fingerprint
 from cascade.config import AppConfig
@@ -61,12 +62,15 @@ def ensure_features_loaded(config: AppConfig, store: RedisFeatureStore) -> bool:
 
 
 def configure_serving_process(config: AppConfig) -> None:
-    """Requests run in parallel threads, so each request's torch and FAISS work stays single-threaded;
-    and the allocator keeps per-request tensors on its heap (see ``keep_large_allocations_on_the_heap``)."""
+    """Requests run in parallel threads, so each request's torch, FAISS and numpy BLAS work stays
+    single-threaded (BLAS pools that spin beside the RPC threads cost 1.7 cores at 25 requests/s in `cascade
+    bench serve`); and the allocator keeps per-request tensors on its heap (see
+    ``keep_large_allocations_on_the_heap``)."""
     import faiss
 
     torch.set_num_threads(config.serving.compute_threads)
     faiss.omp_set_num_threads(config.serving.compute_threads)
+    threadpool_limits(config.serving.compute_threads)  # process-wide until exit, not a context
     keep_large_allocations_on_the_heap()
 
 

@@ -49,13 +49,15 @@ class Recommendation:
 
 def two_tower_order(
     items: np.ndarray, item_embeddings: np.ndarray, query: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Candidates from any channel in two-tower order: items (C,), embeddings (N, D) of item indices
-    1..N, query (D,) -> (order (C,) into ``items``, two-tower scores in that order). Ranking features read
-    the recall score and rank from this order, whichever channel proposed an item."""
-    scores = item_embeddings[items - 1] @ query
+    1..N, query (D,) -> (order (C,) into ``items``, two-tower scores and the candidates' vectors (C, D), both
+    in that order). Ranking features read the recall score and rank from this order, whichever channel
+    proposed an item, and reuse the vectors rather than gather them from the catalogue a second time."""
+    vectors = item_embeddings[items - 1]
+    scores = vectors @ query
     order = np.argsort(-scores, kind="stable")
-    return order, scores[order].astype(np.float32)
+    return order, scores[order].astype(np.float32), vectors[order]
 
 
 class RecommendationPipeline:
@@ -134,10 +136,10 @@ class RecommendationPipeline:
         if query is None or len(items) == 0:
             scores = channel_scores
         else:
-            order, tt_scores = two_tower_order(items, self.models.index.embeddings, query)
+            order, tt_scores, vectors = two_tower_order(items, self.models.index.embeddings, query)
             items, sources, channel_scores = items[order], sources[order], channel_scores[order]
             batch = self.models.ranking_features.build(
-                ctx.row, ctx.history, items, tt_scores, encode_channels(sources), ctx.at
+                ctx.row, ctx.history, items, tt_scores, encode_channels(sources), ctx.at, vectors
             )
             features_built = time.perf_counter()
             scores = self.models.ranker.score(batch)

@@ -613,12 +613,18 @@ def labelled_candidates(
         )
         if len(merged) == 0:
             continue
-        order, scores = two_tower_order(merged.items, item_embeddings, queries[i])
+        order, scores, vectors = two_tower_order(merged.items, item_embeddings, queries[i])
         cand = merged.items[order]
         at = float(last_seen.get(user, statistics.end))
         batches.append(
             builder.build(
-                _user_row(prep.users, row), history, cand, scores, encode_channels(merged.sources[order]), at
+                _user_row(prep.users, row),
+                history,
+                cand,
+                scores,
+                encode_channels(merged.sources[order]),
+                at,
+                vectors,
             )
         )
         labels.append(np.isin(cand, task.positives.get(user, empty)).astype(np.float32))
@@ -814,7 +820,7 @@ def evaluate_pipeline(config: AppConfig) -> dict[str, dict[str, float]]:
         query = pipeline.user_embedding(ctx)
         rankings["two_tower"][user] = pipeline.two_tower(query, ctx.seen, k).items
         merged = pipeline.channels(ctx, query)
-        order, _ = two_tower_order(merged.items, models.index.embeddings, query)
+        order, _, _ = two_tower_order(merged.items, models.index.embeddings, query)
         rankings["recall_channels"][user] = merged.items[order]
         started = time.perf_counter()
         rankings["pipeline"][user] = pipeline.recommend(ctx, k, empty).items

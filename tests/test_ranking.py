@@ -245,6 +245,17 @@ def test_history_features_equal_their_definitions():
         for name, value in expected.items():
             assert dense[name][c] == pytest.approx(value, rel=1e-5, abs=1e-6), name
     assert dense["cooccurrence_history"].any()  # the case is not vacuous
+    # serving hands over the vectors it gathered for the recall scores: the same features
+    given = builder.build(
+        UserRow(1, 1, 1, 1),
+        history,
+        candidates,
+        np.ones(5, np.float32),
+        np.ones(5, np.int64),
+        None,
+        vectors[candidates - 1],
+    )
+    np.testing.assert_array_equal(given.dense, batch.dense)
     # a user without a history gets zeros, not an error
     cold = builder.build(
         UserRow(1, 1, 1, 1), np.zeros(0, np.int64), candidates, np.ones(5, np.float32), np.ones(5, np.int64)
