@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cascade.sparse import csr_row_entries
+
 USER_SIDE = ("gender", "age", "occupation", "zip")
 
 
@@ -49,12 +51,10 @@ class ImplicitFeedback:
 
     def bags(self, users: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(items, offsets, per-item weights |N(u)|^-1/2) of the given users, for EmbeddingBag."""
-        starts, counts = self.offsets[users], self.counts[users]
-        bag_starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-        # position j of bag b reads starts[b] + j: one vectorised gather instead of a range per user
-        index = np.repeat(starts - bag_starts, counts) + np.arange(counts.sum(), dtype=np.int64)
-        items = self.items[torch.from_numpy(index.astype(np.int64))]
-        offsets = torch.from_numpy(bag_starts)
+        counts = self.counts[users]
+        _, index = csr_row_entries(self.offsets, users)
+        items = self.items[torch.from_numpy(index)]
+        offsets = torch.from_numpy((np.cumsum(counts) - counts).astype(np.int64))
         weights = torch.from_numpy(np.repeat(1.0 / np.sqrt(np.maximum(counts, 1)), counts).astype(np.float32))
         return items, offsets, weights
 
@@ -149,26 +149,25 @@ class ItemAutoRec(nn.Module):
         self.num_users = num_users
         self.encoder = nn.Linear(num_users, hidden)
         self.decoder = nn.Linear(hidden, num_users)
+        # plain arrays, not buffers: the known ratings are input, not state to copy with each best epoch
         order = np.lexsort((known.users, known.items))
-        counts = np.bincount(known.items, minlength=num_items)
-        self.register_buffer("item_offsets", torch.from_numpy(np.concatenate([[0], np.cumsum(counts)])))
-        self.register_buffer("known_users", torch.from_numpy(known.users[order].astype(np.int64)))
-        self.register_buffer("known_ratings", torch.from_numpy(known.ratings[order].astype(np.float32)))
+        self.item_offsets = np.concatenate([[0], np.cumsum(np.bincount(known.items, minlength=num_items))])
+        self.known_users = known.users[order].astype(np.int64)
+        self.known_ratings = torch.from_numpy(known.ratings[order].astype(np.float32))
         self.known_count = len(known.ratings)
 
-    def item_columns(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def num_items(self) -> int:
+        return len(self.item_offsets) - 1
+
+    def item_columns(self, items: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """items (b,) -> known ratings (b, U) and their observed mask (b, U)."""
-        starts, ends = self.item_offsets[items], self.item_offsets[items + 1]
-        counts = ends - starts
-        row = torch.repeat_interleave(torch.arange(len(items)), counts)
-        position = torch.arange(int(counts.sum())) - torch.repeat_interleave(
-            torch.cumsum(counts, 0) - counts, counts
-        )
-        entries = torch.repeat_interleave(starts, counts) + position
+        row, entries = csr_row_entries(self.item_offsets, items)
+        row, users = torch.from_numpy(row), torch.from_numpy(self.known_users[entries])
         ratings = torch.zeros(len(items), self.num_users)
         mask = torch.zeros(len(items), self.num_users)
-        ratings[row, self.known_users[entries]] = self.known_ratings[entries]
-        mask[row, self.known_users[entries]] = 1.0
+        ratings[row, users] = self.known_ratings[torch.from_numpy(entries)]
+        mask[row, users] = 1.0
         return ratings, mask
 
     def reconstruct(self, ratings: torch.Tensor) -> torch.Tensor:
@@ -180,7 +179,7 @@ class ItemAutoRec(nn.Module):
             2 * self.known_count
         )
 
-    def reconstruction_loss(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def reconstruction_loss(self, items: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """items (b,) -> mean squared error over their observed entries, penalty (scalars)."""
         ratings, mask = self.item_columns(items)
         error = (self.reconstruct(ratings) - ratings).square() * mask
@@ -188,8 +187,8 @@ class ItemAutoRec(nn.Module):
 
     def forward(self, users: torch.Tensor, items: torch.Tensor, **_) -> tuple[torch.Tensor, torch.Tensor]:
         """users, items (B,) -> predictions (B,), penalty (scalar); each distinct item is decoded once."""
-        unique, row = torch.unique(items, return_inverse=True)
-        return self.reconstruct(self.item_columns(unique)[0])[row, users], self.penalty()
+        unique, row = np.unique(items.numpy(), return_inverse=True)
+        return self.reconstruct(self.item_columns(unique)[0])[torch.from_numpy(row), users], self.penalty()
 
 
 @dataclass(frozen=True)
@@ -240,14 +239,14 @@ def train_rating_model(
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     best = (float("inf"), 0, copy.deepcopy(model.state_dict()))
     targets = torch.from_numpy(train.ratings.astype(np.float32))
+    autorec = isinstance(model, ItemAutoRec)
     for epoch in range(settings.epochs):
         model.train()
-        autorec = isinstance(model, ItemAutoRec)
-        order = rng.permutation(len(model.item_offsets) - 1 if autorec else len(train.ratings))
+        order = rng.permutation(model.num_items if autorec else len(train.ratings))
         for start in range(0, len(order), settings.batch_size):
             rows = order[start : start + settings.batch_size]
             if autorec:
-                error, penalty = model.reconstruction_loss(torch.from_numpy(rows))
+                error, penalty = model.reconstruction_loss(rows)
             else:
                 prediction, penalty = model(**_inputs(model, train.take(rows), side, feedback))
                 error = F.mse_loss(prediction, targets[rows])

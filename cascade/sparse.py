@@ -1,0 +1,17 @@
+"""Gathering whole rows of CSR-style arrays (an ``indptr`` of row starts) without a Python loop over rows."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def csr_row_entries(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The entries of ``rows`` (R,), row after row, each row's in stored order -> (position (E,): which of
+    ``rows`` each entry belongs to, entry (E,): its index into the CSR data arrays). A row may repeat."""
+    rows = np.asarray(rows, dtype=np.int64)
+    starts = indptr[rows].astype(np.int64)
+    lengths = indptr[rows + 1].astype(np.int64) - starts
+    firsts = np.cumsum(lengths) - lengths
+    # entry j of the r-th row is starts[r] + j
+    entries = np.repeat(starts - firsts, lengths) + np.arange(lengths.sum(), dtype=np.int64)
+    return np.repeat(np.arange(len(rows), dtype=np.int64), lengths), entries
