@@ -19,8 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ranking.features import DENSE_FEATURES
-
 USER_FIELDS = ("user", "gender", "age", "occupation", "zip")
 
 
@@ -36,6 +34,7 @@ class DINSpec:
     activation: str
     dropout: float
     max_genres: int
+    dense_width: int  # columns of RankingBatch.dense
 
     @property
     def behaviour_dim(self) -> int:
@@ -198,7 +197,7 @@ class DIN(nn.Module):
         self.channel_embedding = nn.Embedding(card["channel"], spec.user_dim)
         dim = spec.behaviour_dim
         self.attention = ActivationUnit(dim, spec.attention_hidden, spec.attention_activation)
-        width = len(USER_FIELDS) * spec.user_dim + 2 * dim + 2 * spec.user_dim + len(DENSE_FEATURES)
+        width = len(USER_FIELDS) * spec.user_dim + 2 * dim + 2 * spec.user_dim + spec.dense_width
         layers: list[nn.Module] = []
         for hidden in spec.hidden_dims:
             layers += [

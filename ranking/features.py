@@ -17,7 +17,7 @@ from ranking.statistics import ItemStatistics
 
 # Bumped whenever a feature's meaning changes, so that rankers trained on the old meaning are retrained
 # rather than served.
-FEATURES_VERSION = 4
+FEATURES_VERSION = 5
 
 # Recall scores are not comparable across users (each user's query vector differs), so the request-relative
 # position and gap to the best candidate carry the recall order into ranking.
@@ -47,6 +47,9 @@ DENSE_FEATURES = (
     "cooccurrence_max",
     "cooccurrence_log_support_latest_10",
 )
+# then one predicted rating per configured rating model (RankingConfig.rating_models), named by
+# dense_feature_names
+RATING_FEATURE_PREFIX = "predicted_rating_"
 # how much each older behaviour counts in cooccurrence_decayed, as the co-occurrence channel weighs it
 COOCCURRENCE_DECAY = 0.9
 
@@ -56,6 +59,11 @@ _CHANNEL_CODES = {name: code for code, name in enumerate(CHANNELS, start=1)}
 
 REQUEST_FIELDS = ("user", "gender", "age", "occupation", "zip", "history")
 CANDIDATE_FIELDS = ("request", "item", "genres", "year", "channel", "dense")
+
+
+def dense_feature_names(rating_models: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The columns of RankingBatch.dense when the given rating models supply predicted ratings."""
+    return DENSE_FEATURES + tuple(RATING_FEATURE_PREFIX + kind for kind in rating_models)
 
 
 def encode_channels(sources) -> np.ndarray:
@@ -72,6 +80,16 @@ class ItemRelations(Protocol):
 
     def pair_strengths(self, sources: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """sources (H,), targets (C,) distinct item indices -> confidence (H, C), support (H, C); 0 = none."""
+        ...
+
+
+class RatingPredictor(Protocol):
+    """Predicted ratings of candidates by rating models (ranking.rating_features provides them)."""
+
+    kinds: tuple[str, ...]
+
+    def predict(self, user: UserRow, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """history (H,) latest first, candidates (C,) item indices -> (C, len(kinds)) float32."""
         ...
 
 
@@ -93,7 +111,7 @@ class RankingBatch:
     Per request: ``user``, ``gender``, ``age``, ``occupation``, ``zip`` (R,) int64 and ``history`` (R, L)
     int64 item indices, most recent first, 0-padded. Per candidate: ``request`` (B,) int64 in [0, R),
     ``item``, ``year``, ``channel`` (B,) int64, ``genres`` (B, G) int64 0-padded, ``dense``
-    (B, len(DENSE_FEATURES)) float32. Candidates of one request are contiguous.
+    (B, len(dense_feature_names(rating models))) float32. Candidates of one request are contiguous.
     """
 
     user: np.ndarray
@@ -148,7 +166,8 @@ class RankingFeatureBuilder:
 
     ``statistics``, ``item_vectors`` (N, D), the two-tower item embeddings of item indices 1..N, and
     ``relations`` must come from the same training window as the candidates' recall model (see
-    ItemStatistics), so no feature peeks at the evaluation window; ``history_length`` is the behaviour
+    ItemStatistics), so no feature peeks at the evaluation window, and so must ``ratings``, whose
+    predictions follow the DENSE_FEATURES columns when given; ``history_length`` is the behaviour
     sequence the models see.
     """
 
@@ -160,8 +179,10 @@ class RankingFeatureBuilder:
         history_length: int,
         item_vectors: np.ndarray,
         relations: ItemRelations,
+        ratings: RatingPredictor | None = None,
     ):
         self.schema = schema
+        self.ratings = ratings
         self.items = items
         self.statistics = statistics
         self.history_length = history_length
@@ -211,6 +232,10 @@ class RankingFeatureBuilder:
             ]
         )
 
+    @property
+    def dense_features(self) -> tuple[str, ...]:
+        return dense_feature_names(self.ratings.kinds if self.ratings is not None else ())
+
     def build(
         self,
         user: UserRow,
@@ -252,6 +277,8 @@ class RankingFeatureBuilder:
                 self.history_cooccurrence(history, candidates),
             ]
         ).astype(np.float32)
+        if self.ratings is not None:
+            dense = np.hstack([dense, self.ratings.predict(user, history, candidates)])
         padded = np.zeros((1, self.history_length), dtype=np.int64)
         padded[0, : len(history)] = history
         return RankingBatch(

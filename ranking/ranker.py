@@ -6,7 +6,7 @@ import copy
 import json
 import logging
 from abc import ABC, abstractmethod
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import lightgbm as lgb
@@ -14,15 +14,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from scipy.special import expit
 from torch import nn
 from tqdm import tqdm
 
 from cascade.config import RankingConfig
 from cascade.errors import ArtifactError
 from cascade.features import FeatureSchema, ItemFeatures
-from cascade.metrics import gauc
+from cascade.metrics import auc, gauc
 from ranking.din import DIN, DINSpec
-from ranking.features import CHANNELS, DENSE_FEATURES, FEATURES_VERSION, RankingBatch
+from ranking.features import CHANNELS, FEATURES_VERSION, RankingBatch, dense_feature_names
 from ranking.wide_deep import WideDeep, WideDeepSpec
 
 logger = logging.getLogger(__name__)
@@ -33,10 +34,12 @@ Validation = tuple[RankingBatch, np.ndarray]
 
 def _meta_matches(meta: dict, folder: Path) -> None:
     trained_on = (meta.get("dense_features"), meta.get("features_version"))
-    if trained_on != (list(DENSE_FEATURES), FEATURES_VERSION):
+    rating_models = meta.get("config", {}).get("rating_models", [])
+    builds = (list(dense_feature_names(rating_models)), FEATURES_VERSION)
+    if trained_on != builds:
         raise ArtifactError(
-            f"ranker in {folder} was trained on features {trained_on}, this code builds "
-            f"{(list(DENSE_FEATURES), FEATURES_VERSION)}; retrain with `cascade train ranking`"
+            f"ranker in {folder} was trained on features {trained_on}, this code builds {builds}; "
+            "retrain with `cascade train ranking`"
         )
 
 
@@ -57,8 +60,8 @@ class Ranker(ABC):
         progress: bool = True,
         validation: Validation | None = None,
     ) -> dict[str, float]:
-        """Train on labelled candidates (labels (B,) 0/1); ``validation`` picks epochs / rounds.
-        Returns training metrics."""
+        """Train on labelled candidates (labels (B,) 0/1); ``validation`` picks the neural rankers' epoch
+        and joins LightGBM's cross-validation folds. Returns training metrics, with validation_gauc."""
 
     @abstractmethod
     def score(self, batch: RankingBatch) -> np.ndarray:
@@ -79,7 +82,7 @@ class Ranker(ABC):
     def _meta(self, config: RankingConfig, **extra) -> dict:
         return {
             "type": self.type,
-            "dense_features": list(DENSE_FEATURES),
+            "dense_features": list(dense_feature_names(config.rating_models)),
             "features_version": FEATURES_VERSION,
             "config": config.model_dump(mode="json"),
             **extra,
@@ -181,6 +184,7 @@ class WideDeepRanker(TorchRanker):
             hidden_dims=tuple(config.hidden_dims),
             dropout=config.dropout,
             hash_buckets=config.wide_hash_buckets,
+            dense_width=len(dense_feature_names(config.rating_models)),
         )
         return cls(WideDeep(spec), config)
 
@@ -213,6 +217,7 @@ class DINRanker(TorchRanker):
             activation=config.din_activation,
             dropout=config.dropout,
             max_genres=max_genres,
+            dense_width=len(dense_feature_names(config.rating_models)),
         )
 
     def set_inference_precision(self, precision: str) -> bool:
@@ -237,22 +242,58 @@ class DINRanker(TorchRanker):
         return cls(model, config)
 
 
-# the engineered features LightGBM sees: every dense feature, the channel and the release year bucket
-GBDT_FEATURES = (*DENSE_FEATURES, "channel", "year")
+@dataclass(frozen=True)
+class CrossValidation:
+    """curves: objective -> mean held-out NDCG@10 after each round (rounds,); fold_of: request -> its fold;
+    boosters: objective -> one model per fold, trained without that fold."""
+
+    curves: dict[str, np.ndarray]
+    fold_of: np.ndarray
+    boosters: dict[str, list[lgb.Booster]]
+
+    def best(self) -> tuple[str, int]:
+        """The objective and round count with the best mean NDCG@10 (the first listed wins a tie)."""
+        objective = max(self.curves, key=lambda name: self.curves[name].max())
+        return objective, int(self.curves[objective].argmax()) + 1
+
+    def out_of_fold(
+        self, objective: str, rounds: int, features: np.ndarray, request: np.ndarray
+    ) -> np.ndarray:
+        """Raw scores (B,) of each candidate by the fold model that never saw its request."""
+        scores = np.zeros(len(features))
+        fold = self.fold_of[request]
+        for k, booster in enumerate(self.boosters[objective]):
+            rows = np.flatnonzero(fold == k)
+            scores[rows] = booster.predict(features[rows], num_iteration=rounds)
+        return scores
+
+
+def gbdt_features(config: RankingConfig) -> tuple[str, ...]:
+    """The engineered features LightGBM sees: every dense feature, the channel and the release year bucket."""
+    return (*dense_feature_names(config.rating_models), "channel", "year")
 
 
 class LightGBMRanker(Ranker):
-    """LambdaMART (LightGBM's lambdarank objective) over the engineered features, one query group per
-    request; rounds chosen by early stopping on validation NDCG@10. Its scores are mapped to probabilities
-    by a logistic (Platt) fit on the validation candidates, which keeps their order."""
+    """Gradient-boosted trees with a ranking objective (LambdaMART's lambdarank, or rank_xendcg) over the
+    engineered features, one query group per request. The objective and the number of rounds are picked
+    together by k-fold cross-validation over the training requests (best mean NDCG@10), and the k fold
+    models, each trained without its fold, score together: their raw scores are averaged. Scores are
+    mapped to probabilities by a logistic (Platt) fit on the out-of-fold scores, which keeps their order."""
 
     type = "lightgbm"
-    MODEL_FILE = "lightgbm.txt"
+    MODEL_FILE = "lightgbm_fold{}.txt"
 
-    def __init__(self, config: RankingConfig, booster: lgb.Booster | None = None, platt=(1.0, 0.0)):
+    def __init__(
+        self,
+        config: RankingConfig,
+        boosters: list[lgb.Booster] | None = None,
+        platt=(1.0, 0.0),
+        objective: str | None = None,
+    ):
         self.config = config
-        self.booster = booster
+        self.boosters = boosters or []
         self.platt = platt
+        self.objective = objective
 
     @classmethod
     def create(cls, config: RankingConfig, schema: FeatureSchema, items: ItemFeatures) -> LightGBMRanker:
@@ -260,33 +301,29 @@ class LightGBMRanker(Ranker):
 
     @staticmethod
     def features(batch: RankingBatch) -> np.ndarray:
-        """(B, len(GBDT_FEATURES)) float32."""
+        """(B, len(gbdt_features)) float32."""
         return np.column_stack([batch.dense, batch.channel, batch.year]).astype(np.float32)
 
-    @staticmethod
-    def _grouped(batch: RankingBatch, labels: np.ndarray) -> lgb.Dataset:
-        order = np.argsort(batch.request, kind="stable")
-        sizes = np.bincount(batch.request)
+    def _grouped(
+        self, batch: RankingBatch, labels: np.ndarray, requests: np.ndarray | None = None
+    ) -> lgb.Dataset:
+        """The candidates of ``requests`` (all when None) as one query group per request."""
+        rows = np.arange(len(batch)) if requests is None else np.flatnonzero(np.isin(batch.request, requests))
+        rows = rows[np.argsort(batch.request[rows], kind="stable")]
+        sizes = np.bincount(batch.request[rows])
         return lgb.Dataset(
-            LightGBMRanker.features(batch)[order],
-            np.asarray(labels)[order].astype(np.int32),
+            self.features(batch)[rows],
+            np.asarray(labels)[rows].astype(np.int32),
             group=sizes[sizes > 0],
-            feature_name=list(GBDT_FEATURES),
+            feature_name=list(gbdt_features(self.config)),
             categorical_feature=["channel"],
             free_raw_data=False,
         )
 
-    def fit(
-        self,
-        batch: RankingBatch,
-        labels: np.ndarray,
-        seed: int,
-        progress: bool = True,
-        validation: Validation | None = None,
-    ) -> dict[str, float]:
+    def _params(self, objective: str, seed: int) -> dict:
         cfg = self.config
-        params = {
-            "objective": "lambdarank",
+        return {
+            "objective": objective,
             "metric": "ndcg",
             "eval_at": [10],
             "learning_rate": cfg.lgb_learning_rate,
@@ -301,54 +338,111 @@ class LightGBMRanker(Ranker):
             "num_threads": cfg.threads,
             "verbosity": -1,
         }
-        train = self._grouped(batch, labels)
-        callbacks = []
-        valid_sets = []
+
+    def cross_validate(self, batch: RankingBatch, labels: np.ndarray, seed: int) -> CrossValidation:
+        """Every objective on lgb_cv_folds seeded folds of the requests, each fold's model trained on the
+        other folds for lgb_rounds rounds, its NDCG@10 on its own fold recorded after every round."""
+        cfg = self.config
+        requests = np.unique(batch.request)
+        fold_of = np.full(batch.request.max() + 1, -1)
+        fold_of[requests] = np.random.default_rng(seed).permutation(len(requests)) % cfg.lgb_cv_folds
+        curves: dict[str, np.ndarray] = {}
+        boosters: dict[str, list[lgb.Booster]] = {}
+        for objective in cfg.lgb_objectives:
+            per_fold, boosters[objective] = [], []
+            for fold in range(cfg.lgb_cv_folds):
+                train = self._grouped(batch, labels, requests[fold_of[requests] != fold])
+                held = self._grouped(batch, labels, requests[fold_of[requests] == fold]).set_reference(train)
+                record: dict = {}
+                booster = lgb.train(
+                    self._params(objective, seed),
+                    train,
+                    num_boost_round=cfg.lgb_rounds,
+                    valid_sets=[held],
+                    callbacks=[lgb.record_evaluation(record)],
+                )
+                per_fold.append(record["valid_0"]["ndcg@10"])
+                boosters[objective].append(booster)
+            curves[objective] = np.mean(per_fold, axis=0)
+        return CrossValidation(curves, fold_of, boosters)
+
+    def fit(
+        self,
+        batch: RankingBatch,
+        labels: np.ndarray,
+        seed: int,
+        progress: bool = True,
+        validation: Validation | None = None,
+    ) -> dict[str, float]:
+        """Cross-validation over the training and validation requests together picks the objective and
+        the rounds (a held-out share of ~90 users picked them noisily on MovieLens-100K, and here it
+        would only have picked them); the Platt scaling and the validation metrics come from the
+        out-of-fold scores."""
         if validation is not None:
-            valid_sets = [self._grouped(*validation).set_reference(train)]
-            callbacks.append(lgb.early_stopping(cfg.lgb_early_stopping_rounds, verbose=False))
-        if progress:
-            callbacks.append(lgb.log_evaluation(period=50))
-        self.booster = lgb.train(
-            params, train, num_boost_round=cfg.lgb_rounds, valid_sets=valid_sets, callbacks=callbacks
+            batch = RankingBatch.concat([batch, validation[0]])
+            labels = np.concatenate([labels, validation[1]])
+        labels = np.asarray(labels, dtype=np.float64)
+        cv = self.cross_validate(batch, labels, seed)
+        objective, rounds = cv.best()
+        logger.info(
+            "LightGBM cross-validation: %s; kept %s with %d rounds",
+            {name: round(float(c.max()), 4) for name, c in cv.curves.items()},
+            objective,
+            rounds,
         )
-        metrics = {"rounds": float(self.booster.best_iteration or self.booster.current_iteration())}
-        if validation is not None:
-            val_batch, val_labels = validation
-            raw = self._raw(val_batch)
-            self.platt = _platt(raw, np.asarray(val_labels, dtype=np.float64))
-            metrics["validation_ndcg@10"] = float(self.booster.best_score["valid_0"]["ndcg@10"])
-            metrics["validation_gauc"] = gauc(val_labels, raw, val_batch.request)
-        return metrics
+        # the fold models, not one refit on everything: on MovieLens-100K their average ranked the held-out
+        # window better in each of three settings tried (NDCG@10 +0.004 to +0.006), the variance a refit
+        # with a round count picked for 80% of the users keeps; k x the trees to evaluate, ~1 ms / request
+        self.boosters = [
+            lgb.Booster(model_str=b.model_to_string(num_iteration=rounds)) for b in cv.boosters[objective]
+        ]
+        self.objective = objective
+        held_out = cv.out_of_fold(objective, rounds, self.features(batch), batch.request)
+        self.platt = _platt(held_out, labels)
+        metrics = {
+            "rounds": float(rounds),
+            "cv_ndcg@10": float(cv.curves[objective][rounds - 1]),
+            "validation_auc": auc(labels, held_out),
+            "validation_gauc": gauc(labels, held_out, batch.request),
+        }
+        return metrics | {f"cv_ndcg@10_{name}": float(c.max()) for name, c in cv.curves.items()}
 
     def _raw(self, batch: RankingBatch) -> np.ndarray:
-        if self.booster is None:
+        if not self.boosters:
             raise RuntimeError("the LightGBM ranker is not trained")
-        return self.booster.predict(
-            self.features(batch), num_iteration=self.booster.best_iteration or None, num_threads=1
-        )
+        features = self.features(batch)
+        return np.mean([b.predict(features, num_threads=1) for b in self.boosters], axis=0)
 
     def score(self, batch: RankingBatch) -> np.ndarray:
         a, b = self.platt
-        return (1.0 / (1.0 + np.exp(-(a * self._raw(batch) + b)))).astype(np.float32)
+        return expit(a * self._raw(batch) + b).astype(np.float32)
 
     def save(self, folder: Path) -> None:
-        if self.booster is None:
+        if not self.boosters:
             raise RuntimeError("the LightGBM ranker is not trained")
-        (folder / self.MODEL_FILE).write_text(
-            self.booster.model_to_string(num_iteration=self.booster.best_iteration or None)
+        for k, booster in enumerate(self.boosters):
+            (folder / self.MODEL_FILE.format(k)).write_text(booster.model_to_string())
+        meta = self._meta(
+            self.config,
+            features=list(gbdt_features(self.config)),
+            platt=list(self.platt),
+            objective=self.objective,
+            folds=len(self.boosters),
         )
-        meta = self._meta(self.config, features=list(GBDT_FEATURES), platt=list(self.platt))
         (folder / RANKER_META).write_text(json.dumps(meta, indent=2))
 
     @classmethod
     def load(cls, folder: Path) -> LightGBMRanker:
         meta = json.loads((folder / RANKER_META).read_text())
         _meta_matches(meta, folder)
-        if meta.get("features") != list(GBDT_FEATURES):
+        config = RankingConfig.model_validate(meta["config"])
+        if meta.get("features") != list(gbdt_features(config)):
             raise ArtifactError(f"LightGBM ranker in {folder} was trained on {meta.get('features')}")
-        booster = lgb.Booster(model_str=(folder / cls.MODEL_FILE).read_text())
-        return cls(RankingConfig.model_validate(meta["config"]), booster, tuple(meta["platt"]))
+        boosters = [
+            lgb.Booster(model_str=(folder / cls.MODEL_FILE.format(k)).read_text())
+            for k in range(meta["folds"])
+        ]
+        return cls(config, boosters, tuple(meta["platt"]), meta.get("objective"))
 
 
 def _platt(scores: np.ndarray, labels: np.ndarray, iterations: int = 50) -> tuple[float, float]:

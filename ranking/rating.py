@@ -18,13 +18,17 @@ import copy
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cascade.features import FeatureSchema, ItemFeatures
 from cascade.sparse import csr_row_entries
 
 USER_SIDE = ("gender", "age", "occupation", "zip")
+RATING_FACTORS = 32
+AUTOREC_HIDDEN = 500
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,15 @@ class RatingData:
 
     def take(self, rows: np.ndarray) -> RatingData:
         return RatingData(self.users[rows], self.items[rows], self.ratings[rows])
+
+    @classmethod
+    def of_interactions(cls, schema: FeatureSchema, interactions: pd.DataFrame) -> RatingData:
+        """The ratings of ``interactions`` (user_id, item_id, rating columns), encoded by ``schema``."""
+        return cls(
+            schema.user_index(interactions["user_id"].to_numpy()),
+            schema.item_index(interactions["item_id"].to_numpy()),
+            interactions["rating"].to_numpy(dtype=np.float32),
+        )
 
 
 class ImplicitFeedback:
@@ -200,6 +213,40 @@ class RatingTrainSettings:
     patience: int = 4
 
 
+# Each kind's L2 grid (`evaluate rating` picks from it on a validation part) and optimiser settings; the
+# settings' own l2 is what the grid picks on MovieLens-100K, which ranking's rating features train with.
+RATING_MODELS: dict[str, tuple[tuple[float, ...], RatingTrainSettings]] = {
+    "pmf": ((0.03, 0.1, 0.3, 1.0), RatingTrainSettings(l2=0.1)),
+    "hybrid": ((0.03, 0.1, 0.3, 1.0), RatingTrainSettings(l2=0.1)),
+    "autorec": (
+        (30.0, 100.0, 300.0),
+        RatingTrainSettings(l2=100.0, epochs=200, batch_size=64, learning_rate=1e-3, patience=10),
+    ),
+}
+
+
+def build_rating_model(kind: str, schema: FeatureSchema, items: ItemFeatures, train: RatingData) -> nn.Module:
+    """A fresh, untrained rating model of ``kind`` (a RATING_MODELS key) for ``train``'s ratings."""
+    mean = float(train.ratings.mean()) if len(train.ratings) else 3.0
+    if kind == "pmf":
+        return PMF(schema.num_users, schema.num_items, RATING_FACTORS, mean)
+    if kind == "autorec":
+        return ItemAutoRec(schema.num_users, schema.num_items, train, AUTOREC_HIDDEN)
+    if kind == "hybrid":
+        return HybridRatingModel(
+            schema.num_users,
+            schema.num_items,
+            RATING_FACTORS,
+            mean,
+            {name: schema.cardinality(name) for name in USER_SIDE},
+            items.genres,
+            items.year,
+            schema.num_genres,
+            schema.num_years,
+        )
+    raise ValueError(f"unknown rating model {kind!r}; known: {sorted(RATING_MODELS)}")
+
+
 def _inputs(model: nn.Module, data: RatingData, side: dict[str, np.ndarray], feedback: ImplicitFeedback):
     users = torch.from_numpy(data.users.astype(np.int64))
     kwargs: dict = {"users": users, "items": torch.from_numpy(data.items.astype(np.int64))}
@@ -234,6 +281,15 @@ def train_rating_model(
 ) -> tuple[nn.Module, dict[str, float]]:
     """Adam on squared error + l2 * penalty; keeps the epoch with the lowest validation RMSE. Batches are
     ratings, except for ItemAutoRec, whose batches are items (all of each item's known ratings)."""
+    if isinstance(model, HybridRatingModel) and torch.get_num_threads() > 1:
+        # EmbeddingBag's backward sums in a thread-dependent order, so on several threads two runs differ
+        # (predictions by up to 0.06 on ML-100K); on one it is bit-reproducible and about as fast
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return train_rating_model(model, train, validation, side, feedback, settings, seed)
+        finally:
+            torch.set_num_threads(before)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)

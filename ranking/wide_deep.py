@@ -8,8 +8,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ranking.features import DENSE_FEATURES
-
 USER_FIELDS = ("user", "gender", "age", "occupation", "zip")
 CANDIDATE_FIELDS = ("item", "genre", "year", "channel")
 # feature name -> (batch key, per-request?, multi-valued?)
@@ -37,6 +35,7 @@ class WideDeepSpec:
     hidden_dims: tuple[int, ...]
     dropout: float
     hash_buckets: int
+    dense_width: int  # columns of RankingBatch.dense
 
 
 def field_ids(batch: dict[str, torch.Tensor], field: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,7 +107,7 @@ class WideDeep(nn.Module):
         )
         layers: list[nn.Module] = []
         # user fields, the pooled history, candidate fields, dense features
-        width = (len(USER_FIELDS) + 1 + len(CANDIDATE_FIELDS)) * dim + len(DENSE_FEATURES)
+        width = (len(USER_FIELDS) + 1 + len(CANDIDATE_FIELDS)) * dim + spec.dense_width
         for hidden in spec.hidden_dims:
             layers += [nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(spec.dropout)]
             width = hidden

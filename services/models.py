@@ -13,6 +13,7 @@ from cascade.errors import ArtifactError
 from cascade.features import SCHEMA_VERSION, FeatureSchema, ItemFeatures
 from ranking.features import RankingFeatureBuilder
 from ranking.ranker import Ranker, load_ranker
+from ranking.rating_features import RatingFeatureModels
 from ranking.statistics import ItemStatistics
 from recall.channels import CooccurrenceRules, SegmentPopularity
 from recall.index import ItemIndex
@@ -98,6 +99,11 @@ class ServingModels:
                 ranking_ref.manifest["config"]["features"]["history_length"],
                 item_vectors=index.embeddings,
                 relations=cooccurrence,
+                ratings=(
+                    RatingFeatureModels.load(ranking_ref.path, schema, items)
+                    if ranking_ref.manifest["config"]["ranking"].get("rating_models")
+                    else None
+                ),
             ),
             versions={
                 "recall": recall_ref.version,

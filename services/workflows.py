@@ -29,26 +29,26 @@ from cascade.features import SCHEMA_VERSION, USER_FIELDS, FeatureSchema, ItemFea
 from cascade.metrics import auc, evaluate_rankings, gauc, logloss
 from cascade.seeding import seed_everything
 from ranking.features import (
-    DENSE_FEATURES,
     FEATURES_VERSION,
     RankingBatch,
     RankingFeatureBuilder,
     UserRow,
+    dense_feature_names,
     encode_channels,
 )
 from ranking.ranker import RANKERS, Ranker, create_ranker
 from ranking.rating import (
-    PMF,
-    HybridRatingModel,
+    RATING_MODELS,
+    USER_SIDE,
     ImplicitFeedback,
-    ItemAutoRec,
     RatingBlend,
     RatingData,
-    RatingTrainSettings,
+    build_rating_model,
     predict,
     rmse,
     train_rating_model,
 )
+from ranking.rating_features import RatingFeatureModels
 from ranking.statistics import ItemStatistics
 from recall.baselines import ALSRecommender, interaction_matrix, tune_als
 from recall.channels import (
@@ -579,12 +579,13 @@ def labelled_candidates(
     model: TwoTowerModel,
     rules: CooccurrenceRules,
     statistics: ItemStatistics,
+    ratings: RatingFeatureModels | None,
     max_users: int | None = None,
 ) -> RankingExamples:
     """For each user with held-out positives in ``split``: the two-tower and co-occurrence candidates
     merged as serving merges them, featurised as of the user's last training interaction, labelled 1 when
-    among the user's held-out positives. ``model``, ``rules`` and ``statistics`` must come from
-    ``split.train`` only, so no feature sees the held-out window. ``max_users``: a seeded sample of the
+    among the user's held-out positives. ``model``, ``rules``, ``statistics`` and ``ratings`` must come
+    from ``split.train`` only, so no feature sees the held-out window. ``max_users``: a seeded sample of the
     users, all when None."""
     task = RecallTask.of(prep, split, config, max_users=max_users)
     item_embeddings, queries = task.embed(model, prep)
@@ -596,6 +597,7 @@ def labelled_candidates(
         config.features.history_length,
         item_vectors=item_embeddings,
         relations=rules,
+        ratings=ratings,
     )
     last_seen = split.train.groupby("user_id")["timestamp"].max()
     batches, labels, users = [], [], []
@@ -634,9 +636,21 @@ def labelled_candidates(
     )
 
 
+def rating_features(
+    config: AppConfig, prep: Prepared, interactions: pd.DataFrame
+) -> RatingFeatureModels | None:
+    """The configured rating models trained on ``interactions``' ratings; None when none are configured."""
+    if not config.ranking.rating_models:
+        return None
+    with _compute_threads(config.ranking.threads):
+        return RatingFeatureModels.fit(
+            config.ranking.rating_models, prep.schema, prep.users, prep.items, interactions, config.seed
+        )
+
+
 def ranking_training_examples(config: AppConfig, prep: Prepared, recall_ref: ArtifactRef) -> RankingExamples:
-    """Labelled candidates of the nested split, from the recall artifact's validation model and rules,
-    both fitted on the inner training part only."""
+    """Labelled candidates of the nested split, from the recall artifact's validation model and rules and
+    rating models, all fitted on the inner training part only."""
     inner = temporal_split(prep.split.train, config.data.holdout_fraction)
     return labelled_candidates(
         config,
@@ -645,6 +659,7 @@ def ranking_training_examples(config: AppConfig, prep: Prepared, recall_ref: Art
         TwoTowerModel.load(recall_ref.path, prefix=INNER_PREFIX),
         CooccurrenceRules.load(recall_ref.path / INNER_PREFIX.rstrip("_")),
         _item_statistics(config, prep, inner.train),
+        rating_features(config, prep, inner.train),
         max_users=config.ranking.max_training_users,
     )
 
@@ -655,7 +670,7 @@ def ranking_fingerprint(config: AppConfig, data_fp: str) -> str:
         recall_fingerprint(config, data_fp),
         config.ranking.model_dump(mode="json"),
         config.features.history_length,
-        DENSE_FEATURES,
+        dense_feature_names(config.ranking.rating_models),
         FEATURES_VERSION,
     )
 
@@ -686,8 +701,8 @@ def _fit_ranker(
             validation=(val_part.batch, val_part.labels),
         )
     metrics["train_seconds"] = time.perf_counter() - started
-    val_scores = ranker.score(val_part.batch)
-    metrics["validation_auc"] = auc(val_part.labels, val_scores)
+    if "validation_auc" not in metrics:  # LightGBM reports its out-of-fold AUC: it trains on val_part too
+        metrics["validation_auc"] = auc(val_part.labels, ranker.score(val_part.batch))
     metrics["validation_auc_recall_score"] = auc(val_part.labels, val_part.batch.dense[:, 0])
     return ranker, metrics
 
@@ -709,10 +724,15 @@ def train_ranking(config: AppConfig, force: bool = False, progress: bool = True)
     metrics["positive_rate"] = float(examples.labels.mean())
     logger.info("ranker %s: %s", config.ranking.type, {k: round(v, 4) for k, v in metrics.items()})
     statistics = _item_statistics(config, prep, prep.split.train)
+    ratings = rating_features(config, prep, prep.split.train)
+    if ratings is not None:
+        metrics |= {f"rating_{k}": v for k, v in ratings.metrics.items()}
 
     def write(folder: Path) -> None:
         ranker.save(folder)
         statistics.save(folder / ITEM_STATISTICS_FILE)
+        if ratings is not None:
+            ratings.save(folder)
 
     return store.publish(
         "ranking",
@@ -767,6 +787,7 @@ def evaluate_ranking(config: AppConfig, progress: bool = False) -> dict[str, dic
         TwoTowerModel.load(recall_ref.path),
         CooccurrenceRules.load(recall_ref.path),
         _item_statistics(config, prep, prep.split.train),
+        rating_features(config, prep, prep.split.train),
     )
     # the recall order: each request's candidates arrive sorted by two-tower score
     recall_scores = 1.0 / (1.0 + np.exp(-test.batch.dense[:, 0] / config.recall.temperature))
@@ -835,18 +856,6 @@ def evaluate_pipeline(config: AppConfig) -> dict[str, dict[str, float]]:
 
 # --- rating prediction -------------------------------------------------------------------------------
 
-RATING_FACTORS = 32
-AUTOREC_HIDDEN = 500
-# each model's L2 grid and optimiser settings; the grid point is chosen on the validation part
-RATING_MODELS: dict[str, tuple[tuple[float, ...], RatingTrainSettings]] = {
-    "pmf": ((0.03, 0.1, 0.3, 1.0), RatingTrainSettings(l2=0.0)),
-    "hybrid": ((0.03, 0.1, 0.3, 1.0), RatingTrainSettings(l2=0.0)),
-    "autorec": (
-        (30.0, 100.0, 300.0),
-        RatingTrainSettings(l2=0.0, epochs=200, batch_size=64, learning_rate=1e-3, patience=10),
-    ),
-}
-
 
 def evaluate_rating(config: AppConfig, progress: bool = False) -> dict[str, dict[str, float]]:
     """Rating RMSE on a seeded random 90/10 split of all ratings: PMF, the hybrid (SVD++ + side features)
@@ -855,38 +864,16 @@ def evaluate_rating(config: AppConfig, progress: bool = False) -> dict[str, dict
     to report."""
     seed_everything(config.seed)
     prep = prepare(config)
-    frame = prep.dataset.interactions
     schema = prep.schema
-    data = RatingData(
-        schema.user_index(frame["user_id"].to_numpy()),
-        schema.item_index(frame["item_id"].to_numpy()),
-        frame["rating"].to_numpy(dtype=np.float32),
-    )
+    data = RatingData.of_interactions(schema, prep.dataset.interactions)
     rng = np.random.default_rng(config.seed)
     order = rng.permutation(len(data.ratings))
     test_rows, rest = order[: len(order) // 10], order[len(order) // 10 :]
     val_rows, train_rows = rest[: len(rest) // 20], rest[len(rest) // 20 :]
     train, validation, test = data.take(train_rows), data.take(val_rows), data.take(test_rows)
     feedback = ImplicitFeedback(train, schema.num_users)
-    side = {name: getattr(prep.users, name) for name in ("gender", "age", "occupation", "zip")}
+    side = {name: getattr(prep.users, name) for name in USER_SIDE}
     mean = float(train.ratings.mean())
-
-    def build(kind: str) -> torch.nn.Module:
-        if kind == "pmf":
-            return PMF(schema.num_users, schema.num_items, RATING_FACTORS, mean)
-        if kind == "autorec":
-            return ItemAutoRec(schema.num_users, schema.num_items, train, AUTOREC_HIDDEN)
-        return HybridRatingModel(
-            schema.num_users,
-            schema.num_items,
-            RATING_FACTORS,
-            mean,
-            {name: schema.cardinality(name) for name in side},
-            prep.items.genres,
-            prep.items.year,
-            schema.num_genres,
-            schema.num_years,
-        )
 
     report = {"global_mean": {"rmse": rmse(np.full(len(test.ratings), mean), test.ratings)}}
     on_validation, on_test = {}, {}
@@ -897,7 +884,13 @@ def evaluate_rating(config: AppConfig, progress: bool = False) -> dict[str, dict
                 torch.manual_seed(config.seed)
                 started = time.perf_counter()
                 model, metrics = train_rating_model(
-                    build(kind), train, validation, side, feedback, replace(settings, l2=l2), config.seed
+                    build_rating_model(kind, schema, prep.items, train),
+                    train,
+                    validation,
+                    side,
+                    feedback,
+                    replace(settings, l2=l2),
+                    config.seed,
                 )
                 metrics |= {"l2": l2, "train_seconds": time.perf_counter() - started}
                 logger.info("rating %s l2=%s: %s", kind, l2, metrics)

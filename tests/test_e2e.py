@@ -38,7 +38,7 @@ def config(tmp_path_factory, redis_server) -> AppConfig:
             "artifacts_dir": str(root / "artifacts"),
             "data": {"data_dir": str(root / "data")},
             "recall": {"epochs": 4, "num_candidates": 150, "early_stopping_patience": 2},
-            "ranking": {"epochs": 1, "training_candidates": 100},
+            "ranking": {"epochs": 1, "training_candidates": 100, "lgb_rounds": 100, "lgb_cv_folds": 3},
             "serving": {
                 "port": 0,
                 "redis_url": redis_server.url,
@@ -447,6 +447,36 @@ def test_ranking_examples_see_nothing_of_their_evaluation_window(config, built):
     mined = _mine_rules(config, scrambled, sequences_of(prep.schema, inner.train))
     for name in ("indptr", "indices", "confidence", "support"):
         np.testing.assert_array_equal(getattr(published, name), getattr(mined, name), err_msg=name)
+
+
+def test_published_rating_features_predict_held_out_ratings_better_than_the_mean(config, built):
+    """The ranking artifact's rating models, fitted on the training part, as serving reads them (the
+    hybrid's N(u) from the latest history): every kind predicts the held-out window's ratings better than
+    the training mean does."""
+    from ranking.features import UserRow
+    from ranking.rating import USER_SIDE, rmse
+    from ranking.rating_features import RatingFeatureModels
+    from services.workflows import prepare, sequences_of
+
+    prep = prepare(config)
+    ranking_ref = ArtifactStore(config.artifacts_dir).require("ranking")
+    features = RatingFeatureModels.load(ranking_ref.path, prep.schema, prep.items)
+    assert features.kinds == tuple(config.ranking.rating_models)
+    test = prep.split.test
+    users = prep.schema.user_index(test["user_id"].to_numpy())
+    items = prep.schema.item_index(test["item_id"].to_numpy())
+    histories = sequences_of(prep.schema, prep.split.train).latest_history(
+        np.arange(prep.schema.num_users), config.features.history_length
+    )
+    predicted = np.zeros((len(test), len(features.kinds)), np.float32)
+    for user in np.unique(users):
+        rows = np.flatnonzero(users == user)
+        row = UserRow(int(user), *(int(getattr(prep.users, n)[user]) for n in USER_SIDE))
+        predicted[rows] = features.predict(row, histories[user][histories[user] > 0], items[rows])
+    ratings = test["rating"].to_numpy(dtype=np.float32)
+    baseline = rmse(np.full(len(ratings), prep.split.train["rating"].mean()), ratings)
+    for column, kind in enumerate(features.kinds):
+        assert rmse(predicted[:, column], ratings) < 0.97 * baseline, kind
 
 
 def test_evaluate_ranking_compares_three_rankers_with_the_recall_order(config, built):

@@ -11,7 +11,14 @@ from cascade.config import RankingConfig
 from cascade.features import FeatureSchema
 from cascade.metrics import auc, gauc
 from ranking.din import DIN
-from ranking.features import CHANNELS, DENSE_FEATURES, RankingBatch, encode_channels
+from ranking.features import (
+    CHANNELS,
+    DENSE_FEATURES,
+    RankingBatch,
+    UserRow,
+    dense_feature_names,
+    encode_channels,
+)
 from ranking.ranker import RANKERS, DINRanker, create_ranker, load_ranker
 from ranking.statistics import ItemStatistics
 from ranking.wide_deep import WideCross
@@ -43,6 +50,10 @@ class _Items:
         self.year = rng.integers(1, 10, NUM_ITEMS)
 
 
+# the dense columns rankers built from a default RankingConfig take
+DENSE_WIDTH = len(dense_feature_names(RankingConfig().rating_models))
+
+
 def synthetic_batch(rng, requests: int, candidates: int, history: int, items: _Items) -> RankingBatch:
     """Requests with random users, histories (some padded) and candidates."""
     hist = rng.integers(1, NUM_ITEMS, (requests, history))
@@ -61,7 +72,7 @@ def synthetic_batch(rng, requests: int, candidates: int, history: int, items: _I
         genres=items.genres[cand],
         year=items.year[cand],
         channel=rng.integers(1, len(CHANNELS) + 1, requests * candidates),
-        dense=rng.normal(size=(requests * candidates, len(DENSE_FEATURES))).astype(np.float32),
+        dense=rng.normal(size=(requests * candidates, DENSE_WIDTH)).astype(np.float32),
     )
 
 
@@ -188,7 +199,7 @@ def test_batch_take_and_concat_keep_each_candidate_with_its_request(items):
 
 
 def test_history_features_equal_their_definitions():
-    from ranking.features import COOCCURRENCE_DECAY, RankingFeatureBuilder, UserRow
+    from ranking.features import COOCCURRENCE_DECAY, RankingFeatureBuilder
     from recall.channels import CooccurrenceRules
 
     rng = np.random.default_rng(8)
@@ -313,7 +324,9 @@ def test_each_ranker_learns_a_planted_signal_and_round_trips(items, ranker_type,
     train = synthetic_batch(rng, 150, 40, 8, items)
     val = synthetic_batch(rng, 15, 40, 8, items)
     test = synthetic_batch(rng, 20, 40, 8, items)
-    config = RankingConfig(type=ranker_type, epochs=5, batch_size=256, learning_rate=5e-3, lgb_rounds=60)
+    config = RankingConfig(
+        type=ranker_type, epochs=5, batch_size=256, learning_rate=5e-3, lgb_rounds=60, lgb_cv_folds=3
+    )
     ranker = create_ranker(config, _Schema(), items)
     metrics = ranker.fit(
         train,
@@ -422,3 +435,101 @@ def test_rating_blend_recovers_the_stacking_weights_and_beats_each_member():
     assert rmse(blended, truth[held]) < 0.9 * min(rmse(a[held], truth[held]), rmse(b[held], truth[held]))
     # the weights sum above 1 to undo the shrinkage, which a convex mix could not
     assert sum(blend.weights) > 1.1
+
+
+def _tiny_catalogue(rng: np.random.Generator, users: int, items: int):
+    """A FeatureSchema over ``users`` users and ``items`` items, with their encoded tables."""
+    from cascade.features import FeatureSchema
+
+    people = pd.DataFrame(
+        {
+            "user_id": np.arange(1, users + 1),
+            "gender": rng.choice(["F", "M"], users),
+            "age": rng.integers(18, 60, users),
+            "occupation": rng.choice(["x", "y", "z"], users),
+            "zip_code": rng.choice(["1", "2"], users),
+        }
+    )
+    catalogue = pd.DataFrame(
+        {
+            "item_id": np.arange(1, items + 1),
+            "title": "t (1990)",
+            "genres": rng.choice(["Drama", "Comedy", "Drama|Comedy"], items),
+            "year": rng.integers(1980, 1999, items),
+        }
+    )
+    schema = FeatureSchema.fit(people, catalogue, max_genres=2, title_length=4, zip_prefix_length=1)
+    return schema, schema.user_table(people), schema.item_table(catalogue)
+
+
+def test_rating_features_predict_what_each_rating_model_predicts(tmp_path):
+    """The reduced forms serving uses (PMF factors, the hybrid with the request's history as N(u),
+    I-AutoRec's precomputed item codes) give the models' own predictions, and survive save / load."""
+    from ranking.rating import USER_SIDE, ImplicitFeedback, RatingData, build_rating_model, predict
+    from ranking.rating_features import RatingFeatureModels
+
+    rng = np.random.default_rng(12)
+    schema, users, items = _tiny_catalogue(rng, 25, 700)  # > one 512-item chunk of AutoRec codes
+    known = RatingData(
+        rng.integers(1, 26, 3000), rng.integers(1, 701, 3000), rng.integers(1, 6, 3000).astype(np.float32)
+    )
+    models = {kind: build_rating_model(kind, schema, items, known) for kind in ("pmf", "hybrid", "autorec")}
+    torch.manual_seed(0)
+    with torch.no_grad():  # non-trivial weights everywhere, biases included, inside the rating scale
+        for model in models.values():
+            for parameter in model.parameters():
+                parameter.normal_(0.0, 0.1)
+        models["autorec"].decoder.bias.normal_(3.0, 0.5)
+    features = RatingFeatureModels.of_models(models)
+    assert features.kinds == ("pmf", "hybrid", "autorec")
+    side = {name: getattr(users, name) for name in USER_SIDE}
+    user = 7
+    row = UserRow(user, *(int(getattr(users, n)[user]) for n in USER_SIDE))
+    history = np.array([5, 640, 33, 5, 120])
+    candidates = np.array([1, 2, 699, 512, 513, 40, 640])
+    got = features.predict(row, history, candidates)
+    assert got.shape == (7, 3) and got.dtype == np.float32
+    query = RatingData(np.full(7, user), candidates, np.zeros(7, np.float32))
+    as_rated = ImplicitFeedback(
+        RatingData(np.full(5, user), history, np.ones(5, np.float32)), schema.num_users
+    )
+    for column, (kind, model) in enumerate(models.items()):
+        expected = predict(model, query, side, as_rated)
+        np.testing.assert_allclose(got[:, column], expected, rtol=1e-5, atol=1e-5, err_msg=kind)
+    assert ((got > 1) & (got < 5)).mean(
+        axis=0
+    ).min() > 0.5  # mostly unclamped: the comparison means something
+    features.save(tmp_path)
+    again = RatingFeatureModels.load(tmp_path, schema, items)
+    np.testing.assert_array_equal(again.predict(row, history, candidates), got)
+    # a user with no history yet: the hybrid's implicit term is empty, not an error
+    assert np.isfinite(features.predict(row, np.zeros(0, np.int64), candidates)).all()
+    with pytest.raises(ValueError, match="names a"):
+        RatingFeatureModels.of_models({"pmf": models["autorec"]})
+
+
+def test_lightgbm_keeps_the_objective_and_rounds_that_cross_validate_best(items):
+    rng = np.random.default_rng(9)
+    train = synthetic_batch(rng, 60, 30, 8, items)
+    val = synthetic_batch(rng, 12, 30, 8, items)
+    config = RankingConfig(type="lightgbm", lgb_rounds=25, lgb_cv_folds=3)
+    ranker = create_ranker(config, _Schema(), items)
+    labels, val_labels = planted_labels(train, items), planted_labels(val, items)
+    both = RankingBatch.concat([train, val])
+    cv = ranker.cross_validate(both, np.concatenate([labels, val_labels]), seed=0)
+    assert set(cv.curves) == {"lambdarank", "rank_xendcg"}
+    assert all(c.shape == (25,) and (c > 0).all() for c in cv.curves.values())
+    # every request sits in exactly one fold, and the folds are about equal
+    assert np.bincount(cv.fold_of[np.unique(both.request)]).tolist() == [24, 24, 24]
+    metrics = ranker.fit(train, labels, seed=0, progress=False, validation=(val, val_labels))
+    objective, rounds = cv.best()
+    assert ranker.objective == objective == max(cv.curves, key=lambda name: cv.curves[name].max())
+    assert metrics["rounds"] == rounds
+    assert [b.current_iteration() for b in ranker.boosters] == [rounds] * 3
+    # the fold models score together: their raw scores averaged
+    features = ranker.features(val)
+    mean = np.mean([b.predict(features, num_iteration=rounds) for b in cv.boosters[objective]], axis=0)
+    np.testing.assert_allclose(ranker._raw(val), mean, rtol=1e-6)
+    assert metrics["cv_ndcg@10"] == pytest.approx(float(cv.curves[objective].max()))
+    assert metrics["validation_auc"] > 0.75  # out-of-fold: no candidate scored by a model that saw it
+    assert ranker.platt[0] > 0  # calibration keeps the order
