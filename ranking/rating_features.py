@@ -102,16 +102,36 @@ class RatingFeatureModels:
             metrics[f"{kind}_validation_rmse"] = fitted["validation_rmse"]
             metrics[f"{kind}_train_seconds"] = time.perf_counter() - started
         logger.info("rating features: %s", {k: round(v, 4) for k, v in metrics.items()})
-        return cls.of_models(models, metrics)
+        return cls.of_models(models, np.bincount(train.users, minlength=schema.num_users) > 0, metrics)
 
     @classmethod
     def of_models(
-        cls, models: dict[str, nn.Module], metrics: dict[str, float] | None = None
+        cls,
+        models: dict[str, nn.Module],
+        rated: np.ndarray,
+        metrics: dict[str, float] | None = None,
     ) -> RatingFeatureModels:
-        """Reduce trained models (kind -> PMF / HybridRatingModel / ItemAutoRec) to what requests need."""
+        """Reduce trained models (kind -> PMF / HybridRatingModel / ItemAutoRec) to what requests need.
+
+        rated (U,) bool: users with training ratings. The others' rows were never fitted (initial values,
+        or shrunk by L2 alone), so they are neutralised: zero factors and bias, which leaves PMF the global
+        mean, the hybrid its demographic and history terms, and I-AutoRec the mean rating, a constant
+        across a request's candidates rather than noise (a user unknown to the schema is row 0)."""
+        unfitted = torch.from_numpy(~np.asarray(rated, dtype=bool))
         tensors: dict[str, torch.Tensor] = {}
         means: dict[str, float] = {}
         hybrid = None
+        with torch.no_grad():
+            for model in models.values():
+                if isinstance(model, (PMF, HybridRatingModel)):
+                    model.user_factors.weight[unfitted] = 0.0
+                if isinstance(model, HybridRatingModel):
+                    model.user_bias.weight[unfitted] = 0.0
+                if isinstance(model, ItemAutoRec):
+                    model.decoder.weight[unfitted] = 0.0
+                    model.decoder.bias[unfitted] = (
+                        float(model.known_ratings.mean()) if model.known_count else 3.0
+                    )
         for kind, model in models.items():
             if isinstance(model, PMF):
                 means[kind] = model.mean

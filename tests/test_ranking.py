@@ -480,7 +480,9 @@ def test_rating_features_predict_what_each_rating_model_predicts(tmp_path):
             for parameter in model.parameters():
                 parameter.normal_(0.0, 0.1)
         models["autorec"].decoder.bias.normal_(3.0, 0.5)
-    features = RatingFeatureModels.of_models(models)
+    rated = np.ones(schema.num_users, dtype=bool)
+    rated[[0, 3]] = False  # row 0, every user unknown to the schema, and a known user without ratings
+    features = RatingFeatureModels.of_models(models, rated)
     assert features.kinds == ("pmf", "hybrid", "autorec")
     side = {name: getattr(users, name) for name in USER_SIDE}
     user = 7
@@ -505,7 +507,14 @@ def test_rating_features_predict_what_each_rating_model_predicts(tmp_path):
     # a user with no history yet: the hybrid's implicit term is empty, not an error
     assert np.isfinite(features.predict(row, np.zeros(0, np.int64), candidates)).all()
     with pytest.raises(ValueError, match="names a"):
-        RatingFeatureModels.of_models({"pmf": models["autorec"]})
+        RatingFeatureModels.of_models({"pmf": models["autorec"]}, rated)
+    # users the models never fitted get the mean from PMF and I-AutoRec, the same for every candidate
+    for unfitted in (0, 3):
+        stranger = UserRow(unfitted, *(int(getattr(users, n)[unfitted]) for n in USER_SIDE))
+        plain = features.predict(stranger, np.zeros(0, np.int64), candidates)
+        np.testing.assert_allclose(plain[:, 0], models["pmf"].mean, rtol=1e-6)
+        np.testing.assert_allclose(plain[:, 2], known.ratings.mean(), rtol=1e-5)
+        assert len(np.unique(plain[:, 1])) > 1  # the hybrid still reads the item and the demographics
 
 
 def test_lightgbm_keeps_the_objective_and_rounds_that_cross_validate_best(items):
