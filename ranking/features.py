@@ -232,10 +232,6 @@ class RankingFeatureBuilder:
             ]
         )
 
-    @property
-    def dense_features(self) -> tuple[str, ...]:
-        return dense_feature_names(self.ratings.kinds if self.ratings is not None else ())
-
     def build(
         self,
         user: UserRow,

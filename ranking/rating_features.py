@@ -121,34 +121,29 @@ class RatingFeatureModels:
         tensors: dict[str, torch.Tensor] = {}
         means: dict[str, float] = {}
         hybrid = None
-        with torch.no_grad():
-            for model in models.values():
-                if isinstance(model, (PMF, HybridRatingModel)):
+        for kind, model in models.items():
+            if _KIND_OF.get(type(model)) != kind:
+                raise ValueError(f"{kind!r} names a {type(model).__name__}")
+            with torch.no_grad():
+                if isinstance(model, PMF):
                     model.user_factors.weight[unfitted] = 0.0
-                if isinstance(model, HybridRatingModel):
+                    means[kind] = model.mean
+                    tensors |= {
+                        "pmf.user_factors": model.user_factors.weight.detach().clone(),
+                        "pmf.item_factors": model.item_factors.weight.detach().clone(),
+                    }
+                elif isinstance(model, HybridRatingModel):
+                    model.user_factors.weight[unfitted] = 0.0
                     model.user_bias.weight[unfitted] = 0.0
-                if isinstance(model, ItemAutoRec):
+                    means[kind] = model.mean
+                    hybrid = model.eval()
+                    tensors |= {f"hybrid.{k}": v.detach().clone() for k, v in model.state_dict().items()}
+                else:
                     model.decoder.weight[unfitted] = 0.0
                     model.decoder.bias[unfitted] = (
                         float(model.known_ratings.mean()) if model.known_count else 3.0
                     )
-        for kind, model in models.items():
-            if isinstance(model, PMF):
-                means[kind] = model.mean
-                tensors |= {
-                    "pmf.user_factors": model.user_factors.weight.detach().clone(),
-                    "pmf.item_factors": model.item_factors.weight.detach().clone(),
-                }
-            elif isinstance(model, HybridRatingModel):
-                means[kind] = model.mean
-                hybrid = model.eval()
-                tensors |= {f"hybrid.{k}": v.detach().clone() for k, v in model.state_dict().items()}
-            elif isinstance(model, ItemAutoRec):
-                tensors |= _autorec_tensors(model)
-            else:
-                raise TypeError(f"no rating feature for a {type(model).__name__}")
-            if kind != _KIND_OF[type(model)]:
-                raise ValueError(f"{kind!r} names a {type(model).__name__}")
+                    tensors |= _autorec_tensors(model)
         return cls(tuple(models), tensors, means, hybrid, metrics)
 
     @torch.inference_mode()
