@@ -122,12 +122,12 @@ class ActivationUnit(nn.Module):
         self, behaviours: torch.Tensor, candidates: torch.Tensor, request: torch.Tensor
     ) -> torch.Tensor:
         """Split form: behaviours (R, L, D) once per request, candidates (B, D), request (B,) -> (B, L)."""
+        if behaviours.shape[0] == 1:
+            return self._one_request(behaviours[0], candidates)
         d = self.dim
         first = self.linears[0]
         w1, w2, w3, w4 = first.weight.split(d, dim=1)  # each (H, D)
         per_candidate = torch.addmm(first.bias, candidates, (w2 - w3).t())  # (B, H)
-        if behaviours.shape[0] == 1:
-            return self._one_request(behaviours[0], candidates, per_candidate, w1 + w3, w4)
         per_behaviour = torch.matmul(behaviours, (w1 + w3).t())  # (R, L, H)
         gathered = behaviours[request]  # (B, L, D)
         pairs = torch.matmul(gathered * candidates.unsqueeze(1), w4.t())  # (B, L, H): one (B*L, D) GEMM
@@ -136,43 +136,40 @@ class ActivationUnit(nn.Module):
             x = act(linear(x))
         return self.out(x).squeeze(-1)
 
-    def _one_request(
-        self,
-        behaviours: torch.Tensor,
-        candidates: torch.Tensor,
-        per_candidate: torch.Tensor,
-        w_behaviour: torch.Tensor,
-        w_pair: torch.Tensor,
-    ) -> torch.Tensor:
-        """The serving case, behaviours (L, D) of one user. The whole first layer is one
-        (L, D+1) x (D+1, B*H) product: column (a, h) of the right operand holds W4[h] * e_a + (W1 + W3)[h]
-        and, in the extra row, the candidate term, met by a column of ones on the behaviour side. The result
-        (L*B, H) keeps the hidden units last, so every later layer is a plain matrix product and the
-        activations run on contiguous rows."""
-        count, hidden, d = candidates.shape[0], w_pair.shape[0], self.dim
-        # row j, column (a, h): e_a[j] * W4[h, j] + (W1 + W3)[h, j]
-        # contiguous operands: a broadcast over transposed views is 5x slower
-        pair_terms = (
-            w_behaviour.t().contiguous().unsqueeze(1),
-            candidates.t().contiguous().unsqueeze(2),
-            w_pair.t().contiguous().unsqueeze(1),
-        )
-        if torch.is_grad_enabled():
-            dtype = candidates.dtype
-            columns = torch.cat([torch.addcmul(*pair_terms), per_candidate.unsqueeze(0)], dim=0)
-        else:  # written in place: no (D+1, B, H) concatenation copy
-            dtype = self.product_dtype
-            columns = candidates.new_empty(d + 1, count, hidden)
-            torch.addcmul(*pair_terms, out=columns[:d])
-            columns[d] = per_candidate
-            columns = columns.to(dtype)  # float32 arithmetic, then one cast: bf16 elementwise is slow on CPU
-        keys = torch.cat([behaviours, behaviours.new_ones(behaviours.shape[0], 1)], dim=1).to(dtype)
-        x = torch.mm(keys, columns.view(d + 1, count * hidden))  # (L, B*H)
-        x = x.to(candidates.dtype).view(-1, hidden)  # (L*B, H)
-        x = self.activations[0](x, axis=1)
+    def _one_request(self, behaviours: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """The serving case, behaviours (L, D) of one user, candidates (B, D) -> (B, L).
+
+        The candidate term is linear in e_a with weights that do not depend on the behaviour, so it folds
+        into the pair term: the first layer's pre-activation is
+        sum_j (e_i[j] W4[h, j] + (W2 - W3)[h, j]) e_a[j] + ((W1 + W3) e_i + b)[h],
+        one (L*H, D+1) x (D+1, B) product whose left operand, the keys, is built per behaviour (L*H*D
+        values, B/L times fewer than building it per candidate) and whose extra column of ones on the
+        candidate side picks up the behaviour's constant. The result (L, H, B) keeps the hidden units on
+        axis 1, where PReLU runs its fused kernel over contiguous candidate rows, and every later layer is
+        a batched (H', H) x (H, B) product."""
+        first = self.linears[0]
+        w1, w2, w3, w4 = first.weight.split(self.dim, dim=1)  # each (H, D)
+        length, count, hidden = behaviours.shape[0], candidates.shape[0], w4.shape[0]
+        constant = torch.addmm(first.bias, behaviours, (w1 + w3).t())  # (L, H)
+        pair_weights = torch.addcmul((w2 - w3).unsqueeze(0), behaviours.unsqueeze(1), w4.unsqueeze(0))
+        keys = torch.cat([pair_weights, constant.unsqueeze(2)], dim=2)  # (L, H, D+1)
+        queries = torch.cat([candidates, candidates.new_ones(count, 1)], dim=1)  # (B, D+1)
+        # bf16 only for the product's operands: elementwise bf16 is slow on CPU and both are small
+        dtype = candidates.dtype if torch.is_grad_enabled() else self.product_dtype
+        x = torch.mm(keys.view(length * hidden, -1).to(dtype), queries.t().to(dtype))  # (L*H, B)
+        x = self.activations[0](x.to(candidates.dtype).view(length, hidden, count), axis=1)
         for linear, act in zip(self.linears[1:], self.activations[1:]):
-            x = act(torch.addmm(linear.bias, x, linear.weight.t()), axis=1)
-        return torch.mv(x, self.out.weight[0]).add_(self.out.bias).view(-1, count).t()  # (B, L)
+            x = act(
+                torch.baddbmm(linear.bias.view(1, -1, 1), self._per_behaviour(linear.weight, x), x), axis=1
+            )
+        # bmm over an expanded weight, not matmul: matmul folds (L, H, B) into a (L*B, H) copy first
+        scores = torch.baddbmm(self.out.bias.view(1, 1, 1), self._per_behaviour(self.out.weight, x), x)
+        return scores.view(length, count).t()  # (B, L)
+
+    @staticmethod
+    def _per_behaviour(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """weight (H', H) as a (L, H', H) batch without copying, for x (L, H, B)."""
+        return weight.unsqueeze(0).expand(x.shape[0], -1, -1)
 
 
 class DIN(nn.Module):
