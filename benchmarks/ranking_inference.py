@@ -193,7 +193,7 @@ def run(settings: BenchSettings, progress=None) -> dict:
             torch.cuda.synchronize()
 
     def ours_bf16(batch: RankingBatch) -> torch.Tensor:
-        # the serving option ranker_precision = "bfloat16": the pair product in bf16, float32 accumulation
+        # the serving option ranker_precision = "bfloat16": bf16 operands, float32 accumulation
         with _precision(model, "bfloat16"):
             return model(tensors(batch))
 
@@ -304,8 +304,8 @@ def summary(report: dict) -> str:
     lines += [
         "",
         f"ours vs straightforward, largest absolute difference of the logits: "
-        f"{report['max_abs_diff_ours_vs_straightforward']:.2e}; ours_bf16 (the pair product in bfloat16, "
-        f"float32 accumulation): {report['max_abs_diff_ours_bf16_vs_straightforward']:.2e}.",
+        f"{report['max_abs_diff_ours_vs_straightforward']:.2e}; ours_bf16 (the matrix products in "
+        f"bfloat16, float32 accumulation): {report['max_abs_diff_ours_bf16_vs_straightforward']:.2e}.",
     ]
     for name, why in report["unavailable"].items():
         lines.append(f"{name} not measured: {why}")

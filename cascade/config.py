@@ -248,9 +248,10 @@ class ServingConfig(StageConfig):
     )
     ranker_precision: Literal["float32", "bfloat16"] = Field(
         "float32",
-        description="Precision of DIN's attention pair product (most of its work) when serving: bfloat16 "
-        "multiplies in bf16 with float32 accumulation, about 4x faster on CPUs with AVX512-BF16 and on "
-        "GPUs; scores then differ from float32 by about 1e-3. Other rankers serve in float32.",
+        description="Precision of DIN's matrix products when serving (the attention's pair product and the "
+        "MLP's layers): bfloat16 multiplies bf16 operands with float32 accumulation, faster on CPUs with "
+        "AVX512-BF16 and on GPUs; scores then differ from float32 by about 1e-3. Other rankers serve in "
+        "float32.",
     )
     processes: int = Field(
         1,

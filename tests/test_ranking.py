@@ -10,7 +10,7 @@ import torch
 from cascade.config import RankingConfig
 from cascade.features import FeatureSchema
 from cascade.metrics import auc, gauc
-from ranking.din import DIN
+from ranking.din import DIN, Dice
 from ranking.features import (
     CHANNELS,
     DENSE_FEATURES,
@@ -128,6 +128,24 @@ def test_din_split_attention_equals_the_straightforward_form(items, attention_hi
     torch.testing.assert_close(fast, model.reference_forward(batch), atol=1e-5, rtol=1e-5)
     fast.sum().backward()
     assert model.attention.linears[0].weight.grad.abs().sum() > 0
+
+
+def test_dice_inference_path_is_the_papers_formula():
+    """Dice's in-place inference path against f(x) = p x + (1 - p) alpha x, p = sigmoid((x - E) / sd),
+    on the last axis and on axis 1, with autograd on (the plain path) and off (the fused one)."""
+    torch.manual_seed(0)
+    dice = Dice(12)
+    dice.running_mean.normal_()
+    dice.running_var.uniform_(0.5, 2.0)
+    dice.slope.data.uniform_(-0.5, 0.5)
+    dice.eval()
+    for x, axis, shape in ((torch.randn(7, 12), -1, (1, 12)), (torch.randn(3, 12, 5), 1, (1, 12, 1))):
+        mean, var = dice.running_mean.view(shape), dice.running_var.view(shape)
+        p = torch.sigmoid((x - mean) / torch.sqrt(var + dice.eps))
+        expected = p * x + (1 - p) * dice.slope.detach().view(shape) * x
+        with torch.inference_mode():
+            torch.testing.assert_close(dice(x, axis=axis), expected, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(dice(x, axis=axis), expected, atol=1e-6, rtol=1e-5)
 
 
 def test_din_bfloat16_pair_product_stays_close_to_float32(items):
