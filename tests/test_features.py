@@ -56,6 +56,23 @@ def _schema() -> tuple[FeatureSchema, pd.DataFrame, pd.DataFrame]:
     return FeatureSchema.fit(users, items, max_genres=2, title_length=3), users, items
 
 
+def test_id_lookup_by_table_agrees_with_binary_search():
+    """Dense ids get an id -> index table; sparse ones keep the binary search. Both map every id, known,
+    unknown, negative or past the largest, as the search over the sorted ids does."""
+    rng = np.random.default_rng(0)
+    dense = np.sort(rng.choice(np.arange(0, 3000), size=1000, replace=False)).astype(np.int64)
+    sparse = np.sort(rng.choice(10**12, size=1000, replace=False)).astype(np.int64)
+    assert FeatureSchema._dense_table(dense) is not None
+    assert FeatureSchema._dense_table(sparse) is None
+    assert FeatureSchema._dense_table(np.array([-1, 2], dtype=np.int64)) is None
+    queries = np.concatenate([dense[::7], rng.integers(-50, 3200, 500), [-(2**40), 2**40, 0]])
+    by_table = FeatureSchema._lookup(dense, queries, FeatureSchema._dense_table(dense))
+    by_search = FeatureSchema._lookup(dense, queries)
+    assert by_table.dtype == np.int64
+    np.testing.assert_array_equal(by_table, by_search)
+    assert (by_search[: len(dense[::7])] == np.arange(0, len(dense), 7) + 1).all()
+
+
 def test_schema_encodes_ids_vocabularies_and_padding():
     schema, users, items = _schema()
     assert schema.user_index([3, 10, 999]).tolist() == [1, 2, 0]
