@@ -79,7 +79,9 @@ def build_ours(settings: BenchSettings) -> DIN:
         din_attention_activation="prelu",
         din_hidden_dims=settings.hidden_dims,
         din_activation="prelu",
-        rating_models=(),  # the dense features of the served 1M scenario, which trains no rating models
+        # the dense features of the served 1M scenario, which trains no rating or ALS models
+        rating_models=(),
+        als_factors=0,
     )
     model = DIN(DINRanker.spec_of(config, _cardinalities(settings), MAX_GENRES))
     rng = np.random.default_rng(settings.seed)

@@ -200,6 +200,18 @@ class RankingConfig(StageConfig):
         "the same window as the ranker's other features. I-AutoRec keeps a (items, 500) code table and "
         "trains over (users,)-wide item columns: leave it out for catalogues of millions.",
     )
+    als_factors: int = Field(
+        64,
+        ge=0,
+        description="Factors of the implicit ALS model whose score of each candidate, and that score's rank "
+        "in the request, are ranking features (the user factor folded in from the request's history); "
+        "trained on the same window as the other features. 0 turns the two features off.",
+    )
+    als_regularization: float = Field(0.1, ge=0, description="ALS features: L2 regularisation.")
+    als_alpha: float = Field(
+        10.0, gt=0, description="ALS features: confidence of an interaction (1 for the rest, as in implicit)."
+    )
+    als_iterations: int = Field(15, ge=1, description="ALS features: alternating sweeps.")
     validation_share: float = Field(
         0.1, gt=0, lt=1, description="Share of training users held out to pick epochs / rounds."
     )

@@ -1,8 +1,18 @@
-"""Gathering whole rows of CSR-style arrays (an ``indptr`` of row starts) without a Python loop over rows."""
+"""Sparse helpers: gathering whole rows of CSR-style arrays (an ``indptr`` of row starts) without a Python
+loop over rows, and the binary user x item matrix the implicit-feedback models factorise."""
 
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
+
+
+def interaction_matrix(user_rows: np.ndarray, item_rows: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
+    """Binary user x item matrix (duplicates count once) in CSR, as ``implicit`` expects."""
+    data = np.ones(len(user_rows), dtype=np.float32)
+    matrix = sp.csr_matrix((data, (user_rows, item_rows)), shape=shape)
+    matrix.data[:] = 1.0
+    return matrix
 
 
 def csr_row_entries(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

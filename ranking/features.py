@@ -17,7 +17,7 @@ from ranking.statistics import ItemStatistics
 
 # Bumped whenever a feature's meaning changes, so that rankers trained on the old meaning are retrained
 # rather than served.
-FEATURES_VERSION = 5
+FEATURES_VERSION = 6
 
 # Recall scores are not comparable across users (each user's query vector differs), so the request-relative
 # position and gap to the best candidate carry the recall order into ranking.
@@ -61,9 +61,14 @@ REQUEST_FIELDS = ("user", "gender", "age", "occupation", "zip", "history")
 CANDIDATE_FIELDS = ("request", "item", "genres", "year", "channel", "dense")
 
 
-def dense_feature_names(rating_models: tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    """The columns of RankingBatch.dense when the given rating models supply predicted ratings."""
-    return DENSE_FEATURES + tuple(RATING_FEATURE_PREFIX + kind for kind in rating_models)
+ALS_FEATURES = ("als_score", "als_rank")
+
+
+def dense_feature_names(rating_models: tuple[str, ...] | list[str], als: bool = False) -> tuple[str, ...]:
+    """The columns of RankingBatch.dense when the given rating models supply predicted ratings and, with
+    ``als``, an implicit ALS model its preference score and rank."""
+    ratings = tuple(RATING_FEATURE_PREFIX + kind for kind in rating_models)
+    return DENSE_FEATURES + ratings + (ALS_FEATURES if als else ())
 
 
 def encode_channels(sources) -> np.ndarray:
@@ -90,6 +95,14 @@ class RatingPredictor(Protocol):
 
     def predict(self, user: UserRow, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """history (H,) latest first, candidates (C,) item indices -> (C, len(kinds)) float32."""
+        ...
+
+
+class PreferenceScorer(Protocol):
+    """Implicit-feedback scores of candidates (ranking.als_features provides them)."""
+
+    def predict(self, user: UserRow, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """history (H,) latest first, candidates (C,) item indices -> (C, len(ALS_FEATURES)) float32."""
         ...
 
 
@@ -167,8 +180,8 @@ class RankingFeatureBuilder:
     ``statistics``, ``item_vectors`` (N, D), the two-tower item embeddings of item indices 1..N, and
     ``relations`` must come from the same training window as the candidates' recall model (see
     ItemStatistics), so no feature peeks at the evaluation window, and so must ``ratings``, whose
-    predictions follow the DENSE_FEATURES columns when given; ``history_length`` is the behaviour
-    sequence the models see.
+    predictions follow the DENSE_FEATURES columns when given, and so must ``preferences``, whose columns
+    come last; ``history_length`` is the behaviour sequence the models see.
     """
 
     def __init__(
@@ -180,9 +193,11 @@ class RankingFeatureBuilder:
         item_vectors: np.ndarray,
         relations: ItemRelations,
         ratings: RatingPredictor | None = None,
+        preferences: PreferenceScorer | None = None,
     ):
         self.schema = schema
         self.ratings = ratings
+        self.preferences = preferences
         self.items = items
         self.statistics = statistics
         self.history_length = history_length
@@ -275,6 +290,8 @@ class RankingFeatureBuilder:
         ).astype(np.float32)
         if self.ratings is not None:
             dense = np.hstack([dense, self.ratings.predict(user, history, candidates)])
+        if self.preferences is not None:
+            dense = np.hstack([dense, self.preferences.predict(user, history, candidates)])
         padded = np.zeros((1, self.history_length), dtype=np.int64)
         padded[0, : len(history)] = history
         return RankingBatch(

@@ -34,8 +34,9 @@ Validation = tuple[RankingBatch, np.ndarray]
 
 def _meta_matches(meta: dict, folder: Path) -> None:
     trained_on = (meta.get("dense_features"), meta.get("features_version"))
-    rating_models = meta.get("config", {}).get("rating_models", [])
-    builds = (list(dense_feature_names(rating_models)), FEATURES_VERSION)
+    config = meta.get("config", {})
+    als = config.get("als_factors", 0) > 0
+    builds = (list(dense_feature_names(config.get("rating_models", []), als)), FEATURES_VERSION)
     if trained_on != builds:
         raise ArtifactError(
             f"ranker in {folder} was trained on features {trained_on}, this code builds {builds}; "
@@ -82,7 +83,7 @@ class Ranker(ABC):
     def _meta(self, config: RankingConfig, **extra) -> dict:
         return {
             "type": self.type,
-            "dense_features": list(dense_feature_names(config.rating_models)),
+            "dense_features": list(dense_feature_names(config.rating_models, config.als_factors > 0)),
             "features_version": FEATURES_VERSION,
             "config": config.model_dump(mode="json"),
             **extra,
@@ -184,7 +185,7 @@ class WideDeepRanker(TorchRanker):
             hidden_dims=tuple(config.hidden_dims),
             dropout=config.dropout,
             hash_buckets=config.wide_hash_buckets,
-            dense_width=len(dense_feature_names(config.rating_models)),
+            dense_width=len(dense_feature_names(config.rating_models, config.als_factors > 0)),
         )
         return cls(WideDeep(spec), config)
 
@@ -217,7 +218,7 @@ class DINRanker(TorchRanker):
             activation=config.din_activation,
             dropout=config.dropout,
             max_genres=max_genres,
-            dense_width=len(dense_feature_names(config.rating_models)),
+            dense_width=len(dense_feature_names(config.rating_models, config.als_factors > 0)),
         )
 
     def set_inference_precision(self, precision: str) -> bool:
@@ -270,7 +271,7 @@ class CrossValidation:
 
 def gbdt_features(config: RankingConfig) -> tuple[str, ...]:
     """The engineered features LightGBM sees: every dense feature, the channel and the release year bucket."""
-    return (*dense_feature_names(config.rating_models), "channel", "year")
+    return (*dense_feature_names(config.rating_models, config.als_factors > 0), "channel", "year")
 
 
 class LightGBMRanker(Ranker):

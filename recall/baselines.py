@@ -16,6 +16,10 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
+from cascade.sparse import interaction_matrix
+
+__all__ = ["ALSParams", "ALSRecommender", "interaction_matrix", "tune_als"]
+
 logger = logging.getLogger(__name__)
 
 
@@ -25,14 +29,6 @@ class ALSParams:
     regularization: float
     alpha: float
     iterations: int = 15
-
-
-def interaction_matrix(user_rows: np.ndarray, item_rows: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
-    """Binary user x item matrix (duplicates count once) in CSR, as ``implicit`` expects."""
-    data = np.ones(len(user_rows), dtype=np.float32)
-    matrix = sp.csr_matrix((data, (user_rows, item_rows)), shape=shape)
-    matrix.data[:] = 1.0
-    return matrix
 
 
 class ALSRecommender:

@@ -11,6 +11,7 @@ import pandas as pd
 from cascade.artifacts import ArtifactStore
 from cascade.errors import ArtifactError
 from cascade.features import SCHEMA_VERSION, FeatureSchema, ItemFeatures
+from ranking.als_features import ALSFeatures
 from ranking.features import RankingFeatureBuilder
 from ranking.ranker import Ranker, load_ranker
 from ranking.rating_features import RatingFeatureModels
@@ -102,6 +103,11 @@ class ServingModels:
                 ratings=(
                     RatingFeatureModels.load(ranking_ref.path, schema, items)
                     if ranking_ref.manifest["config"]["ranking"].get("rating_models")
+                    else None
+                ),
+                preferences=(
+                    ALSFeatures.load(ranking_ref.path)
+                    if ranking_ref.manifest["config"]["ranking"].get("als_factors", 0) > 0
                     else None
                 ),
             ),

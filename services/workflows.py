@@ -28,6 +28,7 @@ from cascade.data.split import TemporalSplit, temporal_split
 from cascade.features import SCHEMA_VERSION, USER_FIELDS, FeatureSchema, ItemFeatures, UserFeatures
 from cascade.metrics import auc, evaluate_rankings, gauc, logloss
 from cascade.seeding import seed_everything
+from ranking.als_features import ALSFeatures
 from ranking.features import (
     FEATURES_VERSION,
     RankingBatch,
@@ -580,13 +581,14 @@ def labelled_candidates(
     rules: CooccurrenceRules,
     statistics: ItemStatistics,
     ratings: RatingFeatureModels | None,
+    preferences: ALSFeatures | None = None,
     max_users: int | None = None,
 ) -> RankingExamples:
     """For each user with held-out positives in ``split``: the two-tower and co-occurrence candidates
     merged as serving merges them, featurised as of the user's last training interaction, labelled 1 when
-    among the user's held-out positives. ``model``, ``rules``, ``statistics`` and ``ratings`` must come
-    from ``split.train`` only, so no feature sees the held-out window. ``max_users``: a seeded sample of the
-    users, all when None."""
+    among the user's held-out positives. ``model``, ``rules``, ``statistics``, ``ratings`` and
+    ``preferences`` must come from ``split.train`` only, so no feature sees the held-out window.
+    ``max_users``: a seeded sample of the users, all when None."""
     task = RecallTask.of(prep, split, config, max_users=max_users)
     item_embeddings, queries = task.embed(model, prep)
     candidates = task.rankings(item_embeddings, queries, config.ranking.training_candidates)
@@ -598,6 +600,7 @@ def labelled_candidates(
         item_vectors=item_embeddings,
         relations=rules,
         ratings=ratings,
+        preferences=preferences,
     )
     last_seen = split.train.groupby("user_id")["timestamp"].max()
     batches, labels, users = [], [], []
@@ -648,6 +651,23 @@ def rating_features(
         )
 
 
+def als_features(config: AppConfig, prep: Prepared, interactions: pd.DataFrame) -> ALSFeatures | None:
+    """The ALS preference features trained on ``interactions``; None when ranking.als_factors is 0."""
+    rc = config.ranking
+    if rc.als_factors == 0:
+        return None
+    return ALSFeatures.fit(
+        prep.schema,
+        interactions,
+        rc.als_factors,
+        rc.als_regularization,
+        rc.als_alpha,
+        rc.als_iterations,
+        config.seed,
+        rc.threads,
+    )
+
+
 def ranking_training_examples(config: AppConfig, prep: Prepared, recall_ref: ArtifactRef) -> RankingExamples:
     """Labelled candidates of the nested split, from the recall artifact's validation model and rules and
     rating models, all fitted on the inner training part only."""
@@ -660,6 +680,7 @@ def ranking_training_examples(config: AppConfig, prep: Prepared, recall_ref: Art
         CooccurrenceRules.load(recall_ref.path / INNER_PREFIX.rstrip("_")),
         _item_statistics(config, prep, inner.train),
         rating_features(config, prep, inner.train),
+        als_features(config, prep, inner.train),
         max_users=config.ranking.max_training_users,
     )
 
@@ -670,7 +691,7 @@ def ranking_fingerprint(config: AppConfig, data_fp: str) -> str:
         recall_fingerprint(config, data_fp),
         config.ranking.model_dump(mode="json"),
         config.features.history_length,
-        dense_feature_names(config.ranking.rating_models),
+        dense_feature_names(config.ranking.rating_models, config.ranking.als_factors > 0),
         FEATURES_VERSION,
     )
 
@@ -727,12 +748,17 @@ def train_ranking(config: AppConfig, force: bool = False, progress: bool = True)
     ratings = rating_features(config, prep, prep.split.train)
     if ratings is not None:
         metrics |= {f"rating_{k}": v for k, v in ratings.metrics.items()}
+    preferences = als_features(config, prep, prep.split.train)
+    if preferences is not None:
+        metrics |= preferences.metrics
 
     def write(folder: Path) -> None:
         ranker.save(folder)
         statistics.save(folder / ITEM_STATISTICS_FILE)
         if ratings is not None:
             ratings.save(folder)
+        if preferences is not None:
+            preferences.save(folder)
 
     return store.publish(
         "ranking",
@@ -788,6 +814,7 @@ def evaluate_ranking(config: AppConfig, progress: bool = False) -> dict[str, dic
         CooccurrenceRules.load(recall_ref.path),
         _item_statistics(config, prep, prep.split.train),
         rating_features(config, prep, prep.split.train),
+        als_features(config, prep, prep.split.train),
     )
     # the recall order: each request's candidates arrive sorted by two-tower score
     recall_scores = 1.0 / (1.0 + np.exp(-test.batch.dense[:, 0] / config.recall.temperature))

@@ -51,7 +51,7 @@ class _Items:
 
 
 # the dense columns rankers built from a default RankingConfig take
-DENSE_WIDTH = len(dense_feature_names(RankingConfig().rating_models))
+DENSE_WIDTH = len(dense_feature_names(RankingConfig().rating_models, RankingConfig().als_factors > 0))
 
 
 def synthetic_batch(rng, requests: int, candidates: int, history: int, items: _Items) -> RankingBatch:
@@ -566,3 +566,41 @@ def test_lightgbm_keeps_the_objective_and_rounds_that_cross_validate_best(items)
     assert metrics["cv_ndcg@10"] == pytest.approx(float(cv.curves[objective].max()))
     assert metrics["validation_auc"] > 0.75  # out-of-fold: no candidate scored by a model that saw it
     assert ranker.platt[0] > 0  # calibration keeps the order
+
+
+def test_als_fold_in_is_the_exact_least_squares_user_factor(tmp_path):
+    """The user factor folded in from a history against the dense weighted least-squares problem it
+    solves: min_x sum_i c_i (p_i - x . y_i)^2 + lambda |x|^2 over every item, c_i = alpha and p_i = 1 on
+    the history's distinct items (implicit's convention), c_i = 1 and p_i = 0 elsewhere. Scores rank the
+    candidates, ties share a rank, an empty history scores everything 0, and the factors survive a save /
+    load."""
+    from ranking.als_features import ALSFeatures
+
+    rng = np.random.default_rng(3)
+    factors = rng.normal(size=(40, 6)).astype(np.float32)
+    factors[0] = 0.0
+    features = ALSFeatures(factors, regularization=0.3, alpha=7.0)
+    history = np.array([5, 9, 5, 17, 0, 33])  # a repeat and a padding slot, latest first
+    confidence = np.ones(40)
+    preference = np.zeros(40)
+    confidence[[5, 9, 17, 33]] = 7.0
+    preference[[5, 9, 17, 33]] = 1.0
+    y = factors.astype(np.float64)
+    exact = np.linalg.solve(
+        y.T @ (confidence[:, None] * y) + 0.3 * np.eye(6), y.T @ (confidence * preference)
+    )
+    np.testing.assert_allclose(features.user_factor(history), exact, rtol=1e-4, atol=1e-5)
+
+    candidates = np.array([3, 9, 3, 21, 12])
+    columns = features.predict(UserRow(1, 0, 0, 0, 0), history, candidates)
+    assert columns.shape == (5, 2) and columns.dtype == np.float32
+    np.testing.assert_allclose(columns[:, 0], factors[candidates] @ exact, rtol=1e-4, atol=1e-5)
+    above = np.array([(columns[:, 0] > s).sum() for s in columns[:, 0]])
+    np.testing.assert_array_equal(columns[:, 1], np.log1p(above).astype(np.float32))
+    assert columns[0, 1] == columns[2, 1]  # the same item twice: one rank
+    nothing = features.predict(UserRow(0, 0, 0, 0, 0), np.zeros(0, dtype=np.int64), candidates)
+    assert not nothing.any()
+
+    features.save(tmp_path)
+    again = ALSFeatures.load(tmp_path)
+    np.testing.assert_array_equal(again.predict(UserRow(1, 0, 0, 0, 0), history, candidates), columns)
