@@ -124,7 +124,8 @@ class RankingBatch:
     Per request: ``user``, ``gender``, ``age``, ``occupation``, ``zip`` (R,) int64 and ``history`` (R, L)
     int64 item indices, most recent first, 0-padded. Per candidate: ``request`` (B,) int64 in [0, R),
     ``item``, ``year``, ``channel`` (B,) int64, ``genres`` (B, G) int64 0-padded, ``dense``
-    (B, len(dense_feature_names(rating models))) float32. Candidates of one request are contiguous.
+    (B, F) float32, F the configured dense columns (dense_feature_names). Candidates of one request are
+    contiguous.
     """
 
     user: np.ndarray
@@ -270,28 +271,29 @@ class RankingFeatureBuilder:
         history = np.asarray(history, dtype=np.int64)
         history = history[history > 0][: self.history_length]
         history_pop = self._log_popularity[history].mean() if len(history) else 0.0
-        dense = np.column_stack(
-            [
-                recall_scores,
-                recall_scores - best,
-                # fixed scale (log1p(1000) ~ 6.9), not the list length, so a longer list moves no one
-                np.log1p(np.arange(count, dtype=np.float32)) / 7.0,
-                self._log_popularity[candidates],
-                np.log1p(stats.recent_counts(candidates, when)) / self._log_popularity_scale,
-                np.log1p(stats.age_days(candidates, when)) / 7.0,
-                stats.mean_rating(candidates),
-                stats.positive_rate(candidates),
-                self.genre_share(history)[genres].sum(axis=1),
-                np.full(count, np.log1p(len(history)) / 7.0),
-                np.full(count, history_pop),
-                self.history_similarity(history, candidates, candidate_vectors),
-                self.history_cooccurrence(history, candidates),
-            ]
-        ).astype(np.float32)
-        if self.ratings is not None:
-            dense = np.hstack([dense, self.ratings.predict(user, history, candidates)])
-        if self.preferences is not None:
-            dense = np.hstack([dense, self.preferences.predict(user, history, candidates)])
+        columns = [
+            recall_scores,
+            recall_scores - best,
+            # fixed scale (log1p(1000) ~ 6.9), not the list length, so a longer list moves no one
+            np.log1p(np.arange(count, dtype=np.float32)) / 7.0,
+            self._log_popularity[candidates],
+            np.log1p(stats.recent_counts(candidates, when)) / self._log_popularity_scale,
+            np.log1p(stats.age_days(candidates, when)) / 7.0,
+            stats.mean_rating(candidates),
+            stats.positive_rate(candidates),
+            self.genre_share(history)[genres].sum(axis=1),
+            np.full(count, np.log1p(len(history)) / 7.0),
+            np.full(count, history_pop),
+            self.history_similarity(history, candidates, candidate_vectors),
+            self.history_cooccurrence(history, candidates),
+        ]
+        # the feature models' columns, after the base ones, in the order dense_feature_names lists them
+        columns += [
+            model.predict(user, history, candidates)
+            for model in (self.ratings, self.preferences)
+            if model is not None
+        ]
+        dense = np.column_stack(columns).astype(np.float32)
         padded = np.zeros((1, self.history_length), dtype=np.int64)
         padded[0, : len(history)] = history
         return RankingBatch(

@@ -32,6 +32,12 @@ RANKER_META = "ranker.json"
 Validation = tuple[RankingBatch, np.ndarray]
 
 
+def dense_features_of(config: RankingConfig) -> tuple[str, ...]:
+    """The dense columns a ranker with ``config`` is trained and served on: the base features, one per
+    configured rating model, and the ALS pair when ranking.als_factors is set."""
+    return dense_feature_names(config.rating_models, config.als_factors > 0)
+
+
 def _meta_matches(meta: dict, folder: Path) -> None:
     trained_on = (meta.get("dense_features"), meta.get("features_version"))
     config = meta.get("config", {})
@@ -83,7 +89,7 @@ class Ranker(ABC):
     def _meta(self, config: RankingConfig, **extra) -> dict:
         return {
             "type": self.type,
-            "dense_features": list(dense_feature_names(config.rating_models, config.als_factors > 0)),
+            "dense_features": list(dense_features_of(config)),
             "features_version": FEATURES_VERSION,
             "config": config.model_dump(mode="json"),
             **extra,
@@ -185,7 +191,7 @@ class WideDeepRanker(TorchRanker):
             hidden_dims=tuple(config.hidden_dims),
             dropout=config.dropout,
             hash_buckets=config.wide_hash_buckets,
-            dense_width=len(dense_feature_names(config.rating_models, config.als_factors > 0)),
+            dense_width=len(dense_features_of(config)),
         )
         return cls(WideDeep(spec), config)
 
@@ -218,7 +224,7 @@ class DINRanker(TorchRanker):
             activation=config.din_activation,
             dropout=config.dropout,
             max_genres=max_genres,
-            dense_width=len(dense_feature_names(config.rating_models, config.als_factors > 0)),
+            dense_width=len(dense_features_of(config)),
         )
 
     def set_inference_precision(self, precision: str) -> bool:
@@ -271,7 +277,7 @@ class CrossValidation:
 
 def gbdt_features(config: RankingConfig) -> tuple[str, ...]:
     """The engineered features LightGBM sees: every dense feature, the channel and the release year bucket."""
-    return (*dense_feature_names(config.rating_models, config.als_factors > 0), "channel", "year")
+    return (*dense_features_of(config), "channel", "year")
 
 
 class LightGBMRanker(Ranker):

@@ -34,10 +34,9 @@ from ranking.features import (
     RankingBatch,
     RankingFeatureBuilder,
     UserRow,
-    dense_feature_names,
     encode_channels,
 )
-from ranking.ranker import RANKERS, Ranker, create_ranker
+from ranking.ranker import RANKERS, Ranker, create_ranker, dense_features_of
 from ranking.rating import (
     RATING_MODELS,
     USER_SIDE,
@@ -691,7 +690,7 @@ def ranking_fingerprint(config: AppConfig, data_fp: str) -> str:
         recall_fingerprint(config, data_fp),
         config.ranking.model_dump(mode="json"),
         config.features.history_length,
-        dense_feature_names(config.ranking.rating_models, config.ranking.als_factors > 0),
+        dense_features_of(config.ranking),
         FEATURES_VERSION,
     )
 

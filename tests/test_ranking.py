@@ -16,10 +16,9 @@ from ranking.features import (
     DENSE_FEATURES,
     RankingBatch,
     UserRow,
-    dense_feature_names,
     encode_channels,
 )
-from ranking.ranker import RANKERS, DINRanker, create_ranker, load_ranker
+from ranking.ranker import RANKERS, DINRanker, create_ranker, dense_features_of, load_ranker
 from ranking.statistics import ItemStatistics
 from ranking.wide_deep import WideCross
 
@@ -51,7 +50,7 @@ class _Items:
 
 
 # the dense columns rankers built from a default RankingConfig take
-DENSE_WIDTH = len(dense_feature_names(RankingConfig().rating_models, RankingConfig().als_factors > 0))
+DENSE_WIDTH = len(dense_features_of(RankingConfig()))
 
 
 def synthetic_batch(rng, requests: int, candidates: int, history: int, items: _Items) -> RankingBatch:
