@@ -13,6 +13,7 @@ computed once per behaviour, the e_a part once per candidate and only the last t
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -93,6 +94,28 @@ class Dice(PReLU):
         return gate.mul_(x)
 
 
+class DerivedWeights:
+    """Tensors derived from parameters for inference (sums of weight blocks, bf16 copies), rebuilt when a
+    parameter they come from changes: a parameter's version counter moves on every in-place update
+    (optimiser steps, load_state_dict). Per request they were ~10 small ops, each a dispatch and an
+    allocation."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[tuple[tuple[int, int, int], ...], torch.Tensor]] = {}
+
+    def get(
+        self, name: str, sources: tuple[torch.Tensor, ...], make: Callable[[], torch.Tensor]
+    ) -> torch.Tensor:
+        key = tuple((id(t), t.data_ptr(), t._version) for t in sources)
+        entry = self._entries.get(name)
+        if entry is not None and entry[0] == key:
+            return entry[1]
+        with torch.no_grad():
+            value = make()
+        self._entries[name] = (key, value)
+        return value
+
+
 def activation(name: str, width: int) -> nn.Module:
     if name == "prelu":
         return PReLU(width)
@@ -116,6 +139,7 @@ class ActivationUnit(nn.Module):
         # dtype of the serving path's pair product (B*H*L*D multiply-adds, most of the model's work);
         # bfloat16 runs it on AVX512-BF16 / tensor cores with float32 accumulation (see DIN.set_precision)
         self.product_dtype = torch.float32
+        self.derived = DerivedWeights()
 
     def reference(self, behaviours: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """Straightforward form: behaviours (B, L, D) gathered per candidate, candidates (B, D) -> (B, L)."""
@@ -157,8 +181,14 @@ class ActivationUnit(nn.Module):
         first = self.linears[0]
         w1, w2, w3, w4 = first.weight.split(self.dim, dim=1)  # each (H, D)
         length, count, hidden = behaviours.shape[0], candidates.shape[0], w4.shape[0]
-        constant = torch.addmm(first.bias, behaviours, (w1 + w3).t())  # (L, H)
-        pair_weights = torch.addcmul((w2 - w3).unsqueeze(0), behaviours.unsqueeze(1), w4.unsqueeze(0))
+        if torch.is_grad_enabled():
+            behaviour_weight, candidate_weight = (w1 + w3).t(), (w2 - w3).unsqueeze(0)
+        else:
+            weight = (first.weight,)
+            behaviour_weight = self.derived.get("w1+w3", weight, lambda: (w1 + w3).t().contiguous())
+            candidate_weight = self.derived.get("w2-w3", weight, lambda: (w2 - w3).unsqueeze(0))
+        constant = torch.addmm(first.bias, behaviours, behaviour_weight)  # (L, H)
+        pair_weights = torch.addcmul(candidate_weight, behaviours.unsqueeze(1), w4.unsqueeze(0))
         keys = torch.cat([pair_weights, constant.unsqueeze(2)], dim=2)  # (L, H, D+1)
         queries = torch.cat([candidates, candidates.new_ones(count, 1)], dim=1)  # (B, D+1)
         # bf16 only for the product's operands: elementwise bf16 is slow on CPU and both are small
@@ -255,10 +285,13 @@ class DIN(nn.Module):
         dtype = self.attention.product_dtype
         if dtype == torch.float32 or torch.is_grad_enabled():
             return self.mlp(x)
-        for layer in self.mlp:
+        for position, layer in enumerate(self.mlp):
             if isinstance(layer, nn.Linear):
+                weight = self.attention.derived.get(
+                    f"mlp.{position}.{dtype}", (layer.weight,), lambda w=layer.weight: w.to(dtype).t()
+                )
                 # the bias and activations stay float32: bf16 elementwise work is slow on CPU
-                x = torch.mm(x.to(dtype), layer.weight.to(dtype).t()).to(torch.float32).add_(layer.bias)
+                x = torch.mm(x.to(dtype), weight).to(torch.float32).add_(layer.bias)
             else:
                 x = layer(x)
         return x

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from cascade.arrays import isin
 from cascade.features import AGE_UNKNOWN, GENDER_UNKNOWN
 from cascade.sparse import csr_row_entries
 
@@ -26,7 +27,7 @@ def keep_unblocked(items: np.ndarray, blocked: np.ndarray, count: int) -> np.nda
     """Positions of the first ``count`` real items (not padding 0) of ``items`` that are not in ``blocked``.
 
     Every channel, and every evaluation of a ranked list, filters a best-first list this way."""
-    return np.flatnonzero((items > 0) & ~np.isin(items, blocked))[:count]
+    return np.flatnonzero((items > 0) & ~isin(items, blocked))[:count]
 
 
 @dataclass(frozen=True)
@@ -52,31 +53,39 @@ class ChannelCandidates:
 
 @dataclass(frozen=True)
 class MergedCandidates:
-    """Candidates of several channels, de-duplicated: items (C,), channel_scores (C,), sources (C,) str.
+    """Candidates of several channels, de-duplicated: items (C,), channel_scores (C,), and each item's
+    channel as a position (C,) int64 into ``channel_names``.
 
     An item several channels propose keeps the first channel's tag and score (channels are given in
-    priority order)."""
+    priority order). Channels travel as small integers, not an object array of names: ranking encodes and
+    reorders them per candidate, and object arrays cost a Python call per element for either."""
 
     items: np.ndarray
     channel_scores: np.ndarray
-    sources: np.ndarray
+    channels: np.ndarray
+    channel_names: tuple[str, ...]
 
     def __len__(self) -> int:
         return len(self.items)
 
+    @property
+    def sources(self) -> np.ndarray:
+        """(C,) object array of channel names."""
+        return np.array(self.channel_names, dtype=object)[self.channels]
+
 
 def merge_channels(channels: list[ChannelCandidates]) -> MergedCandidates:
+    names = tuple(c.source for c in channels)
     if not channels:
-        return MergedCandidates(
-            np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32), np.zeros(0, object)
-        )
+        empty = np.zeros(0, dtype=np.int64)
+        return MergedCandidates(empty, np.zeros(0, dtype=np.float32), empty, names)
     items = np.concatenate([c.items for c in channels])
     scores = np.concatenate([c.scores for c in channels])
-    sources = np.concatenate([np.full(len(c.items), c.source, dtype=object) for c in channels])
+    which = np.repeat(np.arange(len(channels), dtype=np.int64), [len(c.items) for c in channels])
     _, first = np.unique(items, return_index=True)
     keep = np.sort(first)
     keep = keep[items[keep] > 0]
-    return MergedCandidates(items[keep].astype(np.int64), scores[keep].astype(np.float32), sources[keep])
+    return MergedCandidates(items[keep].astype(np.int64), scores[keep].astype(np.float32), which[keep], names)
 
 
 class CooccurrenceRules:

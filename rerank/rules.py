@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cascade.arrays import isin
 from cascade.config import RerankConfig
 
 
@@ -29,9 +30,9 @@ class Reranker:
         scores = np.asarray(scores, dtype=np.float32)
         keep = items > 0
         if self.config.filter_seen and len(seen):
-            keep &= ~np.isin(items, seen)
+            keep &= ~isin(items, seen)
         if len(exclude):
-            keep &= ~np.isin(items, exclude)
+            keep &= ~isin(items, exclude)
         rows = np.flatnonzero(keep)
         # best score first, then lowest item index: deterministic order on ties
         rows = rows[np.lexsort((items[rows], -scores[rows]))]

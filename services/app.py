@@ -115,7 +115,7 @@ def _run_server(
 ) -> None:
     """One server in this process: bind, load the models, watch for new ones, serve until ``stop``."""
     configure_serving_process(config)
-    server = CascadeServer(config, store, process_index=process_index)
+    server = CascadeServer(config, store, process_index=process_index, freeze_loaded_models=True)
     port = server.start()
     try:
         server.load_models()

@@ -131,15 +131,16 @@ class RecommendationPipeline:
         merged, query = self.recall(ctx, extra=len(exclude))
         after_recall = time.perf_counter()
         timings["recall"] = (after_recall - start) * 1e3
-        items, sources, channel_scores = merged.items, merged.sources, merged.channel_scores
+        items, channels, channel_scores = merged.items, merged.channels, merged.channel_scores
         features_built = after_recall
         if query is None or len(items) == 0:
             scores = channel_scores
         else:
             order, tt_scores, vectors = two_tower_order(items, self.models.index.embeddings, query)
-            items, sources, channel_scores = items[order], sources[order], channel_scores[order]
+            items, channels, channel_scores = items[order], channels[order], channel_scores[order]
+            codes = encode_channels(merged.channel_names)[channels]
             batch = self.models.ranking_features.build(
-                ctx.row, ctx.history, items, tt_scores, encode_channels(sources), ctx.at, vectors
+                ctx.row, ctx.history, items, tt_scores, codes, ctx.at, vectors
             )
             features_built = time.perf_counter()
             scores = self.models.ranker.score(batch)
@@ -151,7 +152,7 @@ class RecommendationPipeline:
         return Recommendation(
             result.items,
             result.scores,
-            sources[result.positions].tolist(),
+            [merged.channel_names[c] for c in channels[result.positions].tolist()],
             channel_scores[result.positions],
             timings,
         )

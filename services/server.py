@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -179,12 +180,36 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         return pb.RecordEventResponse(history_length=length)
 
 
+def freeze_long_lived_objects(after_reload: bool = False) -> int:
+    """Move every object alive now (the loaded models, schema, titles: ~300K containers at 1M items) out of
+    the cyclic collector's reach; returns how many are frozen.
+
+    A full collection traverses every tracked object: 170 ms at 1M items, a pause of the whole process (its
+    RPC threads included) each time enough new objects have survived. Frozen objects are still freed by
+    reference counting; after a reload the previous models' objects are unfrozen and collected first, so
+    reference cycles among them do not outlive the swap."""
+    if after_reload:
+        gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
 class CascadeServer:
     """A grpc server with the Recommender and health services; NOT_SERVING until models are loaded."""
 
-    def __init__(self, config: AppConfig, store: OnlineFeatureStore, process_index: int = 0):
+    def __init__(
+        self,
+        config: AppConfig,
+        store: OnlineFeatureStore,
+        process_index: int = 0,
+        freeze_loaded_models: bool = False,
+    ):
+        """``freeze_loaded_models``: keep loaded models out of the cyclic collector's reach (see
+        ``freeze_long_lived_objects``); process-wide, so for a process that only serves."""
         self.config = config
         self.process_index = process_index
+        self.freeze_loaded_models = freeze_loaded_models
         self.metrics = ServerMetrics()
         self.service = RecommenderService(config, store, self.metrics)
         self.health = health.HealthServicer()
@@ -226,6 +251,8 @@ class CascadeServer:
     def load_models(self) -> ServingModels:
         models = ServingModels.load(ArtifactStore(self.config.artifacts_dir))
         self.service.install(models)
+        if self.freeze_loaded_models:
+            freeze_long_lived_objects()
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         return models
 
@@ -250,6 +277,8 @@ class CascadeServer:
             logger.warning("not reloading: published versions %s do not load together: %s", published, exc)
             return False
         self.service.install(models)
+        if self.freeze_loaded_models:
+            freeze_long_lived_objects(after_reload=True)
         self._failed_versions = None
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         logger.info("reloaded models: %s", models.versions)

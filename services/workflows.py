@@ -626,7 +626,7 @@ def labelled_candidates(
                 history,
                 cand,
                 scores,
-                encode_channels(merged.sources[order]),
+                encode_channels(merged.channel_names)[merged.channels[order]],
                 at,
                 vectors,
             )

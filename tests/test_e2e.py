@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -22,7 +24,7 @@ from cascade.data.fetch import fetch
 from services.app import configure_serving_process, ensure_features_loaded
 from services.client import CascadeClient
 from services.feature_store.redis_store import RedisFeatureStore
-from services.server import CascadeServer
+from services.server import CascadeServer, freeze_long_lived_objects
 from services.workflows import evaluate_pipeline, rebuild_index, rollback, train_ranking, train_recall
 
 pytestmark = pytest.mark.e2e
@@ -651,3 +653,25 @@ def test_several_server_processes_share_one_port(config, built, tmp_path):
     assert sum(answered) == 48
     assert min(answered) > 0  # 16 connections all hashed to one process: odds 2 in 65536
     assert result.server_cpu > 0
+
+
+def test_freezing_loaded_models_spares_them_from_collections_but_not_reloads():
+    """What a serving process does after loading models: objects alive then leave the cyclic collector's
+    reach; after a reload, the previous models' objects are collectable again (a cycle among them is
+    freed, not leaked)."""
+
+    class Node:
+        pass
+
+    old_model = Node()
+    old_model.self_reference = old_model  # freed only by the cyclic collector
+    gone = weakref.ref(old_model)
+    try:
+        assert freeze_long_lived_objects() > 0
+        del old_model
+        gc.collect()
+        assert gone() is not None  # frozen: full collections skip it
+        freeze_long_lived_objects(after_reload=True)
+        assert gone() is None
+    finally:
+        gc.unfreeze()

@@ -169,6 +169,37 @@ def test_din_bfloat16_pair_product_stays_close_to_float32(items):
         model.set_precision("float16")
 
 
+def test_din_inference_follows_weight_updates(items):
+    """Inference caches tensors derived from the weights (summed attention blocks, bf16 copies of the MLP):
+    after an optimiser step or a load_state_dict, the served scores must be the new weights' scores."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(9)
+    model = _trained_din(RankingConfig(), items, rng, steps=2)
+    other = _trained_din(RankingConfig(), items, np.random.default_rng(10), steps=4)
+    batch = synthetic_batch(rng, 1, 60, 20, items).tensors()
+    for precision in ("float32", "bfloat16"):
+        model.set_precision(precision)
+        other.set_precision(precision)
+        with torch.inference_mode():
+            before = model(batch)  # fills the caches
+        model.load_state_dict(other.state_dict())
+        with torch.inference_mode():
+            after, expected = model(batch), other(batch)
+        assert not torch.equal(after, before)
+        torch.testing.assert_close(after, expected, atol=0, rtol=0)
+        # an in-place optimiser step on the loaded weights
+        model.train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        model(synthetic_batch(rng, 2, 30, 20, items).tensors()).square().mean().backward()
+        optimizer.step()
+        model.eval()
+        with torch.inference_mode():
+            stepped = model(batch)
+            model.attention.derived = type(model.attention.derived)()  # nothing cached: computed afresh
+            torch.testing.assert_close(stepped, model(batch), atol=0, rtol=0)
+        assert not torch.equal(stepped, after)
+
+
 def test_din_attention_ignores_padding_and_weights_are_not_normalised(items):
     torch.manual_seed(0)
     model = _din(RankingConfig(), items).eval()
