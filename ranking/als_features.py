@@ -28,7 +28,7 @@ from threadpoolctl import threadpool_limits
 
 from cascade.features import FeatureSchema
 from cascade.sparse import interaction_matrix
-from ranking.features import UserRow
+from ranking.features import ALS_FEATURES, UserRow
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class ALSFeatures:
     """Item factors (I, K) of an implicit ALS model; ``predict`` gives each candidate's score under the
     user factor folded in from the request's history, and the log of its rank among the candidates."""
 
-    kinds = ("als_score", "als_rank")
+    kinds = ALS_FEATURES
 
     def __init__(
         self, item_factors: np.ndarray, regularization: float, alpha: float, metrics: dict | None = None

@@ -242,6 +242,7 @@ class DIN(nn.Module):
             width = hidden
         layers.append(nn.Linear(width, 1))
         self.mlp = nn.Sequential(*layers)
+        self.derived = DerivedWeights()
 
     def set_precision(self, precision: str) -> None:
         """Precision of the matrix products in inference, the attention's pair product and the MLP's
@@ -287,7 +288,7 @@ class DIN(nn.Module):
             return self.mlp(x)
         for position, layer in enumerate(self.mlp):
             if isinstance(layer, nn.Linear):
-                weight = self.attention.derived.get(
+                weight = self.derived.get(
                     f"mlp.{position}.{dtype}", (layer.weight,), lambda w=layer.weight: w.to(dtype).t()
                 )
                 # the bias and activations stay float32: bf16 elementwise work is slow on CPU

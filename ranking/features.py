@@ -88,21 +88,14 @@ class ItemRelations(Protocol):
         ...
 
 
-class RatingPredictor(Protocol):
-    """Predicted ratings of candidates by rating models (ranking.rating_features provides them)."""
+class CandidateScorer(Protocol):
+    """A feature model scoring a request's candidates into ``kinds`` dense columns: the rating models
+    (ranking.rating_features) and the ALS preferences (ranking.als_features)."""
 
     kinds: tuple[str, ...]
 
     def predict(self, user: UserRow, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """history (H,) latest first, candidates (C,) item indices -> (C, len(kinds)) float32."""
-        ...
-
-
-class PreferenceScorer(Protocol):
-    """Implicit-feedback scores of candidates (ranking.als_features provides them)."""
-
-    def predict(self, user: UserRow, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-        """history (H,) latest first, candidates (C,) item indices -> (C, len(ALS_FEATURES)) float32."""
         ...
 
 
@@ -193,8 +186,8 @@ class RankingFeatureBuilder:
         history_length: int,
         item_vectors: np.ndarray,
         relations: ItemRelations,
-        ratings: RatingPredictor | None = None,
-        preferences: PreferenceScorer | None = None,
+        ratings: CandidateScorer | None = None,
+        preferences: CandidateScorer | None = None,
     ):
         self.schema = schema
         self.ratings = ratings

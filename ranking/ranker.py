@@ -57,6 +57,7 @@ def _cardinalities(schema: FeatureSchema) -> dict[str, int]:
 
 class Ranker(ABC):
     type: str
+    config: RankingConfig
 
     @abstractmethod
     def fit(

@@ -102,14 +102,10 @@ class ServingModels:
                 relations=cooccurrence,
                 ratings=(
                     RatingFeatureModels.load(ranking_ref.path, schema, items)
-                    if ranking_ref.manifest["config"]["ranking"].get("rating_models")
+                    if ranker.config.rating_models
                     else None
                 ),
-                preferences=(
-                    ALSFeatures.load(ranking_ref.path)
-                    if ranking_ref.manifest["config"]["ranking"].get("als_factors", 0) > 0
-                    else None
-                ),
+                preferences=(ALSFeatures.load(ranking_ref.path) if ranker.config.als_factors > 0 else None),
             ),
             versions={
                 "recall": recall_ref.version,

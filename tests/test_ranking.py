@@ -10,7 +10,7 @@ import torch
 from cascade.config import RankingConfig
 from cascade.features import FeatureSchema
 from cascade.metrics import auc, gauc
-from ranking.din import DIN, Dice
+from ranking.din import DIN, DerivedWeights, Dice
 from ranking.features import (
     CHANNELS,
     DENSE_FEATURES,
@@ -195,7 +195,7 @@ def test_din_inference_follows_weight_updates(items):
         model.eval()
         with torch.inference_mode():
             stepped = model(batch)
-            model.attention.derived = type(model.attention.derived)()  # nothing cached: computed afresh
+            model.derived, model.attention.derived = DerivedWeights(), DerivedWeights()  # computed afresh
             torch.testing.assert_close(stepped, model(batch), atol=0, rtol=0)
         assert not torch.equal(stepped, after)
 
