@@ -54,6 +54,10 @@ class LoadSettings:
     k: int = 20
     timeout_s: float = 2.0  # a request not answered by then counts as DEADLINE_EXCEEDED
     channels: int = 16  # separate HTTP/2 connections, so SO_REUSEPORT spreads them over server processes
+    # "connections": `channels` connections to one address (the shared port: the kernel spreads the
+    # connections over the processes); "requests": request i goes to address i mod n of a list (every
+    # process's own port, serving.process_ports)
+    balance: str = "connections"
     arrivals: str = "uniform"  # or "poisson"
     saturated_p99_ms: float = 1000.0  # stop the sweep after a rate whose p99 exceeds this
     max_error_share: float = 0.05  # ... or whose share of failed requests exceeds this
@@ -157,8 +161,24 @@ class _CpuMeter:
         return (time.process_time() - self._own) / wall, (self._server_seconds() - self._server) / wall
 
 
+def _open_channels(target: str | list[str], settings: LoadSettings) -> list[grpc.aio.Channel]:
+    """The generator's channels; ``_drive`` sends request i on channel i mod n."""
+    options = [("grpc.use_local_subchannel_pool", 1)]  # one real connection per channel
+    if settings.balance == "connections":
+        if not isinstance(target, str):
+            raise ValueError("target: balancing connections needs one HOST:PORT, not a list")
+        return [grpc.aio.insecure_channel(target, options=options) for _ in range(settings.channels)]
+    if settings.balance == "requests":
+        # one channel per process address, so request i goes to process i mod n: what gRPC's round_robin
+        # policy does, but deterministic from the first request (round_robin's channel reports ready as
+        # soon as one of its connections is)
+        addresses = [target] if isinstance(target, str) else target
+        return [grpc.aio.insecure_channel(address, options=options) for address in addresses]
+    raise ValueError(f"balance: must be connections or requests, got {settings.balance!r}")
+
+
 def run_rate(
-    target: str,
+    target: str | list[str],
     requests: list[pb.RecommendRequest],
     rate: float,
     settings: LoadSettings,
@@ -166,12 +186,12 @@ def run_rate(
     rng: np.random.Generator,
     on_sent: Callable[[int], None] | None = None,
 ) -> RateResult:
-    """One offered rate: send ``requests`` on the schedule and summarise what came back."""
+    """One offered rate: send ``requests`` on the schedule and summarise what came back. ``target``: one
+    HOST:PORT, or with ``settings.balance = "requests"`` the addresses to rotate over."""
     offsets = _schedule(len(requests), rate, settings.arrivals, rng)
 
     async def main() -> tuple:
-        options = [("grpc.use_local_subchannel_pool", 1)]  # one real connection per channel
-        channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(settings.channels)]
+        channels = _open_channels(target, settings)
         try:
             stubs = [pb_grpc.RecommenderStub(c) for c in channels]
             await asyncio.gather(*(c.channel_ready() for c in channels))
@@ -217,7 +237,7 @@ def make_requests(user_ids: np.ndarray, count: int, k: int, rng: np.random.Gener
 
 
 def sweep(
-    target: str,
+    target: str | list[str],
     user_ids: np.ndarray,
     settings: LoadSettings,
     server_pid: int | None = None,
@@ -268,7 +288,8 @@ def running_service(
     config: AppConfig, log_path: Path, start_timeout_s: float = 1800.0
 ) -> Iterator[tuple[str, int]]:
     """`cascade serve` in a child process with ``config`` (port must be fixed); yields (target, pid) once
-    health says SERVING, and stops it (SIGTERM, then SIGKILL) on exit."""
+    health says SERVING (on every process's own port, with ``serving.process_ports``), and stops it
+    (SIGTERM, then SIGKILL) on exit."""
     if config.serving.port == 0:
         raise ValueError("serving.port: the benchmarked service needs a fixed port")
     target = f"{config.serving.host}:{config.serving.port}"
@@ -290,8 +311,11 @@ def running_service(
                 if proc.poll() is not None:
                     raise RuntimeError(f"the service exited with {proc.returncode}; see {log_path}")
 
-            with CascadeClient(target, timeout_s=2.0) as client:
-                client.wait_until_serving(start_timeout_s, check=still_running, poll_s=0.5)
+            # the shared port answers from whichever process a connection lands on; with process_ports
+            # every process is asked, so no request of the sweep meets one still loading
+            for address in config.serving.process_addresses() or [target]:
+                with CascadeClient(address, timeout_s=2.0) as client:
+                    client.wait_until_serving(start_timeout_s, check=still_running, poll_s=0.5)
             yield target, proc.pid
         finally:
             if proc.poll() is None:
@@ -366,13 +390,16 @@ def plot(report: dict, path: Path) -> None:
     left.grid(True, which="both", alpha=0.3)
 
     bottom = np.zeros(len(rates))
-    labels = [f"{o:g}" for o in offered]
+    positions = np.arange(len(rates))
     for stage in STAGES:
         values = np.array([r["stage_ms"][stage]["mean"] for r in rates])
-        right.bar(labels, values, bottom=bottom, label=stage)
+        right.bar(positions, values, bottom=bottom, label=stage)
         bottom += values
     outside = np.array([max(r["outside_server_ms"], 0.0) for r in rates])
-    right.bar(labels, outside, bottom=bottom, label="outside handler (queue, transport)", color="lightgrey")
+    right.bar(
+        positions, outside, bottom=bottom, label="outside handler (queue, transport)", color="lightgrey"
+    )
+    right.set_xticks(positions, [f"{o:g}" for o in offered])
     right.set_xlabel("offered load (requests/s)")
     right.set_ylabel("mean ms per request")
     right.set_title("where the time goes")
@@ -389,7 +416,7 @@ def markdown(report: dict) -> str:
         f"# {ctx.get('title', 'cascade bench serve')}",
         "",
         f"Scenario `{ctx.get('scenario')}`; server: {ctx.get('server')}; generator: open loop, "
-        f"{report['settings']['arrivals']} arrivals, {report['settings']['channels']} channels, "
+        f"{report['settings']['arrivals']} arrivals, {_balance_text(report['settings'])}, "
         f"pinned to CPU {ctx['generator_pinned_cpu']}; {ctx['cpus']} CPUs.",
         "",
         f"- p99 at 100 req/s: {_fmt(summary['p99_ms_at_100_rps'])} ms",
@@ -419,6 +446,12 @@ def markdown(report: dict) -> str:
             + " |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _balance_text(settings: dict) -> str:
+    if settings.get("balance", "connections") == "requests":
+        return "requests rotated over the server processes' own ports"
+    return f"{settings['channels']} connections to the shared port"
 
 
 def _fmt(value: float | None) -> str:

@@ -351,7 +351,10 @@ def bench_serve(
     scenario: ScenarioOption = "synthetic-1m",
     target: Annotated[
         str | None,
-        typer.Option(help="HOST:PORT of a service already running the scenario; else one is started."),
+        typer.Option(
+            help="HOST:PORT of a service already running the scenario (with --balance requests, a "
+            "comma-separated list of its processes' own addresses); else one is started."
+        ),
     ] = None,
     rates: Annotated[str, typer.Option(help="Offered rates to sweep, requests/s, comma-separated.")] = (
         "25,50,100,150,200,300,400"
@@ -360,7 +363,17 @@ def bench_serve(
     warmup: Annotated[float, typer.Option(help="Warm-up seconds at the lowest rate (discarded).")] = 3.0,
     max_requests: Annotated[int, typer.Option(help="Most requests per offered rate.")] = 20_000,
     k: Annotated[int, typer.Option(help="Items per request.")] = 20,
-    channels: Annotated[int, typer.Option(help="gRPC connections the generator spreads requests over.")] = 16,
+    channels: Annotated[
+        int, typer.Option(help="gRPC connections to the shared port, with --balance connections.")
+    ] = 16,
+    balance: Annotated[
+        str | None,
+        typer.Option(
+            help="requests: request i goes to server process i mod n, on its own port "
+            "(serving.process_ports); connections: --channels connections to the shared port, spread "
+            "over the processes by the kernel. Default: requests when the scenario sets process_ports."
+        ),
+    ] = None,
     arrivals: Annotated[str, typer.Option(help="uniform or poisson inter-arrival times.")] = "uniform",
     processes: Annotated[int | None, typer.Option(help="Server processes (default: the scenario's).")] = None,
     workers: Annotated[int | None, typer.Option(help="RPC threads per server process.")] = None,
@@ -379,6 +392,7 @@ def bench_serve(
         max_requests=max_requests,
         k=k,
         channels=channels,
+        balance=balance or ("requests" if cfg.serving.process_ports is not None else "connections"),
         arrivals=arrivals,
         pin_cpu=pin_cpu,
         seed=cfg.seed,
@@ -400,7 +414,13 @@ def bench_serve(
     serve_load.pin_to_cpu(pin_cpu)
 
     def drive(address: str, pid: int | None) -> list:
-        return serve_load.sweep(address, user_ids, settings, pid, say)
+        if settings.balance != "requests":
+            return serve_load.sweep(address, user_ids, settings, pid, say)
+        addresses = address.split(",") if target is not None else cfg.serving.process_addresses()
+        if not addresses:
+            raise typer.BadParameter("--balance requests needs serving.process_ports in the scenario")
+        say(f"balancing requests over {', '.join(addresses)}")
+        return serve_load.sweep(addresses, user_ids, settings, pid, say)
 
     if target is not None:
         results = drive(target, None)

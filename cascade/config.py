@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_CONFIG_FILE = "cascade.toml"
 CONFIG_ENV_VAR = "CASCADE_CONFIG"
@@ -280,6 +280,35 @@ class ServingConfig(StageConfig):
         description="Port of the Prometheus /metrics endpoint (stage and request latency histograms, "
         "requests by status code); process i of `processes` uses metrics_port + i. Unset: no endpoint.",
     )
+    process_ports: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="First of `processes` consecutive ports, one per server process (process i also "
+        "listens on process_ports + i), so that clients balance requests, not connections, over the "
+        "processes: gRPC's round_robin policy over these addresses. The shared port spreads connections "
+        "only, and a client's few long-lived connections rarely split evenly. Unset: the shared port only.",
+    )
+
+    @model_validator(mode="after")
+    def _process_ports_clear_of_port(self) -> ServingConfig:
+        if self.process_ports is not None:
+            last = self.process_ports + self.processes - 1
+            if last > 65535:
+                raise ValueError(
+                    f"process_ports: {self.process_ports} + {self.processes} processes passes 65535"
+                )
+            if self.process_ports <= self.port <= last:
+                raise ValueError(
+                    f"process_ports: {self.process_ports}..{last} must not include port ({self.port})"
+                )
+        return self
+
+    def process_addresses(self) -> list[str]:
+        """HOST:PORT of each process's own port (empty without ``process_ports``)."""
+        if self.process_ports is None:
+            return []
+        return [f"{self.host}:{self.process_ports + i}" for i in range(self.processes)]
 
 
 class AppConfig(StageConfig):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import socket
 import threading
 import time
 import uuid
@@ -52,8 +53,11 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         return self._pipeline is not None
 
     def install(self, models: ServingModels) -> None:
-        """Swap in a loaded set of models; requests in flight finish on the ones they started with."""
-        self._pipeline = RecommendationPipeline(models, self.config)
+        """Swap in a loaded set of models, warmed up by one request first; requests in flight finish on the
+        ones they started with."""
+        pipeline = RecommendationPipeline(models, self.config)
+        logger.info("models warmed up in %.2f s", pipeline.warm_up())
+        self._pipeline = pipeline
 
     def _require_pipeline(self) -> RecommendationPipeline:
         pipeline = self._pipeline
@@ -223,6 +227,7 @@ class CascadeServer:
         pb_grpc.add_RecommenderServicer_to_server(self.service, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         self.port: int | None = None
+        self.process_port: int | None = None  # serving.process_ports + process_index, when configured
         self.metrics_port: int | None = None
         self._stopped = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -238,6 +243,8 @@ class CascadeServer:
         self.port = self._server.add_insecure_port(address)
         if self.port == 0:
             raise RuntimeError(f"could not bind {address}")
+        if self.config.serving.process_ports is not None:
+            self.process_port = self._bind_own_port(self.config.serving.process_ports + self.process_index)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self._server.start()
         logger.info("gRPC server listening on %s:%d", self.config.serving.host, self.port)
@@ -247,6 +254,22 @@ class CascadeServer:
                 metrics_port + self.process_index if metrics_port else 0, self.config.serving.host
             )
         return self.port
+
+    def _bind_own_port(self, port: int) -> int:
+        """This process's own address beside the shared one. The server's sockets all carry SO_REUSEPORT,
+        which would let this port be shared silently with whatever already holds it; a plain bind first
+        makes a taken port fail here instead."""
+        host = self.config.serving.host
+        bare = host.strip("[]")
+        family = socket.AF_INET6 if ":" in bare else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.bind((bare, port))
+        except OSError as exc:
+            raise RuntimeError(f"serving.process_ports: {host}:{port} is taken ({exc.strerror})") from exc
+        if self._server.add_insecure_port(f"{host}:{port}") != port:
+            raise RuntimeError(f"serving.process_ports: could not bind {host}:{port}")
+        return port
 
     def load_models(self) -> ServingModels:
         models = ServingModels.load(ArtifactStore(self.config.artifacts_dir))

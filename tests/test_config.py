@@ -50,3 +50,15 @@ def test_a_saved_resolved_config_loads_back_from_json(tmp_path, monkeypatch):
     path.write_text('{"serving": {"proceses": 2}}')
     with pytest.raises(ValidationError, match="proceses"):
         load_config(path)
+
+
+def test_process_ports_name_each_process_and_stay_clear_of_the_shared_port():
+    serving = AppConfig.model_validate(
+        {"serving": {"host": "127.0.0.1", "port": 50061, "processes": 3, "process_ports": 50071}}
+    ).serving
+    assert serving.process_addresses() == ["127.0.0.1:50071", "127.0.0.1:50072", "127.0.0.1:50073"]
+    assert AppConfig().serving.process_addresses() == []
+    with pytest.raises(ValidationError, match="process_ports"):
+        AppConfig.model_validate({"serving": {"port": 50072, "processes": 3, "process_ports": 50071}})
+    with pytest.raises(ValidationError, match="process_ports"):
+        AppConfig.model_validate({"serving": {"processes": 4, "process_ports": 65533}})

@@ -17,10 +17,13 @@ import grpc
 import numpy as np
 import pytest
 
+from benchmarks.serve_load import free_port
 from cascade.artifacts import ArtifactStore
 from cascade.config import AppConfig
 from cascade.data.dataset import Dataset
 from cascade.data.fetch import fetch
+from services.api import recommender_pb2 as pb
+from services.api import recommender_pb2_grpc as pb_grpc
 from services.app import configure_serving_process, ensure_features_loaded
 from services.client import CascadeClient
 from services.feature_store.redis_store import RedisFeatureStore
@@ -617,42 +620,115 @@ def test_load_generator_and_in_process_stages_on_the_real_service(config, server
     assert report["context"]["mean_candidates"] > config.recall.num_candidates  # plus co-occurrence
 
 
+def _free_port_run(count: int) -> int:
+    """The first of ``count`` consecutive free ports."""
+    while True:
+        first = free_port()
+        try:
+            for offset in range(1, count):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", first + offset))
+            return first
+        except OSError:
+            continue
+
+
 def test_several_server_processes_share_one_port(config, built, tmp_path):
     """`serving.processes = 2`: two processes bind the port with SO_REUSEPORT and the kernel spreads the
-    generator's connections over them; each process's own /metrics counts what it answered."""
-    from benchmarks.serve_load import LoadSettings, free_port, make_requests, run_rate, running_service
+    generator's connections over them; with `process_ports`, each process also answers on its own port, so a
+    client can spread requests, not connections (the harness's rotation, and gRPC's round_robin policy).
+    Each process's own /metrics counts what it answered."""
+    from benchmarks.serve_load import LoadSettings, make_requests, run_rate, running_service
 
-    port = free_port()
-    metrics_base = free_port()
-    while True:  # process i exposes metrics on base + i: both must be free
-        try:
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", metrics_base + 1))
-            break
-        except OSError:
-            metrics_base = free_port()
+    port, metrics_base = free_port(), _free_port_run(2)
+    own_ports = _free_port_run(2)
+    while {own_ports, own_ports + 1} & {port, metrics_base, metrics_base + 1}:
+        own_ports = _free_port_run(2)
     multi = config.model_copy(
         update={
             "serving": config.serving.model_copy(
-                update={"processes": 2, "port": port, "metrics_port": metrics_base, "reload_interval_s": 0}
+                update={
+                    "processes": 2,
+                    "port": port,
+                    "metrics_port": metrics_base,
+                    "process_ports": own_ports,
+                    "reload_interval_s": 0,
+                }
             )
         }
     )
+
+    def answered_by_each() -> list[float]:
+        key = ("cascade_requests_total", (("code", "OK"), ("method", "Recommend")))
+        return [_scrape(metrics_base + i).get(key, 0) for i in range(2)]
+
     rng = np.random.default_rng(0)
     with running_service(multi, tmp_path / "server.log", start_timeout_s=180) as (target, pid):
-        result = run_rate(
+        by_connection = run_rate(
             target, make_requests(np.arange(1, 900), 48, 5, rng), 100.0, LoadSettings(channels=16), pid, rng
         )
-        answered = [
-            _scrape(metrics_base + i).get(
-                ("cascade_requests_total", (("code", "OK"), ("method", "Recommend"))), 0
-            )
-            for i in range(2)
-        ]
-    assert result.ok == 48 and not result.errors
-    assert sum(answered) == 48
-    assert min(answered) > 0  # 16 connections all hashed to one process: odds 2 in 65536
-    assert result.server_cpu > 0
+        after_connections = answered_by_each()
+        by_request = run_rate(
+            multi.serving.process_addresses(),
+            make_requests(np.arange(1, 900), 40, 5, rng),
+            100.0,
+            LoadSettings(balance="requests"),
+            pid,
+            rng,
+        )
+        after_requests = answered_by_each()
+        # the documented client configuration: one channel, gRPC's round_robin over the processes' ports
+        addresses = ",".join(multi.serving.process_addresses())
+        with grpc.insecure_channel(
+            f"ipv4:{addresses}", options=[("grpc.lb_policy_name", "round_robin")]
+        ) as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
+            stub = pb_grpc.RecommenderStub(channel)
+            for user in range(1, 21):
+                stub.Recommend(pb.RecommendRequest(user_id=str(user), k=5), timeout=10)
+        after_round_robin = answered_by_each()
+    assert by_connection.ok == 48 and not by_connection.errors
+    assert sum(after_connections) == 48
+    assert min(after_connections) > 0  # 16 connections all hashed to one process: odds 2 in 65536
+    assert by_connection.server_cpu > 0
+    assert by_request.ok == 40 and not by_request.errors
+    assert [b - a for a, b in zip(after_connections, after_requests)] == [20, 20]
+    round_robin = [b - a for a, b in zip(after_requests, after_round_robin)]
+    assert sum(round_robin) == 20 and min(round_robin) > 0
+
+
+def test_a_taken_process_port_is_refused_not_shared(config, redis_server):
+    """The server's sockets carry SO_REUSEPORT; a process port already held elsewhere must fail loudly
+    instead of silently splitting that port's connections with its holder."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        serving = config.serving.model_copy(update={"port": 0, "process_ports": taken, "metrics_port": None})
+        store = RedisFeatureStore.from_url(redis_server.url, cache_size=10, cache_ttl_s=1)
+        server = CascadeServer(config.model_copy(update={"serving": serving}), store)
+        try:
+            with pytest.raises(RuntimeError, match=f"serving.process_ports: 127.0.0.1:{taken} is taken"):
+                server.start()
+        finally:
+            server.stop(grace_s=0)
+            store.close()
+
+
+def test_installing_models_warms_them_up_before_any_request(config, built, redis_server):
+    """Lazily built tables are built by install's warm-up request, not by the first caller."""
+    from services.models import ServingModels
+    from services.server import RecommenderService
+
+    models = ServingModels.load(ArtifactStore(config.artifacts_dir))
+    statistics = models.ranking_features.statistics
+    assert "_recent_counts_at_end" not in vars(statistics)
+    store = RedisFeatureStore.from_url(redis_server.url, cache_size=10, cache_ttl_s=1)
+    try:
+        RecommenderService(config, store).install(models)
+    finally:
+        store.close()
+    assert "_recent_counts_at_end" in vars(statistics)
 
 
 def test_freezing_loaded_models_spares_them_from_collections_but_not_reloads():
