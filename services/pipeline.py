@@ -94,12 +94,10 @@ class RecommendationPipeline:
         recent = ctx.history[:length]
         history[0, : len(recent)] = recent
         row = ctx.row
-        tensors = [
-            torch.tensor([v], dtype=torch.int64)
-            for v in (row.user, row.gender, row.age, row.occupation, row.zip)
-        ]
+        # one tensor viewed as five (1,) rows, not five tensors built one by one
+        fields = torch.tensor([row.user, row.gender, row.age, row.occupation, row.zip], dtype=torch.int64)
         with torch.inference_mode():
-            return self.models.two_tower.user_tower(*tensors, torch.from_numpy(history)).numpy()[0]
+            return self.models.two_tower.user_tower(*fields.view(5, 1), torch.from_numpy(history)).numpy()[0]
 
     def popular(self, blocked: np.ndarray, count: int) -> ChannelCandidates:
         """The ``count`` most popular items not in ``blocked``, scored relative to the most popular."""

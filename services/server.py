@@ -295,11 +295,11 @@ class CascadeServer:
             return False
         try:
             models = ServingModels.load(store)
-        except (ArtifactError, OSError, ValueError, KeyError) as exc:
+            self.service.install(models)  # answers a warm-up request first: a set that cannot is refused
+        except (ArtifactError, OSError, ValueError, KeyError, RuntimeError) as exc:
             self._failed_versions = published
             logger.warning("not reloading: published versions %s do not load together: %s", published, exc)
             return False
-        self.service.install(models)
         if self.freeze_loaded_models:
             freeze_long_lived_objects(after_reload=True)
         self._failed_versions = None
