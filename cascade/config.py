@@ -308,7 +308,8 @@ class ServingConfig(StageConfig):
         """HOST:PORT of each process's own port (empty without ``process_ports``)."""
         if self.process_ports is None:
             return []
-        return [f"{self.host}:{self.process_ports + i}" for i in range(self.processes)]
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        return [f"{host}:{self.process_ports + i}" for i in range(self.processes)]
 
 
 class AppConfig(StageConfig):

@@ -58,6 +58,8 @@ def test_process_ports_name_each_process_and_stay_clear_of_the_shared_port():
     ).serving
     assert serving.process_addresses() == ["127.0.0.1:50071", "127.0.0.1:50072", "127.0.0.1:50073"]
     assert AppConfig().serving.process_addresses() == []
+    ipv6 = AppConfig.model_validate({"serving": {"host": "::1", "processes": 2, "process_ports": 50071}})
+    assert ipv6.serving.process_addresses() == ["[::1]:50071", "[::1]:50072"]
     with pytest.raises(ValidationError, match="process_ports"):
         AppConfig.model_validate({"serving": {"port": 50072, "processes": 3, "process_ports": 50071}})
     with pytest.raises(ValidationError, match="process_ports"):
