@@ -1,7 +1,10 @@
 """Sparse helpers: gathering whole rows of CSR-style arrays (an ``indptr`` of row starts) without a Python
-loop over rows, and the binary user x item matrix the implicit-feedback models factorise."""
+loop over rows, the binary user x item matrix the implicit-feedback models factorise, and the item -> item
+rules found between two item lists."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -25,3 +28,19 @@ def csr_row_entries(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, n
     # entry j of the r-th row is starts[r] + j
     entries = np.repeat(starts - firsts, lengths) + np.arange(lengths.sum(), dtype=np.int64)
     return np.repeat(np.arange(len(rows), dtype=np.int64), lengths), entries
+
+
+@dataclass(frozen=True)
+class PairRules:
+    """Rules source -> target found between two item lists: ``source`` and ``target`` (E,) int64 positions
+    into those lists, ``confidence`` (E,) float32 and ``support`` (E,) int32 of each rule."""
+
+    source: np.ndarray
+    target: np.ndarray
+    confidence: np.ndarray
+    support: np.ndarray
+
+    @classmethod
+    def empty(cls) -> PairRules:
+        none = np.zeros(0, dtype=np.int64)
+        return cls(none, none, np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int32))

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from cascade.features import FeatureSchema, ItemFeatures
+from cascade.sparse import PairRules
 from ranking.statistics import ItemStatistics
 
 # Bumped whenever a feature's meaning changes, so that rankers trained on the old meaning are retrained
@@ -83,8 +84,8 @@ def encode_channels(sources) -> np.ndarray:
 class ItemRelations(Protocol):
     """Directed item -> item association strengths (recall's co-occurrence rules provide them)."""
 
-    def pair_strengths(self, sources: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """sources (H,), targets (C,) distinct item indices -> confidence (H, C), support (H, C); 0 = none."""
+    def pair_rules(self, sources: np.ndarray, targets: np.ndarray) -> PairRules:
+        """sources (H,), targets (C,) distinct item indices -> the associations source -> target found."""
         ...
 
 
@@ -229,17 +230,19 @@ class RankingFeatureBuilder:
 
     def history_cooccurrence(self, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """history (H,) most recent first, candidates (C,) -> (C, 5), the cooccurrence_* features."""
-        confidence, support = self.relations.pair_strengths(history, candidates)  # (H, C) each
-        decay = COOCCURRENCE_DECAY ** np.arange(len(history), dtype=np.float32)
-        return np.column_stack(
-            [
-                confidence[:10].sum(axis=0),
-                confidence.sum(axis=0),
-                decay @ confidence,
-                confidence.max(axis=0, initial=0.0),
-                np.log1p(support[:10]).sum(axis=0),
-            ]
-        )
+        # sums over the rules found (tens per request), not over a dense (H, C) matrix that is mostly 0
+        rules = self.relations.pair_rules(history, candidates)
+        count = len(candidates)
+        recent = rules.source < 10
+        columns = np.zeros((count, 5), dtype=np.float64)
+        columns[:, 0] = np.bincount(rules.target[recent], rules.confidence[recent], minlength=count)
+        columns[:, 1] = np.bincount(rules.target, rules.confidence, minlength=count)
+        decayed = rules.confidence * COOCCURRENCE_DECAY ** rules.source.astype(np.float64)
+        columns[:, 2] = np.bincount(rules.target, decayed, minlength=count)
+        np.maximum.at(columns[:, 3], rules.target, rules.confidence)  # 0 where there is no rule
+        log_support = np.log1p(rules.support[recent].astype(np.float64))
+        columns[:, 4] = np.bincount(rules.target[recent], log_support, minlength=count)
+        return columns
 
     def build(
         self,

@@ -20,7 +20,7 @@ import scipy.sparse as sp
 
 from cascade.arrays import isin
 from cascade.features import AGE_UNKNOWN, GENDER_UNKNOWN
-from cascade.sparse import csr_row_entries
+from cascade.sparse import PairRules, csr_row_entries
 
 
 def keep_unblocked(items: np.ndarray, blocked: np.ndarray, count: int) -> np.ndarray:
@@ -152,26 +152,22 @@ class CooccurrenceRules:
         lo, hi = self.indptr[item], self.indptr[item + 1]
         return self.indices[lo:hi], self.confidence[lo:hi], self.support[lo:hi]
 
-    def pair_strengths(self, sources: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """sources (H,), targets (C,) distinct item indices -> confidence (H, C) float32 and support (H, C)
-        float32 of the rules source -> target, 0 where there is no rule. Costs O(rules of the sources +
-        C log C), never O(num_items)."""
-        confidence = np.zeros((len(sources), len(targets)), dtype=np.float32)
-        support = np.zeros_like(confidence)
+    def pair_rules(self, sources: np.ndarray, targets: np.ndarray) -> PairRules:
+        """The rules source -> target among ``sources`` (H,) and distinct ``targets`` (C,) item indices, as
+        positions into both and their strengths. Costs O(rules of the sources + C log C), never
+        O(num_items) nor O(H * C)."""
         sources = np.asarray(sources, dtype=np.int64)
         valid = (sources > 0) & (sources < self.num_items)
         if len(targets) == 0 or not valid.any():
-            return confidence, support
+            return PairRules.empty()
         position, entries = csr_row_entries(self.indptr, np.where(valid, sources, 0))
         neighbours = self.indices[entries]
         by_item = np.argsort(targets, kind="stable")
         sorted_targets = np.asarray(targets)[by_item]
         slot = np.minimum(np.searchsorted(sorted_targets, neighbours), len(targets) - 1)
         hit = sorted_targets[slot] == neighbours
-        rows, columns = position[hit], by_item[slot[hit]]
-        confidence[rows, columns] = self.confidence[entries[hit]]
-        support[rows, columns] = self.support[entries[hit]]
-        return confidence, support
+        entries = entries[hit]
+        return PairRules(position[hit], by_item[slot[hit]], self.confidence[entries], self.support[entries])
 
     def candidates(
         self, recent: np.ndarray, blocked: np.ndarray, count: int, recency_decay: float = 0.9

@@ -11,7 +11,6 @@ import uuid
 from concurrent import futures
 
 import grpc
-import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from cascade.artifacts import ArtifactStore
@@ -73,8 +72,8 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         demographics: tuple[str, int, str, str],
     ) -> UserContext:
         schema = pipeline.models.schema
-        history = schema.item_index([e.item_id for e in state.history])
-        seen = schema.item_index(np.fromiter(state.seen, dtype=np.int64, count=len(state.seen)))
+        history = schema.item_index(state.history_items)
+        seen = schema.item_index(state.seen)
         if state.features is not None:
             profile = state.features
             gender, age, occupation, zip_code = (

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import pandas as pd
+import pytest
 
 from services.feature_store import HistoryEvent, keys
 from services.feature_store.redis_store import RedisFeatureStore
@@ -16,7 +18,12 @@ def test_key_schema_golden_bytes():
     assert keys.seen_key(42) == b"cascade:v1:{u:42}:seen"
     assert keys.LOAD_MARKER_KEY == b"cascade:v1:meta:load"
     assert keys.encode_history_entry(7, 2, 1700000000) == b"7:2:1700000000"
-    assert keys.decode_history_entry(b"7:2:1700000000") == (7, 2, 1700000000)
+    decoded = keys.decode_history_entries([b"7:2:1700000000", b"12:1:5"])
+    assert decoded.dtype == np.int64 and decoded.tolist() == [[7, 2, 1700000000], [12, 1, 5]]
+    assert keys.decode_history_entries([]).shape == (0, 3)
+    for malformed in ([b"7:2"], [b"7:2:1:4"], [b"7:x:1"]):
+        with pytest.raises(ValueError):
+            keys.decode_history_entries(malformed)
 
 
 def _load(store):
@@ -47,12 +54,13 @@ def test_bulk_load_then_read_in_one_round_trip(redis_client):
     assert store.loaded_marker() == "m1"
     state = store.get_user_state(1, history_length=10)
     assert state.features == {"gender": "F", "age": "30", "occupation": "writer", "zip_code": "1"}
-    assert [e.item_id for e in state.history] == [11, 12]  # most recent first, trimmed to 2
-    assert state.seen == frozenset({10, 11, 12})
+    assert state.history_items.tolist() == [11, 12]  # most recent first, trimmed to 2
+    assert state.history.shape == (2, 3) and state.history.dtype == np.int64
+    assert sorted(state.seen.tolist()) == [10, 11, 12] and state.seen.dtype == np.int64
     no_profile = store.get_user_state(3, history_length=10)  # interactions but no profile row
-    assert no_profile.features is None and no_profile.seen == frozenset({10})
+    assert no_profile.features is None and no_profile.seen.tolist() == [10]
     unknown = store.get_user_state(99, history_length=10)
-    assert unknown.features is None and unknown.history == [] and unknown.seen == frozenset()
+    assert unknown.features is None and unknown.history.shape == (0, 3) and len(unknown.seen) == 0
 
 
 def test_record_event_is_atomic_and_trims(redis_client):
@@ -61,8 +69,9 @@ def test_record_event_is_atomic_and_trims(redis_client):
     length = store.record_event(1, HistoryEvent(13, 1, 100), history_length=2)
     assert length == 2
     state = store.get_user_state(1, history_length=10)
-    assert [e.item_id for e in state.history] == [13, 11]
-    assert 13 in state.seen
+    assert state.history_items.tolist() == [13, 11]
+    assert state.history[0].tolist() == [13, 1, 100]
+    assert 13 in state.seen.tolist()
 
     # concurrent writers: every event lands in both the history and the seen set
     def write(start):
@@ -76,6 +85,7 @@ def test_record_event_is_atomic_and_trims(redis_client):
         t.join()
     state = store.get_user_state(7, history_length=1000)
     assert len(state.history) == 200 and len(state.seen) == 200
+    assert sorted(state.seen.tolist()) == sorted(state.history_items.tolist())
 
 
 def test_profile_cache_expires_but_history_is_always_fresh(redis_client):
@@ -86,6 +96,6 @@ def test_profile_cache_expires_but_history_is_always_fresh(redis_client):
     store.record_event(1, HistoryEvent(99, 1, 7), history_length=10)
     state = store.get_user_state(1, history_length=10)
     assert state.features["occupation"] == "writer"  # cached profile
-    assert state.history[0].item_id == 99  # history never cached
+    assert state.history_items[0] == 99  # history never cached
     fresh = RedisFeatureStore(redis_client, cache_size=0)
     assert fresh.get_user_state(1, history_length=10).features["occupation"] == "artist"

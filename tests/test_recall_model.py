@@ -69,27 +69,34 @@ def test_cooccurrence_rules_have_exact_support_and_confidence():
     assert got.items.tolist() == [2] and got.source == "cooccurrence"
 
 
-def test_pair_strengths_equal_a_lookup_of_each_rule():
+def test_pair_rules_equal_a_lookup_of_each_rule():
     rng = np.random.default_rng(11)
     user = np.sort(rng.integers(0, 40, 1500))
     item = rng.integers(1, 30, 1500)
     rules = CooccurrenceRules.mine(user, item, 30, window=3, min_support=2, min_confidence=0.0, neighbours=6)
     sources = np.array([4, 0, 17, 4, 29, 35])  # a repeat, padding and an index past the catalogue
     targets = rng.permutation(np.arange(1, 30))[:12]
-    confidence, support = rules.pair_strengths(sources, targets)
-    expected_conf, expected_support = np.zeros((6, 12)), np.zeros((6, 12))
+    found = rules.pair_rules(sources, targets)
+    got = {
+        (h, c): (conf, supp)
+        for h, c, conf, supp in zip(
+            found.source.tolist(), found.target.tolist(), found.confidence.tolist(), found.support.tolist()
+        )
+    }
+    assert len(got) == len(found.source)  # each (source, target) pair once
+    expected = {}
     for h, x in enumerate(sources.tolist()):
         if not 0 < x < 30:
             continue
         for y, conf, supp in zip(*rules.rules_of(x)):
             if y in targets:
-                column = targets.tolist().index(y)
-                expected_conf[h, column], expected_support[h, column] = conf, supp
-    assert expected_conf.any()  # the case is not vacuous
-    np.testing.assert_allclose(confidence, expected_conf, rtol=1e-6)
-    np.testing.assert_array_equal(support, expected_support)
-    empty = rules.pair_strengths(np.array([0]), np.array([], dtype=np.int64))
-    assert empty[0].shape == (1, 0)
+                expected[h, targets.tolist().index(y)] = (float(conf), int(supp))
+    assert expected and {0, 3} <= {h for h, _ in expected}  # not vacuous; the repeated source twice
+    assert got.keys() == expected.keys()
+    for pair, (conf, supp) in expected.items():
+        assert got[pair][0] == pytest.approx(conf, rel=1e-6) and got[pair][1] == supp
+    assert len(rules.pair_rules(np.array([0]), np.array([], dtype=np.int64)).source) == 0
+    assert len(rules.pair_rules(np.array([0, 35]), targets).source) == 0
 
 
 def test_merge_keeps_the_first_channels_tag_and_score():
@@ -167,6 +174,25 @@ def test_model_roundtrips_through_safetensors(tmp_path, trained):
     assert again.item_tower.item_embedding is again.user_tower.item_embedding  # still one shared table
     for (name, x), (_, y) in zip(result.model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(x, y), name
+
+
+def test_user_tower_serving_path_equals_the_training_path(trained):
+    """Without autograd the user tower runs its layers as plain functions with the position projection
+    folded; it must compute the same vectors, padded and empty histories included."""
+    _, schema, users, *_, result = trained
+    tower = result.model.user_tower
+    rows = np.arange(1, 9)
+    names = ("user", "gender", "age", "occupation", "zip")
+    fields = [torch.from_numpy(getattr(users, name)[rows]) for name in names]
+    history = torch.from_numpy(np.random.default_rng(4).integers(1, schema.num_items, (8, 10)))
+    history[2, 3:] = 0
+    history[5] = 0
+    with torch.no_grad():
+        served = tower(*fields, history)
+    with torch.enable_grad():
+        trained_path = tower(*fields, history)
+    assert trained_path.requires_grad
+    torch.testing.assert_close(served, trained_path.detach(), atol=1e-6, rtol=1e-5)
 
 
 def test_a_new_item_embedded_from_content_has_neighbours_of_its_genres(trained):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 USER_FEATURE_FIELDS = ("gender", "age", "occupation", "zip_code")
@@ -19,11 +20,20 @@ class HistoryEvent:
 
 @dataclass(frozen=True)
 class UserState:
-    """What serving knows about a user. ``features`` is None when the store has no profile for them."""
+    """What serving knows about a user. ``features`` is None when the store has no profile for them.
+
+    Arrays, not lists of events, because serving uses them as arrays: ``history`` (H, 3) int64 rows
+    (item_id, event_type, timestamp), most recent first; ``seen`` (S,) int64, every item the user has
+    interacted with, each once, in no particular order."""
 
     features: dict[str, str] | None
-    history: list[HistoryEvent]  # most recent first
-    seen: frozenset[int]  # every item the user has interacted with
+    history: np.ndarray
+    seen: np.ndarray
+
+    @property
+    def history_items(self) -> np.ndarray:
+        """(H,) item ids of the history, most recent first."""
+        return self.history[:, 0]
 
 
 class OnlineFeatureStore(ABC):

@@ -11,6 +11,8 @@ MULTI/EXEC of RecordEvent stays valid there.
 
 from __future__ import annotations
 
+import numpy as np
+
 KEY_SCHEMA_VERSION = 1
 _PREFIX = f"cascade:v{KEY_SCHEMA_VERSION}"
 
@@ -34,6 +36,10 @@ def encode_history_entry(item_id: int, event_type: int, timestamp: int) -> bytes
     return f"{item_id}:{event_type}:{timestamp}".encode()
 
 
-def decode_history_entry(raw: bytes) -> tuple[int, int, int]:
-    item_id, event_type, timestamp = raw.split(b":")
-    return int(item_id), int(event_type), int(timestamp)
+def decode_history_entries(raw: list[bytes]) -> np.ndarray:
+    """Stored entries -> (H, 3) int64 rows (item_id, event_type, timestamp), in their order. One parse for
+    the whole list: per entry, a split, three int() calls and an object cost ~0.6 us, 30 us per request."""
+    fields = b":".join(raw).split(b":") if raw else []
+    if len(fields) != 3 * len(raw):
+        raise ValueError(f"history entries must be item_id:event_type:timestamp, got {raw[:3]!r}...")
+    return np.array(fields, dtype=np.int64).reshape(len(raw), 3)

@@ -87,8 +87,10 @@ class RedisFeatureStore(OnlineFeatureStore):
         else:
             profile = cached  # type: ignore[assignment]
         raw_history, raw_seen = replies
-        history = [HistoryEvent(*keys.decode_history_entry(r)) for r in raw_history]
-        return UserState(features=profile, history=history, seen=frozenset(int(s) for s in raw_seen))
+        history = keys.decode_history_entries(raw_history)
+        # a set's members are distinct, so the array needs no de-duplication
+        seen = np.array(list(raw_seen), dtype=np.int64) if raw_seen else np.zeros(0, dtype=np.int64)
+        return UserState(features=profile, history=history, seen=seen)
 
     def record_event(self, event_user_id: int, event: HistoryEvent, history_length: int) -> int:
         entry = keys.encode_history_entry(event.item_id, event.event_type, event.timestamp)
