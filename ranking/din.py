@@ -316,7 +316,7 @@ class DIN(nn.Module):
             return torch.cat([self.item_embedding(items), genre_mean], dim=-1)
         # a catalogue has few distinct genre sets (573 among 1M synthetic items): one gather from their
         # means instead of gathering, embedding and averaging G genres per item
-        combination = self.derived.get("genre_combination", (self.item_genres,), self._genre_combinations)
+        combination = self._genre_combination()
         means = self.derived.get(
             "genre_combination_means",
             (self.item_genres, self.genre_embedding.weight),
@@ -330,6 +330,10 @@ class DIN(nn.Module):
         """genres (..., G) 0-padded -> (..., genre_dim) the mean of their embeddings (zeros for none)."""
         weight = (genres > 0).unsqueeze(-1).to(torch.float32)
         return (self.genre_embedding(genres) * weight).sum(-2) / weight.sum(-2).clamp(min=1.0)
+
+    def _genre_combination(self) -> torch.Tensor:
+        """The cached ``_genre_combinations``, rebuilt when item_genres changes."""
+        return self.derived.get("genre_combination", (self.item_genres,), self._genre_combinations)
 
     def _genre_combinations(self) -> torch.Tensor:
         """(num_items,) int32: the index of each item's genre row among the distinct rows of item_genres."""
@@ -345,7 +349,7 @@ class DIN(nn.Module):
 
     def _combination_items(self) -> torch.Tensor:
         """(K,) one item index holding each distinct genre row, in combination order."""
-        combination = self.derived.get("genre_combination", (self.item_genres,), self._genre_combinations)
+        combination = self._genre_combination()
         items = torch.arange(len(combination), device=combination.device)
         first = torch.full((int(combination.max()) + 1,), len(combination), device=combination.device)
         return first.scatter_reduce_(0, combination.to(torch.int64), items, reduce="amin")
