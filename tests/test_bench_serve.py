@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from concurrent import futures
 
@@ -19,7 +20,10 @@ SERVICE_S = 0.04
 class OneAtATime(pb_grpc.RecommenderServicer):
     """Takes SERVICE_S per request on a single thread, so requests arriving faster queue up."""
 
+    frozen_during_requests: list[int] = []
+
     def Recommend(self, request, context):
+        self.frozen_during_requests.append(gc.get_freeze_count())
         time.sleep(SERVICE_S)
         reply = pb.RecommendResponse(request_id=request.user_id)
         reply.stage_ms["ranking"] = SERVICE_S * 1e3
@@ -52,6 +56,21 @@ def test_latency_counts_queueing_from_the_scheduled_send_time(slow_target):
     assert result.latency_ms["p50"] > 150
     assert result.outside_server_ms > 100  # the queueing is attributed to outside the handler
     assert result.achieved_rps < 30
+
+
+def test_the_generator_freezes_its_heap_while_it_sends_and_restores_it_after(slow_target):
+    """The generator (this process: the server thread shares it) freezes the objects alive before a run
+    so its collector's full passes cannot stall the schedule, and leaves the collector as it found it."""
+    rng = np.random.default_rng(2)
+    requests = make_requests(np.arange(1, 50), 4, k=5, rng=rng)
+    callbacks_before = list(gc.callbacks)
+    OneAtATime.frozen_during_requests.clear()
+    result = run_rate(slow_target, requests, 50.0, LoadSettings(channels=1, timeout_s=5.0), None, rng)
+    assert result.ok == 4
+    assert min(OneAtATime.frozen_during_requests) > 10_000  # at least the test process's modules
+    assert gc.get_freeze_count() == 0
+    assert gc.callbacks == callbacks_before
+    assert 0 <= result.generator_gc_max_ms < 1e3
 
 
 def test_a_server_past_its_deadline_is_counted_by_status_code(slow_target):
