@@ -19,6 +19,7 @@ from ranking.statistics import ItemStatistics
 from recall.channels import CooccurrenceRules, SegmentPopularity
 from recall.index import ItemIndex
 from recall.two_tower import TwoTowerModel
+from recall.user_query import UserQueryEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class ServingModels:
     popularity: np.ndarray  # (num_items,) training interaction counts
     popular_order: np.ndarray  # item indices, most popular first
     two_tower: TwoTowerModel
+    user_query: UserQueryEncoder  # two_tower's user tower for one served user, in numpy
     index: ItemIndex
     cooccurrence: CooccurrenceRules
     segment_popularity: SegmentPopularity
@@ -82,13 +84,15 @@ class ServingModels:
             ranking_ref.version,
         )
         cooccurrence = CooccurrenceRules.load(recall_ref.path)
+        two_tower = TwoTowerModel.load(recall_ref.path)
         return cls(
             schema=schema,
             items=items,
             titles=titles,
             popularity=popularity,
             popular_order=popular_order,
-            two_tower=TwoTowerModel.load(recall_ref.path),
+            two_tower=two_tower,
+            user_query=UserQueryEncoder(two_tower.user_tower),
             index=index,
             cooccurrence=cooccurrence,
             segment_popularity=SegmentPopularity.load(recall_ref.path),

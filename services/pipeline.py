@@ -8,7 +8,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from cascade.config import AppConfig
 from ranking.features import UserRow, encode_channels
@@ -89,15 +88,9 @@ class RecommendationPipeline:
 
     def user_embedding(self, ctx: UserContext) -> np.ndarray:
         """(D,) float32 query vector from the user's features and recent history."""
-        length = self.models.two_tower.spec.history_length
-        history = np.zeros((1, length), dtype=np.int64)
-        recent = ctx.history[:length]
-        history[0, : len(recent)] = recent
         row = ctx.row
-        # one tensor viewed as five (1,) rows, not five tensors built one by one
-        fields = torch.tensor([row.user, row.gender, row.age, row.occupation, row.zip], dtype=torch.int64)
-        with torch.inference_mode():
-            return self.models.two_tower.user_tower(*fields.view(5, 1), torch.from_numpy(history)).numpy()[0]
+        recent = ctx.history[: self.models.two_tower.spec.history_length]
+        return self.models.user_query(row.user, row.gender, row.age, row.occupation, row.zip, recent)
 
     def popular(self, blocked: np.ndarray, count: int) -> ChannelCandidates:
         """The ``count`` most popular items not in ``blocked``, scored relative to the most popular."""

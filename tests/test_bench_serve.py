@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import time
 from concurrent import futures
+from typing import ClassVar
 
 import grpc
 import numpy as np
@@ -20,7 +21,7 @@ SERVICE_S = 0.04
 class OneAtATime(pb_grpc.RecommenderServicer):
     """Takes SERVICE_S per request on a single thread, so requests arriving faster queue up."""
 
-    frozen_during_requests: list[int] = []
+    frozen_during_requests: ClassVar[list[int]] = []
 
     def Recommend(self, request, context):
         self.frozen_during_requests.append(gc.get_freeze_count())

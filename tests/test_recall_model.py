@@ -14,7 +14,8 @@ from recall.baselines import ALSParams, ALSRecommender, interaction_matrix
 from recall.channels import ChannelCandidates, CooccurrenceRules, SegmentPopularity, merge_channels
 from recall.text_cnn import TitleCNN
 from recall.training import InteractionSequences, embed_items, embed_users, train_two_tower
-from recall.two_tower import HistoryAttentionPooling, TwoTowerModel
+from recall.two_tower import HistoryAttentionPooling, TwoTowerModel, TwoTowerSpec
+from recall.user_query import UserQueryEncoder
 
 
 def test_title_cnn_shapes_and_padding_does_not_matter():
@@ -193,6 +194,67 @@ def test_user_tower_serving_path_equals_the_training_path(trained):
         trained_path = tower(*fields, history)
     assert trained_path.requires_grad
     torch.testing.assert_close(served, trained_path.detach(), atol=1e-6, rtol=1e-5)
+
+
+def _encoder_matches_the_tower(model: TwoTowerModel, fields: np.ndarray, history: np.ndarray) -> None:
+    """fields (N, 5) user/gender/age/occupation/zip indices, history (N, L): the numpy encoder, one user at
+    a time, against the tower's batched forward."""
+    encoder = UserQueryEncoder(model.user_tower)
+    with torch.no_grad():
+        expected = model.user_tower(*torch.from_numpy(fields).T, torch.from_numpy(history)).numpy()
+    served = np.stack([encoder(*map(int, f), h) for f, h in zip(fields, history)])
+    assert served.dtype == np.float32
+    np.testing.assert_allclose(served, expected, atol=2e-6, rtol=1e-5)
+
+
+def test_the_numpy_user_query_encoder_equals_the_trained_tower(trained):
+    """Full, padded, gapped and empty histories: the padding slot between items keeps the later items'
+    recency positions, as in the tower."""
+    _, schema, users, *_, result = trained
+    rows = np.arange(1, 9)
+    names = ("user", "gender", "age", "occupation", "zip")
+    fields = np.stack([getattr(users, name)[rows] for name in names], axis=1).astype(np.int64)
+    length = result.model.spec.history_length
+    history = np.random.default_rng(5).integers(1, schema.num_items, (8, length))
+    history[2, 3:] = 0
+    history[4, 1] = 0  # a gap: later items keep their slots
+    history[5] = 0
+    fields[6, 0] = 0  # the unknown-user row
+    _encoder_matches_the_tower(result.model, fields, history)
+    encoder = UserQueryEncoder(result.model.user_tower)
+    shorter = encoder(*map(int, fields[0]), history[0, :3])  # fewer slots than the tower's length
+    with torch.no_grad():
+        padded = np.pad(history[0, :3], (0, length - 3))
+        expected = result.model.user_tower(*torch.from_numpy(fields[:1]).T, torch.from_numpy(padded[None]))
+    np.testing.assert_allclose(shorter, expected.numpy()[0], atol=2e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="history"):
+        encoder(*map(int, fields[0]), np.ones(length + 1, dtype=np.int64))
+
+
+def test_the_numpy_user_query_encoder_equals_a_mean_pooling_tower():
+    torch.manual_seed(3)
+    spec = TwoTowerSpec(
+        num_users=20,
+        num_genders=3,
+        num_ages=8,
+        num_occupations=5,
+        num_zips=7,
+        num_items=40,
+        num_genres=6,
+        num_years=4,
+        num_title_words=10,
+        history_length=6,
+        embedding_dim=8,
+        hidden_dim=12,
+        history_pooling="mean",
+    )
+    model = TwoTowerModel(spec).eval()
+    rng = np.random.default_rng(6)
+    fields = np.stack([rng.integers(0, n, 5) for n in (20, 3, 8, 5, 7)], axis=1).astype(np.int64)
+    history = rng.integers(1, 40, (5, 6))
+    history[1, 2:] = 0
+    history[3] = 0
+    _encoder_matches_the_tower(model, fields, history)
 
 
 def test_a_new_item_embedded_from_content_has_neighbours_of_its_genres(trained):
