@@ -5,8 +5,10 @@ request so that machine noise hits them alike:
 
 - ``straightforward``: every (candidate, behaviour) pair gets the concatenated [e_i, e_a, e_i - e_a,
   e_i * e_a] and the whole activation unit (``DIN.reference_forward``);
-- ``ours``: the served path (``DIN.forward``): the first attention layer split algebraically, the
-  behaviour and candidate parts computed once, the pair term as one matrix product, the user side once;
+- ``ours``: ``DIN.forward``: the first attention layer split algebraically, the behaviour and candidate
+  parts computed once, the pair term as one matrix product, the user side once (the form a GPU serves);
+- ``served_cpu_bf16`` (CPU only): what the server runs, ``DINRequestScorer``: the same function with the
+  small steps in numpy and the products in torch, bfloat16 as the benchmark scenario serves it;
 - ``deepctr_torch``: DeepCTR-Torch's DIN (``pip install -e '.[bench]'``), called on a prebuilt input tensor
   so that its data loading is not counted.
 
@@ -30,9 +32,10 @@ from benchmarks.report import percentiles
 from benchmarks.report import write_outputs as write_report
 from cascade.config import RankingConfig
 from ranking.din import DIN
+from ranking.din_inference import DINRequestScorer
 from ranking.features import CHANNELS, DENSE_FEATURES, RankingBatch
 from ranking.ranker import DINRanker
-from services.app import keep_large_allocations_on_the_heap
+from services.app import keep_blas_pools_on_one_thread, keep_large_allocations_on_the_heap
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +181,10 @@ def _precision(model: DIN, precision: str) -> Iterator[None]:
 
 def run(settings: BenchSettings, progress=None) -> dict:
     torch.set_num_threads(settings.threads)
+    # as the server does: numpy's OpenBLAS pool spins after each product, and beside torch's OpenMP threads
+    # it oversubscribed the CPUs (served_cpu_bf16 at 2 threads: 15.8 ms, and every implementation run
+    # between its calls slowed down too; 1.16 ms with numpy's BLAS on one thread)
+    keep_blas_pools_on_one_thread()
     # the server's allocator settings: without them every few-MB tensor is fresh mmap'd pages, and a
     # process lands in a mode where the same forward takes 3x longer (1.5 vs 4.6 ms measured in one run)
     heap_allocator = keep_large_allocations_on_the_heap()
@@ -205,6 +212,10 @@ def run(settings: BenchSettings, progress=None) -> dict:
         "ours": lambda b: model(tensors(b)),
         "ours_bf16": ours_bf16,
     }
+    if device.type == "cpu":
+        with _precision(model, "bfloat16"):
+            served = DINRequestScorer(model)  # a snapshot: it keeps bf16 after the model goes back
+        implementations["served_cpu_bf16"] = lambda b: torch.from_numpy(served(b))
     unavailable = {}
     try:
         deepctr = DeepCTRRunner(settings, settings.device)
@@ -223,6 +234,11 @@ def run(settings: BenchSettings, progress=None) -> dict:
 
         max_diff = largest_difference(implementations["ours"])
         max_diff_bf16 = largest_difference(ours_bf16)
+        max_diff_served = (
+            largest_difference(implementations["served_cpu_bf16"])
+            if "served_cpu_bf16" in implementations
+            else None
+        )
         samples: dict[str, list[float]] = {name: [] for name in implementations}
         names = list(implementations)
         for step in range(settings.warmup + settings.repeats):
@@ -254,6 +270,7 @@ def run(settings: BenchSettings, progress=None) -> dict:
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "max_abs_diff_ours_vs_straightforward": max_diff,
         "max_abs_diff_ours_bf16_vs_straightforward": max_diff_bf16,
+        "max_abs_diff_served_cpu_bf16_vs_straightforward": max_diff_served,
         "results": results,
         "p50_speedup_of_ours_over": speedups,
         "unavailable": unavailable,
@@ -307,7 +324,12 @@ def summary(report: dict) -> str:
         "",
         f"ours vs straightforward, largest absolute difference of the logits: "
         f"{report['max_abs_diff_ours_vs_straightforward']:.2e}; ours_bf16 (the matrix products in "
-        f"bfloat16, float32 accumulation): {report['max_abs_diff_ours_bf16_vs_straightforward']:.2e}.",
+        f"bfloat16, float32 accumulation): {report['max_abs_diff_ours_bf16_vs_straightforward']:.2e}"
+        + (
+            f"; served_cpu_bf16: {report['max_abs_diff_served_cpu_bf16_vs_straightforward']:.2e}."
+            if report.get("max_abs_diff_served_cpu_bf16_vs_straightforward") is not None
+            else "."
+        ),
     ]
     for name, why in report["unavailable"].items():
         lines.append(f"{name} not measured: {why}")

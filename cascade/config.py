@@ -256,7 +256,11 @@ class ServingConfig(StageConfig):
     )
     max_similar_k: int = Field(200, ge=1, description="Largest k a SimilarItems request may ask for.")
     compute_threads: int = Field(
-        1, ge=1, description="torch/FAISS threads per request; requests already run in parallel."
+        1,
+        ge=1,
+        description="torch/FAISS (OpenMP) threads per request; requests already run in parallel. numpy's "
+        "BLAS stays at one thread: its per-request products are small, and its spinning pool beside "
+        "OpenMP's oversubscribes the CPUs.",
     )
     ranker_precision: Literal["float32", "bfloat16"] = Field(
         "float32",

@@ -16,12 +16,14 @@ import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 USER_FIELDS = ("user", "gender", "age", "occupation", "zip")
+Derived = TypeVar("Derived")
 
 
 @dataclass(frozen=True)
@@ -51,11 +53,9 @@ class DerivedWeights:
     allocation."""
 
     def __init__(self) -> None:
-        self._entries: dict[str, tuple[tuple[tuple[int, int, int], ...], torch.Tensor]] = {}
+        self._entries: dict[str, tuple[tuple[tuple[int, int, int], ...], object]] = {}
 
-    def get(
-        self, name: str, sources: tuple[torch.Tensor, ...], make: Callable[[], torch.Tensor]
-    ) -> torch.Tensor:
+    def get(self, name: str, sources: tuple[torch.Tensor, ...], make: Callable[[], Derived]) -> Derived:
         key = tuple((id(t), t.data_ptr(), t._version) for t in sources)
         entry = self._entries.get(name)
         if entry is not None and entry[0] == key:
@@ -316,12 +316,7 @@ class DIN(nn.Module):
             return torch.cat([self.item_embedding(items), genre_mean], dim=-1)
         # a catalogue has few distinct genre sets (573 among 1M synthetic items): one gather from their
         # means instead of gathering, embedding and averaging G genres per item
-        combination = self._genre_combination()
-        means = self.derived.get(
-            "genre_combination_means",
-            (self.item_genres, self.genre_embedding.weight),
-            lambda: self._genre_mean(self.item_genres[self._combination_items()]),
-        )
+        combination, means = self._genre_combination(), self._genre_combination_means()
         # F.embedding and take, not tensor[items]: advanced indexing costs 3x as much per gather here
         genre_mean = F.embedding(combination.take(items), means)
         return torch.cat([F.embedding(items, self.item_embedding.weight), genre_mean], dim=-1)
@@ -334,6 +329,14 @@ class DIN(nn.Module):
     def _genre_combination(self) -> torch.Tensor:
         """The cached ``_genre_combinations``, rebuilt when item_genres changes."""
         return self.derived.get("genre_combination", (self.item_genres,), self._genre_combinations)
+
+    def _genre_combination_means(self) -> torch.Tensor:
+        """(K, genre_dim): the cached genre mean of each distinct genre row (see ``_genre_combination``)."""
+        return self.derived.get(
+            "genre_combination_means",
+            (self.item_genres, self.genre_embedding.weight),
+            lambda: self._genre_mean(self.item_genres[self._combination_items()]),
+        )
 
     def _genre_combinations(self) -> torch.Tensor:
         """(num_items,) int32: the index of each item's genre row among the distinct rows of item_genres."""

@@ -23,6 +23,7 @@ from cascade.errors import ArtifactError
 from cascade.features import FeatureSchema, ItemFeatures
 from cascade.metrics import auc, gauc
 from ranking.din import DIN, DINSpec
+from ranking.din_inference import DINRequestScorer
 from ranking.features import CHANNELS, FEATURES_VERSION, RankingBatch, dense_feature_names
 from ranking.wide_deep import WideDeep, WideDeepSpec
 
@@ -231,6 +232,29 @@ class DINRanker(TorchRanker):
     def set_inference_precision(self, precision: str) -> bool:
         self.model.set_precision(precision)
         return True
+
+    @torch.inference_mode()
+    def score(self, batch: RankingBatch, chunk: int = 65536) -> np.ndarray:
+        """One request (the served case) goes through DINRequestScorer where the model allows it; it
+        computes the same logits with most of the small steps in numpy (see ranking/din_inference.py)."""
+        if batch.num_requests == 1 and DINRequestScorer.supports(self.model):
+            # one scorer per weight version and precision: an optimiser step or a load makes a new one
+            scorer = self.model.derived.get(
+                f"request_scorer.{self.model.attention.product_dtype}",
+                self._weight_tensors(),
+                lambda: DINRequestScorer(self.model),
+            )
+            return torch.sigmoid(torch.from_numpy(scorer(batch))).numpy()
+        return super().score(batch, chunk)
+
+    def _weight_tensors(self) -> tuple[torch.Tensor, ...]:
+        """The model's parameters and buffers, collected once (walking the modules costs ~35 us, a tenth
+        of what the scorer saves): updates in place, optimiser steps and load_state_dict, keep them."""
+        cached = getattr(self, "_weights", None)
+        if cached is None or cached[0] is not self.model:
+            cached = (self.model, (*self.model.parameters(), *self.model.buffers()))
+            self._weights = cached
+        return cached[1]
 
     @classmethod
     def create(cls, config: RankingConfig, schema: FeatureSchema, items: ItemFeatures) -> DINRanker:

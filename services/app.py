@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import torch
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from cascade.artifacts import fingerprint
 from cascade.config import AppConfig
@@ -62,16 +62,32 @@ def ensure_features_loaded(config: AppConfig, store: RedisFeatureStore) -> bool:
 
 
 def configure_serving_process(config: AppConfig) -> None:
-    """Requests run in parallel threads, so each request's torch, FAISS and numpy BLAS work stays
-    single-threaded (BLAS pools that spin beside the RPC threads cost 1.7 cores at 25 requests/s in `cascade
-    bench serve`); and the allocator keeps per-request tensors on its heap (see
-    ``keep_large_allocations_on_the_heap``)."""
+    """Requests run in parallel threads, so each request's torch and FAISS work stays on
+    ``compute_threads`` (default 1) and numpy's BLAS on one thread whatever it is: BLAS pools that spin
+    beside the RPC threads cost 1.7 cores at 25 requests/s in `cascade bench serve`, and a 2-thread BLAS
+    pool beside torch's 2 OpenMP threads took DIN's served path from 1.16 to 15.8 ms (`cascade bench
+    ranking`), its per-request products being too small to gain from threads. The allocator keeps
+    per-request tensors on its heap (see ``keep_large_allocations_on_the_heap``)."""
     import faiss
 
     torch.set_num_threads(config.serving.compute_threads)
     faiss.omp_set_num_threads(config.serving.compute_threads)
     threadpool_limits(config.serving.compute_threads)  # process-wide until exit, not a context
+    keep_blas_pools_on_one_thread()
     keep_large_allocations_on_the_heap()
+
+
+def keep_blas_pools_on_one_thread() -> None:
+    """A BLAS with its own pthreads pool (numpy's OpenBLAS) gets one thread, process-wide: its threads spin
+    after each product beside OpenMP's. A BLAS running on OpenMP (FAISS's OpenBLAS) shares OpenMP's pool
+    and keeps its setting."""
+    own_pools = {
+        pool["prefix"]: 1
+        for pool in threadpool_info()
+        if pool["user_api"] == "blas" and pool.get("threading_layer") == "pthreads"
+    }
+    if own_pools:
+        threadpool_limits(own_pools)
 
 
 # glibc mallopt parameters (malloc.h)

@@ -11,6 +11,7 @@ from cascade.config import RankingConfig
 from cascade.features import FeatureSchema
 from cascade.metrics import auc, gauc
 from ranking.din import DIN, DerivedWeights, Dice
+from ranking.din_inference import DINRequestScorer
 from ranking.features import (
     CHANNELS,
     DENSE_FEATURES,
@@ -127,6 +128,79 @@ def test_din_split_attention_equals_the_straightforward_form(items, attention_hi
     torch.testing.assert_close(fast, model.reference_forward(batch), atol=1e-5, rtol=1e-5)
     fast.sum().backward()
     assert model.attention.linears[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("activation_name", ["prelu", "dice"])
+def test_din_request_scorer_equals_the_straightforward_form(items, activation_name):
+    """The CPU serving form (numpy around torch's products) against the concatenated reference, on
+    padded histories; in bfloat16 it stays close to float32."""
+    torch.manual_seed(0)
+    config = RankingConfig(din_activation=activation_name)
+    rng = np.random.default_rng(11)
+    model = _trained_din(config, items, rng, steps=3)
+    scorer = DINRequestScorer(model)
+    for _ in range(3):
+        batch = synthetic_batch(rng, 1, 50, 20, items)
+        with torch.inference_mode():
+            expected = model.reference_forward(batch.tensors()).numpy()
+        logits = scorer(batch)
+        assert logits.shape == (50,) and logits.dtype == np.float32
+        np.testing.assert_allclose(logits, expected, atol=1e-5, rtol=1e-5)
+    model.set_precision("bfloat16")
+    approx = DINRequestScorer(model)(batch)
+    assert not np.array_equal(approx, logits)  # the bf16 products did run
+    np.testing.assert_allclose(approx, logits, atol=3e-2)
+    with pytest.raises(ValueError, match="one request"):
+        scorer(synthetic_batch(rng, 2, 5, 20, items))
+
+
+@pytest.mark.parametrize(
+    ("attention_hidden", "attention_activation"), [((36,), "prelu"), ((64, 16), "prelu"), ((36,), "dice")]
+)
+def test_din_ranker_scores_one_request_as_the_model_does(items, attention_hidden, attention_activation):
+    """DINRanker.score takes the request scorer where the fold applies and the torch model otherwise;
+    either way the probabilities are the model's, and several requests always go through the model."""
+    torch.manual_seed(0)
+    config = RankingConfig(
+        din_attention_hidden=attention_hidden, din_attention_activation=attention_activation
+    )
+    rng = np.random.default_rng(12)
+    ranker = DINRanker(_trained_din(config, items, rng, steps=2), config)
+    assert DINRequestScorer.supports(ranker.model) == (
+        attention_hidden == (36,) and attention_activation == "prelu"
+    )
+    for requests in (1, 3):
+        batch = synthetic_batch(rng, requests, 40, 20, items)
+        with torch.inference_mode():
+            expected = torch.sigmoid(ranker.model.reference_forward(batch.tensors())).numpy()
+        np.testing.assert_allclose(ranker.score(batch), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_din_ranker_scorer_follows_weight_updates(items):
+    """The ranker keeps one request scorer per weight version: after a load_state_dict or an optimiser
+    step the served scores are the new weights' scores."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(13)
+    ranker = DINRanker(_trained_din(RankingConfig(), items, rng, steps=2), RankingConfig())
+    other = _trained_din(RankingConfig(), items, np.random.default_rng(14), steps=4)
+    batch = synthetic_batch(rng, 1, 30, 20, items)
+    before = ranker.score(batch)
+    ranker.model.load_state_dict(other.state_dict())
+    with torch.inference_mode():
+        expected = torch.sigmoid(other.reference_forward(batch.tensors())).numpy()
+    after = ranker.score(batch)
+    assert not np.array_equal(after, before)
+    np.testing.assert_allclose(after, expected, atol=1e-6, rtol=1e-5)
+    ranker.model.train()
+    optimizer = torch.optim.SGD(ranker.model.parameters(), lr=0.1)
+    ranker.model(synthetic_batch(rng, 2, 30, 20, items).tensors()).square().mean().backward()
+    optimizer.step()
+    ranker.model.eval()
+    with torch.inference_mode():
+        expected = torch.sigmoid(ranker.model.reference_forward(batch.tensors())).numpy()
+    stepped = ranker.score(batch)
+    assert not np.array_equal(stepped, after)
+    np.testing.assert_allclose(stepped, expected, atol=1e-6, rtol=1e-5)
 
 
 def test_dice_inference_path_is_the_papers_formula():
