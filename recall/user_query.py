@@ -42,10 +42,8 @@ class UserQueryEncoder:
                 self.max_history = None
             else:
                 # W p_j + b for each recency position j: the projection's share that no item changes, (L, A)
-                self._positions = F.linear(
-                    pooling.position.weight, pooling.project.weight, pooling.project.bias
-                )
-                self._positions = self._positions.numpy().copy()
+                positions = F.linear(pooling.position.weight, pooling.project.weight, pooling.project.bias)
+                self._positions = positions.numpy()
                 self._project = pooling.project.weight.detach().numpy().T.copy()  # (D, A)
                 self._score = pooling.score.weight.detach().numpy()[0].copy()  # (A,)
                 self.max_history = pooling.position.num_embeddings
