@@ -38,7 +38,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 proto: $(STAMP)
-	$(BIN)/python -m services.api.codegen
+	$(BIN)/python -m cascade.serving.api.codegen
 
 clean:
 	rm -rf $(VENV) artifacts var .pytest_cache .ruff_cache

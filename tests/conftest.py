@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from services.feature_store.embedded import EmbeddedRedis
+from cascade.serving.feature_store.embedded import EmbeddedRedis
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from cascade.arrays import isin
+from cascade.core.arrays import isin
 
 
 @pytest.mark.parametrize("pool_size", [0, 1, 7, 300])

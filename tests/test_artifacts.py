@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from cascade.artifacts import ArtifactStore
-from cascade.errors import ArtifactError
+from cascade.core.artifacts import ArtifactStore
+from cascade.core.errors import ArtifactError
 
 
 def _publish(store, payload: str, fp: str = "f" * 16):
@@ -60,7 +60,7 @@ def test_verify_detects_a_corrupted_file(tmp_path):
 _KILLED_PUBLISHER = """
 import sys, time
 from pathlib import Path
-from cascade.artifacts import ArtifactStore
+from cascade.core.artifacts import ArtifactStore
 
 def write(folder):
     (folder / "weights.bin").write_bytes(b"x" * 1_000_000)

@@ -11,9 +11,9 @@ import grpc
 import numpy as np
 import pytest
 
-from benchmarks.serve_load import LoadSettings, make_requests, run_rate, summarise
-from services.api import recommender_pb2 as pb
-from services.api import recommender_pb2_grpc as pb_grpc
+from cascade.bench.serve_load import LoadSettings, make_requests, run_rate, summarise
+from cascade.serving.api import recommender_pb2 as pb
+from cascade.serving.api import recommender_pb2_grpc as pb_grpc
 
 SERVICE_S = 0.04
 
@@ -102,7 +102,7 @@ def test_sustained_rate_stops_at_the_first_rate_that_misses_the_slo():
 
 
 def test_the_serving_allocator_settings_are_taken_by_glibc():
-    from services.app import keep_large_allocations_on_the_heap
+    from cascade.serving.app import keep_large_allocations_on_the_heap
 
     assert keep_large_allocations_on_the_heap() is True
 
@@ -113,7 +113,7 @@ def test_a_serving_process_keeps_numpy_blas_on_one_thread_and_openmp_on_compute_
     from threadpoolctl import threadpool_info, threadpool_limits
 
     from cascade.config import AppConfig
-    from services.app import configure_serving_process
+    from cascade.serving.app import configure_serving_process
 
     before = {(pool["user_api"], pool["filepath"]): pool["num_threads"] for pool in threadpool_info()}
     torch_threads = torch.get_num_threads()

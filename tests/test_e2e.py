@@ -17,18 +17,18 @@ import grpc
 import numpy as np
 import pytest
 
-from benchmarks.serve_load import free_port
-from cascade.artifacts import ArtifactStore
+from cascade.bench.serve_load import free_port
 from cascade.config import AppConfig
+from cascade.core.artifacts import ArtifactStore
 from cascade.data.dataset import Dataset
 from cascade.data.fetch import fetch
-from services.api import recommender_pb2 as pb
-from services.api import recommender_pb2_grpc as pb_grpc
-from services.app import configure_serving_process, ensure_features_loaded
-from services.client import CascadeClient
-from services.feature_store.redis_store import RedisFeatureStore
-from services.server import CascadeServer, freeze_long_lived_objects
-from services.workflows import evaluate_pipeline, rebuild_index, rollback, train_ranking, train_recall
+from cascade.serving.api import recommender_pb2 as pb
+from cascade.serving.api import recommender_pb2_grpc as pb_grpc
+from cascade.serving.app import configure_serving_process, ensure_features_loaded
+from cascade.serving.client import CascadeClient
+from cascade.serving.feature_store.redis_store import RedisFeatureStore
+from cascade.serving.server import CascadeServer, freeze_long_lived_objects
+from cascade.training.workflows import evaluate_pipeline, rebuild_index, rollback, train_ranking, train_recall
 
 pytestmark = pytest.mark.e2e
 
@@ -170,9 +170,9 @@ def test_record_event_changes_the_next_response_at_once(client):
 def test_unknown_users_get_new_user_recommendations(config, client):
     import pandas as pd
 
-    from ranking.features import UserRow
-    from services.models import ServingModels
-    from services.pipeline import RecommendationPipeline, UserContext
+    from cascade.ranking.features import UserRow
+    from cascade.serving.models import ServingModels
+    from cascade.serving.pipeline import RecommendationPipeline, UserContext
 
     popular = client.recommend(999_999, k=10)
     assert popular.new_user and len(popular.items) == 10
@@ -437,8 +437,8 @@ def test_ranking_examples_see_nothing_of_their_evaluation_window(config, built):
     import pandas as pd
 
     from cascade.data.split import TemporalSplit, temporal_split
-    from recall.channels import CooccurrenceRules
-    from services.workflows import _mine_rules, prepare, ranking_training_examples, sequences_of
+    from cascade.recall.channels import CooccurrenceRules
+    from cascade.training.workflows import _mine_rules, prepare, ranking_training_examples, sequences_of
 
     prep = prepare(config)
     recall_ref = ArtifactStore(config.artifacts_dir).require("recall")
@@ -474,10 +474,10 @@ def test_published_rating_features_predict_held_out_ratings_better_than_the_mean
     """The ranking artifact's rating models, fitted on the training part, as serving reads them (the
     hybrid's N(u) from the latest history): every kind predicts the held-out window's ratings better than
     the training mean does."""
-    from ranking.features import UserRow
-    from ranking.rating import USER_SIDE, rmse
-    from ranking.rating_features import RatingFeatureModels
-    from services.workflows import prepare, sequences_of
+    from cascade.ranking.features import UserRow
+    from cascade.ranking.rating import USER_SIDE, rmse
+    from cascade.ranking.rating_features import RatingFeatureModels
+    from cascade.training.workflows import prepare, sequences_of
 
     prep = prepare(config)
     ranking_ref = ArtifactStore(config.artifacts_dir).require("ranking")
@@ -504,10 +504,10 @@ def test_published_als_features_score_held_out_items_above_unseen_ones(config, b
     """The ranking artifact's ALS item factors with each user's factor folded in from their latest training
     history, as serving folds it in from Redis: the items a user went on to interact with in the held-out
     window score above items they never touched."""
-    from cascade.metrics import auc
-    from ranking.als_features import ALSFeatures
-    from ranking.features import UserRow
-    from services.workflows import prepare, sequences_of
+    from cascade.core.metrics import auc
+    from cascade.ranking.als_features import ALSFeatures
+    from cascade.ranking.features import UserRow
+    from cascade.training.workflows import prepare, sequences_of
 
     prep = prepare(config)
     features = ALSFeatures.load(ArtifactStore(config.artifacts_dir).require("ranking").path)
@@ -544,7 +544,7 @@ def test_published_als_features_score_held_out_items_above_unseen_ones(config, b
 
 
 def test_evaluate_ranking_compares_three_rankers_with_the_recall_order(config, built):
-    from services.workflows import evaluate_ranking
+    from cascade.training.workflows import evaluate_ranking
 
     report = evaluate_ranking(config)
     assert set(report) == {"recall_order", "wide_deep", "din", "lightgbm"}
@@ -595,8 +595,8 @@ def test_stage_and_status_histograms_are_exported_for_prometheus(server, client)
 
 
 def test_load_generator_and_in_process_stages_on_the_real_service(config, server, redis_server, dataset):
-    from benchmarks import serve_stages
-    from benchmarks.serve_load import LoadSettings, make_requests, run_rate
+    from cascade.bench import serve_stages
+    from cascade.bench.serve_load import LoadSettings, make_requests, run_rate
 
     _, port = server
     users = np.unique(dataset.interactions["user_id"].to_numpy())
@@ -638,7 +638,7 @@ def test_several_server_processes_share_one_port(config, built, tmp_path):
     generator's connections over them; with `process_ports`, each process also answers on its own port, so a
     client can spread requests, not connections (the harness's rotation, and gRPC's round_robin policy).
     Each process's own /metrics counts what it answered."""
-    from benchmarks.serve_load import LoadSettings, make_requests, run_rate, running_service
+    from cascade.bench.serve_load import LoadSettings, make_requests, run_rate, running_service
 
     port, metrics_base = free_port(), _free_port_run(2)
     own_ports = _free_port_run(2)
@@ -717,8 +717,8 @@ def test_a_taken_process_port_is_refused_not_shared(config, redis_server):
 
 def test_installing_models_warms_them_up_before_any_request(config, built, redis_server):
     """Lazily built tables are built by install's warm-up request, not by the first caller."""
-    from services.models import ServingModels
-    from services.server import RecommenderService
+    from cascade.serving.models import ServingModels
+    from cascade.serving.server import RecommenderService
 
     models = ServingModels.load(ArtifactStore(config.artifacts_dir))
     statistics = models.ranking_features.statistics

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.feature_store import HistoryEvent, keys
-from services.feature_store.redis_store import RedisFeatureStore
+from cascade.serving.feature_store import HistoryEvent, keys
+from cascade.serving.feature_store.redis_store import RedisFeatureStore
 
 
 def test_key_schema_golden_bytes():

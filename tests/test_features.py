@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cascade.features import (
+from cascade.core.schema import (
     AGE_UNKNOWN,
     GENDER_UNKNOWN,
     FeatureSchema,
@@ -115,7 +115,7 @@ def test_tables_are_indexed_by_schema_index_and_roundtrip_json():
 
 
 def test_csr_row_entries_lists_each_rows_entries_in_order():
-    from cascade.sparse import csr_row_entries
+    from cascade.core.sparse import csr_row_entries
 
     indptr = np.array([0, 2, 2, 5, 6])  # rows of 2, 0, 3 and 1 entries
     position, entries = csr_row_entries(indptr, np.array([2, 1, 0, 2]))

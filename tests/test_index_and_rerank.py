@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from cascade.config import RerankConfig
-from recall.index import ItemIndex, exact_search
-from rerank.rules import Reranker
+from cascade.recall.index import ItemIndex, exact_search
+from cascade.rerank.rules import Reranker
 
 
 def _unit(rng, n, d):

@@ -8,10 +8,10 @@ import zipfile
 import pandas as pd
 import pytest
 
+from cascade.core.errors import DataError
 from cascade.data.dataset import Dataset
 from cascade.data.fetch import fetch
 from cascade.data.movielens import ML100K_GENRES, load_grouplens, load_widedeep_parquet
-from cascade.errors import DataError
 
 
 def _ml100k_files() -> dict[str, bytes]:

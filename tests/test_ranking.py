@@ -8,20 +8,20 @@ import pytest
 import torch
 
 from cascade.config import RankingConfig
-from cascade.features import FeatureSchema
-from cascade.metrics import auc, gauc
-from ranking.din import DIN, DerivedWeights, Dice
-from ranking.din_inference import DINRequestScorer
-from ranking.features import (
+from cascade.core.metrics import auc, gauc
+from cascade.core.schema import FeatureSchema
+from cascade.ranking.din import DIN, DerivedWeights, Dice
+from cascade.ranking.din_inference import DINRequestScorer
+from cascade.ranking.features import (
     CHANNELS,
     DENSE_FEATURES,
     RankingBatch,
     UserRow,
     encode_channels,
 )
-from ranking.ranker import RANKERS, DINRanker, create_ranker, dense_features_of, load_ranker
-from ranking.statistics import ItemStatistics
-from ranking.wide_deep import WideCross
+from cascade.ranking.ranker import RANKERS, DINRanker, create_ranker, dense_features_of, load_ranker
+from cascade.ranking.statistics import ItemStatistics
+from cascade.ranking.wide_deep import WideCross
 
 NUM_ITEMS, NUM_GENRES, MAX_GENRES = 60, 6, 3
 
@@ -329,8 +329,8 @@ def test_batch_take_and_concat_keep_each_candidate_with_its_request(items):
 
 
 def test_history_features_equal_their_definitions():
-    from ranking.features import COOCCURRENCE_DECAY, RankingFeatureBuilder
-    from recall.channels import CooccurrenceRules
+    from cascade.ranking.features import COOCCURRENCE_DECAY, RankingFeatureBuilder
+    from cascade.recall.channels import CooccurrenceRules
 
     rng = np.random.default_rng(8)
     users = pd.DataFrame({"user_id": [1], "gender": "F", "age": 30, "occupation": "x", "zip_code": "1"})
@@ -478,7 +478,7 @@ def test_each_ranker_learns_a_planted_signal_and_round_trips(items, ranker_type,
 
 @pytest.mark.parametrize("kind", ["pmf", "hybrid", "autorec"])
 def test_rating_models_recover_low_rank_ratings_better_than_the_mean(kind):
-    from ranking.rating import (
+    from cascade.ranking.rating import (
         PMF,
         HybridRatingModel,
         ImplicitFeedback,
@@ -531,7 +531,7 @@ def test_rating_models_recover_low_rank_ratings_better_than_the_mean(kind):
 
 
 def test_item_autorec_densifies_exactly_the_known_ratings_of_each_item():
-    from ranking.rating import ItemAutoRec, RatingData
+    from cascade.ranking.rating import ItemAutoRec, RatingData
 
     known = RatingData(
         np.array([3, 1, 2, 1]), np.array([2, 0, 2, 3]), np.array([5.0, 4.0, 1.0, 2.0], np.float32)
@@ -551,7 +551,7 @@ def test_item_autorec_densifies_exactly_the_known_ratings_of_each_item():
 
 
 def test_rating_blend_recovers_the_stacking_weights_and_beats_each_member():
-    from ranking.rating import RatingBlend, rmse
+    from cascade.ranking.rating import RatingBlend, rmse
 
     rng = np.random.default_rng(3)
     truth = rng.uniform(1.5, 4.5, 4000)
@@ -569,7 +569,7 @@ def test_rating_blend_recovers_the_stacking_weights_and_beats_each_member():
 
 def _tiny_catalogue(rng: np.random.Generator, users: int, items: int):
     """A FeatureSchema over ``users`` users and ``items`` items, with their encoded tables."""
-    from cascade.features import FeatureSchema
+    from cascade.core.schema import FeatureSchema
 
     people = pd.DataFrame(
         {
@@ -595,8 +595,8 @@ def _tiny_catalogue(rng: np.random.Generator, users: int, items: int):
 def test_rating_features_predict_what_each_rating_model_predicts(tmp_path):
     """The reduced forms serving uses (PMF factors, the hybrid with the request's history as N(u),
     I-AutoRec's precomputed item codes) give the models' own predictions, and survive save / load."""
-    from ranking.rating import USER_SIDE, ImplicitFeedback, RatingData, build_rating_model, predict
-    from ranking.rating_features import RatingFeatureModels
+    from cascade.ranking.rating import USER_SIDE, ImplicitFeedback, RatingData, build_rating_model, predict
+    from cascade.ranking.rating_features import RatingFeatureModels
 
     rng = np.random.default_rng(12)
     schema, users, items = _tiny_catalogue(rng, 25, 700)  # > one 512-item chunk of AutoRec codes
@@ -680,7 +680,7 @@ def test_als_fold_in_is_the_exact_least_squares_user_factor(tmp_path):
     the history's distinct items (implicit's convention), c_i = 1 and p_i = 0 elsewhere. Scores rank the
     candidates, ties share a rank, an empty history scores everything 0, and the factors survive a save /
     load."""
-    from ranking.als_features import ALSFeatures
+    from cascade.ranking.als_features import ALSFeatures
 
     rng = np.random.default_rng(3)
     factors = rng.normal(size=(40, 6)).astype(np.float32)

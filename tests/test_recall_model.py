@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from cascade.config import RecallConfig
+from cascade.core.schema import FeatureSchema
 from cascade.data.split import temporal_split
 from cascade.data.synthetic import generate
-from cascade.features import FeatureSchema
-from recall.baselines import ALSParams, ALSRecommender, interaction_matrix
-from recall.channels import ChannelCandidates, CooccurrenceRules, SegmentPopularity, merge_channels
-from recall.text_cnn import TitleCNN
-from recall.training import InteractionSequences, embed_items, embed_users, train_two_tower
-from recall.two_tower import HistoryAttentionPooling, TwoTowerModel, TwoTowerSpec
-from recall.user_query import UserQueryEncoder
+from cascade.recall.baselines import ALSParams, ALSRecommender, interaction_matrix
+from cascade.recall.channels import ChannelCandidates, CooccurrenceRules, SegmentPopularity, merge_channels
+from cascade.recall.text_cnn import TitleCNN
+from cascade.recall.training import InteractionSequences, embed_items, embed_users, train_two_tower
+from cascade.recall.two_tower import HistoryAttentionPooling, TwoTowerModel, TwoTowerSpec
+from cascade.recall.user_query import UserQueryEncoder
 
 
 def test_title_cnn_shapes_and_padding_does_not_matter():

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cascade.core.metrics import auc, evaluate_rankings, ndcg_at_k, recall_at_k
 from cascade.data.split import temporal_split
 from cascade.data.synthetic import generate
-from cascade.metrics import auc, evaluate_rankings, ndcg_at_k, recall_at_k
 
 
 def test_split_holds_out_each_users_latest_fifth_without_leaks():

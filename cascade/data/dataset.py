@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cascade.artifacts import atomic_write_bytes, sha256_file
-from cascade.errors import DataError
+from cascade.core.artifacts import atomic_write_bytes, sha256_file
+from cascade.core.errors import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ import sys
 import zipfile
 from pathlib import Path
 
+from cascade.core.errors import DataError
 from cascade.data.dataset import Dataset
 from cascade.data.movielens import load_grouplens, load_widedeep_parquet
-from cascade.errors import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,464 @@
+"""The ``cascade`` command line. Stage code is imported inside each command, so ``--help`` is instant."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from cascade.config import AppConfig, load_config
+
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="Cascade: recall-and-rank recommendations."
+)
+data_app = typer.Typer(no_args_is_help=True, help="Prepare datasets.")
+train_app = typer.Typer(no_args_is_help=True, help="Train models.")
+evaluate_app = typer.Typer(no_args_is_help=True, help="Evaluate on the temporal split.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: JSON + PNG + markdown summary.")
+app.add_typer(data_app, name="data")
+app.add_typer(train_app, name="train")
+app.add_typer(evaluate_app, name="evaluate")
+app.add_typer(bench_app, name="bench")
+
+console = Console()
+logger = logging.getLogger("cascade")
+_state: dict[str, AppConfig] = {}
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML config file (default: $CASCADE_CONFIG or ./cascade.toml)."),
+]
+
+
+@app.callback()
+def main(
+    config: ConfigOption = None,
+    log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
+) -> None:
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)],
+    )
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it logs its CPU-feature probing at INFO
+    cfg = load_config(config)
+    _state["config"] = cfg
+    logger.debug("resolved config:\n%s", cfg.resolved_json())
+
+
+def _config() -> AppConfig:
+    return _state["config"]
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=1)
+
+
+def _run(fn, *args, **kwargs):
+    from cascade.core.errors import CascadeError
+
+    try:
+        return fn(*args, **kwargs)
+    except (CascadeError, RuntimeError, FileNotFoundError) as exc:
+        _fail(str(exc))
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: Annotated[str, typer.Argument(help="Dataset to prepare, e.g. movielens-100k.")],
+    source: Annotated[Path | None, typer.Option("--from", help="Official GroupLens zip or folder.")] = None,
+    force: Annotated[bool, typer.Option(help="Prepare again even if already there.")] = False,
+) -> None:
+    """Prepare a MovieLens dataset under data_dir (ML-100K needs no GroupLens access)."""
+    from cascade.data.fetch import fetch
+
+    path = _run(fetch, name, _config().data.data_dir, source, force)
+    console.print(f"dataset ready at [bold]{path}[/]")
+
+
+@data_app.command("synth")
+def data_synth(
+    name: Annotated[str, typer.Option(help="Folder name under data_dir.")] = "synthetic",
+    users: Annotated[int, typer.Option(help="Number of users.")] = 10_000,
+    items: Annotated[int, typer.Option(help="Number of items.")] = 20_000,
+    interactions: Annotated[int, typer.Option(help="Approximate number of interactions.")] = 500_000,
+    seed: Annotated[int | None, typer.Option(help="Seed (default: the config's).")] = None,
+    min_interactions: Annotated[int, typer.Option(help="Fewest interactions of any user.")] = 5,
+) -> None:
+    """Generate a seeded synthetic MovieLens-shaped dataset."""
+    from cascade.data.synthetic import generate
+
+    cfg = _config()
+    dataset = generate(
+        users,
+        items,
+        interactions,
+        seed=cfg.seed if seed is None else seed,
+        name=name,
+        min_interactions=min_interactions,
+    )
+    path = dataset.save(Path(cfg.data.data_dir) / name)
+    console.print(f"synthetic dataset ({len(dataset.interactions)} interactions) at [bold]{path}[/]")
+
+
+@train_app.command("recall")
+def train_recall(force: Annotated[bool, typer.Option(help="Retrain even if up to date.")] = False) -> None:
+    """Train the two-tower model on the training split (reuses the current one if config and data match)."""
+    from cascade.training.workflows import train_recall as run
+
+    ref = _run(run, _config(), force)
+    console.print(f"recall artifact [bold]{ref.version}[/] metrics: {_fmt(ref.manifest['metrics'])}")
+
+
+@train_app.command("ranking")
+def train_ranking(force: Annotated[bool, typer.Option(help="Retrain even if up to date.")] = False) -> None:
+    """Train the ranker on labelled recall candidates (reuses the current one if config and data match)."""
+    from cascade.training.workflows import train_ranking as run
+
+    ref = _run(run, _config(), force)
+    console.print(f"ranking artifact [bold]{ref.version}[/] metrics: {_fmt(ref.manifest['metrics'])}")
+
+
+@app.command("rebuild-index")
+def rebuild_index(
+    if_stale: Annotated[
+        bool,
+        typer.Option(
+            help="Only build when the current index is not from the current recall model and config."
+        ),
+    ] = False,
+) -> None:
+    """Embed the catalogue, build and validate the FAISS index, and publish it atomically."""
+    from cascade.training.workflows import rebuild_index as run
+
+    ref = _run(run, _config(), if_stale)
+    console.print(f"index artifact [bold]{ref.version}[/] metrics: {_fmt(ref.manifest['metrics'])}")
+
+
+@app.command("rollback")
+def rollback(
+    kind: Annotated[str, typer.Argument(help="Artifact kind: recall, index or ranking.")] = "index",
+    to: Annotated[str | None, typer.Option(help="Version to go back to (default: the previous one).")] = None,
+) -> None:
+    """Point an artifact kind's CURRENT back at an earlier version (a running server picks it up)."""
+    from cascade.serving.models import SERVED_KINDS
+    from cascade.training.workflows import rollback as run
+
+    if kind not in SERVED_KINDS:
+        _fail(f"kind must be one of {', '.join(SERVED_KINDS)}, got {kind!r}")
+    ref = _run(run, _config(), kind, to)
+    console.print(f"{kind} CURRENT is now [bold]{ref.version}[/]")
+
+
+@app.command("serve")
+def serve() -> None:
+    """Start the gRPC service in the foreground (Ctrl-C stops it)."""
+    from cascade.serving.app import serve_forever
+
+    cfg = _config()
+
+    def ready(port: int) -> None:
+        console.print(
+            f"[bold green]Cascade is serving on {cfg.serving.host}:{port}[/]\n"
+            f"  query it:  cascade recommend --user-id 42 --target {cfg.serving.host}:{port}\n"
+            "  stop it:   Ctrl-C"
+        )
+
+    _run(serve_forever, cfg, ready)
+
+
+@app.command("recommend")
+def recommend(
+    user_id: Annotated[str, typer.Option(help="User id.")],
+    k: Annotated[int, typer.Option(help="How many items.")] = 10,
+    target: Annotated[str | None, typer.Option(help="HOST:PORT of the service.")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(help="Item id to exclude (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Ask a running service for recommendations."""
+    import grpc
+    from google.protobuf.json_format import MessageToDict
+
+    from cascade.serving.client import CascadeClient
+
+    cfg = _config()
+    target = target or f"{cfg.serving.host}:{cfg.serving.port}"
+    with CascadeClient(target) as client:
+        try:
+            reply = client.recommend(user_id, k=k, exclude_item_ids=exclude or [])
+        except grpc.RpcError as exc:
+            _fail(f"{exc.code().name}: {exc.details()}")
+    if as_json:
+        console.print_json(json.dumps(MessageToDict(reply)))
+        return
+    table = Table(title=f"user {user_id}" + (" (new user)" if reply.new_user else ""))
+    for col in ("#", "item_id", "title", "score", "source"):
+        table.add_column(col)
+    for rank, item in enumerate(reply.items, 1):
+        table.add_row(str(rank), item.item_id, item.title, f"{item.score:.4f}", item.source)
+    console.print(table)
+    v = reply.model_versions
+    console.print(f"models: recall {v.recall}, index {v.index}, ranking {v.ranking}")
+
+
+JsonOption = Annotated[Path | None, typer.Option("--json", help="Also write the report here.")]
+
+
+def _report(report: dict, json_path: Path | None, title: str) -> None:
+    systems = {name: values for name, values in report.items() if name[0] != "_" and "grid" not in name}
+    metrics = [m for m in next(iter(systems.values())) if m != "users"]
+    table = Table(title=title)
+    table.add_column("system")
+    for m in metrics:
+        table.add_column(m)
+    for system, values in systems.items():
+        table.add_row(system, *(f"{values.get(m, float('nan')):.4g}" for m in metrics))
+    console.print(table)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2, sort_keys=True))
+        console.print(f"wrote {json_path}")
+
+
+@evaluate_app.command("pipeline")
+def evaluate_pipeline(json_path: JsonOption = None) -> None:
+    """Recall@K and NDCG@10 of popularity, the two-tower alone, all channels and the whole pipeline."""
+    from cascade.training.workflows import evaluate_pipeline as run
+
+    _report(_run(run, _config()), json_path, "held-out temporal split: pipeline")
+
+
+@evaluate_app.command("recall")
+def evaluate_recall(json_path: JsonOption = None) -> None:
+    """Two-tower vs popularity vs validation-tuned implicit ALS: Recall@{10,50,100,500}, NDCG@10, coverage."""
+    from cascade.training.workflows import evaluate_recall as run
+
+    _report(_run(run, _config()), json_path, "held-out temporal split: recall")
+
+
+@evaluate_app.command("ranking")
+def evaluate_ranking(json_path: JsonOption = None) -> None:
+    """Wide&Deep vs DIN vs LightGBM on the held-out window's recall candidates: AUC, GAUC, logloss,
+    NDCG@10 and Recall@10, beside the recall order alone."""
+    from cascade.training.workflows import evaluate_ranking as run
+
+    _report(_run(run, _config(), True), json_path, "held-out temporal split: ranking")
+
+
+@evaluate_app.command("rating")
+def evaluate_rating(json_path: JsonOption = None) -> None:
+    """Rating RMSE on a random 90/10 split: SVD++ hybrid, PMF, I-AutoRec and their validation-fitted blend."""
+    from cascade.training.workflows import evaluate_rating as run
+
+    _report(_run(run, _config(), True), json_path, "random 90/10 split: rating RMSE")
+
+
+def _progress(label: str) -> Callable[[str], None]:
+    return lambda what: console.print(f"[cyan]{label}[/] {what}")
+
+
+def _wrote(outputs: dict[str, Path]) -> None:
+    for kind, path in outputs.items():
+        console.print(f"wrote {kind}: {path}")
+
+
+@bench_app.command("recall")
+def bench_recall(
+    json_path: Annotated[Path, typer.Option("--json", help="Report path; .png and .md go beside it.")] = Path(
+        "benchmarks/results/recall.json"
+    ),
+    sizes: Annotated[str, typer.Option(help="Comma-separated catalogue sizes.")] = "100000,1000000",
+    threads: Annotated[int, typer.Option(help="FAISS threads.")] = 2,
+    target_recall: Annotated[float, typer.Option(help="recall@500 the knob is tuned to reach.")] = 0.95,
+) -> None:
+    """FAISS Flat / IVF / HNSW on synthetic catalogues: build time, latency, recall against exact."""
+    from cascade.bench.recall_index import BenchSettings, run, write_outputs
+
+    settings = BenchSettings(
+        sizes=tuple(int(s) for s in sizes.split(",")), threads=threads, target_recall=target_recall
+    )
+    report = run(settings, progress=_progress("benchmarking"))
+    _wrote(write_outputs(report, json_path))
+
+
+@bench_app.command("ranking")
+def bench_ranking(
+    json_path: Annotated[Path, typer.Option("--json", help="Report path; .png and .md go beside it.")] = Path(
+        "benchmarks/results/ranking.json"
+    ),
+    candidates: Annotated[int, typer.Option(help="Candidates per request.")] = 500,
+    behaviours: Annotated[int, typer.Option(help="Behaviours in the user's sequence.")] = 50,
+    dim: Annotated[int, typer.Option(help="Behaviour / candidate vector width d.")] = 64,
+    repeats: Annotated[int, typer.Option(help="Timed requests per implementation.")] = 200,
+    threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+) -> None:
+    """DIN inference per request: the straightforward form, ours (split attention, user side once) and
+    DeepCTR-Torch's DIN at the same sizes, p50 / p99."""
+    from cascade.bench.ranking_inference import BenchSettings, run, write_outputs
+
+    settings = BenchSettings(
+        candidates=candidates,
+        behaviours=behaviours,
+        dim=dim,
+        repeats=repeats,
+        threads=threads,
+        device=device,
+    )
+    report = run(settings, progress=_progress("benchmarking"))
+    _wrote(write_outputs(report, json_path))
+
+
+ScenarioOption = Annotated[
+    str,
+    typer.Option(
+        help="Scenario: a name under benchmarks/scenarios/ (synthetic-1m, movielens-100k) or a TOML."
+    ),
+]
+
+
+PrecisionOption = Annotated[
+    str | None,
+    typer.Option(help="DIN pair-product precision: float32 or bfloat16 (default: the scenario's)."),
+]
+
+
+def _scenario(
+    scenario: str, processes: int | None = None, workers: int | None = None, precision: str | None = None
+) -> AppConfig:
+    from cascade.bench.serve_load import scenario_config
+
+    cfg = load_config(_run(scenario_config, scenario))
+    overrides = {"processes": processes, "workers": workers, "ranker_precision": precision}
+    serving = {k: v for k, v in overrides.items() if v is not None}
+    return cfg.model_copy(update={"serving": cfg.serving.model_copy(update=serving)}) if serving else cfg
+
+
+@bench_app.command("serve")
+def bench_serve(
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Report path; .png and .md beside it.")
+    ] = None,
+    scenario: ScenarioOption = "synthetic-1m",
+    target: Annotated[
+        str | None,
+        typer.Option(
+            help="HOST:PORT of a service already running the scenario (with --balance requests, a "
+            "comma-separated list of its processes' own addresses); else one is started."
+        ),
+    ] = None,
+    rates: Annotated[str, typer.Option(help="Offered rates to sweep, requests/s, comma-separated.")] = (
+        "25,50,100,150,200,300,400"
+    ),
+    duration: Annotated[float, typer.Option(help="Seconds per offered rate.")] = 10.0,
+    warmup: Annotated[float, typer.Option(help="Warm-up seconds at the lowest rate (discarded).")] = 3.0,
+    max_requests: Annotated[int, typer.Option(help="Most requests per offered rate.")] = 20_000,
+    k: Annotated[int, typer.Option(help="Items per request.")] = 20,
+    channels: Annotated[
+        int, typer.Option(help="gRPC connections to the shared port, with --balance connections.")
+    ] = 16,
+    balance: Annotated[
+        str | None,
+        typer.Option(
+            help="requests: request i goes to server process i mod n, on its own port "
+            "(serving.process_ports); connections: --channels connections to the shared port, spread "
+            "over the processes by the kernel. Default: requests when the scenario sets process_ports."
+        ),
+    ] = None,
+    arrivals: Annotated[str, typer.Option(help="uniform or poisson inter-arrival times.")] = "uniform",
+    processes: Annotated[int | None, typer.Option(help="Server processes (default: the scenario's).")] = None,
+    workers: Annotated[int | None, typer.Option(help="RPC threads per server process.")] = None,
+    pin_cpu: Annotated[int | None, typer.Option(help="Pin the load generator to this CPU.")] = None,
+    ranker_precision: PrecisionOption = None,
+) -> None:
+    """Open-loop load over gRPC against the scenario's service: latency percentiles from each request's
+    scheduled send time against offered load, throughput, errors by code, and the server's stage breakdown."""
+    from cascade.bench import serve_load
+
+    cfg = _scenario(scenario, processes, workers, ranker_precision)
+    settings = serve_load.LoadSettings(
+        rates=tuple(float(r) for r in rates.split(",")),
+        duration_s=duration,
+        warmup_s=warmup,
+        max_requests=max_requests,
+        k=k,
+        channels=channels,
+        balance=balance or ("requests" if cfg.serving.process_ports is not None else "connections"),
+        arrivals=arrivals,
+        pin_cpu=pin_cpu,
+        seed=cfg.seed,
+    )
+    json_path = json_path or Path(f"benchmarks/results/serve-{cfg.data.dataset}.json")
+    say = _progress("bench serve")
+    context = {
+        "scenario": scenario,
+        "title": f"cascade bench serve: {cfg.data.dataset}, ranker {cfg.ranking.type}",
+        "server": f"{cfg.serving.processes} process(es) x {cfg.serving.workers} RPC threads, "
+        f"ranker precision {cfg.serving.ranker_precision}" + (f", external {target}" if target else ""),
+        "ranker": cfg.ranking.type,
+        "num_candidates": cfg.recall.num_candidates + cfg.recall.cooccurrence_candidates,
+        "history_length": cfg.features.history_length,
+    }
+    if target is None:
+        _run(serve_load.prepare_scenario, cfg, say)
+    user_ids = serve_load.scenario_user_ids(cfg)
+    serve_load.pin_to_cpu(pin_cpu)
+
+    def drive(address: str, pid: int | None) -> list:
+        if settings.balance != "requests":
+            return serve_load.sweep(address, user_ids, settings, pid, say)
+        addresses = address.split(",") if target is not None else cfg.serving.process_addresses()
+        if not addresses:
+            raise typer.BadParameter("--balance requests needs serving.process_ports in the scenario")
+        say(f"balancing requests over {', '.join(addresses)}")
+        return serve_load.sweep(addresses, user_ids, settings, pid, say)
+
+    if target is not None:
+        results = drive(target, None)
+    else:
+        log = json_path.with_suffix(".server.log")
+        say(f"starting the service ({context['server']}); its log: {log}")
+        with serve_load.running_service(cfg, log) as (address, pid):
+            say(f"service SERVING on {address}")
+            results = drive(address, pid)
+    report = serve_load.build_report(results, settings, context)
+    _wrote(serve_load.write_outputs(report, json_path))
+    console.print(report["summary"])
+
+
+@bench_app.command("stages")
+def bench_stages(
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Report path; .png and .md beside it.")
+    ] = None,
+    scenario: ScenarioOption = "synthetic-1m",
+    requests: Annotated[int, typer.Option(help="Timed requests.")] = 300,
+    k: Annotated[int, typer.Option(help="Items per request.")] = 20,
+    ranker_precision: PrecisionOption = None,
+) -> None:
+    """Each Recommend stage in-process (real Redis, real models, no gRPC), p50 / p99 / mean."""
+    from cascade.bench import serve_load, serve_stages
+    from cascade.serving.app import ensure_features_loaded, open_feature_store
+
+    cfg = _scenario(scenario, precision=ranker_precision)
+    json_path = json_path or Path(f"benchmarks/results/stages-{cfg.data.dataset}.json")
+    say = _progress("bench stages")
+    _run(serve_load.prepare_scenario, cfg, say)
+    with open_feature_store(cfg) as store:
+        ensure_features_loaded(cfg, store)
+        report = serve_stages.run(
+            cfg, store, serve_load.scenario_user_ids(cfg), serve_stages.StageSettings(requests, k=k), say
+        )
+    _wrote(serve_stages.write_outputs(report, json_path))
+
+
+def _fmt(metrics: dict) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())

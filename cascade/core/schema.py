@@ -1,0 +1,346 @@
+"""FeatureSchema: the one description of every feature, shared by training and serving.
+
+Encoding rules (index 0 is always padding or "unknown" unless stated):
+    user id       -> 1..U in ascending id order; 0 for an id unseen at fit time
+    item id       -> 1..I in ascending id order; 0 is padding
+    gender        -> F 0, M 1, unknown 2
+    age           -> 7 ordered buckets matching ML-1M's codes (1, 18, 25, 35, 45, 50, 56), so raw ML-100K
+                     ages and ML-1M codes land in the same bucket; 7 when unknown
+    occupation    -> 1..O in sorted name order
+    zip prefix    -> 1..Z over the first ``zip_prefix_length`` characters of the zip code, sorted; 0 unknown
+    genres        -> padded list of genre ids (1..G)
+    title         -> padded list of word ids; 0 <PAD>, 1 <UNK>, then the vocabulary
+    release year  -> 5-year bucket, 0 unknown
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cascade.core.errors import ArtifactError
+
+SCHEMA_VERSION = 2
+
+GENDER_CODES = {"F": 0, "M": 1}
+GENDER_UNKNOWN = 2
+AGE_BUCKET_LOWER_BOUNDS = (1, 18, 25, 35, 45, 50, 56)  # ML-1M's codes are the buckets' lower bounds
+AGE_UNKNOWN = len(AGE_BUCKET_LOWER_BOUNDS)
+PAD, UNK = "<PAD>", "<UNK>"
+YEAR_BUCKET_START, YEAR_BUCKET_WIDTH, YEAR_BUCKETS = 1900, 5, 26
+
+_TITLE_YEAR = re.compile(r"\(\d{4}\)\s*$")
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+def encode_gender(values: Any) -> np.ndarray:
+    arr = np.asarray(values, dtype=object)
+    return np.array([GENDER_CODES.get(str(v).upper(), GENDER_UNKNOWN) for v in arr], dtype=np.int64)
+
+
+def encode_age(values: Any) -> np.ndarray:
+    """Raw ages or ML-1M codes -> bucket 0..6; negative or missing -> AGE_UNKNOWN."""
+    ages = np.asarray(values, dtype=np.float64)
+    bucket = np.searchsorted(np.asarray(AGE_BUCKET_LOWER_BOUNDS), ages, side="right") - 1
+    # minimum/maximum, not np.clip: the same result at a third of the cost on a request's one age
+    bucket = np.minimum(np.maximum(bucket, 0), AGE_UNKNOWN - 1)
+    return np.where(np.isnan(ages) | (ages < 0), AGE_UNKNOWN, bucket).astype(np.int64)
+
+
+def encode_year(values: Any) -> np.ndarray:
+    years = np.asarray(values, dtype=np.int64)
+    bucket = np.clip((years - YEAR_BUCKET_START) // YEAR_BUCKET_WIDTH + 1, 1, YEAR_BUCKETS - 1)
+    return np.where(years > 0, bucket, 0).astype(np.int64)
+
+
+def title_words(title: str) -> list[str]:
+    """Lower-cased words of a title without its trailing "(year)"."""
+    return _WORD.findall(_TITLE_YEAR.sub("", title or "").lower())
+
+
+def zip_prefix(zip_code: Any, length: int) -> str:
+    """Leading characters of a zip code, upper-cased; "" when missing or shorter than ``length``."""
+    text = str(zip_code or "").strip().upper()
+    return text[:length] if len(text) >= length else ""
+
+
+def split_genres(genres: str) -> list[str]:
+    return [g for g in (genres or "").split("|") if g]
+
+
+USER_FIELDS = ("user", "gender", "age", "occupation", "zip")
+
+
+@dataclass(frozen=True)
+class UserFeatures:
+    """Encoded user features, one row per user; every array has shape (N,)."""
+
+    user: np.ndarray
+    gender: np.ndarray
+    age: np.ndarray
+    occupation: np.ndarray
+    zip: np.ndarray
+
+
+@dataclass(frozen=True)
+class ItemFeatures:
+    """Encoded item features. ``item``/``year``: (N,); ``genres``: (N, max_genres); ``title``: (N, L)."""
+
+    item: np.ndarray
+    genres: np.ndarray
+    title: np.ndarray
+    year: np.ndarray
+
+
+@dataclass(frozen=True)
+class FeatureSchema:
+    user_ids: np.ndarray  # sorted external ids; position + 1 is the index
+    item_ids: np.ndarray
+    occupations: tuple[str, ...]
+    genres: tuple[str, ...]
+    title_vocab: tuple[str, ...]  # starts with PAD, UNK
+    max_genres: int
+    title_length: int
+    zip_prefixes: tuple[str, ...] = ()
+    zip_prefix_length: int = 2
+    version: int = SCHEMA_VERSION
+
+    # --- sizes of every categorical feature, for embedding tables -------------------------------------
+    @property
+    def num_users(self) -> int:
+        return len(self.user_ids) + 1
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids) + 1
+
+    @property
+    def num_genders(self) -> int:
+        return GENDER_UNKNOWN + 1
+
+    @property
+    def num_ages(self) -> int:
+        return AGE_UNKNOWN + 1
+
+    @property
+    def num_occupations(self) -> int:
+        return len(self.occupations) + 1
+
+    @property
+    def num_zip_prefixes(self) -> int:
+        return len(self.zip_prefixes) + 1
+
+    @property
+    def num_genres(self) -> int:
+        return len(self.genres) + 1
+
+    @property
+    def num_title_words(self) -> int:
+        return len(self.title_vocab)
+
+    @property
+    def num_years(self) -> int:
+        return YEAR_BUCKETS
+
+    def cardinality(self, feature: str) -> int:
+        return {
+            "user": self.num_users,
+            "item": self.num_items,
+            "gender": self.num_genders,
+            "age": self.num_ages,
+            "occupation": self.num_occupations,
+            "zip": self.num_zip_prefixes,
+            "genre": self.num_genres,
+            "year": self.num_years,
+        }[feature]
+
+    # --- fitting ------------------------------------------------------------------------------------
+    @classmethod
+    def fit(
+        cls,
+        users: pd.DataFrame,
+        items: pd.DataFrame,
+        max_genres: int,
+        title_length: int,
+        zip_prefix_length: int = 2,
+    ) -> FeatureSchema:
+        """Build vocabularies from the catalogue tables (no interaction data is looked at)."""
+        words = sorted({w for t in items["title"] for w in title_words(t)})
+        prefixes = {zip_prefix(z, zip_prefix_length) for z in users["zip_code"]} - {""}
+        return cls(
+            user_ids=np.sort(users["user_id"].to_numpy(dtype=np.int64)),
+            item_ids=np.sort(items["item_id"].to_numpy(dtype=np.int64)),
+            occupations=tuple(sorted({o for o in users["occupation"] if o})),
+            genres=tuple(sorted({g for gs in items["genres"] for g in split_genres(gs)})),
+            title_vocab=(PAD, UNK, *words),
+            max_genres=max_genres,
+            title_length=title_length,
+            zip_prefixes=tuple(sorted(prefixes)),
+            zip_prefix_length=zip_prefix_length,
+        )
+
+    # --- id mapping ---------------------------------------------------------------------------------
+    @staticmethod
+    def _lookup(sorted_ids: np.ndarray, ids: Any, table: np.ndarray | None = None) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        if table is not None:
+            inside = (ids >= 0) & (ids < len(table))
+            return np.where(inside, table[np.where(inside, ids, 0)], 0).astype(np.int64)
+        pos = np.searchsorted(sorted_ids, ids)
+        pos_clipped = np.minimum(pos, max(len(sorted_ids) - 1, 0))
+        found = (pos < len(sorted_ids)) & (sorted_ids[pos_clipped] == ids) if len(sorted_ids) else pos < 0
+        return np.where(found, pos + 1, 0).astype(np.int64)
+
+    @staticmethod
+    def _dense_table(sorted_ids: np.ndarray) -> np.ndarray | None:
+        """id -> index as one array when the ids are non-negative and dense (at most 4 slots per id): a
+        lookup is then one gather, where a binary search over 1M ids makes ~20 probes that each miss the
+        cache (50 history ids: 44 -> 7 us; 250 seen ids: 116 -> 9 us). None for sparse ids."""
+        if len(sorted_ids) == 0 or sorted_ids[0] < 0 or sorted_ids[-1] >= 4 * len(sorted_ids) + 1024:
+            return None
+        table = np.zeros(int(sorted_ids[-1]) + 1, dtype=np.int32)
+        table[sorted_ids] = np.arange(1, len(sorted_ids) + 1, dtype=np.int32)
+        return table
+
+    @cached_property
+    def _user_table(self) -> np.ndarray | None:
+        return self._dense_table(self.user_ids)
+
+    @cached_property
+    def _item_table(self) -> np.ndarray | None:
+        return self._dense_table(self.item_ids)
+
+    def user_index(self, user_ids: Any) -> np.ndarray:
+        """External user ids (N,) -> indices (N,); 0 for unknown users."""
+        return self._lookup(self.user_ids, user_ids, self._user_table)
+
+    def item_index(self, item_ids: Any) -> np.ndarray:
+        """External item ids (N,) -> indices (N,); 0 for unknown items."""
+        return self._lookup(self.item_ids, item_ids, self._item_table)
+
+    def item_id_of(self, indices: Any) -> np.ndarray:
+        return self.item_ids[np.asarray(indices, dtype=np.int64) - 1]
+
+    # --- encoding -----------------------------------------------------------------------------------
+    @cached_property
+    def _occupation_lookup(self) -> dict[str, int]:
+        # built once: serving encodes an occupation on every request
+        return {o: i + 1 for i, o in enumerate(self.occupations)}
+
+    def encode_occupation(self, values: Any) -> np.ndarray:
+        lookup = self._occupation_lookup
+        return np.array([lookup.get(str(v), 0) for v in np.asarray(values, dtype=object)], dtype=np.int64)
+
+    @cached_property
+    def _zip_lookup(self) -> dict[str, int]:
+        return {z: i + 1 for i, z in enumerate(self.zip_prefixes)}
+
+    def encode_zip(self, values: Any) -> np.ndarray:
+        lookup, length = self._zip_lookup, self.zip_prefix_length
+        return np.array(
+            [lookup.get(zip_prefix(v, length), 0) for v in np.asarray(values, dtype=object)], dtype=np.int64
+        )
+
+    def encode_users(self, users: pd.DataFrame) -> UserFeatures:
+        return UserFeatures(
+            user=self.user_index(users["user_id"].to_numpy()),
+            gender=encode_gender(users["gender"].to_numpy()),
+            age=encode_age(users["age"].to_numpy()),
+            occupation=self.encode_occupation(users["occupation"].to_numpy()),
+            zip=self.encode_zip(users["zip_code"].to_numpy()),
+        )
+
+    def encode_items(self, items: pd.DataFrame) -> ItemFeatures:
+        genre_lookup = {g: i + 1 for i, g in enumerate(self.genres)}
+        word_lookup = {w: i for i, w in enumerate(self.title_vocab)}
+        genres = np.zeros((len(items), self.max_genres), dtype=np.int64)
+        titles = np.zeros((len(items), self.title_length), dtype=np.int64)
+        for row, (gs, title) in enumerate(zip(items["genres"], items["title"])):
+            ids = [genre_lookup[g] for g in split_genres(gs) if g in genre_lookup][: self.max_genres]
+            genres[row, : len(ids)] = ids
+            words = [word_lookup.get(w, 1) for w in title_words(title)][: self.title_length]
+            titles[row, : len(words)] = words
+        return ItemFeatures(
+            item=self.item_index(items["item_id"].to_numpy()),
+            genres=genres,
+            title=titles,
+            year=encode_year(items["year"].to_numpy()),
+        )
+
+    def user_table(self, users: pd.DataFrame) -> UserFeatures:
+        """Encoded features for every known user, row i describing user index i (row 0: unknown user)."""
+        encoded = self.encode_users(users)
+        table = UserFeatures(
+            user=np.arange(self.num_users, dtype=np.int64),
+            gender=np.full(self.num_users, GENDER_UNKNOWN, dtype=np.int64),
+            age=np.full(self.num_users, AGE_UNKNOWN, dtype=np.int64),
+            occupation=np.zeros(self.num_users, dtype=np.int64),
+            zip=np.zeros(self.num_users, dtype=np.int64),
+        )
+        known = encoded.user > 0
+        for name in ("gender", "age", "occupation", "zip"):
+            getattr(table, name)[encoded.user[known]] = getattr(encoded, name)[known]
+        return table
+
+    def item_table(self, items: pd.DataFrame) -> ItemFeatures:
+        """Encoded features for every catalogue item, row i describing item index i (row 0 is padding)."""
+        encoded = self.encode_items(items)
+        table = ItemFeatures(
+            item=np.arange(self.num_items, dtype=np.int64),
+            genres=np.zeros((self.num_items, self.max_genres), dtype=np.int64),
+            title=np.zeros((self.num_items, self.title_length), dtype=np.int64),
+            year=np.zeros(self.num_items, dtype=np.int64),
+        )
+        known = encoded.item > 0
+        table.genres[encoded.item[known]] = encoded.genres[known]
+        table.title[encoded.item[known]] = encoded.title[known]
+        table.year[encoded.item[known]] = encoded.year[known]
+        return table
+
+    # --- persistence --------------------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "version": self.version,
+                "user_ids": self.user_ids.tolist(),
+                "item_ids": self.item_ids.tolist(),
+                "occupations": list(self.occupations),
+                "genres": list(self.genres),
+                "title_vocab": list(self.title_vocab),
+                "max_genres": self.max_genres,
+                "title_length": self.title_length,
+                "zip_prefixes": list(self.zip_prefixes),
+                "zip_prefix_length": self.zip_prefix_length,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> FeatureSchema:
+        raw = json.loads(text)
+        if raw.get("version") != SCHEMA_VERSION:
+            raise ArtifactError(f"feature schema version {raw.get('version')} != supported {SCHEMA_VERSION}")
+        return cls(
+            user_ids=np.asarray(raw["user_ids"], dtype=np.int64),
+            item_ids=np.asarray(raw["item_ids"], dtype=np.int64),
+            occupations=tuple(raw["occupations"]),
+            genres=tuple(raw["genres"]),
+            title_vocab=tuple(raw["title_vocab"]),
+            max_genres=int(raw["max_genres"]),
+            title_length=int(raw["title_length"]),
+            zip_prefixes=tuple(raw["zip_prefixes"]),
+            zip_prefix_length=int(raw["zip_prefix_length"]),
+        )
+
+    def save(self, path: Path) -> None:
+        path.write_text(self.to_json())
+
+    @classmethod
+    def load(cls, path: Path) -> FeatureSchema:
+        return cls.from_json(Path(path).read_text())

@@ -1,0 +1,240 @@
+"""Training task for the two-tower model: sampled softmax over in-batch plus uniformly sampled negatives.
+
+Every other positive in a batch is a negative for a row, and so are ``uniform_negatives`` items drawn
+uniformly from the catalogue (mixed negative sampling, Yang et al. 2020), which reach the long tail that
+batches rarely contain. Each negative's logit is corrected by the log of how often it is sampled
+(``logq_correction``, Yi et al. 2019): popular items fill batches, uniform draws do not. A negative equal to
+the row's own positive is masked out.
+
+Each example's user side sees only the interactions before it (its behaviour history), exactly as serving
+sees a user's history before the items it is about to recommend.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from cascade.config import RecallConfig
+from cascade.core.schema import FeatureSchema, ItemFeatures, UserFeatures
+from cascade.recall.two_tower import TwoTowerModel, TwoTowerSpec
+
+logger = logging.getLogger(__name__)
+
+
+class InteractionSequences:
+    """Interactions grouped per user in time order, to look up each one's preceding history.
+
+    user_index, item_index, timestamp: aligned (N,) arrays. Ties in time are broken by item index so the
+    order, and so every history, is deterministic.
+    """
+
+    def __init__(self, user_index: np.ndarray, item_index: np.ndarray, timestamp: np.ndarray):
+        order = np.lexsort((item_index, timestamp, user_index))
+        self.user = np.asarray(user_index, dtype=np.int64)[order]
+        self.item = np.asarray(item_index, dtype=np.int64)[order]
+        starts = np.r_[0, np.flatnonzero(np.diff(self.user)) + 1]
+        lengths = np.diff(np.r_[starts, len(self.user)])
+        self.position = np.arange(len(self.user)) - np.repeat(starts, lengths)  # index within the user
+
+    def __len__(self) -> int:
+        return len(self.item)
+
+    def _walk_back(self, rows: np.ndarray, length: int, first_step: np.ndarray) -> np.ndarray:
+        """Items ``first_step``, ``first_step`` + 1, ... positions back from each of ``rows`` within its
+        user, 0 past the user's first interaction -> (R, length)."""
+        back = first_step[:, None] + np.arange(length)[None, :]
+        valid = back <= self.position[rows][:, None]
+        return np.where(valid, self.item[np.maximum(rows[:, None] - back, 0)], 0)
+
+    def history_before(self, rows: np.ndarray, length: int, gap: np.ndarray | None = None) -> np.ndarray:
+        """The ``length`` interactions before each of ``rows`` (positions in this order), most recent
+        first, 0-padded -> (R, length). ``gap`` (R,) skips that many more interactions back first, so the
+        history ends ``gap`` interactions before the row's own."""
+        skip = np.zeros(len(rows), dtype=np.int64) if gap is None else np.minimum(gap, self.position[rows])
+        return self._walk_back(rows, length, 1 + skip)
+
+    def latest_history(self, user_rows: np.ndarray, length: int) -> np.ndarray:
+        """Each user's latest ``length`` items, most recent first, 0-padded; users absent here get an empty
+        history -> (U, length)."""
+        user_rows = np.asarray(user_rows, dtype=np.int64)
+        if len(self.user) == 0:
+            return np.zeros((len(user_rows), length), dtype=np.int64)
+        last = np.searchsorted(self.user, user_rows, side="right") - 1
+        present = (last >= 0) & (self.user[np.maximum(last, 0)] == user_rows)
+        history = self._walk_back(np.maximum(last, 0), length, np.zeros(len(user_rows), dtype=np.int64))
+        return np.where(present[:, None], history, 0)
+
+
+@dataclass
+class TwoTowerTrainingResult:
+    model: TwoTowerModel
+    final_loss: float
+    steps: int
+    epochs: int  # epochs run
+    best_epoch: int  # 1-based epoch whose weights the model holds
+    validation: list[float] = field(default_factory=list)  # the validation metric after each epoch
+
+
+def user_tensors(users: UserFeatures, rows: np.ndarray, history: np.ndarray) -> tuple[torch.Tensor, ...]:
+    """Encoded user rows (R,) and their histories (R, L) -> the user tower's inputs."""
+    columns = [getattr(users, f)[rows] for f in ("user", "gender", "age", "occupation", "zip")]
+    return (*(torch.from_numpy(np.ascontiguousarray(c)) for c in columns), torch.from_numpy(history))
+
+
+def item_tensors(items: ItemFeatures, idx: np.ndarray, hide_id: np.ndarray | None = None):
+    """Item-table rows (R,) -> the item tower's inputs; ``hide_id`` (R,) bool embeds those from content."""
+    item = items.item[idx]
+    if hide_id is not None:
+        item = np.where(hide_id, 0, item)
+    return (
+        torch.from_numpy(np.ascontiguousarray(item)),
+        torch.from_numpy(items.genres[idx]),
+        torch.from_numpy(items.title[idx]),
+        torch.from_numpy(np.ascontiguousarray(items.year[idx])),
+    )
+
+
+def train_two_tower(
+    config: RecallConfig,
+    schema: FeatureSchema,
+    users: UserFeatures,
+    items: ItemFeatures,
+    sequences: InteractionSequences,
+    seed: int,
+    history_length: int,
+    validate: Callable[[TwoTowerModel], float] | None = None,
+    epochs: int | None = None,
+    progress: bool = True,
+) -> TwoTowerTrainingResult:
+    """Fit on ``sequences``. With ``validate`` (model -> metric, higher is better) training stops once the
+    metric has not improved for ``early_stopping_patience`` epochs and the best epoch's weights are kept;
+    ``epochs`` overrides the configured maximum."""
+    if len(sequences) == 0:
+        raise ValueError("no training interactions")
+    max_epochs = epochs or config.epochs
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    spec = TwoTowerSpec.from_schema(
+        schema,
+        history_length=history_length,
+        embedding_dim=config.embedding_dim,
+        hidden_dim=config.hidden_dim,
+        history_pooling=config.history_pooling,
+    )
+    model = TwoTowerModel(spec)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    catalogue = schema.num_items - 1
+    counts = np.bincount(sequences.item, minlength=schema.num_items).astype(np.float64)
+    batch_size = min(config.batch_size, len(sequences))
+    # log of each negative's expected count in one step's sample
+    log_q_batch = torch.from_numpy(np.log(np.maximum(counts, 1.0) / len(sequences) * batch_size)).float()
+    num_uniform = min(config.uniform_negatives, catalogue)
+    log_q_uniform = float(np.log(max(num_uniform, 1) / catalogue))
+
+    steps, running = 0, float("nan")
+    best_metric, best_epoch, best_state, stale = -np.inf, 0, None, 0
+    scores: list[float] = []
+    bar = tqdm(range(1, max_epochs + 1), desc="two-tower", unit="epoch", disable=not progress, leave=False)
+    for epoch in bar:
+        model.train()
+        order = rng.permutation(len(sequences))
+        if config.max_steps_per_epoch is not None:
+            order = order[: config.max_steps_per_epoch * batch_size]
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            if len(rows) < 2:
+                continue
+            u_idx, i_idx = sequences.user[rows], sequences.item[rows]
+            gap = rng.integers(0, config.history_gap_max + 1, size=len(rows))
+            history = sequences.history_before(rows, history_length, gap)
+            user_in = list(user_tensors(users, u_idx, history))
+            hide_user = torch.from_numpy(rng.random(len(rows)) < config.user_id_dropout)
+            user_in[0] = torch.where(hide_user, torch.zeros_like(user_in[0]), user_in[0])
+            u = model.user_tower(*user_in)  # (B, D)
+            negatives = rng.integers(1, schema.num_items, size=num_uniform)
+            all_items = np.concatenate([i_idx, negatives])
+            hide_item = rng.random(len(all_items)) < config.item_id_dropout
+            v = model.item_tower(*item_tensors(items, all_items, hide_item))  # (B + M, D)
+            logits = u @ v.T / config.temperature  # (B, B + M)
+            target = torch.from_numpy(i_idx)
+            columns = torch.from_numpy(all_items)
+            if config.logq_correction:
+                correction = torch.cat([log_q_batch[target], torch.full((num_uniform,), log_q_uniform)])
+                logits = logits - config.logq_correction * correction.unsqueeze(0)
+            own = torch.arange(len(rows))
+            same_item = target.unsqueeze(1) == columns.unsqueeze(0)
+            same_item[own, own] = False
+            logits = logits.masked_fill(same_item, float("-inf"))
+            loss = F.cross_entropy(logits, own)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            running = loss.item() if steps == 1 else 0.98 * running + 0.02 * loss.item()
+            if steps % 10 == 0:
+                bar.set_postfix(loss=f"{running:.4f}", refresh=False)
+        postfix = {"loss": f"{running:.4f}"}
+        if validate is not None:
+            model.eval()
+            metric = float(validate(model))
+            scores.append(metric)
+            postfix["val"] = f"{metric:.4f}"
+            logger.info("two-tower epoch %d: loss %.4f, validation %.4f", epoch, running, metric)
+            if metric > best_metric:
+                best_metric, best_epoch, stale = metric, epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                stale += 1
+        bar.set_postfix(postfix)
+        if validate is not None and stale >= config.early_stopping_patience:
+            logger.info("early stop after epoch %d; best epoch %d (%.4f)", epoch, best_epoch, best_metric)
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        best_epoch = epoch
+    model.eval()
+    logger.info("two-tower trained: %d steps, running loss %.4f", steps, running)
+    return TwoTowerTrainingResult(model, float(running), steps, epoch, best_epoch, scores)
+
+
+@torch.inference_mode()
+def embed_items(
+    model: TwoTowerModel, items: ItemFeatures, known: np.ndarray | None = None, batch_size: int = 8192
+) -> np.ndarray:
+    """Embeddings of catalogue rows 1..N (row 0 is padding) -> (N, D) float32.
+
+    ``known`` (num_items,) bool marks items the model has seen interactions of; the others are embedded
+    from content alone, since their id embeddings were never trained."""
+    out = []
+    for start in range(1, len(items.item), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(items.item)))
+        hide = None if known is None else ~known[idx]
+        out.append(model.item_tower(*item_tensors(items, idx, hide)).numpy())
+    if not out:
+        return np.zeros((0, model.spec.embedding_dim), dtype=np.float32)
+    return np.concatenate(out).astype(np.float32, copy=False)
+
+
+@torch.inference_mode()
+def embed_users(
+    model: TwoTowerModel, users: UserFeatures, rows: np.ndarray, history: np.ndarray, batch_size: int = 8192
+) -> np.ndarray:
+    """Embeddings of user-table rows (R,) with their histories (R, L) -> (R, D) float32."""
+    out = [
+        model.user_tower(*user_tensors(users, rows[s : s + batch_size], history[s : s + batch_size])).numpy()
+        for s in range(0, len(rows), batch_size)
+    ]
+    if not out:
+        return np.zeros((0, model.spec.embedding_dim), dtype=np.float32)
+    return np.concatenate(out)

@@ -1,0 +1,92 @@
+"""A small Python client for the Recommender service."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cascade.serving.api import recommender_pb2 as pb
+from cascade.serving.api import recommender_pb2_grpc as pb_grpc
+
+EVENT_TYPES = {
+    "view": pb.EVENT_TYPE_VIEW,
+    "click": pb.EVENT_TYPE_CLICK,
+    "rate": pb.EVENT_TYPE_RATE,
+    "purchase": pb.EVENT_TYPE_PURCHASE,
+}
+
+
+class CascadeClient:
+    def __init__(self, target: str = "127.0.0.1:50051", timeout_s: float = 5.0):
+        self.target = target
+        self.timeout_s = timeout_s
+        self._channel = grpc.insecure_channel(target)
+        self._stub = pb_grpc.RecommenderStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def recommend(
+        self,
+        user_id: str | int,
+        k: int = 10,
+        exclude_item_ids: list[str | int] | tuple = (),
+        request_id: str = "",
+        gender: str = "",
+        age: int = 0,
+        occupation: str = "",
+        zip_code: str = "",
+    ) -> pb.RecommendResponse:
+        request = pb.RecommendRequest(
+            user_id=str(user_id),
+            k=k,
+            exclude_item_ids=[str(i) for i in exclude_item_ids],
+            request_id=request_id,
+            demographics=pb.Demographics(gender=gender, age=age, occupation=occupation, zip_code=zip_code),
+        )
+        return self._stub.Recommend(request, timeout=self.timeout_s)
+
+    def similar_items(self, item_id: str | int, k: int = 10, request_id: str = "") -> pb.SimilarItemsResponse:
+        request = pb.SimilarItemsRequest(item_id=str(item_id), k=k, request_id=request_id)
+        return self._stub.SimilarItems(request, timeout=self.timeout_s)
+
+    def record_event(
+        self, user_id: str | int, item_id: str | int, event_type: str | int = "view", timestamp: int = 0
+    ) -> pb.RecordEventResponse:
+        code = EVENT_TYPES[event_type] if isinstance(event_type, str) else event_type
+        request = pb.RecordEventRequest(
+            user_id=str(user_id), item_id=str(item_id), event_type=code, timestamp=timestamp
+        )
+        return self._stub.RecordEvent(request, timeout=self.timeout_s)
+
+    def health(self, service: str = "") -> str:
+        reply = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout_s)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    def wait_until_serving(
+        self, timeout_s: float = 60.0, check: Callable[[], None] | None = None, poll_s: float = 0.2
+    ) -> None:
+        """Block until health says SERVING; ``check`` runs before each probe and may raise to give up
+        early (e.g. when the server's process has exited)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if check is not None:
+                check()
+            try:
+                if self.health() == "SERVING":
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.target} not SERVING after {timeout_s}s")
+            time.sleep(poll_s)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> CascadeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,72 @@
+"""Request validation: every problem is an InvalidArgumentError naming the offending field."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from cascade.core.errors import InvalidArgumentError
+
+_ID = re.compile(r"[0-9]{1,18}")
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")  # printable ASCII, no spaces
+MAX_FUTURE_SKEW_S = 86_400
+MAX_AGE_YEARS = 130
+MAX_OCCUPATION_CHARS = 64
+GENDERS = ("", "F", "M")
+_ZIP = re.compile(r"[0-9A-Za-z -]{0,12}")
+
+
+def parse_id(field: str, value: str) -> int:
+    if not value:
+        raise InvalidArgumentError(field, "must not be empty")
+    if not _ID.fullmatch(value):
+        raise InvalidArgumentError(field, f"must be a decimal id of at most 18 digits, got {value[:40]!r}")
+    return int(value)
+
+
+def check_k(k: int, max_k: int) -> int:
+    if k <= 0:
+        raise InvalidArgumentError("k", f"must be positive, got {k}")
+    if k > max_k:
+        raise InvalidArgumentError("k", f"must be at most {max_k}, got {k}")
+    return k
+
+
+def parse_exclude_ids(values: list[str], max_count: int) -> list[int]:
+    if len(values) > max_count:
+        raise InvalidArgumentError("exclude_item_ids", f"at most {max_count} ids allowed, got {len(values)}")
+    return [parse_id(f"exclude_item_ids[{i}]", v) for i, v in enumerate(values)]
+
+
+def check_request_id(value: str) -> str:
+    if value and not _REQUEST_ID.fullmatch(value):
+        raise InvalidArgumentError("request_id", "must be 1-128 printable ASCII characters without spaces")
+    return value
+
+
+def check_demographics(
+    gender: str, age: int, occupation: str, zip_code: str = ""
+) -> tuple[str, int, str, str]:
+    gender = gender.upper()
+    if gender not in GENDERS:
+        raise InvalidArgumentError("demographics.gender", f"must be 'F', 'M' or empty, got {gender[:10]!r}")
+    if not 0 <= age <= MAX_AGE_YEARS:
+        raise InvalidArgumentError("demographics.age", f"must be 0 (unknown) to {MAX_AGE_YEARS}, got {age}")
+    if len(occupation) > MAX_OCCUPATION_CHARS:
+        raise InvalidArgumentError("demographics.occupation", f"at most {MAX_OCCUPATION_CHARS} characters")
+    if not _ZIP.fullmatch(zip_code):
+        raise InvalidArgumentError(
+            "demographics.zip_code", "must be at most 12 letters, digits, spaces or hyphens"
+        )
+    return gender, age, occupation, zip_code
+
+
+def check_timestamp(timestamp: int, now: float | None = None) -> int:
+    now = time.time() if now is None else now
+    if timestamp == 0:
+        return int(now)
+    if timestamp < 0:
+        raise InvalidArgumentError("timestamp", f"must be unix seconds >= 0, got {timestamp}")
+    if timestamp > now + MAX_FUTURE_SKEW_S:
+        raise InvalidArgumentError("timestamp", f"{timestamp} is more than a day in the future")
+    return timestamp

@@ -1,5 +1,0 @@
-"""Online feature store: user features and recent behaviour, behind a small ABC."""
-
-from services.feature_store.base import HistoryEvent, OnlineFeatureStore, UserState
-
-__all__ = ["HistoryEvent", "OnlineFeatureStore", "UserState"]
