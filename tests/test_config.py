@@ -4,7 +4,8 @@ import pytest
 from pydantic import ValidationError
 
 from cascade.config import AppConfig, load_config
-from cascade.training.workflows import ranking_fingerprint, recall_fingerprint
+from cascade.training.ranking import ranking_fingerprint
+from cascade.training.recall import recall_fingerprint
 
 
 def test_toml_loads_with_defaults_and_rejects_unknown_keys(tmp_path, monkeypatch):

@@ -28,7 +28,11 @@ from cascade.serving.app import configure_serving_process, ensure_features_loade
 from cascade.serving.client import CascadeClient
 from cascade.serving.feature_store.redis_store import RedisFeatureStore
 from cascade.serving.server import CascadeServer, freeze_long_lived_objects
-from cascade.training.workflows import evaluate_pipeline, rebuild_index, rollback, train_ranking, train_recall
+from cascade.training.evaluate import evaluate_pipeline
+from cascade.training.index import rebuild_index
+from cascade.training.ranking import train_ranking
+from cascade.training.recall import train_recall
+from cascade.training.rollback import rollback
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +47,10 @@ def config(tmp_path_factory, redis_server) -> AppConfig:
             "artifacts_dir": str(root / "artifacts"),
             "data": {"data_dir": str(root / "data")},
             "recall": {"epochs": 4, "num_candidates": 150, "early_stopping_patience": 2},
-            "ranking": {"epochs": 1, "training_candidates": 100, "lgb_rounds": 100, "lgb_cv_folds": 3},
+            "ranking": {
+                "training_candidates": 100,
+                "model": {"type": "lightgbm", "rounds": 100, "cv_folds": 3},
+            },
             "serving": {
                 "port": 0,
                 "redis_url": redis_server.url,
@@ -184,7 +191,7 @@ def test_unknown_users_get_new_user_recommendations(config, client):
     wide = client.recommend(999_998, k=50, gender="F", age=25, occupation="writer", zip_code="94110")
     assert len(wide.items) == 50 and {i.source for i in wide.items} <= {"two_tower", "segment_popular"}
     # the segment's items are among the candidates; how many reach the top 50 is the ranker's call
-    models = ServingModels.load(ArtifactStore(config.artifacts_dir))
+    models = ServingModels.load(ArtifactStore(config.artifacts_dir), config)
     profile = pd.DataFrame(
         {"user_id": [999_998], "gender": ["F"], "age": [25], "occupation": ["writer"], "zip_code": ["94110"]}
     )
@@ -192,7 +199,7 @@ def test_unknown_users_get_new_user_recommendations(config, client):
     row = UserRow(0, *(int(getattr(encoded, name)[0]) for name in ("gender", "age", "occupation", "zip")))
     empty = np.zeros(0, dtype=np.int64)
     merged, _ = RecommendationPipeline(models, config).recall(UserContext(row, empty, empty, True))
-    assert "segment_popular" in set(merged.sources.tolist())
+    assert "segment_popular" in set(merged.names().tolist())
     # an unknown user's events are recorded and filtered like anyone's
     client.record_event(999_997, _ids(popular)[0], "view")
     assert _ids(popular)[0] not in _ids(client.recommend(999_997, k=10))
@@ -331,7 +338,7 @@ def test_similar_items_come_from_the_index_and_exclude_the_item(client, server):
     scores = [i.score for i in reply.items]
     assert scores == sorted(scores, reverse=True)
     # the same answer as exact search over the item embeddings (the test index is Flat)
-    models = srv.service._pipeline.models
+    models = srv.service.require_pipeline().models
     item = int(models.schema.item_index([50])[0])
     emb = models.index.embeddings
     exact = np.argsort(-(emb @ emb[item - 1]))[:11] + 1
@@ -437,11 +444,13 @@ def test_ranking_examples_see_nothing_of_their_evaluation_window(config, built):
     import pandas as pd
 
     from cascade.data.split import TemporalSplit, temporal_split
-    from cascade.recall.channels import CooccurrenceRules
-    from cascade.training.workflows import _mine_rules, prepare, ranking_training_examples, sequences_of
+    from cascade.recall.bundle import RecallBundle
+    from cascade.training.prepare import prepare
+    from cascade.training.ranking import ranking_training_examples
+    from cascade.training.recall import mine_rules
 
     prep = prepare(config)
-    recall_ref = ArtifactStore(config.artifacts_dir).require("recall")
+    recall = RecallBundle(ArtifactStore(config.artifacts_dir).require("recall"))
     inner = temporal_split(prep.split.train, config.data.holdout_fraction)
     rng = np.random.default_rng(0)
     window = inner.test.copy()
@@ -453,8 +462,8 @@ def test_ranking_examples_see_nothing_of_their_evaluation_window(config, built):
         split=TemporalSplit(train=pd.concat([inner.train, window], ignore_index=True), test=prep.split.test),
     )
     assert temporal_split(scrambled.split.train, config.data.holdout_fraction).train.equals(inner.train)
-    before = ranking_training_examples(config, prep, recall_ref)
-    after = ranking_training_examples(config, scrambled, recall_ref)
+    before = ranking_training_examples(config, prep, recall)
+    after = ranking_training_examples(config, scrambled, recall)
     # examples exist for users with held-out positives, which scrambling changes: compare users in both
     common = np.intersect1d(before.users, after.users)
     assert len(common) > 0.5 * len(before.users)
@@ -464,8 +473,8 @@ def test_ranking_examples_see_nothing_of_their_evaluation_window(config, built):
     for name in ("user", "history", "request", "item", "genres", "year", "channel", "dense"):
         np.testing.assert_array_equal(getattr(before.batch, name), getattr(after.batch, name), err_msg=name)
     assert not np.array_equal(before.labels, after.labels)
-    published = CooccurrenceRules.load(recall_ref.path / "inner")
-    mined = _mine_rules(config, scrambled, sequences_of(prep.schema, inner.train))
+    published = recall.inner_cooccurrence()
+    mined = mine_rules(config, scrambled, scrambled.sequences(inner.train))
     for name in ("indptr", "indices", "confidence", "support"):
         np.testing.assert_array_equal(getattr(published, name), getattr(mined, name), err_msg=name)
 
@@ -474,19 +483,20 @@ def test_published_rating_features_predict_held_out_ratings_better_than_the_mean
     """The ranking artifact's rating models, fitted on the training part, as serving reads them (the
     hybrid's N(u) from the latest history): every kind predicts the held-out window's ratings better than
     the training mean does."""
+    from cascade.ranking.bundle import RankingBundle
     from cascade.ranking.features import UserRow
     from cascade.ranking.rating import USER_SIDE, rmse
-    from cascade.ranking.rating_features import RatingFeatureModels
-    from cascade.training.workflows import prepare, sequences_of
+    from cascade.training.prepare import prepare
 
     prep = prepare(config)
-    ranking_ref = ArtifactStore(config.artifacts_dir).require("ranking")
-    features = RatingFeatureModels.load(ranking_ref.path, prep.schema, prep.items)
+    features = RankingBundle(ArtifactStore(config.artifacts_dir).require("ranking")).ratings(
+        prep.schema, prep.items
+    )
     assert features.kinds == tuple(config.ranking.rating_models)
     test = prep.split.test
     users = prep.schema.user_index(test["user_id"].to_numpy())
     items = prep.schema.item_index(test["item_id"].to_numpy())
-    histories = sequences_of(prep.schema, prep.split.train).latest_history(
+    histories = prep.sequences(prep.split.train).latest_history(
         np.arange(prep.schema.num_users), config.features.history_length
     )
     predicted = np.zeros((len(test), len(features.kinds)), np.float32)
@@ -505,14 +515,14 @@ def test_published_als_features_score_held_out_items_above_unseen_ones(config, b
     history, as serving folds it in from Redis: the items a user went on to interact with in the held-out
     window score above items they never touched."""
     from cascade.core.metrics import auc
-    from cascade.ranking.als_features import ALSFeatures
+    from cascade.ranking.bundle import RankingBundle
     from cascade.ranking.features import UserRow
-    from cascade.training.workflows import prepare, sequences_of
+    from cascade.training.prepare import prepare
 
     prep = prepare(config)
-    features = ALSFeatures.load(ArtifactStore(config.artifacts_dir).require("ranking").path)
+    features = RankingBundle(ArtifactStore(config.artifacts_dir).require("ranking")).preferences()
     assert features.item_factors.shape == (prep.schema.num_items, config.ranking.als_factors)
-    histories = sequences_of(prep.schema, prep.split.train).latest_history(
+    histories = prep.sequences(prep.split.train).latest_history(
         np.arange(prep.schema.num_users), config.features.history_length
     )
     test = prep.split.test
@@ -544,7 +554,7 @@ def test_published_als_features_score_held_out_items_above_unseen_ones(config, b
 
 
 def test_evaluate_ranking_compares_three_rankers_with_the_recall_order(config, built):
-    from cascade.training.workflows import evaluate_ranking
+    from cascade.training.evaluate import evaluate_ranking
 
     report = evaluate_ranking(config)
     assert set(report) == {"recall_order", "wide_deep", "din", "lightgbm"}
@@ -720,7 +730,7 @@ def test_installing_models_warms_them_up_before_any_request(config, built, redis
     from cascade.serving.models import ServingModels
     from cascade.serving.server import RecommenderService
 
-    models = ServingModels.load(ArtifactStore(config.artifacts_dir))
+    models = ServingModels.load(ArtifactStore(config.artifacts_dir), config)
     statistics = models.ranking_features.statistics
     assert "_recent_counts_at_end" not in vars(statistics)
     store = RedisFeatureStore.from_url(redis_server.url, cache_size=10, cache_ttl_s=1)

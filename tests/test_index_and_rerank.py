@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cascade.config import RerankConfig
 from cascade.recall.index import ItemIndex, exact_search
+from cascade.rerank.config import RerankConfig
 from cascade.rerank.rules import Reranker
 
 

@@ -7,20 +7,21 @@ import pandas as pd
 import pytest
 import torch
 
-from cascade.config import RankingConfig
 from cascade.core.metrics import auc, gauc
-from cascade.core.schema import FeatureSchema
-from cascade.ranking.din import DIN, DerivedWeights, Dice
-from cascade.ranking.din_inference import DINRequestScorer
+from cascade.core.schema import RECALL_CHANNELS, FeatureSchema
+from cascade.ranking.config import DINConfig, LightGBMConfig, RankingConfig, WideDeepConfig
+from cascade.ranking.din import DIN, Dice
+from cascade.ranking.din_serving import DINServing, activation_form
 from cascade.ranking.features import (
-    CHANNELS,
     DENSE_FEATURES,
     RankingBatch,
     UserRow,
     encode_channels,
 )
-from cascade.ranking.ranker import RANKERS, DINRanker, create_ranker, dense_features_of, load_ranker
+from cascade.ranking.ranker import dense_features_of
+from cascade.ranking.registry import RANKERS, create_ranker, load_ranker
 from cascade.ranking.statistics import ItemStatistics
+from cascade.ranking.torch_ranker import DINRanker
 from cascade.ranking.wide_deep import WideCross
 
 NUM_ITEMS, NUM_GENRES, MAX_GENRES = 60, 6, 3
@@ -71,7 +72,7 @@ def synthetic_batch(rng, requests: int, candidates: int, history: int, items: _I
         item=cand,
         genres=items.genres[cand],
         year=items.year[cand],
-        channel=rng.integers(1, len(CHANNELS) + 1, requests * candidates),
+        channel=rng.integers(1, len(RECALL_CHANNELS) + 1, requests * candidates),
         dense=rng.normal(size=(requests * candidates, DENSE_WIDTH)).astype(np.float32),
     )
 
@@ -105,180 +106,126 @@ def _trained_din(config: RankingConfig, items: _Items, rng: np.random.Generator,
     return model.eval()
 
 
+def _din_config(**model) -> RankingConfig:
+    return RankingConfig(model=DINConfig(**model))
+
+
 @pytest.mark.parametrize("attention_hidden", [(36,), (64, 16)])
 @pytest.mark.parametrize("activation_name", ["prelu", "dice"])
 def test_din_split_attention_equals_the_straightforward_form(items, attention_hidden, activation_name):
+    """DIN.forward, the form that trains and scores offline batches, against the concatenated reference,
+    for one request and several, and with gradients reaching the attention's weights."""
     torch.manual_seed(0)
-    config = RankingConfig(
-        din_attention_hidden=attention_hidden,
-        din_attention_activation=activation_name,
-        din_activation=activation_name,
+    config = _din_config(
+        attention_hidden=attention_hidden, attention_activation=activation_name, activation=activation_name
     )
     rng = np.random.default_rng(1)
     model = _trained_din(config, items, rng, steps=3)
     with torch.inference_mode():
-        for requests in (1, 5):  # the one-request serving layout and the batched layout
+        for requests in (1, 5):
             batch = synthetic_batch(rng, requests, 50, 20, items).tensors()
             fast, slow = model(batch), model.reference_forward(batch)
             assert fast.shape == (requests * 50,)
             torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
-    # with autograd on, the one-request layout computes in float32 and passes gradients to the weights
-    batch = synthetic_batch(rng, 1, 50, 20, items).tensors()
+    batch = synthetic_batch(rng, 2, 50, 20, items).tensors()
     fast = model(batch)
     torch.testing.assert_close(fast, model.reference_forward(batch), atol=1e-5, rtol=1e-5)
     fast.sum().backward()
     assert model.attention.linears[0].weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("activation_name", ["prelu", "dice"])
-def test_din_request_scorer_equals_the_straightforward_form(items, activation_name):
-    """The CPU serving form (numpy around torch's products) against the concatenated reference, on
-    padded histories; in bfloat16 it stays close to float32."""
+@pytest.mark.parametrize("attention_hidden", [(36,), (64, 16)])
+@pytest.mark.parametrize(("attention_activation", "activation"), [("prelu", "dice"), ("dice", "prelu")])
+def test_din_serving_form_equals_the_straightforward_form(
+    items, attention_hidden, attention_activation, activation
+):
+    """DINServing (weights folded at build, numpy around torch's products; the PReLU fold with one
+    attention layer, the batched layers otherwise) against the concatenated reference, on padded histories;
+    in bfloat16 it stays close to float32. It takes one request, and float32 or bfloat16 only."""
     torch.manual_seed(0)
-    config = RankingConfig(din_activation=activation_name)
+    config = _din_config(
+        attention_hidden=attention_hidden, attention_activation=attention_activation, activation=activation
+    )
     rng = np.random.default_rng(11)
     model = _trained_din(config, items, rng, steps=3)
-    scorer = DINRequestScorer(model)
+    served = DINServing.build(model, "float32")
     for _ in range(3):
         batch = synthetic_batch(rng, 1, 50, 20, items)
         with torch.inference_mode():
             expected = model.reference_forward(batch.tensors()).numpy()
-        logits = scorer(batch)
+        logits = served(batch)
         assert logits.shape == (50,) and logits.dtype == np.float32
         np.testing.assert_allclose(logits, expected, atol=1e-5, rtol=1e-5)
-    model.set_precision("bfloat16")
-    approx = DINRequestScorer(model)(batch)
+    approx = DINServing.build(model, "bfloat16")(batch)
     assert not np.array_equal(approx, logits)  # the bf16 products did run
     np.testing.assert_allclose(approx, logits, atol=3e-2)
     with pytest.raises(ValueError, match="one request"):
-        scorer(synthetic_batch(rng, 2, 5, 20, items))
+        served(synthetic_batch(rng, 2, 5, 20, items))
+    with pytest.raises(ValueError, match="precision"):
+        DINServing.build(model, "float16")
 
 
-@pytest.mark.parametrize(
-    ("attention_hidden", "attention_activation"), [((36,), "prelu"), ((64, 16), "prelu"), ((36,), "dice")]
-)
-def test_din_ranker_scores_one_request_as_the_model_does(items, attention_hidden, attention_activation):
-    """DINRanker.score takes the request scorer where the fold applies and the torch model otherwise;
-    either way the probabilities are the model's, and several requests always go through the model."""
+def test_din_bfloat16_serving_form_keeps_the_float32_top_items(items):
+    """The serving option ``ranker_precision = "bfloat16"`` at a served request's size: approximate, so
+    checked against float32."""
     torch.manual_seed(0)
-    config = RankingConfig(
-        din_attention_hidden=attention_hidden, din_attention_activation=attention_activation
-    )
+    rng = np.random.default_rng(5)
+    model = _trained_din(_din_config(), items, rng, steps=5)
+    batch = synthetic_batch(rng, 1, 500, 50, items)
+    exact = torch.sigmoid(torch.from_numpy(DINServing.build(model, "float32")(batch)))
+    approx = torch.sigmoid(torch.from_numpy(DINServing.build(model, "bfloat16")(batch)))
+    assert not torch.equal(approx, exact)
+    assert (approx - exact).abs().max() < 5e-3
+    top_exact = set(torch.topk(exact, 20).indices.tolist())
+    top_approx = set(torch.topk(approx, 20).indices.tolist())
+    assert len(top_exact & top_approx) >= 18
+
+
+def test_din_ranker_serving_form_scores_as_the_model_does(items):
+    """The ranker's serving form gives the model's probabilities for one request, as its offline
+    ``score`` does for any batch; a form built after new weights are loaded scores with those."""
+    torch.manual_seed(0)
+    config = _din_config()
     rng = np.random.default_rng(12)
     ranker = DINRanker(_trained_din(config, items, rng, steps=2), config)
-    assert DINRequestScorer.supports(ranker.model) == (
-        attention_hidden == (36,) and attention_activation == "prelu"
-    )
-    for requests in (1, 3):
-        batch = synthetic_batch(rng, requests, 40, 20, items)
-        with torch.inference_mode():
-            expected = torch.sigmoid(ranker.model.reference_forward(batch.tensors())).numpy()
-        np.testing.assert_allclose(ranker.score(batch), expected, atol=1e-6, rtol=1e-5)
-
-
-def test_din_ranker_scorer_follows_weight_updates(items):
-    """The ranker keeps one request scorer per weight version: after a load_state_dict or an optimiser
-    step the served scores are the new weights' scores."""
-    torch.manual_seed(0)
-    rng = np.random.default_rng(13)
-    ranker = DINRanker(_trained_din(RankingConfig(), items, rng, steps=2), RankingConfig())
-    other = _trained_din(RankingConfig(), items, np.random.default_rng(14), steps=4)
-    batch = synthetic_batch(rng, 1, 30, 20, items)
-    before = ranker.score(batch)
+    serve = ranker.serving_form("float32")
+    batch = synthetic_batch(rng, 1, 40, 20, items)
+    with torch.inference_mode():
+        expected = torch.sigmoid(ranker.model.reference_forward(batch.tensors())).numpy()
+    np.testing.assert_allclose(serve(batch), expected, atol=1e-6, rtol=1e-5)
+    np.testing.assert_allclose(ranker.score(batch), expected, atol=1e-6, rtol=1e-5)
+    several = synthetic_batch(rng, 3, 40, 20, items)
+    with torch.inference_mode():
+        expected_several = torch.sigmoid(ranker.model.reference_forward(several.tensors())).numpy()
+    np.testing.assert_allclose(ranker.score(several), expected_several, atol=1e-6, rtol=1e-5)
+    other = _trained_din(config, items, np.random.default_rng(14), steps=4)
     ranker.model.load_state_dict(other.state_dict())
     with torch.inference_mode():
         expected = torch.sigmoid(other.reference_forward(batch.tensors())).numpy()
-    after = ranker.score(batch)
-    assert not np.array_equal(after, before)
-    np.testing.assert_allclose(after, expected, atol=1e-6, rtol=1e-5)
-    ranker.model.train()
-    optimizer = torch.optim.SGD(ranker.model.parameters(), lr=0.1)
-    ranker.model(synthetic_batch(rng, 2, 30, 20, items).tensors()).square().mean().backward()
-    optimizer.step()
-    ranker.model.eval()
-    with torch.inference_mode():
-        expected = torch.sigmoid(ranker.model.reference_forward(batch.tensors())).numpy()
-    stepped = ranker.score(batch)
-    assert not np.array_equal(stepped, after)
-    np.testing.assert_allclose(stepped, expected, atol=1e-6, rtol=1e-5)
+    np.testing.assert_allclose(ranker.serving_form("float32")(batch), expected, atol=1e-6, rtol=1e-5)
 
 
-def test_dice_inference_path_is_the_papers_formula():
-    """Dice's in-place inference path against f(x) = p x + (1 - p) alpha x, p = sigmoid((x - E) / sd),
-    on the last axis and on axis 1, with autograd on (the plain path) and off (the fused one)."""
+def test_dice_is_the_papers_formula_in_training_and_serving_forms():
+    """Dice in eval mode and its serving form (four in-place passes from per-unit terms) against
+    f(x) = p x + (1 - p) alpha x, p = sigmoid((x - E) / sd), on the last axis and on axis 1."""
     torch.manual_seed(0)
     dice = Dice(12)
     dice.running_mean.normal_()
     dice.running_var.uniform_(0.5, 2.0)
     dice.slope.data.uniform_(-0.5, 0.5)
     dice.eval()
-    for x, axis, shape in ((torch.randn(7, 12), -1, (1, 12)), (torch.randn(3, 12, 5), 1, (1, 12, 1))):
+    for x, axis, shape in ((torch.randn(7, 12), 1, (1, 12)), (torch.randn(3, 12, 5), 1, (1, 12, 1))):
         mean, var = dice.running_mean.view(shape), dice.running_var.view(shape)
         p = torch.sigmoid((x - mean) / torch.sqrt(var + dice.eps))
         expected = p * x + (1 - p) * dice.slope.detach().view(shape) * x
-        with torch.inference_mode():
-            torch.testing.assert_close(dice(x, axis=axis), expected, atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(dice(x, axis=axis), expected, atol=1e-6, rtol=1e-5)
-
-
-def test_din_bfloat16_pair_product_stays_close_to_float32(items):
-    """The serving option ``ranker_precision = "bfloat16"``: approximate, so checked against exact."""
-    torch.manual_seed(0)
-    rng = np.random.default_rng(5)
-    model = _trained_din(RankingConfig(), items, rng, steps=5)
-    batch = synthetic_batch(rng, 1, 500, 50, items).tensors()
-    with torch.inference_mode():
-        exact = torch.sigmoid(model(batch))
-        model.set_precision("bfloat16")
-        approx = torch.sigmoid(model(batch))
-        model.set_precision("float32")
-        again = torch.sigmoid(model(batch))
-    torch.testing.assert_close(again, exact, atol=0, rtol=0)
-    assert not torch.equal(approx, exact)  # the bf16 path did run
-    assert (approx - exact).abs().max() < 5e-3
-    top_exact = set(torch.topk(exact, 20).indices.tolist())
-    top_approx = set(torch.topk(approx, 20).indices.tolist())
-    assert len(top_exact & top_approx) >= 18
-    with pytest.raises(ValueError, match="precision"):
-        model.set_precision("float16")
-
-
-def test_din_inference_follows_weight_updates(items):
-    """Inference caches tensors derived from the weights (summed attention blocks, bf16 copies of the MLP):
-    after an optimiser step or a load_state_dict, the served scores must be the new weights' scores."""
-    torch.manual_seed(0)
-    rng = np.random.default_rng(9)
-    model = _trained_din(RankingConfig(), items, rng, steps=2)
-    other = _trained_din(RankingConfig(), items, np.random.default_rng(10), steps=4)
-    batch = synthetic_batch(rng, 1, 60, 20, items).tensors()
-    for precision in ("float32", "bfloat16"):
-        model.set_precision(precision)
-        other.set_precision(precision)
         with torch.inference_mode():
-            before = model(batch)  # fills the caches
-        model.load_state_dict(other.state_dict())
-        with torch.inference_mode():
-            after, expected = model(batch), other(batch)
-        assert not torch.equal(after, before)
-        torch.testing.assert_close(after, expected, atol=0, rtol=0)
-        # an in-place optimiser step on the loaded weights
-        model.train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        model(synthetic_batch(rng, 2, 30, 20, items).tensors()).square().mean().backward()
-        optimizer.step()
-        model.eval()
-        with torch.inference_mode():
-            stepped = model(batch)
-            for module in model.modules():  # every cache computed afresh: DIN's, the attention's, Dice's
-                if isinstance(getattr(module, "derived", None), DerivedWeights):
-                    module.derived = DerivedWeights()
-            torch.testing.assert_close(stepped, model(batch), atol=0, rtol=0)
-        assert not torch.equal(stepped, after)
+            torch.testing.assert_close(activation_form(dice, axis)(x.clone()), expected, atol=1e-6, rtol=1e-5)
 
 
 def test_din_attention_ignores_padding_and_weights_are_not_normalised(items):
     torch.manual_seed(0)
-    model = _din(RankingConfig(), items).eval()
+    model = _din(_din_config(), items).eval()
     rng = np.random.default_rng(2)
     batch = synthetic_batch(rng, 1, 8, 10, items)
     short = batch.history.copy()
@@ -454,9 +401,13 @@ def test_each_ranker_learns_a_planted_signal_and_round_trips(items, ranker_type,
     train = synthetic_batch(rng, 150, 40, 8, items)
     val = synthetic_batch(rng, 15, 40, 8, items)
     test = synthetic_batch(rng, 20, 40, 8, items)
-    config = RankingConfig(
-        type=ranker_type, epochs=5, batch_size=256, learning_rate=5e-3, lgb_rounds=60, lgb_cv_folds=3
-    )
+    neural = {"epochs": 5, "batch_size": 256, "learning_rate": 5e-3}
+    model = {
+        "lightgbm": LightGBMConfig(rounds=60, cv_folds=3),
+        "din": DINConfig(**neural),
+        "wide_deep": WideDeepConfig(**neural),
+    }[ranker_type]
+    config = RankingConfig(model=model)
     ranker = create_ranker(config, _Schema(), items)
     metrics = ranker.fit(
         train,
@@ -651,7 +602,7 @@ def test_lightgbm_keeps_the_objective_and_rounds_that_cross_validate_best(items)
     rng = np.random.default_rng(9)
     train = synthetic_batch(rng, 60, 30, 8, items)
     val = synthetic_batch(rng, 12, 30, 8, items)
-    config = RankingConfig(type="lightgbm", lgb_rounds=25, lgb_cv_folds=3)
+    config = RankingConfig(model=LightGBMConfig(rounds=25, cv_folds=3))
     ranker = create_ranker(config, _Schema(), items)
     labels, val_labels = planted_labels(train, items), planted_labels(val, items)
     both = RankingBatch.concat([train, val])

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from cascade.config import RecallConfig
 from cascade.core.schema import FeatureSchema
 from cascade.data.split import temporal_split
 from cascade.data.synthetic import generate
 from cascade.recall.baselines import ALSParams, ALSRecommender, interaction_matrix
 from cascade.recall.channels import ChannelCandidates, CooccurrenceRules, SegmentPopularity, merge_channels
+from cascade.recall.config import RecallConfig
 from cascade.recall.text_cnn import TitleCNN
 from cascade.recall.training import InteractionSequences, embed_items, embed_users, train_two_tower
 from cascade.recall.two_tower import HistoryAttentionPooling, TwoTowerModel, TwoTowerSpec
@@ -67,7 +67,7 @@ def test_cooccurrence_rules_have_exact_support_and_confidence():
     strict = CooccurrenceRules.mine(user, item, 5, window=1, min_support=2, min_confidence=0.5, neighbours=10)
     assert strict.rules_of(1)[0].tolist() == [2] and strict.rules_of(4)[0].tolist() == []
     got = rules.candidates(np.array([1]), blocked=np.array([4]), count=5)
-    assert got.items.tolist() == [2] and got.source == "cooccurrence"
+    assert got.items.tolist() == [2] and got.channel == "cooccurrence"
 
 
 def test_pair_rules_equal_a_lookup_of_each_rule():
@@ -110,7 +110,7 @@ def test_merge_keeps_the_first_channels_tag_and_score():
         ]
     )
     assert merged.items.tolist() == [5, 3, 7]
-    assert merged.sources.tolist() == ["two_tower", "two_tower", "cooccurrence"]
+    assert merged.names().tolist() == ["two_tower", "two_tower", "cooccurrence"]
     assert merged.channel_scores.tolist() == pytest.approx([0.9, 0.8, 0.4])
 
 

@@ -5,23 +5,22 @@ request so that machine noise hits them alike:
 
 - ``straightforward``: every (candidate, behaviour) pair gets the concatenated [e_i, e_a, e_i - e_a,
   e_i * e_a] and the whole activation unit (``DIN.reference_forward``);
-- ``ours``: ``DIN.forward``: the first attention layer split algebraically, the behaviour and candidate
-  parts computed once, the pair term as one matrix product, the user side once (the form a GPU serves);
-- ``served_cpu_bf16`` (CPU only): what the server runs, ``DINRequestScorer``: the same function with the
-  small steps in numpy and the products in torch, bfloat16 as the benchmark scenario serves it;
+- ``ours``: ``DIN.forward``, the form that trains and scores offline batches: the first attention layer
+  split algebraically, the behaviour and candidate parts computed once, the pair term one matrix product;
+- ``served_cpu`` and ``served_cpu_bf16`` (CPU only): what a server runs per request, ``DINServing``
+  (``cascade.ranking.din_serving``): the same function with its weights folded at build, the small steps in
+  numpy and the products in torch, in float32 and in bfloat16 (as the benchmark scenarios serve it);
 - ``deepctr_torch``: DeepCTR-Torch's DIN (``pip install -e '.[bench]'``), called on a prebuilt input tensor
   so that its data loading is not counted.
 
-Weights are random: speed does not depend on them, and ``ours`` is checked equal to ``straightforward``.
+Weights are random: speed does not depend on them, and every form is checked against ``straightforward``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import platform
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,11 +29,12 @@ import torch
 
 from cascade.bench.report import percentiles
 from cascade.bench.report import write_outputs as write_report
-from cascade.config import RankingConfig
+from cascade.core.schema import RECALL_CHANNELS
+from cascade.ranking.config import DINConfig, RankingConfig
 from cascade.ranking.din import DIN
-from cascade.ranking.din_inference import DINRequestScorer
-from cascade.ranking.features import CHANNELS, DENSE_FEATURES, RankingBatch
-from cascade.ranking.ranker import DINRanker
+from cascade.ranking.din_serving import DINServing
+from cascade.ranking.features import DENSE_FEATURES, RankingBatch
+from cascade.ranking.torch_ranker import DINRanker
 from cascade.serving.app import keep_blas_pools_on_one_thread, keep_large_allocations_on_the_heap
 
 logger = logging.getLogger(__name__)
@@ -69,19 +69,20 @@ def _cardinalities(settings: BenchSettings) -> dict[str, int]:
         "zip": 101,
         "genre": NUM_GENRES + 1,
         "year": 12,
-        "channel": len(CHANNELS) + 1,
+        "channel": len(RECALL_CHANNELS) + 1,
     }
 
 
 def build_ours(settings: BenchSettings) -> DIN:
     config = RankingConfig(
-        type="din",
-        din_item_dim=settings.dim - GENRE_DIM,
-        din_genre_dim=GENRE_DIM,
-        din_attention_hidden=settings.attention_hidden,
-        din_attention_activation="prelu",
-        din_hidden_dims=settings.hidden_dims,
-        din_activation="prelu",
+        model=DINConfig(
+            item_dim=settings.dim - GENRE_DIM,
+            genre_dim=GENRE_DIM,
+            attention_hidden=settings.attention_hidden,
+            attention_activation="prelu",
+            hidden_dims=settings.hidden_dims,
+            activation="prelu",
+        ),
         # the dense features of the served 1M scenario, which trains no rating or ALS models
         rating_models=(),
         als_factors=0,
@@ -170,23 +171,13 @@ class DeepCTRRunner:
         return torch.from_numpy(x).to(self.device)
 
 
-@contextlib.contextmanager
-def _precision(model: DIN, precision: str) -> Iterator[None]:
-    model.set_precision(precision)
-    try:
-        yield
-    finally:
-        model.set_precision("float32")
-
-
 def run(settings: BenchSettings, progress=None) -> dict:
     torch.set_num_threads(settings.threads)
     # as the server does: numpy's OpenBLAS pool spins after each product, and beside torch's OpenMP threads
-    # it oversubscribed the CPUs (served_cpu_bf16 at 2 threads: 15.8 ms, and every implementation run
-    # between its calls slowed down too; 1.16 ms with numpy's BLAS on one thread)
+    # it oversubscribes the CPUs, slowing the served form and every implementation timed between its calls
     keep_blas_pools_on_one_thread()
     # the server's allocator settings: without them every few-MB tensor is fresh mmap'd pages, and a
-    # process lands in a mode where the same forward takes 3x longer (1.5 vs 4.6 ms measured in one run)
+    # process can land in a mode where the same forward takes several times longer
     heap_allocator = keep_large_allocations_on_the_heap()
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
@@ -201,21 +192,15 @@ def run(settings: BenchSettings, progress=None) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    def ours_bf16(batch: RankingBatch) -> torch.Tensor:
-        # the serving option ranker_precision = "bfloat16": bf16 operands, float32 accumulation
-        with _precision(model, "bfloat16"):
-            return model(tensors(batch))
-
     implementations = {
         # the feature tensors are built inside the timed call for every implementation
         "straightforward": lambda b: model.reference_forward(tensors(b)),
         "ours": lambda b: model(tensors(b)),
-        "ours_bf16": ours_bf16,
     }
     if device.type == "cpu":
-        with _precision(model, "bfloat16"):
-            served = DINRequestScorer(model)  # a snapshot: it keeps bf16 after the model goes back
-        implementations["served_cpu_bf16"] = lambda b: torch.from_numpy(served(b))
+        for name, precision in (("served_cpu", "float32"), ("served_cpu_bf16", "bfloat16")):
+            served = DINServing.build(model, precision)
+            implementations[name] = lambda b, served=served: torch.from_numpy(served(b))
     unavailable = {}
     try:
         deepctr = DeepCTRRunner(settings, settings.device)
@@ -232,13 +217,11 @@ def run(settings: BenchSettings, progress=None) -> dict:
                 float((forward(b) - model.reference_forward(tensors(b))).abs().max()) for b in requests
             )
 
-        max_diff = largest_difference(implementations["ours"])
-        max_diff_bf16 = largest_difference(ours_bf16)
-        max_diff_served = (
-            largest_difference(implementations["served_cpu_bf16"])
-            if "served_cpu_bf16" in implementations
-            else None
-        )
+        max_diffs = {
+            name: largest_difference(implementations[name])
+            for name in ("ours", "served_cpu", "served_cpu_bf16")
+            if name in implementations
+        }
         samples: dict[str, list[float]] = {name: [] for name in implementations}
         names = list(implementations)
         for step in range(settings.warmup + settings.repeats):
@@ -268,9 +251,7 @@ def run(settings: BenchSettings, progress=None) -> dict:
             "serving_allocator_settings": heap_allocator,
         },
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "max_abs_diff_ours_vs_straightforward": max_diff,
-        "max_abs_diff_ours_bf16_vs_straightforward": max_diff_bf16,
-        "max_abs_diff_served_cpu_bf16_vs_straightforward": max_diff_served,
+        "max_abs_diff_vs_straightforward": max_diffs,
         "results": results,
         "p50_speedup_of_ours_over": speedups,
         "unavailable": unavailable,
@@ -320,16 +301,13 @@ def summary(report: dict) -> str:
         lines.append(
             f"| {name} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['mean_ms']:.3f} | {ratio:.2f}x |"
         )
+    differences = ", ".join(
+        f"{name} {diff:.2e}" for name, diff in report["max_abs_diff_vs_straightforward"].items()
+    )
     lines += [
         "",
-        f"ours vs straightforward, largest absolute difference of the logits: "
-        f"{report['max_abs_diff_ours_vs_straightforward']:.2e}; ours_bf16 (the matrix products in "
-        f"bfloat16, float32 accumulation): {report['max_abs_diff_ours_bf16_vs_straightforward']:.2e}"
-        + (
-            f"; served_cpu_bf16: {report['max_abs_diff_served_cpu_bf16_vs_straightforward']:.2e}."
-            if report.get("max_abs_diff_served_cpu_bf16_vs_straightforward") is not None
-            else "."
-        ),
+        "Largest absolute difference of the logits from the straightforward form: "
+        f"{differences} (served_cpu_bf16: the matrix products in bfloat16, float32 accumulation).",
     ]
     for name, why in report["unavailable"].items():
         lines.append(f"{name} not measured: {why}")

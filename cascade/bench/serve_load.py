@@ -184,10 +184,9 @@ def _run_punctually(coroutine):
     """Run ``coroutine`` on an event loop whose timers fire within tens of microseconds.
 
     asyncio's default loop on Linux waits in epoll, whose timeout is whole milliseconds rounded up, so a
-    request due in 0.3 ms left 1 ms later: requests went out 0.7 ms late at the median, and latency, which
-    runs from the scheduled time, charged that to the server. select() takes microseconds (send lag at
-    100 req/s: p50 0.71 -> 0.18 ms, p99 1.29 -> 0.40 ms, at the same generator CPU); the generator holds a
-    few dozen descriptors, far below select()'s limit of 1024."""
+    request due sooner leaves up to a millisecond late, and latency, which runs from the scheduled time,
+    charges that to the server. select() takes microseconds (the send lag this bought is in
+    benchmarks/README.md); the generator holds a few dozen descriptors, far below select()'s limit."""
     loop = asyncio.SelectorEventLoop(selectors.SelectSelector())
     asyncio.set_event_loop(loop)
     try:
@@ -203,12 +202,12 @@ def _run_punctually(coroutine):
 class _CollectorWindow:
     """Keep the generator's own garbage collector from stalling its schedule, and time what it still does.
 
-    This process imported the whole project to build the scenario (torch, pandas, faiss: ~300K tracked
-    objects), and a full collection of them takes ~135 ms. Requests created during a run push the collector
-    into one every few thousand requests; the schedule then stalls and every request due meanwhile is
-    charged that pause as server latency: a 300 req/s run measured p99 130 ms with the server's own p99 at
-    6.5 ms and the send lag at 138 ms. Objects alive before the run are frozen (still freed by reference
-    counting, just not traversed); the collector keeps running over what the run creates."""
+    This process imported the whole project to build the scenario (torch, pandas, faiss: hundreds of
+    thousands of tracked objects), and a full collection of them stalls the schedule for a long time (the
+    figures are in benchmarks/README.md). Requests created during a run push the collector into one every
+    few thousand requests, and every request due meanwhile is charged that pause as server latency.
+    Objects alive before the run are frozen (still freed by reference counting, just not traversed); the
+    collector keeps running over what the run creates."""
 
     def __init__(self) -> None:
         self.longest_s = 0.0
@@ -542,9 +541,11 @@ def prepare_scenario(config: AppConfig, progress: Callable[[str], None]) -> None
     when already built from the same config and data (the artifact fingerprints)."""
     from cascade.data import fetch
     from cascade.data.synthetic import generate
-    from cascade.serving import workflows
+    from cascade.training.index import rebuild_index
+    from cascade.training.ranking import train_ranking
+    from cascade.training.recall import train_recall
 
-    path = workflows.dataset_path(config)
+    path = config.data.path
     name = config.data.dataset
     if not (path / "dataset.json").exists():
         if name in SYNTHETIC_SIZES:
@@ -556,20 +557,16 @@ def prepare_scenario(config: AppConfig, progress: Callable[[str], None]) -> None
         else:
             raise FileNotFoundError(f"data.dataset: {name} is not prepared under {config.data.data_dir}")
     progress("recall model (reused when up to date)")
-    workflows.train_recall(config, progress=False)
+    train_recall(config, progress=False)
     progress("index (reused when up to date)")
-    workflows.rebuild_index(config, if_stale=True)
+    rebuild_index(config, if_stale=True)
     progress("ranker (reused when up to date)")
-    workflows.train_ranking(config, progress=False)
+    train_ranking(config, progress=False)
 
 
 def scenario_user_ids(config: AppConfig) -> np.ndarray:
     """Every user of the scenario's data set with a history: the population requests are drawn from."""
     import pandas as pd
 
-    from cascade.serving import workflows
-
-    interactions = pd.read_parquet(
-        workflows.dataset_path(config) / "interactions.parquet", columns=["user_id"]
-    )
+    interactions = pd.read_parquet(config.data.path / "interactions.parquet", columns=["user_id"])
     return np.unique(interactions["user_id"].to_numpy())

@@ -47,14 +47,14 @@ def run(
     from cascade.serving.app import configure_serving_process
 
     configure_serving_process(config)
-    models = ServingModels.load(ArtifactStore(config.artifacts_dir))
+    models = ServingModels.load(ArtifactStore(config.artifacts_dir), config)
     service = RecommenderService(config, store)
     service.install(models)
     rng = np.random.default_rng(settings.seed)
     users = rng.choice(user_ids, size=settings.warmup + settings.requests)
     per_stage: dict[str, list[float]] = {stage: [] for stage in ALL_STAGES}
     totals, candidates = [], []
-    pipeline = service._require_pipeline()
+    pipeline = service.require_pipeline()
     if progress is not None:
         progress(f"{settings.requests} requests after {settings.warmup} warm-up")
     for n, user in enumerate(users.tolist()):
@@ -71,8 +71,8 @@ def run(
         per_stage["wire_encode"].append((done - encode_start) * 1e3)
         totals.append((done - started) * 1e3)
         if len(candidates) < 50:
-            state = store.get_user_state(user, config.features.history_length)
-            ctx = service._context(pipeline, user, state, ("", 0, "", ""))
+            state = store.get_user_state(user, models.history_length)
+            ctx = service.user_context(pipeline, user, state, ("", 0, "", ""))
             candidates.append(len(pipeline.recall(ctx)[0].items))
     return {
         "benchmark": "stages",
@@ -84,7 +84,7 @@ def run(
             "index_factory": config.recall.index_factory,
             "catalogue_items": int(models.schema.num_items - 1),
             "mean_candidates": float(np.mean(candidates)) if candidates else 0.0,
-            "history_length": config.features.history_length,
+            "history_length": models.history_length,
             "compute_threads": config.serving.compute_threads,
             "versions": models.versions,
         },

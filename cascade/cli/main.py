@@ -112,7 +112,7 @@ def data_synth(
 @train_app.command("recall")
 def train_recall(force: Annotated[bool, typer.Option(help="Retrain even if up to date.")] = False) -> None:
     """Train the two-tower model on the training split (reuses the current one if config and data match)."""
-    from cascade.training.workflows import train_recall as run
+    from cascade.training.recall import train_recall as run
 
     ref = _run(run, _config(), force)
     console.print(f"recall artifact [bold]{ref.version}[/] metrics: {_fmt(ref.manifest['metrics'])}")
@@ -121,7 +121,7 @@ def train_recall(force: Annotated[bool, typer.Option(help="Retrain even if up to
 @train_app.command("ranking")
 def train_ranking(force: Annotated[bool, typer.Option(help="Retrain even if up to date.")] = False) -> None:
     """Train the ranker on labelled recall candidates (reuses the current one if config and data match)."""
-    from cascade.training.workflows import train_ranking as run
+    from cascade.training.ranking import train_ranking as run
 
     ref = _run(run, _config(), force)
     console.print(f"ranking artifact [bold]{ref.version}[/] metrics: {_fmt(ref.manifest['metrics'])}")
@@ -137,7 +137,7 @@ def rebuild_index(
     ] = False,
 ) -> None:
     """Embed the catalogue, build and validate the FAISS index, and publish it atomically."""
-    from cascade.training.workflows import rebuild_index as run
+    from cascade.training.index import rebuild_index as run
 
     ref = _run(run, _config(), if_stale)
     console.print(f"index artifact [bold]{ref.version}[/] metrics: {_fmt(ref.manifest['metrics'])}")
@@ -150,7 +150,7 @@ def rollback(
 ) -> None:
     """Point an artifact kind's CURRENT back at an earlier version (a running server picks it up)."""
     from cascade.serving.models import SERVED_KINDS
-    from cascade.training.workflows import rollback as run
+    from cascade.training.rollback import rollback as run
 
     if kind not in SERVED_KINDS:
         _fail(f"kind must be one of {', '.join(SERVED_KINDS)}, got {kind!r}")
@@ -231,7 +231,7 @@ def _report(report: dict, json_path: Path | None, title: str) -> None:
 @evaluate_app.command("pipeline")
 def evaluate_pipeline(json_path: JsonOption = None) -> None:
     """Recall@K and NDCG@10 of popularity, the two-tower alone, all channels and the whole pipeline."""
-    from cascade.training.workflows import evaluate_pipeline as run
+    from cascade.training.evaluate import evaluate_pipeline as run
 
     _report(_run(run, _config()), json_path, "held-out temporal split: pipeline")
 
@@ -239,7 +239,7 @@ def evaluate_pipeline(json_path: JsonOption = None) -> None:
 @evaluate_app.command("recall")
 def evaluate_recall(json_path: JsonOption = None) -> None:
     """Two-tower vs popularity vs validation-tuned implicit ALS: Recall@{10,50,100,500}, NDCG@10, coverage."""
-    from cascade.training.workflows import evaluate_recall as run
+    from cascade.training.evaluate import evaluate_recall as run
 
     _report(_run(run, _config()), json_path, "held-out temporal split: recall")
 
@@ -248,7 +248,7 @@ def evaluate_recall(json_path: JsonOption = None) -> None:
 def evaluate_ranking(json_path: JsonOption = None) -> None:
     """Wide&Deep vs DIN vs LightGBM on the held-out window's recall candidates: AUC, GAUC, logloss,
     NDCG@10 and Recall@10, beside the recall order alone."""
-    from cascade.training.workflows import evaluate_ranking as run
+    from cascade.training.evaluate import evaluate_ranking as run
 
     _report(_run(run, _config(), True), json_path, "held-out temporal split: ranking")
 
@@ -256,7 +256,7 @@ def evaluate_ranking(json_path: JsonOption = None) -> None:
 @evaluate_app.command("rating")
 def evaluate_rating(json_path: JsonOption = None) -> None:
     """Rating RMSE on a random 90/10 split: SVD++ hybrid, PMF, I-AutoRec and their validation-fitted blend."""
-    from cascade.training.workflows import evaluate_rating as run
+    from cascade.training.evaluate import evaluate_rating as run
 
     _report(_run(run, _config(), True), json_path, "random 90/10 split: rating RMSE")
 

@@ -116,6 +116,31 @@ class ArtifactRef:
                 raise ArtifactError(f"{self.kind}/{self.version}: {name} does not match its sha256")
 
 
+class ArtifactBundle:
+    """Base of an artifact kind's bundle: the one module that writes and reads that kind's files (see
+    ``cascade.recall.bundle`` and ``cascade.ranking.bundle``); this part reads what every manifest holds."""
+
+    KIND: str
+
+    def __init__(self, ref: ArtifactRef):
+        if ref.kind != self.KIND:
+            raise ArtifactError(f"{ref.kind}/{ref.version} is not a {self.KIND} artifact")
+        self.ref = ref
+
+    @property
+    def version(self) -> str:
+        return self.ref.version
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The resolved app config the artifact was built with."""
+        return self.ref.manifest["config"]
+
+    def parent(self, kind: str) -> str | None:
+        """The version of ``kind`` this artifact was built from."""
+        return self.ref.manifest.get("parents", {}).get(kind)
+
+
 class ArtifactStore:
     def __init__(self, root: Path | str):
         self.root = Path(root)

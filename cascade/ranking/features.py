@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from cascade.core.schema import FeatureSchema, ItemFeatures
+from cascade.core.schema import RECALL_CHANNELS, FeatureSchema, ItemFeatures, UserFeatures
 from cascade.core.sparse import PairRules
 from cascade.ranking.statistics import ItemStatistics
 
@@ -55,8 +55,7 @@ RATING_FEATURE_PREFIX = "predicted_rating_"
 COOCCURRENCE_DECAY = 0.9
 
 # Recall channels as a categorical feature; code 0 is an unknown channel.
-CHANNELS = ("two_tower", "cooccurrence", "segment_popular", "popular")
-_CHANNEL_CODES = {name: code for code, name in enumerate(CHANNELS, start=1)}
+_CHANNEL_CODES = {name: code for code, name in enumerate(RECALL_CHANNELS, start=1)}
 
 REQUEST_FIELDS = ("user", "gender", "age", "occupation", "zip", "history")
 CANDIDATE_FIELDS = ("request", "item", "genres", "year", "channel", "dense")
@@ -72,12 +71,12 @@ def dense_feature_names(rating_models: tuple[str, ...] | list[str], als: bool = 
     return DENSE_FEATURES + ratings + (ALS_FEATURES if als else ())
 
 
-def encode_channels(sources) -> np.ndarray:
+def encode_channels(channels) -> np.ndarray:
     """Channel names (C,) -> codes (C,) int64 (0 for an unknown name)."""
-    sources = np.asarray(sources, dtype=object)
-    codes = np.zeros(len(sources), dtype=np.int64)
+    channels = np.asarray(channels, dtype=object)
+    codes = np.zeros(len(channels), dtype=np.int64)
     for name, code in _CHANNEL_CODES.items():  # a few vectorised comparisons, not a Python loop over C
-        codes[sources == name] = code
+        codes[channels == name] = code
     return codes
 
 
@@ -109,6 +108,17 @@ class UserRow:
     age: int
     occupation: int
     zip: int = 0
+
+    @classmethod
+    def of(cls, users: UserFeatures, row: int) -> UserRow:
+        """Row ``row`` of an encoded user table."""
+        return cls(
+            int(users.user[row]),
+            int(users.gender[row]),
+            int(users.age[row]),
+            int(users.occupation[row]),
+            int(users.zip[row]),
+        )
 
 
 @dataclass(frozen=True)

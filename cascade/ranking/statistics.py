@@ -99,8 +99,8 @@ class ItemStatistics:
 
     @cached_property
     def _recent_counts_at_end(self) -> np.ndarray:
-        """(num_items,) recent counts as of the window's end. Serving asks for this for ~500 random items
-        per request; searching the event keys for them costs ~1 ms in cache misses at 7M events."""
+        """(num_items,) recent counts as of the window's end. Serving asks for this for hundreds of random
+        items per request, and searching the event keys for each is a run of cache misses."""
         return self._recent_counts_searched(np.arange(self.num_items), self.end)
 
     # the global means are fixed once the statistics are; requests must not pay O(num_items) for them

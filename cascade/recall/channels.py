@@ -1,5 +1,9 @@
 """Recall channels beside the two-tower ANN, and how their candidates are merged.
 
+``RecallChannels.merge`` is the one candidate generator: the pipeline calls it with the ANN's candidates
+and the ranker's training examples with exact search's, so the ranker learns from the candidates it is
+served.
+
 * ``CooccurrenceRules``: association rules "people who took X also took Y" (the cross-selling of the
   domain papers) mined from interactions that lie within a window of each other in a user's history, with
   support (how many times X and Y co-occurred) and confidence (support / how many times X occurred)
@@ -19,8 +23,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from cascade.core.arrays import isin
-from cascade.core.schema import AGE_UNKNOWN, GENDER_UNKNOWN
+from cascade.core.schema import AGE_UNKNOWN, COOCCURRENCE, GENDER_UNKNOWN, SEGMENT_POPULAR
 from cascade.core.sparse import PairRules, csr_row_entries
+from cascade.recall.config import RecallConfig
 
 
 def keep_unblocked(items: np.ndarray, blocked: np.ndarray, count: int) -> np.ndarray:
@@ -32,23 +37,24 @@ def keep_unblocked(items: np.ndarray, blocked: np.ndarray, count: int) -> np.nda
 
 @dataclass(frozen=True)
 class ChannelCandidates:
-    """One channel's candidates, best first: items (C,) int64, scores (C,) float32."""
+    """One channel's candidates, best first: items (C,) int64, scores (C,) float32, and the channel's name
+    (one of ``cascade.core.schema.RECALL_CHANNELS``)."""
 
     items: np.ndarray
     scores: np.ndarray
-    source: str
+    channel: str
 
     @classmethod
-    def empty(cls, source: str) -> ChannelCandidates:
-        return cls(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32), source)
+    def empty(cls, channel: str) -> ChannelCandidates:
+        return cls(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32), channel)
 
     @classmethod
     def top(
-        cls, items: np.ndarray, scores: np.ndarray, blocked: np.ndarray, count: int, source: str
+        cls, items: np.ndarray, scores: np.ndarray, blocked: np.ndarray, count: int, channel: str
     ) -> ChannelCandidates:
         """The first ``count`` of a best-first list, padding and ``blocked`` items removed."""
         keep = keep_unblocked(items, blocked, count)
-        return cls(items[keep], scores[keep].astype(np.float32), source)
+        return cls(items[keep], scores[keep].astype(np.float32), channel)
 
 
 @dataclass(frozen=True)
@@ -68,14 +74,13 @@ class MergedCandidates:
     def __len__(self) -> int:
         return len(self.items)
 
-    @property
-    def sources(self) -> np.ndarray:
-        """(C,) object array of channel names."""
+    def names(self) -> np.ndarray:
+        """(C,) object array of each candidate's channel name."""
         return np.array(self.channel_names, dtype=object)[self.channels]
 
 
 def merge_channels(channels: list[ChannelCandidates]) -> MergedCandidates:
-    names = tuple(c.source for c in channels)
+    names = tuple(c.channel for c in channels)
     if not channels:
         empty = np.zeros(0, dtype=np.int64)
         return MergedCandidates(empty, np.zeros(0, dtype=np.float32), empty, names)
@@ -93,7 +98,6 @@ class CooccurrenceRules:
     confidence(X -> Y) >= min_confidence, strongest first; kept as CSR arrays over item indices."""
 
     FILE = "cooccurrence.npz"
-    SOURCE = "cooccurrence"
 
     def __init__(self, indptr: np.ndarray, indices: np.ndarray, confidence: np.ndarray, support: np.ndarray):
         self.indptr, self.indices, self.confidence, self.support = indptr, indices, confidence, support
@@ -176,20 +180,20 @@ class CooccurrenceRules:
         confidence(X -> Y) * recency_decay ** position(X)."""
         recent = recent[(recent > 0) & (recent < self.num_items)]
         if len(recent) == 0 or count <= 0:
-            return ChannelCandidates.empty(self.SOURCE)
+            return ChannelCandidates.empty(COOCCURRENCE)
         position, flat = csr_row_entries(self.indptr, recent)
         if len(flat) == 0:
-            return ChannelCandidates.empty(self.SOURCE)
+            return ChannelCandidates.empty(COOCCURRENCE)
         weights = (recency_decay ** np.arange(len(recent), dtype=np.float32))[position]
         # sum per distinct target over the few hundred rules found, not over a catalogue-sized array:
-        # a bincount of item ids costs O(num_items) per request (2 ms at 1M items)
+        # a bincount of item ids costs O(num_items) per request
         found, inverse = np.unique(self.indices[flat], return_inverse=True)
         totals = np.bincount(inverse, weights=self.confidence[flat] * weights, minlength=len(found))
         positive = totals > 0
         found, totals = found[positive], totals[positive]
         order = np.argsort(-totals, kind="stable")  # ties: lower item index first
         return ChannelCandidates.top(
-            found[order], totals[order], np.concatenate([blocked, recent]), count, self.SOURCE
+            found[order], totals[order], np.concatenate([blocked, recent]), count, COOCCURRENCE
         )
 
     def save(self, folder: Path) -> None:
@@ -209,7 +213,6 @@ class SegmentPopularity:
     them lands in a segment too). Scores are each item's share of its segment's interactions."""
 
     FILE = "segment_popularity.npz"
-    SOURCE = "segment_popular"
     NUM_SEGMENTS = (GENDER_UNKNOWN + 1) * (AGE_UNKNOWN + 1)
 
     def __init__(self, items: np.ndarray, scores: np.ndarray):
@@ -245,7 +248,7 @@ class SegmentPopularity:
 
     def candidates(self, gender: int, age: int, blocked: np.ndarray, count: int) -> ChannelCandidates:
         s = int(self.segment_of(gender, age))
-        return ChannelCandidates.top(self.items[s], self.scores[s], blocked, count, self.SOURCE)
+        return ChannelCandidates.top(self.items[s], self.scores[s], blocked, count, SEGMENT_POPULAR)
 
     def save(self, folder: Path) -> None:
         with open(folder / self.FILE, "wb") as fh:
@@ -255,3 +258,39 @@ class SegmentPopularity:
     def load(cls, folder: Path) -> SegmentPopularity:
         with np.load(folder / cls.FILE, allow_pickle=False) as raw:
             return cls(raw["items"], raw["scores"])
+
+
+class RecallChannels:
+    """The channels beside the two-tower ANN, and how a user's candidates from all of them are merged."""
+
+    def __init__(self, cooccurrence: CooccurrenceRules, segments: SegmentPopularity, config: RecallConfig):
+        self.cooccurrence = cooccurrence
+        self.segments = segments
+        self.config = config
+
+    def merge(
+        self, two_tower: ChannelCandidates, history: np.ndarray, seen: np.ndarray, gender: int, age: int
+    ) -> MergedCandidates:
+        """The two-tower channel's candidates (unseen, best first), then co-occurrence from the user's
+        recent items (``history`` (H,) most recent first), or popular-in-segment for a user with no history,
+        de-duplicated in that priority order; ``seen`` (S,) items are never proposed."""
+        rc = self.config
+        if len(history):
+            recent = history[: rc.cooccurrence_recent_items]
+            other = self.cooccurrence.candidates(recent, seen, rc.cooccurrence_candidates)
+        else:
+            other = self.segments.candidates(gender, age, seen, rc.segment_popular_candidates)
+        return merge_channels([two_tower, other])
+
+
+def two_tower_order(
+    items: np.ndarray, item_embeddings: np.ndarray, query: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidates from any channel in two-tower order: items (C,), embeddings (N, D) of item indices
+    1..N, query (D,) -> (order (C,) into ``items``, two-tower scores and the candidates' vectors (C, D), both
+    in that order). Ranking features read the recall score and rank from this order, whichever channel
+    proposed an item, and reuse the vectors rather than gather them from the catalogue a second time."""
+    vectors = item_embeddings[items - 1]
+    scores = vectors @ query
+    order = np.argsort(-scores, kind="stable")
+    return order, scores[order].astype(np.float32), vectors[order]

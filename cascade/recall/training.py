@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from cascade.config import RecallConfig
 from cascade.core.schema import FeatureSchema, ItemFeatures, UserFeatures
+from cascade.recall.config import RecallConfig
 from cascade.recall.two_tower import TwoTowerModel, TwoTowerSpec
 
 logger = logging.getLogger(__name__)

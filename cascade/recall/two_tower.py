@@ -101,23 +101,12 @@ class HistoryAttentionPooling(nn.Module):
 
     def forward(self, embeddings: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         length = ids.shape[1]
-        if not torch.is_grad_enabled():
-            return self._infer(embeddings, ids)
         keys = embeddings + self.position.weight[:length].unsqueeze(0)
         logits = self.score(torch.tanh(self.project(keys))).squeeze(-1)  # (B, L)
         valid = ids > 0
         logits = logits.masked_fill(~valid, float("-inf"))
         weights = torch.softmax(logits, dim=1).nan_to_num(0.0)  # all-padding rows -> zeros, not NaN
         return (weights.unsqueeze(-1) * embeddings).sum(dim=1)
-
-    def _infer(self, embeddings: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """The same function in half the ops, for serving's one-user calls: the projection of the
-        positions, W p_j + b, is (L, A) whatever the batch, and the intermediates are updated in place."""
-        positions = F.linear(self.position.weight[: ids.shape[1]], self.project.weight, self.project.bias)
-        hidden = torch.matmul(embeddings, self.project.weight.t()).add_(positions).tanh_()  # (B, L, A)
-        logits = torch.matmul(hidden, self.score.weight[0]).masked_fill_(ids <= 0, float("-inf"))
-        weights = torch.softmax(logits, dim=1).nan_to_num_(0.0)  # all-padding rows -> zeros, not NaN
-        return torch.bmm(weights.unsqueeze(1), embeddings).squeeze(1)  # (B, D)
 
 
 class UserTower(nn.Module):
@@ -161,15 +150,8 @@ class UserTower(nn.Module):
     ) -> torch.Tensor:
         fields = ((self.user, user), (self.gender, gender), (self.age, age))
         fields += ((self.occupation, occupation), (self.zip, zip_prefix))
-        if torch.is_grad_enabled():
-            x = torch.cat([table(ids) for table, ids in fields] + [self.pool_history(history)], dim=-1)
-            return F.normalize(self.mlp(x), dim=-1)
-        # serving: the same layers called as functions, without nn.Module's per-call dispatch
-        embedded = [F.embedding(ids, table.weight) for table, ids in fields]
-        pooled = self.pool_history(history)
-        first, last = self.mlp[0], self.mlp[2]
-        x = torch.addmm(first.bias, torch.cat([*embedded, pooled], dim=-1), first.weight.t()).relu_()
-        return F.normalize(torch.addmm(last.bias, x, last.weight.t()), dim=-1)
+        x = torch.cat([table(ids) for table, ids in fields] + [self.pool_history(history)], dim=-1)
+        return F.normalize(self.mlp(x), dim=-1)
 
 
 class ItemTower(nn.Module):

@@ -1,11 +1,11 @@
 """The user tower's forward pass for one user at a time, in numpy: the query vector a served request sends
 to the ANN index.
 
-The function is the tower's (``UserTower.forward`` without autograd); only the runtime differs. A served
+The function is the tower's (``UserTower.forward``); only the runtime differs. A served
 request embeds one user in ~25 tensor operations, each a trip through torch's dispatcher, whose code and
 tables the request's other stages have pushed out of the CPU's caches by the time the next request gets
-here. On synthetic-1m that cost 330 us per request inside the pipeline against 86 us when the same call
-repeats back to back; a dozen numpy calls over views of the same weights cost ~110 us inside the pipeline.
+here, so inside the pipeline those calls cost several times what they cost back to back; a dozen numpy
+calls over views of the same weights cost a third as much (benchmarks/README.md has the figures).
 """
 
 from __future__ import annotations
@@ -21,10 +21,16 @@ class UserQueryEncoder:
     """``UserTower`` inference for one user: scalar field indices and a (H,) history -> (D,) unit vector.
 
     The embedding tables are views of the tower's weights (no copy of the item table); the layers' small
-    derived weights (transposes, the position projection) are computed once here, so a tower whose weights
-    change afterwards needs a new encoder."""
+    derived weights (transposes, the position projection) are computed once, so a tower whose weights
+    change afterwards needs a new encoder. Build one with ``UserQueryEncoder.from_tower``."""
+
+    @classmethod
+    def from_tower(cls, tower: UserTower) -> UserQueryEncoder:
+        """The serving form of a trained user tower."""
+        return cls(tower)
 
     def __init__(self, tower: UserTower):
+        """Use ``from_tower``."""
         with torch.no_grad():
             self._fields = tuple(
                 table.weight.detach().numpy()

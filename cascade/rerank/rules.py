@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cascade.config import RerankConfig
 from cascade.core.arrays import isin
+from cascade.rerank.config import RerankConfig
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ from cascade.serving.feature_store import keys
 from cascade.serving.feature_store.embedded import EmbeddedRedis
 from cascade.serving.feature_store.redis_store import RedisFeatureStore
 from cascade.serving.server import CascadeServer
-from cascade.training.workflows import dataset_path
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ def open_feature_store(config: AppConfig) -> Iterator[RedisFeatureStore]:
 def ensure_features_loaded(config: AppConfig, store: RedisFeatureStore) -> bool:
     """Bulk-load user profiles and full histories of the configured dataset unless that exact load is
     already in Redis (events recorded since are then kept). Returns whether a load happened."""
-    path = dataset_path(config)
+    path = config.data.path
     marker = fingerprint(
         "feature-load", keys.KEY_SCHEMA_VERSION, Dataset.fingerprint_of(path), config.features.history_length
     )
@@ -64,10 +63,10 @@ def ensure_features_loaded(config: AppConfig, store: RedisFeatureStore) -> bool:
 def configure_serving_process(config: AppConfig) -> None:
     """Requests run in parallel threads, so each request's torch and FAISS work stays on
     ``compute_threads`` (default 1) and numpy's BLAS on one thread whatever it is: BLAS pools that spin
-    beside the RPC threads cost 1.7 cores at 25 requests/s in `cascade bench serve`, and a 2-thread BLAS
-    pool beside torch's 2 OpenMP threads took DIN's served path from 1.16 to 15.8 ms (`cascade bench
-    ranking`), its per-request products being too small to gain from threads. The allocator keeps
-    per-request tensors on its heap (see ``keep_large_allocations_on_the_heap``)."""
+    beside the RPC threads burn cores while idle, and a multi-threaded BLAS pool beside torch's OpenMP
+    threads slows DIN's served form many times over, its per-request products being too small to gain from
+    threads (benchmarks/README.md has both figures). The allocator keeps per-request tensors on its heap
+    (see ``keep_large_allocations_on_the_heap``)."""
     import faiss
 
     torch.set_num_threads(config.serving.compute_threads)
@@ -98,10 +97,10 @@ def keep_large_allocations_on_the_heap(
     mmap_threshold: int = 32 << 20, trim_threshold: int = 256 << 20
 ) -> bool:
     """glibc serves each allocation above its mmap threshold (128 KiB until it adapts) with fresh pages
-    and returns them on free, so every request's few-MB tensors (DIN's pair product: ~5 MB) page-fault
-    anew; a fixed 32 MiB threshold and a high trim threshold keep them on the reused heap. Measured with
-    `cascade bench stages` on ML-100K: ranking p99 9.4 -> 4.4 ms. Returns whether glibc took the settings
-    (False on other C libraries, where nothing changes)."""
+    and returns them on free, so every request's few-MB tensors (DIN's pair product) page-fault anew; a
+    fixed 32 MiB threshold and a high trim threshold keep them on the reused heap, which halved the ranking
+    stage's p99 in `cascade bench stages`. Returns whether glibc took the settings (False on other C
+    libraries, where nothing changes)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         mallopt = libc.mallopt

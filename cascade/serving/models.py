@@ -1,35 +1,29 @@
-"""Everything serving loads from the artifact store, loaded and checked together."""
+"""Everything serving loads from the artifact store, read through each artifact's bundle, checked together
+and put in its serving form."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
+from cascade.config import AppConfig
 from cascade.core.artifacts import ArtifactStore
 from cascade.core.errors import ArtifactError
 from cascade.core.schema import SCHEMA_VERSION, FeatureSchema, ItemFeatures
-from cascade.ranking.als_features import ALSFeatures
-from cascade.ranking.features import RankingFeatureBuilder
-from cascade.ranking.ranker import Ranker, load_ranker
-from cascade.ranking.rating_features import RatingFeatureModels
-from cascade.ranking.statistics import ItemStatistics
-from cascade.recall.channels import CooccurrenceRules, SegmentPopularity
+from cascade.ranking.bundle import RANKING, RankingBundle
+from cascade.ranking.features import RankingBatch, RankingFeatureBuilder
+from cascade.ranking.ranker import Ranker
+from cascade.recall.bundle import INDEX, RECALL, IndexBundle, RecallBundle
+from cascade.recall.channels import RecallChannels
 from cascade.recall.index import ItemIndex
-from cascade.recall.two_tower import TwoTowerModel
 from cascade.recall.user_query import UserQueryEncoder
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_FILE = "schema.json"
-CATALOGUE_FILE = "catalogue.parquet"
-POPULARITY_FILE = "popularity.npy"
-QUERY_SAMPLE_FILE = "query_sample.npz"
-SERVED_KINDS = ("recall", "index", "ranking")  # the artifact kinds serving loads together
-INNER_PREFIX = "inner_"  # the recall artifact's validation-split model, which ranking trains from
-ITEM_STATISTICS_FILE = "item_statistics.npz"  # in the ranking artifact: what its features are computed from
+SERVED_KINDS = (RECALL, INDEX, RANKING)  # the artifact kinds serving loads together
 
 
 @dataclass(frozen=True)
@@ -39,81 +33,101 @@ class ServingModels:
     titles: np.ndarray  # (num_items,) object, row i = item index i
     popularity: np.ndarray  # (num_items,) training interaction counts
     popular_order: np.ndarray  # item indices, most popular first
-    two_tower: TwoTowerModel
-    user_query: UserQueryEncoder  # two_tower's user tower for one served user, in numpy
+    user_query: UserQueryEncoder  # the two-tower model's user tower for one served user
     index: ItemIndex
-    cooccurrence: CooccurrenceRules
-    segment_popularity: SegmentPopularity
+    channels: RecallChannels
     ranker: Ranker
+    score: Callable[[RankingBatch], np.ndarray]  # the ranker's serving form: one request -> (B,) scores
     ranking_features: RankingFeatureBuilder
+    history_length: int  # behaviours per user the models were trained on
     versions: dict[str, str]
 
     @classmethod
-    def load(cls, store: ArtifactStore) -> ServingModels:
-        recall_ref = store.require("recall")
-        index_ref = store.require("index")
-        ranking_ref = store.require("ranking")
-        for ref in (recall_ref, index_ref, ranking_ref):
+    def load(cls, store: ArtifactStore, config: AppConfig) -> ServingModels:
+        """The current recall, index and ranking versions, refused unless they load together. What
+        training fixed (the history length, the features) comes from the artifacts; where the live config
+        disagrees a warning says so and the artifacts win."""
+        refs = {kind: store.require(kind) for kind in SERVED_KINDS}
+        for ref in refs.values():
             ref.verify()
             if ref.manifest.get("schema_version") != SCHEMA_VERSION:
                 raise ArtifactError(
                     f"{ref.kind}/{ref.version} has schema version "
                     f"{ref.manifest.get('schema_version')}, this code reads {SCHEMA_VERSION}"
                 )
-        built_from = index_ref.manifest["parents"].get("recall")
-        if built_from != recall_ref.version:
-            raise ArtifactError(
-                f"index {index_ref.version} was built from recall {built_from}, but the current recall is "
-                f"{recall_ref.version}; run `cascade rebuild-index`"
-            )
-        schema = FeatureSchema.load(recall_ref.file(SCHEMA_FILE))
-        catalogue = pd.read_parquet(recall_ref.file(CATALOGUE_FILE))
-        items = schema.item_table(catalogue)
-        titles = np.full(schema.num_items, "", dtype=object)
-        titles[schema.item_index(catalogue["item_id"].to_numpy())] = catalogue["title"].to_numpy()
-        popularity = np.load(recall_ref.file(POPULARITY_FILE), allow_pickle=False)
-        popular_order = np.argsort(-popularity[1:], kind="stable") + 1
-        index = ItemIndex.load(index_ref.path)
+        recall, index_bundle, ranking = (
+            RecallBundle(refs[RECALL]),
+            IndexBundle(refs[INDEX]),
+            RankingBundle(refs[RANKING]),
+        )
+        index_bundle.check_built_from(recall)
+        _warn_where_config_differs(config, recall, index_bundle, ranking)
+        schema, items = recall.schema, recall.items
+        index = index_bundle.index()
         if index.size != schema.num_items - 1:
             raise ArtifactError(f"index holds {index.size} items, the schema {schema.num_items - 1}")
-        ranker = load_ranker(ranking_ref.path)
+        ranker = ranking.ranker
+        popularity = recall.popularity()
+        channels = RecallChannels(recall.cooccurrence(), recall.segment_popularity(), config.recall)
         logger.info(
-            "loaded recall %s, index %s, ranking %s",
-            recall_ref.version,
-            index_ref.version,
-            ranking_ref.version,
+            "loaded recall %s, index %s, ranking %s", recall.version, index_bundle.version, ranking.version
         )
-        cooccurrence = CooccurrenceRules.load(recall_ref.path)
-        two_tower = TwoTowerModel.load(recall_ref.path)
         return cls(
             schema=schema,
             items=items,
-            titles=titles,
+            titles=recall.titles(),
             popularity=popularity,
-            popular_order=popular_order,
-            two_tower=two_tower,
-            user_query=UserQueryEncoder(two_tower.user_tower),
+            popular_order=np.argsort(-popularity[1:], kind="stable") + 1,
+            user_query=UserQueryEncoder.from_tower(recall.two_tower().user_tower),
             index=index,
-            cooccurrence=cooccurrence,
-            segment_popularity=SegmentPopularity.load(recall_ref.path),
+            channels=channels,
             ranker=ranker,
+            score=ranker.serving_form(config.serving.ranker_precision),
             ranking_features=RankingFeatureBuilder(
                 schema,
                 items,
-                ItemStatistics.load(ranking_ref.file(ITEM_STATISTICS_FILE)),
-                ranking_ref.manifest["config"]["features"]["history_length"],
+                ranking.statistics(),
+                ranking.history_length,
                 item_vectors=index.embeddings,
-                relations=cooccurrence,
-                ratings=(
-                    RatingFeatureModels.load(ranking_ref.path, schema, items)
-                    if ranker.config.rating_models
-                    else None
-                ),
-                preferences=(ALSFeatures.load(ranking_ref.path) if ranker.config.als_factors > 0 else None),
+                relations=channels.cooccurrence,
+                ratings=ranking.ratings(schema, items),
+                preferences=ranking.preferences(),
             ),
-            versions={
-                "recall": recall_ref.version,
-                "index": index_ref.version,
-                "ranking": ranking_ref.version,
-            },
+            history_length=ranking.history_length,
+            versions={RECALL: recall.version, INDEX: index_bundle.version, RANKING: ranking.version},
+        )
+
+
+def _warn_where_config_differs(
+    config: AppConfig, recall: RecallBundle, index: IndexBundle, ranking: RankingBundle
+) -> None:
+    """Serving follows the artifacts; a live config that says otherwise is worth an operator's look."""
+    if recall.history_length != ranking.history_length:
+        raise ArtifactError(
+            f"recall {recall.version} was trained on {recall.history_length} behaviours per user, ranking "
+            f"{ranking.version} on {ranking.history_length}; retrain ranking"
+        )
+    if config.features.history_length != ranking.history_length:
+        logger.warning(
+            "features.history_length is %d, but the models were trained on %d behaviours per user; serving "
+            "uses %d",
+            config.features.history_length,
+            ranking.history_length,
+            ranking.history_length,
+        )
+    wanted = min(config.recall.num_candidates, index.items)
+    if index.tuned_for is not None and index.tuned_for != wanted:
+        logger.warning(
+            "recall.num_candidates is %d, but index %s had its search knob tuned for %d candidates: its "
+            "recall against exact search was measured there (`cascade rebuild-index` tunes it anew)",
+            config.recall.num_candidates,
+            index.version,
+            index.tuned_for,
+        )
+    if ranking.trained_from != recall.version:
+        logger.warning(
+            "ranking %s was trained on candidates of recall %s, which is not the current recall %s",
+            ranking.version,
+            ranking.trained_from,
+            recall.version,
         )

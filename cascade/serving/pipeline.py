@@ -10,15 +10,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cascade.config import AppConfig
+from cascade.core.schema import POPULAR, TWO_TOWER
 from cascade.ranking.features import UserRow, encode_channels
-from cascade.recall.channels import ChannelCandidates, MergedCandidates, keep_unblocked, merge_channels
+from cascade.recall.channels import (
+    ChannelCandidates,
+    MergedCandidates,
+    keep_unblocked,
+    merge_channels,
+    two_tower_order,
+)
 from cascade.rerank.rules import Reranker
 from cascade.serving.models import ServingModels
 
 logger = logging.getLogger(__name__)
-
-SOURCE_TWO_TOWER = "two_tower"
-SOURCE_POPULAR = "popular"
 
 
 @dataclass(frozen=True)
@@ -41,22 +45,9 @@ class UserContext:
 class Recommendation:
     items: np.ndarray  # (k,) item indices, best first
     scores: np.ndarray  # (k,) final scores
-    sources: list[str]  # (k,) recall channel of each item
+    channels: list[str]  # (k,) recall channel of each item
     channel_scores: np.ndarray  # (k,) each item's score within its channel
     stage_ms: dict[str, float] = field(default_factory=dict)
-
-
-def two_tower_order(
-    items: np.ndarray, item_embeddings: np.ndarray, query: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Candidates from any channel in two-tower order: items (C,), embeddings (N, D) of item indices
-    1..N, query (D,) -> (order (C,) into ``items``, two-tower scores and the candidates' vectors (C, D), both
-    in that order). Ranking features read the recall score and rank from this order, whichever channel
-    proposed an item, and reuse the vectors rather than gather them from the catalogue a second time."""
-    vectors = item_embeddings[items - 1]
-    scores = vectors @ query
-    order = np.argsort(-scores, kind="stable")
-    return order, scores[order].astype(np.float32), vectors[order]
 
 
 class RecommendationPipeline:
@@ -64,11 +55,6 @@ class RecommendationPipeline:
         self.models = models
         self.config = config
         self.reranker = Reranker(config.rerank)
-        precision = config.serving.ranker_precision
-        if not models.ranker.set_inference_precision(precision):
-            logger.warning(
-                "the %s ranker has no %s path; it serves in float32", models.ranker.type, precision
-            )
 
     def warm_up(self) -> float:
         """Answer one request for an unknown user whose history is the most popular items, before any real
@@ -76,7 +62,7 @@ class RecommendationPipeline:
         the kernels oneDNN compiles on first use and the first touch of the models' pages are paid here,
         not by a caller. Returns the seconds it took."""
         started = time.perf_counter()
-        length = self.config.features.history_length
+        length = self.models.history_length
         ctx = UserContext(
             row=UserRow(user=0, gender=0, age=0, occupation=0),
             history=self.models.popular_order[:length],
@@ -89,7 +75,7 @@ class RecommendationPipeline:
     def user_embedding(self, ctx: UserContext) -> np.ndarray:
         """(D,) float32 query vector from the user's features and recent history."""
         row = ctx.row
-        recent = ctx.history[: self.models.two_tower.spec.history_length]
+        recent = ctx.history[: self.models.history_length]
         return self.models.user_query(row.user, row.gender, row.age, row.occupation, row.zip, recent)
 
     def popular(self, blocked: np.ndarray, count: int) -> ChannelCandidates:
@@ -97,14 +83,12 @@ class RecommendationPipeline:
         pool = self.models.popular_order[: count + len(blocked)]
         pool = pool[keep_unblocked(pool, blocked, count)]
         pop = self.models.popularity[pool]
-        return ChannelCandidates(
-            pool, (pop / max(pop.max(initial=0.0), 1.0)).astype(np.float32), SOURCE_POPULAR
-        )
+        return ChannelCandidates(pool, (pop / max(pop.max(initial=0.0), 1.0)).astype(np.float32), POPULAR)
 
     def two_tower(self, query: np.ndarray, blocked: np.ndarray, count: int) -> ChannelCandidates:
         """Up to ``count`` nearest items to ``query`` (D,) from the ANN index, ``blocked`` removed."""
         scores, items = self.models.index.search(query[None, :], count + len(blocked))
-        return ChannelCandidates.top(items[0], scores[0], blocked, count, SOURCE_TWO_TOWER)
+        return ChannelCandidates.top(items[0], scores[0], blocked, count, TWO_TOWER)
 
     def recall(self, ctx: UserContext, extra: int = 0) -> tuple[MergedCandidates, np.ndarray | None]:
         """Every channel's candidates for the user, merged and de-duplicated, and the two-tower query
@@ -117,18 +101,8 @@ class RecommendationPipeline:
     def channels(self, ctx: UserContext, query: np.ndarray, extra: int = 0) -> MergedCandidates:
         """The personal channels for a user with two-tower ``query`` (D,): the ANN, plus co-occurrence
         from recent items, or popular-in-segment for a user with no history."""
-        rc = self.config.recall
-        found = [self.two_tower(query, ctx.seen, rc.num_candidates + extra)]
-        if len(ctx.history):
-            recent = ctx.history[: rc.cooccurrence_recent_items]
-            found.append(self.models.cooccurrence.candidates(recent, ctx.seen, rc.cooccurrence_candidates))
-        else:
-            found.append(
-                self.models.segment_popularity.candidates(
-                    ctx.row.gender, ctx.row.age, ctx.seen, rc.segment_popular_candidates
-                )
-            )
-        return merge_channels(found)
+        two_tower = self.two_tower(query, ctx.seen, self.config.recall.num_candidates + extra)
+        return self.models.channels.merge(two_tower, ctx.history, ctx.seen, ctx.row.gender, ctx.row.age)
 
     def recommend(self, ctx: UserContext, k: int, exclude: np.ndarray) -> Recommendation:
         """Excluded items are removed after ranking, from a candidate list widened by their number, so
@@ -150,7 +124,7 @@ class RecommendationPipeline:
                 ctx.row, ctx.history, items, tt_scores, codes, ctx.at, vectors
             )
             features_built = time.perf_counter()
-            scores = self.models.ranker.score(batch)
+            scores = self.models.score(batch)
         after_ranking = time.perf_counter()
         timings["ranking_features"] = (features_built - after_recall) * 1e3
         timings["ranking"] = (after_ranking - features_built) * 1e3

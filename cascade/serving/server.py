@@ -51,6 +51,11 @@ class RecommenderService(pb_grpc.RecommenderServicer):
     def ready(self) -> bool:
         return self._pipeline is not None
 
+    @property
+    def pipeline(self) -> RecommendationPipeline | None:
+        """The installed pipeline, None before the first models load."""
+        return self._pipeline
+
     def install(self, models: ServingModels) -> None:
         """Swap in a loaded set of models, warmed up by one request first; requests in flight finish on the
         ones they started with."""
@@ -58,13 +63,14 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         logger.info("models warmed up in %.2f s", pipeline.warm_up())
         self._pipeline = pipeline
 
-    def _require_pipeline(self) -> RecommendationPipeline:
+    def require_pipeline(self) -> RecommendationPipeline:
+        """The installed pipeline; UNAVAILABLE until the first models load."""
         pipeline = self._pipeline
         if pipeline is None:
             raise NotReadyError("models and index are still loading")
         return pipeline
 
-    def _context(
+    def user_context(
         self,
         pipeline: RecommendationPipeline,
         user_id: int,
@@ -106,10 +112,10 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         request_id = check_request_id(request.request_id) or uuid.uuid4().hex
         demo = request.demographics
         demographics = check_demographics(demo.gender, demo.age, demo.occupation, demo.zip_code)
-        pipeline = self._require_pipeline()
+        pipeline = self.require_pipeline()
         models = pipeline.models
-        state = self.store.get_user_state(user_id, self.config.features.history_length)
-        ctx = self._context(pipeline, user_id, state, demographics)
+        state = self.store.get_user_state(user_id, models.history_length)
+        ctx = self.user_context(pipeline, user_id, state, demographics)
         exclude = models.schema.item_index(exclude_ids)
         features_done = time.perf_counter()
         result = pipeline.recommend(ctx, k, exclude[exclude > 0])
@@ -119,13 +125,13 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             request_id=request_id,
             items=[
                 pb.RecommendedItem(
-                    item_id=str(i), title=models.titles[idx], score=s, source=src, channel_score=cs
+                    item_id=str(i), title=models.titles[idx], score=s, source=channel, channel_score=cs
                 )
-                for i, idx, s, src, cs in zip(
+                for i, idx, s, channel, cs in zip(
                     item_ids.tolist(),
                     result.items.tolist(),
                     result.scores.tolist(),
-                    result.sources,
+                    result.channels,
                     result.channel_scores.tolist(),
                 )
             ],
@@ -145,7 +151,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         item_id = parse_id("item_id", request.item_id)
         k = check_k(request.k, self.config.serving.max_similar_k)
         request_id = check_request_id(request.request_id) or uuid.uuid4().hex
-        pipeline = self._require_pipeline()
+        pipeline = self.require_pipeline()
         models = pipeline.models
         item = int(models.schema.item_index([item_id])[0])
         if item == 0:
@@ -172,7 +178,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                 "event_type", f"must be one of {sorted(_EVENT_TYPES)}, got {request.event_type}"
             )
         timestamp = check_timestamp(request.timestamp)
-        pipeline = self._require_pipeline()
+        pipeline = self.require_pipeline()
         if pipeline.models.schema.item_index([item_id])[0] == 0:
             raise InvalidArgumentError("item_id", f"no item {item_id} in the catalogue")
         length = self.store.record_event(
@@ -184,11 +190,11 @@ class RecommenderService(pb_grpc.RecommenderServicer):
 
 
 def freeze_long_lived_objects(after_reload: bool = False) -> int:
-    """Move every object alive now (the loaded models, schema, titles: ~300K containers at 1M items) out of
-    the cyclic collector's reach; returns how many are frozen.
+    """Move every object alive now (the loaded models, schema, titles: hundreds of thousands of containers
+    at a million items) out of the cyclic collector's reach; returns how many are frozen.
 
-    A full collection traverses every tracked object: 170 ms at 1M items, a pause of the whole process (its
-    RPC threads included) each time enough new objects have survived. Frozen objects are still freed by
+    A full collection traverses every tracked object, a pause of the whole process (its RPC threads
+    included) each time enough new objects have survived. Frozen objects are still freed by
     reference counting; after a reload the previous models' objects are unfrozen and collected first, so
     reference cycles among them do not outlive the swap."""
     if after_reload:
@@ -271,7 +277,7 @@ class CascadeServer:
         return port
 
     def load_models(self) -> ServingModels:
-        models = ServingModels.load(ArtifactStore(self.config.artifacts_dir))
+        models = ServingModels.load(ArtifactStore(self.config.artifacts_dir), self.config)
         self.service.install(models)
         if self.freeze_loaded_models:
             freeze_long_lived_objects()
@@ -287,13 +293,13 @@ class CascadeServer:
         """
         store = ArtifactStore(self.config.artifacts_dir)
         published = {kind: (ref.version if (ref := store.current(kind)) else "") for kind in SERVED_KINDS}
-        pipeline = self.service._pipeline
+        pipeline = self.service.pipeline
         if pipeline is not None and published == pipeline.models.versions:
             return False
         if published == self._failed_versions:
             return False
         try:
-            models = ServingModels.load(store)
+            models = ServingModels.load(store, self.config)
             self.service.install(models)  # answers a warm-up request first: a set that cannot is refused
         except (ArtifactError, OSError, ValueError, KeyError, RuntimeError) as exc:
             self._failed_versions = published

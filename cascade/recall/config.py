@@ -1,0 +1,106 @@
+"""The recall stage's config: the two-tower model and its training, the channels' quotas and rules, the
+ANN index."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from cascade.core.config import ComponentConfig
+
+
+class RecallConfig(ComponentConfig):
+    embedding_dim: int = Field(64, ge=4, le=1024, description="Output dimension of both towers.")
+    hidden_dim: int = Field(128, ge=4, description="Width of each tower's hidden layer.")
+    epochs: int = Field(
+        30,
+        ge=1,
+        description="Most training epochs; early stopping on validation Recall@100 usually ends sooner.",
+    )
+    early_stopping_patience: int = Field(
+        3, ge=1, description="Epochs without a better validation Recall@100 before training stops."
+    )
+    max_steps_per_epoch: int | None = Field(
+        None,
+        ge=1,
+        description="Most optimiser steps per epoch, each on a fresh random batch of interactions; unset "
+        "runs every interaction once. Bounds training time on very large data (the benchmark scenarios).",
+    )
+    batch_size: int = Field(
+        1024, ge=8, description="Interactions per step; the rest of the batch are negatives."
+    )
+    uniform_negatives: int = Field(
+        1024, ge=0, description="Items drawn uniformly from the catalogue per step as extra negatives."
+    )
+    history_gap_max: int = Field(
+        20,
+        ge=0,
+        description="A training example's history ends up to this many interactions before its target, "
+        "drawn uniformly, so the model learns to predict the next several items, as serving and evaluation "
+        "ask, not only the very next one.",
+    )
+    history_pooling: Literal["mean", "attention"] = Field(
+        "attention", description="How the user tower pools the item embeddings of the user's recent history."
+    )
+    learning_rate: float = Field(3e-3, gt=0, description="Adam learning rate.")
+    weight_decay: float = Field(1e-6, ge=0, description="Adam weight decay.")
+    temperature: float = Field(0.07, gt=0, description="Softmax temperature over cosine similarities.")
+    logq_correction: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Weight of the log-Q correction of sampled logits: 1 removes the sampling bias towards "
+        "popular items fully, 0 keeps it (and with it a popularity prior).",
+    )
+    user_id_dropout: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="Share of steps' users whose id is hidden, so the tower learns cold start.",
+    )
+    item_id_dropout: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="Share of items whose id is hidden, so the item tower learns to embed from content.",
+    )
+    validation_users: int = Field(
+        2000, ge=1, description="Users sampled for validation Recall@100 after each epoch (all when fewer)."
+    )
+    num_candidates: int = Field(
+        300, ge=1, description="Quota of the two-tower ANN channel: candidates it hands to ranking."
+    )
+    cooccurrence_candidates: int = Field(
+        50, ge=0, description="Quota of the item co-occurrence channel (from the user's recent items)."
+    )
+    segment_popular_candidates: int = Field(
+        50, ge=0, description="Quota of the popular-in-segment channel, used for users with no history."
+    )
+    cooccurrence_window: int = Field(
+        10, ge=1, description="Two interactions at most this many apart in a user's history co-occur."
+    )
+    cooccurrence_min_support: int = Field(
+        3, ge=1, description="A rule X -> Y needs X and Y to co-occur at least this many times."
+    )
+    cooccurrence_min_confidence: float = Field(
+        0.05, ge=0, le=1, description="A rule X -> Y needs support(X, Y) / occurrences(X) at least this."
+    )
+    cooccurrence_neighbours: int = Field(50, ge=1, description="Rules kept per item X, strongest first.")
+    cooccurrence_recent_items: int = Field(
+        10, ge=1, description="How many of the user's most recent items feed the co-occurrence channel."
+    )
+    segment_popular_top: int = Field(500, ge=1, description="Items kept per gender x age segment.")
+    index_factory: str = Field(
+        "Flat", description="FAISS index factory string (Flat, IVF1024,Flat, HNSW32, IVF1024,PQ16x8...)."
+    )
+    index_target_recall: float = Field(
+        0.95,
+        gt=0,
+        le=1,
+        description="nprobe / efSearch are tuned at build time to the smallest value reaching this "
+        "recall@num_candidates against exact search on held-out queries.",
+    )
+    index_min_recall: float = Field(
+        0.95, ge=0, le=1, description="rebuild-index refuses to publish below this recall@k against exact."
+    )

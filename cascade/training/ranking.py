@@ -1,0 +1,281 @@
+"""`cascade train ranking`: the configured ranker trained on labelled recall candidates of the nested split,
+published with what its features are computed from at request time."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from cascade.config import AppConfig
+from cascade.core.artifacts import ArtifactRef, ArtifactStore, fingerprint
+from cascade.core.metrics import auc
+from cascade.core.schema import SCHEMA_VERSION, TWO_TOWER
+from cascade.core.seeding import seed_everything
+from cascade.data.dataset import Dataset
+from cascade.data.split import TemporalSplit
+from cascade.ranking.als_features import ALSFeatures
+from cascade.ranking.bundle import RANKING, RankingParts
+from cascade.ranking.features import (
+    FEATURES_VERSION,
+    RankingBatch,
+    RankingFeatureBuilder,
+    UserRow,
+    encode_channels,
+)
+from cascade.ranking.ranker import Ranker, dense_features_of
+from cascade.ranking.rating_features import RatingFeatureModels
+from cascade.ranking.registry import create_ranker
+from cascade.ranking.statistics import ItemStatistics
+from cascade.recall.bundle import RECALL, RecallBundle
+from cascade.recall.channels import ChannelCandidates, RecallChannels, two_tower_order
+from cascade.recall.two_tower import TwoTowerModel
+from cascade.training.prepare import Prepared, compute_threads, prepare, reuse_current
+from cascade.training.recall import count_segments, recall_fingerprint
+from cascade.training.task import RecallTask
+
+logger = logging.getLogger(__name__)
+
+
+def item_statistics(config: AppConfig, prep: Prepared, interactions: pd.DataFrame) -> ItemStatistics:
+    return ItemStatistics.from_interactions(
+        prep.schema, interactions, config.data.positive_min_rating, config.ranking.recent_window_days
+    )
+
+
+def rating_features(
+    config: AppConfig, prep: Prepared, interactions: pd.DataFrame
+) -> RatingFeatureModels | None:
+    """The configured rating models trained on ``interactions``' ratings; None when none are configured."""
+    if not config.ranking.rating_models:
+        return None
+    with compute_threads(config.ranking.threads):
+        return RatingFeatureModels.fit(
+            config.ranking.rating_models, prep.schema, prep.users, prep.items, interactions, config.seed
+        )
+
+
+def als_features(config: AppConfig, prep: Prepared, interactions: pd.DataFrame) -> ALSFeatures | None:
+    """The ALS preference features trained on ``interactions``; None when ranking.als_factors is 0."""
+    rc = config.ranking
+    if rc.als_factors == 0:
+        return None
+    return ALSFeatures.fit(
+        prep.schema,
+        interactions,
+        rc.als_factors,
+        rc.als_regularization,
+        rc.als_alpha,
+        rc.als_iterations,
+        config.seed,
+        rc.threads,
+    )
+
+
+@dataclass(frozen=True)
+class RankingExamples:
+    """Recall candidates labelled against a split's held-out positives: batch (R requests, B candidates,
+    each request's in two-tower order), labels (B,) 0/1, users (R,) external id of each request; positives:
+    user id -> every held-out positive item (candidate or not), what list metrics are judged against."""
+
+    batch: RankingBatch
+    labels: np.ndarray
+    users: np.ndarray
+    positives: dict[int, np.ndarray]
+
+    def split_users(self, share: float, seed: int) -> tuple[RankingExamples, RankingExamples]:
+        """(the rest, a random ``share`` of the users) for picking epochs / rounds."""
+        rng = np.random.default_rng(seed)
+        held = np.zeros(len(self.users), dtype=bool)
+        held[rng.choice(len(self.users), size=max(1, int(len(self.users) * share)), replace=False)] = True
+        return self.of_requests(np.flatnonzero(~held)), self.of_requests(np.flatnonzero(held))
+
+    def of_requests(self, requests: np.ndarray) -> RankingExamples:
+        rows = np.flatnonzero(np.isin(self.batch.request, requests))
+        return RankingExamples(
+            self.batch.take(rows), self.labels[rows], self.users[np.sort(requests)], self.positives
+        )
+
+    def rankings(self, scores: np.ndarray) -> dict[int, np.ndarray]:
+        """user id -> candidate items sorted by ``scores`` (B,), best first (ties keep recall order)."""
+        out = {}
+        bounds = np.cumsum(self.batch.group_sizes())[:-1]
+        for user, items, s in zip(
+            self.users.tolist(), np.split(self.batch.item, bounds), np.split(scores, bounds)
+        ):
+            out[user] = items[np.argsort(-s, kind="stable")]
+        return out
+
+
+@dataclass(frozen=True)
+class CandidateSources:
+    """What one split's candidates and their features come from, all fitted on that split's training
+    part only, so no feature sees its held-out window."""
+
+    model: TwoTowerModel
+    channels: RecallChannels
+    statistics: ItemStatistics
+    ratings: RatingFeatureModels | None
+    preferences: ALSFeatures | None
+
+
+def labelled_candidates(
+    config: AppConfig,
+    prep: Prepared,
+    split: TemporalSplit,
+    sources: CandidateSources,
+    max_users: int | None = None,
+) -> RankingExamples:
+    """For each user with held-out positives in ``split``: the candidates of every channel, merged by the
+    same ``RecallChannels.merge`` serving calls (the two-tower channel by exact search), featurised as of the
+    user's last training interaction, labelled 1 when among the user's held-out positives.
+    ``max_users``: a seeded sample of the users, all when None."""
+    task = RecallTask.of(prep, split, config, max_users=max_users)
+    item_embeddings, queries = task.embed(sources.model, prep)
+    candidates = task.rankings(item_embeddings, queries, config.ranking.training_candidates)
+    builder = RankingFeatureBuilder(
+        prep.schema,
+        prep.items,
+        sources.statistics,
+        config.features.history_length,
+        item_vectors=item_embeddings,
+        relations=sources.channels.cooccurrence,
+        ratings=sources.ratings,
+        preferences=sources.preferences,
+    )
+    last_seen = split.train.groupby("user_id")["timestamp"].max()
+    batches, labels, users = [], [], []
+    empty = np.zeros(0, dtype=np.int64)
+    for i, (user, row) in enumerate(zip(task.users.tolist(), task.rows.tolist())):
+        two_tower, tt_scores = candidates[user]
+        seen = task.seen.get(user, empty)
+        history = task.history[i][task.history[i] > 0]
+        user_row = UserRow.of(prep.users, row)
+        merged = sources.channels.merge(
+            ChannelCandidates(two_tower, tt_scores, TWO_TOWER), history, seen, user_row.gender, user_row.age
+        )
+        if len(merged) == 0:
+            continue
+        order, scores, vectors = two_tower_order(merged.items, item_embeddings, queries[i])
+        cand = merged.items[order]
+        at = float(last_seen.get(user, sources.statistics.end))
+        batches.append(
+            builder.build(
+                user_row,
+                history,
+                cand,
+                scores,
+                encode_channels(merged.channel_names)[merged.channels[order]],
+                at,
+                vectors,
+            )
+        )
+        labels.append(np.isin(cand, task.positives.get(user, empty)).astype(np.float32))
+        users.append(user)
+    return RankingExamples(
+        RankingBatch.concat(batches), np.concatenate(labels), np.array(users), task.positives
+    )
+
+
+def ranking_training_examples(config: AppConfig, prep: Prepared, recall: RecallBundle) -> RankingExamples:
+    """Labelled candidates of the nested split, from the recall artifact's validation model and rules, and
+    segment counts, item statistics and rating models, all fitted on the inner training part only."""
+    inner = prep.inner_split(config.data.holdout_fraction)
+    sources = CandidateSources(
+        model=recall.inner_two_tower(),
+        channels=RecallChannels(
+            recall.inner_cooccurrence(),
+            count_segments(config, prep, prep.sequences(inner.train)),
+            config.recall,
+        ),
+        statistics=item_statistics(config, prep, inner.train),
+        ratings=rating_features(config, prep, inner.train),
+        preferences=als_features(config, prep, inner.train),
+    )
+    return labelled_candidates(config, prep, inner, sources, max_users=config.ranking.max_training_users)
+
+
+def ranking_fingerprint(config: AppConfig, data_fp: str) -> str:
+    return fingerprint(
+        "ranking",
+        recall_fingerprint(config, data_fp),
+        config.ranking.model_dump(mode="json"),
+        config.features.history_length,
+        dense_features_of(config.ranking),
+        FEATURES_VERSION,
+    )
+
+
+def require_current_recall(store: ArtifactStore, config: AppConfig, data_fp: str) -> RecallBundle:
+    recall_ref = store.require(RECALL)
+    if recall_ref.fingerprint != recall_fingerprint(config, data_fp):
+        raise RuntimeError(
+            f"the current recall artifact {recall_ref.version} was not trained with this config and data; "
+            "run `cascade train recall` first"
+        )
+    return RecallBundle(recall_ref)
+
+
+def fit_ranker(
+    config: AppConfig, prep: Prepared, examples: RankingExamples, progress: bool, ranking_type: str
+) -> tuple[Ranker, dict[str, float]]:
+    """A ``ranking_type`` ranker fitted on ``examples`` (a share of the users held out to pick its epoch or
+    rounds) and its training metrics."""
+    fit_part, val_part = examples.split_users(config.ranking.validation_share, config.seed)
+    seed_everything(config.seed)
+    ranker = create_ranker(config.ranking.with_ranker(ranking_type), prep.schema, prep.items)
+    started = time.perf_counter()
+    with compute_threads(config.ranking.threads):
+        metrics = ranker.fit(
+            fit_part.batch,
+            fit_part.labels,
+            seed=config.seed,
+            progress=progress,
+            validation=(val_part.batch, val_part.labels),
+        )
+    metrics["train_seconds"] = time.perf_counter() - started
+    if "validation_auc" not in metrics:  # LightGBM reports its out-of-fold AUC: it trains on val_part too
+        metrics["validation_auc"] = auc(val_part.labels, ranker.score(val_part.batch))
+    metrics["validation_auc_recall_score"] = auc(val_part.labels, val_part.batch.dense[:, 0])
+    return ranker, metrics
+
+
+def train_ranking(config: AppConfig, force: bool = False, progress: bool = True) -> ArtifactRef:
+    """Train the configured ranker on labelled recall candidates of the nested split and publish it with
+    the item statistics serving computes its features from (over the whole training part)."""
+    store = ArtifactStore(config.artifacts_dir)
+    data_fp = Dataset.fingerprint_of(config.data.path)
+    wanted = ranking_fingerprint(config, data_fp)
+    if (ref := reuse_current(store, RANKING, wanted, force)) is not None:
+        return ref
+    seed_everything(config.seed)
+    recall = require_current_recall(store, config, data_fp)
+    prep = prepare(config)
+    examples = ranking_training_examples(config, prep, recall)
+    ranker, metrics = fit_ranker(config, prep, examples, progress, config.ranking.type)
+    metrics["examples"] = float(len(examples.labels))
+    metrics["positive_rate"] = float(examples.labels.mean())
+    logger.info("ranker %s: %s", config.ranking.type, {k: round(v, 4) for k, v in metrics.items()})
+    parts = RankingParts(
+        ranker=ranker,
+        statistics=item_statistics(config, prep, prep.split.train),
+        ratings=rating_features(config, prep, prep.split.train),
+        preferences=als_features(config, prep, prep.split.train),
+    )
+    if parts.ratings is not None:
+        metrics |= {f"rating_{k}": v for k, v in parts.ratings.metrics.items()}
+    if parts.preferences is not None:
+        metrics |= parts.preferences.metrics
+    return store.publish(
+        RANKING,
+        parts.write,
+        fingerprint=wanted,
+        config=config.model_dump(mode="json"),
+        schema_version=SCHEMA_VERSION,
+        metrics=metrics,
+        parents={RECALL: recall.version},
+        extra={"dataset": {"name": prep.dataset.name, "fingerprint": data_fp}, "ranker": config.ranking.type},
+    )
