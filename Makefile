@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --disable-pip-version-check -q --upgrade pip
 	# torch first, pinned, so that pip takes the local CPU wheel and never a CUDA build
 	$(BIN)/python -m pip install --disable-pip-version-check -q torch==2.13.0
-	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[dev]'
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[cpu,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

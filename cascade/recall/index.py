@@ -13,7 +13,12 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import faiss
+try:
+    import faiss
+except ImportError as exc:  # neither extra installed: say which to pick rather than fail deep inside
+    raise ImportError(
+        "FAISS is not installed: pip install 'cascade-recsys[cpu]' (or '[gpu]' on a CUDA machine)"
+    ) from exc
 import numpy as np
 
 logger = logging.getLogger(__name__)
