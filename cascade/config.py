@@ -1,10 +1,11 @@
 """The app config: each component's config, composed into one model that one TOML file loads.
 
 Each section's fields are described beside the component that reads them: ``[data]`` in
-``cascade.data.config``, ``[features]`` in ``cascade.core.schema``, ``[recall]`` in ``cascade.recall.config``,
-``[ranking]`` in ``cascade.ranking.config`` (one sub-config per ranker), ``[rerank]`` in
-``cascade.rerank.config``. ``[serving]`` is here: it configures the deployment as a whole, which the server,
-the bench harness and the CLI all read, and this module sits below the server in the import layers.
+``cascade.data.config``, ``[features]`` in ``cascade.core.config`` (the feature schema's), ``[recall]`` in
+``cascade.recall.config``, ``[ranking]`` in ``cascade.ranking.config`` (one sub-config per ranker),
+``[rerank]`` in ``cascade.rerank.config``. ``[serving]`` is here: it configures the deployment as a whole,
+which the server, the bench harness and the CLI all read, and this module sits below the server in the
+import layers.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from cascade.core.config import ComponentConfig, read_config_file
-from cascade.core.schema import FeatureConfig
+from cascade.core.config import ComponentConfig, FeatureConfig, read_config_file
 from cascade.data.config import DataConfig
 from cascade.ranking.config import RankingConfig
 from cascade.recall.config import RecallConfig

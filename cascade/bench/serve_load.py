@@ -19,7 +19,6 @@ import logging
 import os
 import selectors
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -333,12 +332,6 @@ def _progress_bar(label: str, total: int) -> Iterator[Callable[[int], None]]:
         yield bar.update
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def running_service(
     config: AppConfig, log_path: Path, start_timeout_s: float = 1800.0
@@ -534,6 +527,53 @@ SYNTHETIC_SIZES = {
         "min_interactions": 50,
     }
 }
+
+
+def run(
+    config: AppConfig,
+    settings: LoadSettings,
+    scenario: str,
+    target: str | None,
+    json_path: Path,
+    progress: Callable[[str], None],
+) -> dict:
+    """`cascade bench serve`: the sweep against ``target`` (a service already running the scenario; with
+    ``balance`` requests, a comma-separated list of its processes' own addresses), or against the
+    scenario's service started in a child process (built first if need be, its log beside
+    ``json_path``); returns the report."""
+    serving = config.serving
+    context = {
+        "scenario": scenario,
+        "title": f"cascade bench serve: {config.data.dataset}, ranker {config.ranking.type}",
+        "server": f"{serving.processes} process(es) x {serving.workers} RPC threads, "
+        f"ranker precision {serving.ranker_precision}" + (f", external {target}" if target else ""),
+        "ranker": config.ranking.type,
+        "num_candidates": config.recall.num_candidates + config.recall.cooccurrence_candidates,
+        "history_length": config.features.history_length,
+    }
+    if target is None:
+        prepare_scenario(config, progress)
+    user_ids = scenario_user_ids(config)
+    pin_to_cpu(settings.pin_cpu)
+
+    def drive(address: str, pid: int | None) -> list[RateResult]:
+        if settings.balance != "requests":
+            return sweep(address, user_ids, settings, pid, progress)
+        addresses = address.split(",") if target is not None else serving.process_addresses()
+        if not addresses:
+            raise RuntimeError("--balance requests needs serving.process_ports in the scenario")
+        progress(f"balancing requests over {', '.join(addresses)}")
+        return sweep(addresses, user_ids, settings, pid, progress)
+
+    if target is not None:
+        results = drive(target, None)
+    else:
+        log = json_path.with_suffix(".server.log")
+        progress(f"starting the service ({context['server']}); its log: {log}")
+        with running_service(config, log) as (address, pid):
+            progress(f"service SERVING on {address}")
+            results = drive(address, pid)
+    return build_report(results, settings, context)
 
 
 def prepare_scenario(config: AppConfig, progress: Callable[[str], None]) -> None:

@@ -397,39 +397,7 @@ def bench_serve(
         seed=cfg.seed,
     )
     json_path = json_path or Path(f"benchmarks/results/serve-{cfg.data.dataset}.json")
-    say = _progress("bench serve")
-    context = {
-        "scenario": scenario,
-        "title": f"cascade bench serve: {cfg.data.dataset}, ranker {cfg.ranking.type}",
-        "server": f"{cfg.serving.processes} process(es) x {cfg.serving.workers} RPC threads, "
-        f"ranker precision {cfg.serving.ranker_precision}" + (f", external {target}" if target else ""),
-        "ranker": cfg.ranking.type,
-        "num_candidates": cfg.recall.num_candidates + cfg.recall.cooccurrence_candidates,
-        "history_length": cfg.features.history_length,
-    }
-    if target is None:
-        _run(serve_load.prepare_scenario, cfg, say)
-    user_ids = serve_load.scenario_user_ids(cfg)
-    serve_load.pin_to_cpu(pin_cpu)
-
-    def drive(address: str, pid: int | None) -> list:
-        if settings.balance != "requests":
-            return serve_load.sweep(address, user_ids, settings, pid, say)
-        addresses = address.split(",") if target is not None else cfg.serving.process_addresses()
-        if not addresses:
-            raise typer.BadParameter("--balance requests needs serving.process_ports in the scenario")
-        say(f"balancing requests over {', '.join(addresses)}")
-        return serve_load.sweep(addresses, user_ids, settings, pid, say)
-
-    if target is not None:
-        results = drive(target, None)
-    else:
-        log = json_path.with_suffix(".server.log")
-        say(f"starting the service ({context['server']}); its log: {log}")
-        with serve_load.running_service(cfg, log) as (address, pid):
-            say(f"service SERVING on {address}")
-            results = drive(address, pid)
-    report = serve_load.build_report(results, settings, context)
+    report = _run(serve_load.run, cfg, settings, scenario, target, json_path, _progress("bench serve"))
     _wrote(serve_load.write_outputs(report, json_path))
     console.print(report["summary"])
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,6 +25,22 @@ class ComponentConfig(BaseModel):
     """Base of every component's config: unknown keys rejected, values immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FeatureConfig(ComponentConfig):
+    """The feature schema's encoding (``cascade.core.schema``): kept here, apart from the schema's code,
+    so that loading a config imports no data library."""
+
+    max_genres: int = Field(6, ge=1, le=32, description="Genre lists are padded or truncated to this length.")
+    title_length: int = Field(
+        15, ge=1, le=64, description="Title word-id lists are padded/truncated to this."
+    )
+    history_length: int = Field(
+        50, ge=1, le=1000, description="Most recent interactions kept per user as behaviour history."
+    )
+    zip_prefix_length: int = Field(
+        2, ge=1, le=5, description="Leading zip-code characters kept as the user's region feature."
+    )
 
 
 def read_config_file(path: Path | str) -> dict[str, Any]:

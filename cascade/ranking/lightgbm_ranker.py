@@ -188,7 +188,8 @@ class LightGBMRanker(Ranker):
         }
         return metrics | {f"cv_ndcg@10_{name}": float(c.max()) for name, c in cv.curves.items()}
 
-    def _raw(self, batch: RankingBatch) -> np.ndarray:
+    def raw_scores(self, batch: RankingBatch) -> np.ndarray:
+        """(B,) the fold models' raw scores, averaged (before the Platt scaling)."""
         if not self.boosters:
             raise RuntimeError("the LightGBM ranker is not trained")
         features = self.features(batch)
@@ -196,7 +197,7 @@ class LightGBMRanker(Ranker):
 
     def score(self, batch: RankingBatch) -> np.ndarray:
         a, b = self.platt
-        return expit(a * self._raw(batch) + b).astype(np.float32)
+        return expit(a * self.raw_scores(batch) + b).astype(np.float32)
 
     def save(self, folder: Path) -> None:
         if not self.boosters:

@@ -1,1 +1,2 @@
-"""Recall stage: two-tower model, its training task, the FAISS index and popularity."""
+"""Recall stage: the two-tower model and its training, the FAISS index, the other channels and the candidate
+generator they share, baselines, the user tower's serving form, and the recall and index artifacts' files."""

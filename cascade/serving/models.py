@@ -40,6 +40,7 @@ class ServingModels:
     score: Callable[[RankingBatch], np.ndarray]  # the ranker's serving form: one request -> (B,) scores
     ranking_features: RankingFeatureBuilder
     history_length: int  # behaviours per user the models were trained on
+    num_candidates: int  # the two-tower channel's quota: what the index's search knob was tuned for
     versions: dict[str, str]
 
     @classmethod
@@ -94,6 +95,7 @@ class ServingModels:
                 preferences=ranking.preferences(),
             ),
             history_length=ranking.history_length,
+            num_candidates=index_bundle.tuned_for or config.recall.num_candidates,
             versions={RECALL: recall.version, INDEX: index_bundle.version, RANKING: ranking.version},
         )
 
@@ -118,10 +120,12 @@ def _warn_where_config_differs(
     wanted = min(config.recall.num_candidates, index.items)
     if index.tuned_for is not None and index.tuned_for != wanted:
         logger.warning(
-            "recall.num_candidates is %d, but index %s had its search knob tuned for %d candidates: its "
-            "recall against exact search was measured there (`cascade rebuild-index` tunes it anew)",
+            "recall.num_candidates is %d, but index %s had its search knob tuned for %d candidates, where "
+            "its recall against exact search was measured; serving asks it for %d (`cascade rebuild-index` "
+            "tunes it for the configured count)",
             config.recall.num_candidates,
             index.version,
+            index.tuned_for,
             index.tuned_for,
         )
     if ranking.trained_from != recall.version:

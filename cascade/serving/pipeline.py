@@ -94,14 +94,14 @@ class RecommendationPipeline:
         """Every channel's candidates for the user, merged and de-duplicated, and the two-tower query
         (None for anonymous users, who get popular items only). ``extra`` widens the two-tower quota."""
         if ctx.anonymous:
-            return merge_channels([self.popular(ctx.seen, self.config.recall.num_candidates + extra)]), None
+            return merge_channels([self.popular(ctx.seen, self.models.num_candidates + extra)]), None
         query = self.user_embedding(ctx)
         return self.channels(ctx, query, extra), query
 
     def channels(self, ctx: UserContext, query: np.ndarray, extra: int = 0) -> MergedCandidates:
         """The personal channels for a user with two-tower ``query`` (D,): the ANN, plus co-occurrence
         from recent items, or popular-in-segment for a user with no history."""
-        two_tower = self.two_tower(query, ctx.seen, self.config.recall.num_candidates + extra)
+        two_tower = self.two_tower(query, ctx.seen, self.models.num_candidates + extra)
         return self.models.channels.merge(two_tower, ctx.history, ctx.seen, ctx.row.gender, ctx.row.age)
 
     def recommend(self, ctx: UserContext, k: int, exclude: np.ndarray) -> Recommendation:

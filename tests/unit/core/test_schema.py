@@ -1,3 +1,5 @@
+"""The feature schema training and serving encode with."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -62,12 +64,12 @@ def test_id_lookup_by_table_agrees_with_binary_search():
     rng = np.random.default_rng(0)
     dense = np.sort(rng.choice(np.arange(0, 3000), size=1000, replace=False)).astype(np.int64)
     sparse = np.sort(rng.choice(10**12, size=1000, replace=False)).astype(np.int64)
-    assert FeatureSchema._dense_table(dense) is not None
-    assert FeatureSchema._dense_table(sparse) is None
-    assert FeatureSchema._dense_table(np.array([-1, 2], dtype=np.int64)) is None
+    assert FeatureSchema.dense_id_table(dense) is not None
+    assert FeatureSchema.dense_id_table(sparse) is None
+    assert FeatureSchema.dense_id_table(np.array([-1, 2], dtype=np.int64)) is None
     queries = np.concatenate([dense[::7], rng.integers(-50, 3200, 500), [-(2**40), 2**40, 0]])
-    by_table = FeatureSchema._lookup(dense, queries, FeatureSchema._dense_table(dense))
-    by_search = FeatureSchema._lookup(dense, queries)
+    by_table = FeatureSchema.lookup_ids(dense, queries, FeatureSchema.dense_id_table(dense))
+    by_search = FeatureSchema.lookup_ids(dense, queries)
     assert by_table.dtype == np.int64
     np.testing.assert_array_equal(by_table, by_search)
     assert (by_search[: len(dense[::7])] == np.arange(0, len(dense), 7) + 1).all()
@@ -112,14 +114,3 @@ def test_tables_are_indexed_by_schema_index_and_roundtrip_json():
     again = FeatureSchema.from_json(schema.to_json())
     assert np.array_equal(again.item_ids, schema.item_ids)
     assert again.title_vocab == schema.title_vocab and again.genres == schema.genres
-
-
-def test_csr_row_entries_lists_each_rows_entries_in_order():
-    from cascade.core.sparse import csr_row_entries
-
-    indptr = np.array([0, 2, 2, 5, 6])  # rows of 2, 0, 3 and 1 entries
-    position, entries = csr_row_entries(indptr, np.array([2, 1, 0, 2]))
-    assert entries.tolist() == [2, 3, 4, 0, 1, 2, 3, 4]
-    assert position.tolist() == [0, 0, 0, 2, 2, 3, 3, 3]
-    empty = csr_row_entries(indptr, np.array([], dtype=np.int64))
-    assert empty[0].tolist() == [] and empty[1].tolist() == []

@@ -4,6 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from cascade.config import AppConfig, load_config
+from cascade.ranking.config import DINConfig, LightGBMConfig, WideDeepConfig
 from cascade.training.ranking import ranking_fingerprint
 from cascade.training.recall import recall_fingerprint
 
@@ -65,3 +66,53 @@ def test_process_ports_name_each_process_and_stay_clear_of_the_shared_port():
         AppConfig.model_validate({"serving": {"port": 50072, "processes": 3, "process_ports": 50071}})
     with pytest.raises(ValidationError, match="process_ports"):
         AppConfig.model_validate({"serving": {"processes": 4, "process_ports": 65533}})
+
+
+def test_each_ranker_has_its_own_settings_chosen_by_type(tmp_path, monkeypatch):
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    path = tmp_path / "cascade.toml"
+    path.write_text('[ranking]\nals_factors = 8\n[ranking.model]\ntype = "din"\nepochs = 3\nitem_dim = 32\n')
+    ranking = load_config(path).ranking
+    assert (ranking.type, ranking.model.epochs, ranking.model.item_dim, ranking.als_factors) == (
+        "din",
+        3,
+        32,
+        8,
+    )
+    assert AppConfig().ranking.type == "lightgbm"
+    # a setting of another ranker is an unknown key of this one
+    path.write_text('[ranking.model]\ntype = "lightgbm"\nitem_dim = 32\n')
+    with pytest.raises(ValidationError, match="item_dim"):
+        load_config(path)
+    path.write_text('[ranking.model]\ntype = "xgboost"\n')
+    with pytest.raises(ValidationError, match="lightgbm"):
+        load_config(path)
+    # evaluate ranking trains every ranker: the chosen one with its settings, the others with defaults
+    assert ranking.with_ranker("din") is ranking
+    assert ranking.with_ranker("wide_deep").model == WideDeepConfig()
+    assert ranking.with_ranker("wide_deep").als_factors == 8
+
+
+def test_configs_from_before_the_per_ranker_split_still_load(tmp_path, monkeypatch, caplog):
+    """Flat [ranking] keys move to ranking.model when they belong to the chosen ranker; one of another
+    ranker (which that ranker never read) is dropped with a warning naming its new place."""
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    path = tmp_path / "old.toml"
+    path.write_text('[ranking]\ntype = "din"\nepochs = 3\ndin_item_dim = 32\nlgb_rounds = 10\nthreads = 1\n')
+    with caplog.at_level("WARNING", logger="cascade.ranking.config"):
+        ranking = load_config(path).ranking
+    assert ranking.model == DINConfig(epochs=3, item_dim=32) and ranking.threads == 1
+    assert "ranking.lgb_rounds (now ranking.model.rounds of lightgbm)" in caplog.text
+    # the repository's own cascade.toml before the split: lightgbm with the neural rankers' epochs
+    path.write_text('[ranking]\ntype = "lightgbm"\nepochs = 6\n')
+    assert load_config(path).ranking.model == LightGBMConfig()
+    assert "ranking.epochs (now ranking.model.epochs of din and wide_deep)" in caplog.text
+    path.write_text('[ranking]\nlgb_rounds = 20\nwide_crosses = [["gender", "genre"]]\n')
+    assert load_config(path).ranking.model == LightGBMConfig(rounds=20)
+    # old keys beside the new section: ambiguous, so refused with the new key named
+    path.write_text('[ranking]\nepochs = 3\n[ranking.model]\ntype = "din"\n')
+    with pytest.raises(ValidationError, match=r"ranking\.model\.epochs"):
+        load_config(path)
+    # a resolved config saved in an old artifact manifest (every flat key present) loads back
+    old = {"ranking": {"type": "wide_deep", "embedding_dim": 8, "din_item_dim": 48, "lgb_rounds": 300}}
+    assert AppConfig.model_validate(old).ranking.model == WideDeepConfig(embedding_dim=8)

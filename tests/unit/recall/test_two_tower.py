@@ -1,4 +1,4 @@
-"""The two-tower model, its training task and the other recall channels, on small real tensors."""
+"""The two-tower model: towers, training, cold start, and the user tower's serving form."""
 
 from __future__ import annotations
 
@@ -7,10 +7,7 @@ import pytest
 import torch
 
 from cascade.core.schema import FeatureSchema
-from cascade.data.split import temporal_split
 from cascade.data.synthetic import generate
-from cascade.recall.baselines import ALSParams, ALSRecommender, interaction_matrix
-from cascade.recall.channels import ChannelCandidates, CooccurrenceRules, SegmentPopularity, merge_channels
 from cascade.recall.config import RecallConfig
 from cascade.recall.text_cnn import TitleCNN
 from cascade.recall.training import InteractionSequences, embed_items, embed_users, train_two_tower
@@ -53,75 +50,6 @@ def test_history_before_holds_only_earlier_interactions_most_recent_first():
     gapped = seq.history_before(np.array([3]), 3, gap=np.array([1]))
     assert gapped.tolist() == [[12, 11, 0]]  # ends one interaction before the target's own
     assert seq.latest_history(np.array([1, 2, 3]), 2).tolist() == [[10, 13], [21, 20], [0, 0]]
-
-
-def test_cooccurrence_rules_have_exact_support_and_confidence():
-    # sequences per user (time order): u1: 1 2 3, u2: 1 2, u3: 1 4
-    user = np.array([1, 1, 1, 2, 2, 3, 3])
-    item = np.array([1, 2, 3, 1, 2, 1, 4])
-    rules = CooccurrenceRules.mine(user, item, 5, window=1, min_support=1, min_confidence=0.0, neighbours=10)
-    ys, conf, support = rules.rules_of(1)
-    assert ys.tolist() == [2, 4]  # 1 -> 2 twice (conf 2/3), 1 -> 4 once (conf 1/3); 1 -> 3 is 2 apart
-    assert support.tolist() == [2, 1]
-    assert conf.tolist() == pytest.approx([2 / 3, 1 / 3])
-    strict = CooccurrenceRules.mine(user, item, 5, window=1, min_support=2, min_confidence=0.5, neighbours=10)
-    assert strict.rules_of(1)[0].tolist() == [2] and strict.rules_of(4)[0].tolist() == []
-    got = rules.candidates(np.array([1]), blocked=np.array([4]), count=5)
-    assert got.items.tolist() == [2] and got.channel == "cooccurrence"
-
-
-def test_pair_rules_equal_a_lookup_of_each_rule():
-    rng = np.random.default_rng(11)
-    user = np.sort(rng.integers(0, 40, 1500))
-    item = rng.integers(1, 30, 1500)
-    rules = CooccurrenceRules.mine(user, item, 30, window=3, min_support=2, min_confidence=0.0, neighbours=6)
-    sources = np.array([4, 0, 17, 4, 29, 35])  # a repeat, padding and an index past the catalogue
-    targets = rng.permutation(np.arange(1, 30))[:12]
-    found = rules.pair_rules(sources, targets)
-    got = {
-        (h, c): (conf, supp)
-        for h, c, conf, supp in zip(
-            found.source.tolist(), found.target.tolist(), found.confidence.tolist(), found.support.tolist()
-        )
-    }
-    assert len(got) == len(found.source)  # each (source, target) pair once
-    expected = {}
-    for h, x in enumerate(sources.tolist()):
-        if not 0 < x < 30:
-            continue
-        for y, conf, supp in zip(*rules.rules_of(x)):
-            if y in targets:
-                expected[h, targets.tolist().index(y)] = (float(conf), int(supp))
-    assert expected and {0, 3} <= {h for h, _ in expected}  # not vacuous; the repeated source twice
-    assert got.keys() == expected.keys()
-    for pair, (conf, supp) in expected.items():
-        assert got[pair][0] == pytest.approx(conf, rel=1e-6) and got[pair][1] == supp
-    assert len(rules.pair_rules(np.array([0]), np.array([], dtype=np.int64)).source) == 0
-    assert len(rules.pair_rules(np.array([0, 35]), targets).source) == 0
-
-
-def test_merge_keeps_the_first_channels_tag_and_score():
-    merged = merge_channels(
-        [
-            ChannelCandidates(np.array([5, 3]), np.array([0.9, 0.8], dtype=np.float32), "two_tower"),
-            ChannelCandidates(
-                np.array([3, 7, 0]), np.array([0.5, 0.4, 0.3], dtype=np.float32), "cooccurrence"
-            ),
-        ]
-    )
-    assert merged.items.tolist() == [5, 3, 7]
-    assert merged.names().tolist() == ["two_tower", "two_tower", "cooccurrence"]
-    assert merged.channel_scores.tolist() == pytest.approx([0.9, 0.8, 0.4])
-
-
-def test_segment_popularity_is_per_gender_and_age_with_an_overall_fallback():
-    gender = np.array([0, 0, 0, 1, 1])
-    age = np.array([2, 2, 2, 3, 3])
-    item = np.array([1, 1, 2, 3, 3])
-    seg = SegmentPopularity.count(gender, age, item, num_items=4, top=3)
-    assert seg.candidates(0, 2, np.array([]), 3).items.tolist() == [1, 2]
-    assert seg.candidates(1, 3, np.array([]), 3).items.tolist() == [3]
-    assert seg.candidates(2, 7, np.array([1]), 3).items.tolist() == [3, 2]  # empty segment: overall
 
 
 @pytest.fixture(scope="module")
@@ -177,29 +105,10 @@ def test_model_roundtrips_through_safetensors(tmp_path, trained):
         assert torch.equal(x, y), name
 
 
-def test_user_tower_serving_path_equals_the_training_path(trained):
-    """Without autograd the user tower runs its layers as plain functions with the position projection
-    folded; it must compute the same vectors, padded and empty histories included."""
-    _, schema, users, *_, result = trained
-    tower = result.model.user_tower
-    rows = np.arange(1, 9)
-    names = ("user", "gender", "age", "occupation", "zip")
-    fields = [torch.from_numpy(getattr(users, name)[rows]) for name in names]
-    history = torch.from_numpy(np.random.default_rng(4).integers(1, schema.num_items, (8, 10)))
-    history[2, 3:] = 0
-    history[5] = 0
-    with torch.no_grad():
-        served = tower(*fields, history)
-    with torch.enable_grad():
-        trained_path = tower(*fields, history)
-    assert trained_path.requires_grad
-    torch.testing.assert_close(served, trained_path.detach(), atol=1e-6, rtol=1e-5)
-
-
 def _encoder_matches_the_tower(model: TwoTowerModel, fields: np.ndarray, history: np.ndarray) -> None:
     """fields (N, 5) user/gender/age/occupation/zip indices, history (N, L): the numpy encoder, one user at
     a time, against the tower's batched forward."""
-    encoder = UserQueryEncoder(model.user_tower)
+    encoder = UserQueryEncoder.from_tower(model.user_tower)
     with torch.no_grad():
         expected = model.user_tower(*torch.from_numpy(fields).T, torch.from_numpy(history)).numpy()
     served = np.stack([encoder(*map(int, f), h) for f, h in zip(fields, history)])
@@ -221,7 +130,7 @@ def test_the_numpy_user_query_encoder_equals_the_trained_tower(trained):
     history[5] = 0
     fields[6, 0] = 0  # the unknown-user row
     _encoder_matches_the_tower(result.model, fields, history)
-    encoder = UserQueryEncoder(result.model.user_tower)
+    encoder = UserQueryEncoder.from_tower(result.model.user_tower)
     shorter = encoder(*map(int, fields[0]), history[0, :3])  # fewer slots than the tower's length
     with torch.no_grad():
         padded = np.pad(history[0, :3], (0, length - 3))
@@ -290,26 +199,3 @@ def test_a_new_user_embedded_from_demographics_alone_beats_chance(trained):
     )
     share_random = 50 / (schema.num_items - 1)
     assert hit > 1.3 * share_random  # topic priors depend on demographics: better than random items
-
-
-def test_als_baseline_beats_popularity_on_held_out_interactions():
-    data = generate(num_users=300, num_items=400, num_interactions=20_000, seed=5)
-    schema = FeatureSchema.fit(data.users, data.items, 3, 4)
-    split = temporal_split(data.interactions, 0.2)
-    matrix = interaction_matrix(
-        schema.user_index(split.train["user_id"]),
-        schema.item_index(split.train["item_id"]),
-        (schema.num_users, schema.num_items),
-    )
-    positives = {u: schema.item_index(v) for u, v in split.positives(1.0).items()}
-    users = np.array(sorted(positives))
-    als = ALSRecommender(ALSParams(factors=16, regularization=0.1, alpha=10.0), seed=0).fit(matrix)
-    found = als.recommend(schema.user_index(users), 50)
-    popular = np.argsort(-np.asarray(matrix.sum(axis=0)).ravel())
-    seen = {u: set(matrix[schema.user_index([u])[0]].indices) for u in users}
-    hits_als = np.mean([np.isin(positives[u], f).mean() for u, f in zip(users, found)])
-    hits_pop = np.mean(
-        [np.isin(positives[u], [i for i in popular if i not in seen[u]][:50]).mean() for u in users]
-    )
-    assert hits_als > hits_pop
-    assert all(not set(f.tolist()) & seen[u] for u, f in zip(users, found))  # seen items filtered
