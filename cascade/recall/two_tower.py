@@ -100,13 +100,12 @@ class HistoryAttentionPooling(nn.Module):
         self.score = nn.Linear(attention_dim, 1, bias=False)
 
     def forward(self, embeddings: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        length = ids.shape[1]
-        keys = embeddings + self.position.weight[:length].unsqueeze(0)
-        logits = self.score(torch.tanh(self.project(keys))).squeeze(-1)  # (B, L)
-        valid = ids > 0
-        logits = logits.masked_fill(~valid, float("-inf"))
+        # W [e_j; p_j] + b as W e_j + (W p_j + b): the positions' share is (L, A) whatever the batch
+        positions = F.linear(self.position.weight[: ids.shape[1]], self.project.weight, self.project.bias)
+        hidden = torch.tanh(torch.matmul(embeddings, self.project.weight.t()) + positions)  # (B, L, A)
+        logits = torch.matmul(hidden, self.score.weight[0]).masked_fill(ids <= 0, float("-inf"))
         weights = torch.softmax(logits, dim=1).nan_to_num(0.0)  # all-padding rows -> zeros, not NaN
-        return (weights.unsqueeze(-1) * embeddings).sum(dim=1)
+        return torch.bmm(weights.unsqueeze(1), embeddings).squeeze(1)  # (B, D)
 
 
 class UserTower(nn.Module):
