@@ -39,6 +39,26 @@ def test_history_attention_ignores_padding_and_empty_history_is_zero():
     assert torch.all(out[1] == 0)
 
 
+def test_history_attention_is_its_definition_and_trains():
+    """softmax_j(v . tanh(W [e_j + p_j] + b)) over the non-padding slots, weights applied to e_j; the
+    pooling's rearranged form equals it and passes gradients to every weight."""
+    torch.manual_seed(1)
+    pool = HistoryAttentionPooling(dim=8, max_length=6)
+    emb = torch.randn(3, 6, 8, requires_grad=True)
+    ids = torch.tensor([[4, 2, 7, 1, 3, 5], [9, 0, 3, 0, 0, 0], [0, 0, 0, 0, 0, 0]])
+    keys = emb + pool.position.weight.unsqueeze(0)
+    logits = (
+        torch.tanh(keys @ pool.project.weight.t() + pool.project.bias) @ pool.score.weight[0]
+    ).masked_fill(ids == 0, float("-inf"))
+    weights = torch.softmax(logits, dim=1).nan_to_num(0.0)
+    expected = (weights.unsqueeze(-1) * emb).sum(1)
+    out = pool(emb, ids)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-5)
+    out.sum().backward()
+    for name, parameter in pool.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
 def test_history_before_holds_only_earlier_interactions_most_recent_first():
     users = np.array([1, 1, 1, 1, 2, 2])
     items = np.array([10, 11, 12, 13, 20, 21])
