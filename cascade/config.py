@@ -59,8 +59,8 @@ class ServingConfig(ComponentConfig):
         "float32",
         description="Precision of DIN's matrix products when serving (the attention's pair product and the "
         "MLP's layers): bfloat16 multiplies bf16 operands with float32 accumulation, faster on CPUs with "
-        "AVX512-BF16 and on GPUs; scores then differ from float32 by about 1e-3. Other rankers serve in "
-        "float32.",
+        "AVX512-BF16 and on GPUs, and many times slower on CPUs without bfloat16 instructions, where torch "
+        "emulates it; scores then differ from float32 by about 1e-3. Other rankers serve in float32.",
     )
     processes: int = Field(
         1,
