@@ -136,6 +136,11 @@ class ArtifactBundle:
         """The resolved app config the artifact was built with."""
         return self.ref.manifest["config"]
 
+    @property
+    def history_length(self) -> int:
+        """Behaviours per user the artifact was built with (the config's features.history_length then)."""
+        return int(self.config["features"]["history_length"])
+
     def parent(self, kind: str) -> str | None:
         """The version of ``kind`` this artifact was built from."""
         return self.ref.manifest.get("parents", {}).get(kind)

@@ -58,11 +58,6 @@ class RankingBundle(ArtifactBundle):
         """The recall version whose candidates the ranker was trained on."""
         return self.parent("recall")
 
-    @property
-    def history_length(self) -> int:
-        """Behaviours per user the ranker's features were built from."""
-        return int(self.config["features"]["history_length"])
-
     @cached_property
     def ranker(self) -> Ranker:
         return load_ranker(self.ref.path)

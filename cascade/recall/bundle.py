@@ -91,11 +91,6 @@ class RecallBundle(ArtifactBundle):
     KIND = RECALL
 
     @property
-    def history_length(self) -> int:
-        """Behaviours per user the models were trained on (the config's features.history_length then)."""
-        return int(self.config["features"]["history_length"])
-
-    @property
     def dataset_fingerprint(self) -> str | None:
         return self.ref.manifest.get("dataset", {}).get("fingerprint")
 

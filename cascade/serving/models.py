@@ -62,7 +62,7 @@ class ServingModels:
             RankingBundle(refs[RANKING]),
         )
         index_bundle.check_built_from(recall)
-        _warn_where_config_differs(config, recall, index_bundle, ranking)
+        _check_against_config(config, recall, index_bundle, ranking)
         schema, items = recall.schema, recall.items
         index = index_bundle.index()
         if index.size != schema.num_items - 1:
@@ -100,10 +100,11 @@ class ServingModels:
         )
 
 
-def _warn_where_config_differs(
+def _check_against_config(
     config: AppConfig, recall: RecallBundle, index: IndexBundle, ranking: RankingBundle
 ) -> None:
-    """Serving follows the artifacts; a live config that says otherwise is worth an operator's look."""
+    """Refuse a recall and a ranker trained on different history lengths; otherwise serving follows the
+    artifacts, and a live config that says otherwise is logged for an operator's look."""
     if recall.history_length != ranking.history_length:
         raise ArtifactError(
             f"recall {recall.version} was trained on {recall.history_length} behaviours per user, ranking "

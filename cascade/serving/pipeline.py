@@ -3,7 +3,6 @@ offline evaluation."""
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 
@@ -21,8 +20,6 @@ from cascade.recall.channels import (
 )
 from cascade.rerank.rules import Reranker
 from cascade.serving.models import ServingModels
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

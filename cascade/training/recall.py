@@ -10,7 +10,7 @@ import numpy as np
 
 from cascade.config import AppConfig
 from cascade.core.artifacts import ArtifactRef, ArtifactStore, fingerprint
-from cascade.core.schema import SCHEMA_VERSION, USER_FIELDS
+from cascade.core.schema import SCHEMA_VERSION, USER_FIELDS, UserFeatures
 from cascade.core.seeding import seed_everything
 from cascade.data.dataset import Dataset
 from cascade.recall.bundle import RECALL, QuerySample, RecallParts
@@ -97,7 +97,7 @@ def _query_sample(config: AppConfig, prep: Prepared, task: RecallTask, count: in
     rng = np.random.default_rng(config.seed)
     pick = rng.choice(len(task.rows), size=min(count, len(task.rows)), replace=False)
     rows = task.rows[pick]
-    users = type(prep.users)(**{name: getattr(prep.users, name)[rows] for name in USER_FIELDS})
+    users = UserFeatures(**{name: getattr(prep.users, name)[rows] for name in USER_FIELDS})
     return QuerySample(users, task.history[pick])
 
 
