@@ -22,6 +22,7 @@ run: $(STAMP)
 	$(CASCADE) train recall
 	$(CASCADE) rebuild-index --if-stale
 	$(CASCADE) train ranking
+	$(CASCADE) features load --if-changed
 	$(CASCADE) serve
 
 test: $(STAMP)

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cascade.core.artifacts import ArtifactStore
 from cascade.core.config import ComponentConfig, FeatureConfig, read_config_file
 from cascade.data.config import DataConfig
 from cascade.ranking.config import RankingConfig
@@ -25,12 +27,100 @@ from cascade.rerank.config import RerankConfig
 
 DEFAULT_CONFIG_FILE = "cascade.toml"
 CONFIG_ENV_VAR = "CASCADE_CONFIG"
+ENV_PREFIX = "CASCADE_"
+ENV_NESTED_DELIMITER = "__"
+
+
+class FeatureStoreConfig(ComponentConfig):
+    """How serving treats the online feature store (Redis) when it is down or slow."""
+
+    timeout_ms: float = Field(
+        250.0,
+        gt=0,
+        description="Bound on every Redis call (connect, read, write); never retried by the client itself.",
+    )
+    read_share: float = Field(
+        0.4,
+        gt=0,
+        le=1,
+        description="Share of a Recommend's remaining deadline that reading the user's features may take; "
+        "past it the request goes on without waiting (degraded) and the read finishes in the background.",
+    )
+    read_threads: int = Field(8, ge=1, description="Threads reading user features from Redis.")
+    max_pending_reads: int = Field(
+        64, ge=1, description="Reads in flight at most; beyond, requests answer without the store (degraded)."
+    )
+    breaker_failures: int = Field(
+        3, ge=1, description="Consecutive failed Redis calls that open the circuit breaker."
+    )
+    breaker_reset_s: float = Field(
+        0.5,
+        gt=0,
+        description="Seconds an open breaker refuses calls before it lets a trial call through; a probe "
+        "pings Redis that often while the breaker is open, so it closes soon after Redis returns.",
+    )
+    stale_cache_size: int = Field(
+        20_000,
+        ge=0,
+        description="Users whose last features read is kept in-process, to answer them personalised "
+        "(flagged stale_features) while Redis cannot.",
+    )
+    stale_max_age_s: float = Field(
+        900.0, gt=0, description="Oldest cached features served while Redis cannot answer."
+    )
 
 
 class ServingConfig(ComponentConfig):
     host: str = Field("127.0.0.1", description="Address the gRPC server binds.")
     port: int = Field(50051, ge=0, le=65535, description="Port the gRPC server binds; 0 picks a free one.")
-    workers: int = Field(8, ge=1, description="Threads serving requests.")
+    workers: int = Field(
+        8,
+        ge=1,
+        description="Recommend requests computed at once; others wait in the queue (`queue_size`).",
+    )
+    similar_items_workers: int = Field(4, ge=1, description="SimilarItems requests computed at once.")
+    record_event_workers: int = Field(4, ge=1, description="RecordEvent requests computed at once.")
+    queue_size: int = Field(
+        16,
+        ge=0,
+        description="Requests of each method waiting for one of its workers; a request beyond it is "
+        "refused at once with RESOURCE_EXHAUSTED, so an overloaded server sheds load instead of "
+        "answering everyone late. Each method has its own workers and queue: one stalled never delays "
+        "another, nor health checks.",
+    )
+    max_queue_wait_ms: float = Field(
+        1000.0,
+        gt=0,
+        description="Longest a request waits in the queue (less when its deadline is nearer) before "
+        "RESOURCE_EXHAUSTED.",
+    )
+    deadline_margin_ms: float = Field(
+        1.0,
+        ge=0,
+        description="Time kept back from each call's deadline for the answer to reach the caller.",
+    )
+    event_dedupe_window_s: int = Field(
+        86_400,
+        ge=0,
+        description="How long a RecordEvent's event_id is remembered: a retry within it is recorded "
+        "once. 0 turns de-duplication off.",
+    )
+    drain_s: float = Field(
+        5.0,
+        ge=0,
+        description="On SIGTERM: seconds health says NOT_SERVING while the port still answers, so "
+        "balancers stop sending before the port closes.",
+    )
+    shutdown_grace_s: float = Field(
+        10.0, ge=0, description="After the drain: seconds in-flight requests get to finish."
+    )
+    validate_artifacts_in_child: bool = Field(
+        True,
+        description="Parse every file of a newly published version in a child process before loading it, "
+        "so that a corrupt file that crashes a native parser (LightGBM's, FAISS's) kills the child, "
+        "not the server.",
+    )
+    feature_store: FeatureStoreConfig = Field(default_factory=FeatureStoreConfig)
     max_k: int = Field(200, ge=1, description="Largest k a Recommend request may ask for.")
     max_exclude_ids: int = Field(1000, ge=0, description="Most exclude_item_ids one request may carry.")
     redis_url: str | None = Field(
@@ -38,6 +128,12 @@ class ServingConfig(ComponentConfig):
     )
     embedded_redis_path: Path = Field(
         Path("var/redis/cascade.db"), description="Database file of the embedded Redis server."
+    )
+    embedded_redis_fsync: Literal["always", "everysec"] = Field(
+        "always",
+        description="When the embedded Redis fsyncs its append-only log: always (before any reply, so an "
+        "acknowledged event survives any crash) or everysec (faster writes; a crash of redis-server or "
+        "of the machine can lose the last ~2 s of acknowledged events).",
     )
     user_cache_size: int = Field(100_000, ge=0, description="User feature rows cached in-process.")
     user_cache_ttl_s: float = Field(60.0, ge=0, description="Seconds a cached user feature row stays valid.")
@@ -112,6 +208,12 @@ class ServingConfig(ComponentConfig):
 class AppConfig(ComponentConfig):
     seed: int = Field(42, description="The one seed for numpy, torch and FAISS.")
     artifacts_dir: Path = Field(Path("artifacts"), description="Root of the versioned artifact store.")
+    artifact_signing_key_file: Path | None = Field(
+        None,
+        description="File holding a secret key: every artifact published is signed with it (HMAC-SHA256 of "
+        "its manifest) and every artifact read must carry a valid signature, so that a file changed and "
+        "its manifest re-sealed by someone without the key is refused. Unset: no signatures.",
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     recall: RecallConfig = Field(default_factory=RecallConfig)
@@ -119,13 +221,38 @@ class AppConfig(ComponentConfig):
     rerank: RerankConfig = Field(default_factory=RerankConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
 
+    def artifact_store(self) -> ArtifactStore:
+        """The artifact store at ``artifacts_dir``, signing and checking with the configured key."""
+        key = None
+        if self.artifact_signing_key_file is not None:
+            key = self.artifact_signing_key_file.read_bytes().strip()
+            if len(key) < 16:
+                raise ValueError(
+                    f"artifact_signing_key_file: {self.artifact_signing_key_file} holds under 16 bytes"
+                )
+        return ArtifactStore(self.artifacts_dir, signing_key=key)
+
     def resolved_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
 
 
+class _EnvironmentConfig(AppConfig, BaseSettings):
+    """AppConfig with every key also read from the environment, where it wins over the file:
+    ``CASCADE_SEED``, ``CASCADE_SERVING__PORT``, ``CASCADE_SERVING__FEATURE_STORE__TIMEOUT_MS``, ... (a
+    misspelt nested key fails like one in the file)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_NESTED_DELIMITER, extra="forbid", frozen=True
+    )
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, **_unused):  # type: ignore[override]
+        return (env_settings, init_settings)
+
+
 def load_config(path: Path | str | None = None) -> AppConfig:
-    """Load the app config from TOML (or JSON); ``REDIS_URL`` in the environment overrides
-    ``serving.redis_url``.
+    """Load the app config from TOML (or JSON), then the environment over it: ``CASCADE_<SECTION>__<KEY>``
+    for every key, and ``REDIS_URL`` for ``serving.redis_url`` (below ``CASCADE_SERVING__REDIS_URL``).
 
     Without a path, ``$CASCADE_CONFIG`` is used, else ``./cascade.toml`` if present, else the defaults.
     """
@@ -138,4 +265,4 @@ def load_config(path: Path | str | None = None) -> AppConfig:
     redis_url = os.environ.get("REDIS_URL")
     if redis_url:
         raw.setdefault("serving", {})["redis_url"] = redis_url
-    return AppConfig.model_validate(raw)
+    return AppConfig.model_validate(_EnvironmentConfig(**raw).model_dump())

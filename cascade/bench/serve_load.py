@@ -347,8 +347,16 @@ def running_service(
         config_path = Path(tmp) / "config.json"
         config_path.write_text(config.model_dump_json(indent=2))
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        cli = [sys.executable, "-m", "cascade.cli", "--config", str(config_path)]
+        subprocess.run(
+            [*cli, "features", "load", "--if-changed"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            check=True,
+        )
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cascade.cli", "--config", str(config_path), "serve"],
+            [*cli, "serve"],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

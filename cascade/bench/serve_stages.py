@@ -18,7 +18,6 @@ from cascade.bench import report as report_io
 from cascade.bench.report import percentiles
 from cascade.bench.serve_load import STAGES
 from cascade.config import AppConfig
-from cascade.core.artifacts import ArtifactStore
 from cascade.serving.api import recommender_pb2 as pb
 from cascade.serving.feature_store.base import OnlineFeatureStore
 from cascade.serving.models import ServingModels
@@ -47,7 +46,7 @@ def run(
     from cascade.serving.app import configure_serving_process
 
     configure_serving_process(config)
-    models = ServingModels.load(ArtifactStore(config.artifacts_dir), config)
+    models = ServingModels.load(config.artifact_store(), config)
     service = RecommenderService(config, store)
     service.install(models)
     rng = np.random.default_rng(settings.seed)

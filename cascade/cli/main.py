@@ -1,4 +1,8 @@
-"""The ``cascade`` command line. Stage code is imported inside each command, so ``--help`` is instant."""
+"""The ``cascade`` command line. Stage code is imported inside each command, so ``--help`` is instant.
+
+Exit codes: 0 success; 1 the command failed (the reason on stderr, one line); 2 bad usage (an unknown
+option, a missing argument); 130 interrupted. Logs go to stderr; ``--json`` output to stdout is JSON only.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.table import Table
 
 from cascade.config import AppConfig, load_config
@@ -25,9 +28,14 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: JSON + PNG + mar
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
 app.add_typer(evaluate_app, name="evaluate")
+features_app = typer.Typer(no_args_is_help=True, help="The online feature store (Redis).")
+config_app = typer.Typer(no_args_is_help=True, help="The configuration.")
 app.add_typer(bench_app, name="bench")
+app.add_typer(features_app, name="features")
+app.add_typer(config_app, name="config")
 
 console = Console()
+error_console = Console(stderr=True)
 logger = logging.getLogger("cascade")
 _state: dict[str, AppConfig] = {}
 
@@ -41,14 +49,20 @@ ConfigOption = Annotated[
 def main(
     config: ConfigOption = None,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
+    log_format: Annotated[
+        str, typer.Option(help="Log lines as text or json; auto: json unless stderr is a terminal.")
+    ] = "auto",
 ) -> None:
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)],
-    )
+    from cascade.core.logs import configure_logging
+
+    if log_format not in ("auto", "json", "text"):
+        raise typer.BadParameter("must be auto, json or text", param_hint="--log-format")
+    configure_logging(log_level.upper(), log_format)  # type: ignore[arg-type]
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it logs its CPU-feature probing at INFO
-    cfg = load_config(config)
+    try:
+        cfg = load_config(config)
+    except (OSError, ValueError) as exc:
+        _fail(f"config: {exc}")
     _state["config"] = cfg
     logger.debug("resolved config:\n%s", cfg.resolved_json())
 
@@ -58,7 +72,7 @@ def _config() -> AppConfig:
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    error_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=1)
 
 
@@ -175,6 +189,40 @@ def serve() -> None:
     _run(serve_forever, cfg, ready)
 
 
+@features_app.command("load")
+def features_load(
+    if_changed: Annotated[
+        bool, typer.Option(help="Do nothing when this data set and history length are loaded already.")
+    ] = False,
+) -> None:
+    """Merge the configured data set's users into the feature store: profiles, histories (with the events
+    recorded online, never deleting one) and seen sets. Safe to run while serving and from several places
+    at once (one loads, the others wait)."""
+    from cascade.serving.app import load_features, open_feature_store
+
+    cfg = _config()
+
+    def load() -> bool:
+        with open_feature_store(cfg) as store:
+            return load_features(cfg, store, if_changed=if_changed)
+
+    loaded = _run(load)
+    console.print("features loaded" if loaded else "features already loaded; nothing to do")
+
+
+@config_app.command("show")
+def config_show() -> None:
+    """The resolved config (file, then environment, then defaults) as JSON."""
+    print(_config().resolved_json())
+
+
+@config_app.command("schema")
+def config_schema() -> None:
+    """The JSON schema of the config: every key with its type, default and description. Every key can
+    also be set from the environment: CASCADE_<SECTION>__<KEY>, e.g. CASCADE_SERVING__PORT=50052."""
+    print(json.dumps(AppConfig.model_json_schema(), indent=2))
+
+
 @app.command("recommend")
 def recommend(
     user_id: Annotated[str, typer.Option(help="User id.")],
@@ -197,7 +245,7 @@ def recommend(
         except grpc.RpcError as exc:
             _fail(f"{exc.code().name}: {exc.details()}")
     if as_json:
-        console.print_json(json.dumps(MessageToDict(reply)))
+        print(json.dumps(MessageToDict(reply)))
         return
     table = Table(title=f"user {user_id}" + (" (new user)" if reply.new_user else ""))
     for col in ("#", "item_id", "title", "score", "source"):
@@ -207,6 +255,8 @@ def recommend(
     console.print(table)
     v = reply.model_versions
     console.print(f"models: recall {v.recall}, index {v.index}, ranking {v.ranking}")
+    if reply.degraded:
+        console.print(f"[yellow]degraded answer:[/] {', '.join(reply.degraded_reasons)}")
 
 
 JsonOption = Annotated[Path | None, typer.Option("--json", help="Also write the report here.")]
@@ -414,18 +464,49 @@ def bench_stages(
 ) -> None:
     """Each Recommend stage in-process (real Redis, real models, no gRPC), p50 / p99 / mean."""
     from cascade.bench import serve_load, serve_stages
-    from cascade.serving.app import ensure_features_loaded, open_feature_store
+    from cascade.serving.app import load_features, open_feature_store
 
     cfg = _scenario(scenario, precision=ranker_precision)
     json_path = json_path or Path(f"benchmarks/results/stages-{cfg.data.dataset}.json")
     say = _progress("bench stages")
     _run(serve_load.prepare_scenario, cfg, say)
     with open_feature_store(cfg) as store:
-        ensure_features_loaded(cfg, store)
+        load_features(cfg, store, if_changed=True)
         report = serve_stages.run(
             cfg, store, serve_load.scenario_user_ids(cfg), serve_stages.StageSettings(requests, k=k), say
         )
     _wrote(serve_stages.write_outputs(report, json_path))
+
+
+@bench_app.command("faults")
+def bench_faults(
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Report path; .png and .md beside it.")
+    ] = None,
+    scenario: ScenarioOption = "faults-movielens-100k",
+    rate: Annotated[float, typer.Option(help="Recommend requests per second, open loop.")] = 100.0,
+    outage_s: Annotated[float, typer.Option(help="Seconds Redis stays killed.")] = 10.0,
+    fuzz_requests: Annotated[int, typer.Option(help="Fuzzed requests over all RPCs.")] = 10_000,
+    ranker_precision: PrecisionOption = None,
+) -> None:
+    """The fault matrix: Redis killed and paused, short deadlines, 3x overload, republication, corrupt
+    artifacts, garbage bytes, fuzzing and SIGTERM, each under load against a served scenario."""
+    import tempfile
+
+    from cascade.bench import faults, serve_load
+
+    cfg = _scenario(scenario, precision=ranker_precision)
+    json_path = json_path or Path(f"benchmarks/results/faults-{cfg.data.dataset}.json")
+    say = _progress("bench faults")
+    _run(serve_load.prepare_scenario, cfg, say)
+    settings = faults.FaultSettings(rate=rate, outage_s=outage_s, fuzz_requests=fuzz_requests)
+    with tempfile.TemporaryDirectory(prefix="cascade-faults-") as work_dir:
+        report = _run(faults.run, cfg, settings, Path(work_dir), say)
+    _wrote(faults.write_outputs(report, json_path))
+    for row in report["rows"]:
+        console.print(
+            f"{'pass' if row['passed'] else '[bold red]MISS[/]'}  {row['fault']}: {row['measured']}"
+        )
 
 
 def _fmt(metrics: dict) -> str:

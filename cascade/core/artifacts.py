@@ -3,17 +3,23 @@
 Layout under the store root::
 
     <kind>/<version>/manifest.json   files with sha256, config, schema version, metrics, git commit
+    <kind>/<version>/manifest.sig    HMAC-SHA256 of manifest.json, when the store has a signing key
     <kind>/<version>/...             the artifact's files
     <kind>/CURRENT                   the published version's name
 
 A version is written into a hidden temp folder beside its final place, every file and the folder are
 fsynced, and only then is it renamed into place; CURRENT is switched with an atomic replace. A crash at any
 point leaves either the old state or the new one, never a half-written version.
+
+The sha256 of each file guards against corruption; it does not stop someone who can write to the store
+from changing a file and re-sealing the manifest. A store opened with a signing key signs every manifest it
+publishes and refuses to read one whose signature is missing or wrong.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -31,6 +37,7 @@ from cascade.core.errors import ArtifactError
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
 CURRENT = "CURRENT"
 _TMP_PREFIX = ".tmp-"
 
@@ -147,8 +154,25 @@ class ArtifactBundle:
 
 
 class ArtifactStore:
-    def __init__(self, root: Path | str):
+    def __init__(self, root: Path | str, signing_key: bytes | None = None):
+        """``signing_key``: sign published manifests and refuse unsigned or mis-signed ones on read."""
         self.root = Path(root)
+        self._signing_key = signing_key
+
+    def _signature(self, manifest_bytes: bytes) -> str:
+        assert self._signing_key is not None
+        return hmac.new(self._signing_key, manifest_bytes, hashlib.sha256).hexdigest()
+
+    def _check_signature(self, kind: str, version: str, path: Path, manifest_bytes: bytes) -> None:
+        if self._signing_key is None:
+            return
+        signature_path = path / SIGNATURE
+        if not signature_path.is_file():
+            raise ArtifactError(
+                f"artifact {kind}/{version} is not signed, and this store requires signatures"
+            )
+        if not hmac.compare_digest(signature_path.read_text().strip(), self._signature(manifest_bytes)):
+            raise ArtifactError(f"artifact {kind}/{version}: the manifest's signature does not match")
 
     def current(self, kind: str) -> ArtifactRef | None:
         pointer = self.root / kind / CURRENT
@@ -168,7 +192,13 @@ class ArtifactStore:
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
             raise ArtifactError(f"artifact {kind}/{version} has no manifest under {self.root}")
-        return ArtifactRef(kind, version, path, json.loads(manifest_path.read_text()))
+        manifest_bytes = manifest_path.read_bytes()
+        self._check_signature(kind, version, path, manifest_bytes)
+        try:
+            manifest = json.loads(manifest_bytes)
+        except ValueError as exc:
+            raise ArtifactError(f"artifact {kind}/{version}: unreadable manifest ({exc})") from None
+        return ArtifactRef(kind, version, path, manifest)
 
     def versions(self, kind: str) -> list[str]:
         folder = self.root / kind
@@ -255,10 +285,16 @@ class ArtifactStore:
                 "files": files,
                 **(extra or {}),
             }
-            with open(tmp / MANIFEST, "w") as fh:
-                json.dump(manifest, fh, indent=2, sort_keys=True)
+            manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
+            with open(tmp / MANIFEST, "wb") as fh:
+                fh.write(manifest_bytes)
                 fh.flush()
                 os.fsync(fh.fileno())
+            if self._signing_key is not None:
+                with open(tmp / SIGNATURE, "w") as fh:
+                    fh.write(self._signature(manifest_bytes) + "\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
             _fsync_path(tmp)
             final = kind_dir / version
             os.rename(tmp, final)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 
 class CascadeError(Exception):
-    """Base class. ``status`` is the name of a ``grpc.StatusCode`` member."""
+    """Base class. ``status`` is the name of a ``grpc.StatusCode`` member; ``retry_after_s``, when set,
+    tells a client how long to wait before retrying (sent as gRPC retry pushback and RetryInfo)."""
 
     status = "INTERNAL"
+    retry_after_s: float | None = None
 
 
 class InvalidArgumentError(CascadeError):
@@ -31,6 +33,30 @@ class NotReadyError(CascadeError):
     """Models or index are not loaded yet."""
 
     status = "UNAVAILABLE"
+    retry_after_s = 1.0
+
+
+class DependencyUnavailableError(CascadeError):
+    """A dependency (the feature store) is down or too slow; retryable after ``retry_after_s``."""
+
+    status = "UNAVAILABLE"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class OverloadedError(CascadeError):
+    """More requests than the server admits at once; shed before any work."""
+
+    status = "RESOURCE_EXHAUSTED"
+    retry_after_s = 0.1
+
+
+class DeadlineExceededError(CascadeError):
+    """The caller's deadline passed before the answer was ready; the work was dropped."""
+
+    status = "DEADLINE_EXCEEDED"
 
 
 class ArtifactError(CascadeError):

@@ -1,4 +1,5 @@
-"""Running the service: the online store (embedded or external Redis), its bulk load, and the server."""
+"""Running the service: the online store (embedded or external Redis), loading the data set into it
+(`cascade features load`, its own step like ``feast materialize``), and the server."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from cascade.config import AppConfig
 from cascade.core.artifacts import fingerprint
+from cascade.core.logs import configure_logging
 from cascade.data.dataset import Dataset
 from cascade.serving.feature_store import keys
 from cascade.serving.feature_store.embedded import EmbeddedRedis
@@ -33,9 +35,14 @@ def open_feature_store(config: AppConfig) -> Iterator[RedisFeatureStore]:
     embedded = None
     url = config.serving.redis_url
     if not url:
-        embedded = EmbeddedRedis(config.serving.embedded_redis_path)
+        embedded = EmbeddedRedis(config.serving.embedded_redis_path, config.serving.embedded_redis_fsync)
         url = embedded.url
-    store = RedisFeatureStore.from_url(url, config.serving.user_cache_size, config.serving.user_cache_ttl_s)
+    store = RedisFeatureStore.from_url(
+        url,
+        config.serving.user_cache_size,
+        config.serving.user_cache_ttl_s,
+        timeout_s=config.serving.feature_store.timeout_ms / 1e3,
+    )
     try:
         store.ping()
         yield store
@@ -45,18 +52,44 @@ def open_feature_store(config: AppConfig) -> Iterator[RedisFeatureStore]:
             embedded.stop()
 
 
-def ensure_features_loaded(config: AppConfig, store: RedisFeatureStore) -> bool:
-    """Bulk-load user profiles and full histories of the configured dataset unless that exact load is
-    already in Redis (events recorded since are then kept). Returns whether a load happened."""
-    path = config.data.path
-    marker = fingerprint(
-        "feature-load", keys.KEY_SCHEMA_VERSION, Dataset.fingerprint_of(path), config.features.history_length
+def features_marker(config: AppConfig) -> str:
+    """What a load of the configured data set writes when it completes: the key layout, the data set's
+    fingerprint and the history length."""
+    return fingerprint(
+        "feature-load",
+        keys.KEY_SCHEMA_VERSION,
+        Dataset.fingerprint_of(config.data.path),
+        config.features.history_length,
     )
-    if store.loaded_marker() == marker:
-        logger.info("Redis already holds this dataset's features (marker %s)", marker)
+
+
+def load_features(
+    config: AppConfig,
+    store: RedisFeatureStore,
+    if_changed: bool = True,
+    lock_wait_s: float = 600.0,
+) -> bool:
+    """Merge the configured data set's users into the store (see ``RedisFeatureStore.bulk_load``: events
+    recorded online are never deleted). With ``if_changed``, nothing happens when this exact load is in the
+    store already. One process loads at a time: another one waits for it to finish (then, with
+    ``if_changed``, has nothing left to do). Returns whether a load happened."""
+    marker = features_marker(config)
+    if if_changed and store.loaded_marker() == marker:
+        logger.info("the feature store already holds this data set's features (marker %s)", marker)
         return False
-    dataset = Dataset.load(path)
-    store.bulk_load(dataset.users, dataset.interactions, config.features.history_length, marker)
+    deadline = time.monotonic() + lock_wait_s
+    while (token := store.acquire_load_lock()) is None:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"another process has been loading features for over {lock_wait_s:.0f} s")
+        time.sleep(0.2)
+    try:
+        if if_changed and store.loaded_marker() == marker:  # loaded by the process we waited for
+            logger.info("another process loaded this data set's features (marker %s)", marker)
+            return False
+        dataset = Dataset.load(config.data.path)
+        store.bulk_load(dataset.users, dataset.interactions, config.features.history_length, marker)
+    finally:
+        store.release_load_lock(token)
     return True
 
 
@@ -113,22 +146,32 @@ def keep_large_allocations_on_the_heap(
     return bool(ok)
 
 
-def _stop_on_signals() -> threading.Event:
-    """An event that SIGINT or SIGTERM sets."""
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    return stop
+class ShutdownSignals:
+    """SIGINT or SIGTERM sets ``stop`` (a graceful stop: drain, then finish what is in flight); a second
+    one sets ``hurry`` too (cut the drain short)."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.hurry = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._received)
+
+    def _received(self, signum: int, _frame: object) -> None:
+        if self.stop.is_set():
+            self.hurry.set()
+        else:
+            logger.info("%s received: stopping gracefully", signal.Signals(signum).name)
+        self.stop.set()
 
 
 def _run_server(
     config: AppConfig,
     store: RedisFeatureStore,
-    stop: threading.Event,
+    signals: ShutdownSignals,
     on_ready: Callable[[int], None] | None,
     process_index: int = 0,
 ) -> None:
-    """One server in this process: bind, load the models, watch for new ones, serve until ``stop``."""
+    """One server in this process: bind, load the models, watch for new ones, serve until a signal."""
     configure_serving_process(config)
     server = CascadeServer(config, store, process_index=process_index, freeze_loaded_models=True)
     port = server.start()
@@ -137,27 +180,42 @@ def _run_server(
         server.watch_artifacts()
         if on_ready is not None:
             on_ready(port)
-        stop.wait()
+        signals.stop.wait()
     finally:
-        server.stop()
+        server.stop(hurry=signals.hurry)
+
+
+def warn_if_features_missing(config: AppConfig, store: RedisFeatureStore) -> None:
+    marker = store.loaded_marker()
+    if marker is None:
+        logger.warning(
+            "the feature store holds no loaded data set: users are served as new until "
+            "`cascade features load` runs"
+        )
+    elif marker != features_marker(config):
+        logger.warning(
+            "the feature store was loaded from another data set or history length than configured; "
+            "`cascade features load` merges the configured one in"
+        )
 
 
 def serve_forever(config: AppConfig, on_ready: Callable[[int], None] | None = None) -> None:
     """Run the service in the foreground until SIGINT/SIGTERM: in this process, or with
-    ``serving.processes`` > 1 in that many child processes sharing the port."""
-    stop = _stop_on_signals()
+    ``serving.processes`` > 1 in that many child processes sharing the port. Loads nothing into the
+    feature store (`cascade features load` does), so replicas starting together never touch user data."""
+    signals = ShutdownSignals()
     with open_feature_store(config) as store:
-        ensure_features_loaded(config, store)
+        warn_if_features_missing(config, store)
         if config.serving.processes > 1:
-            _serve_processes(config, store, stop, on_ready)
+            _serve_processes(config, store, signals, on_ready)
         else:
-            _run_server(config, store, stop, on_ready)
+            _run_server(config, store, signals, on_ready)
 
 
 def _serve_processes(
     config: AppConfig,
     store: RedisFeatureStore,
-    stop: threading.Event,
+    signals: ShutdownSignals,
     on_ready: Callable[[int], None] | None,
     start_timeout_s: float = 600.0,
 ) -> None:
@@ -189,7 +247,7 @@ def _serve_processes(
         deadline = time.monotonic() + start_timeout_s
         started: set[int] = set()
         while len(started) < len(children):
-            if stop.is_set():
+            if signals.stop.is_set():
                 return
             if one_exited():
                 raise RuntimeError("a server process exited while starting; see its log")
@@ -200,16 +258,21 @@ def _serve_processes(
         logger.info("%d server processes serving on port %d", len(children), config.serving.port)
         if on_ready is not None:
             on_ready(config.serving.port)
-        while not stop.wait(0.5):
+        while not signals.stop.wait(0.5):
             if one_exited():
                 logger.error("a server process exited; stopping the others")
                 break
     finally:
         for child in children:
             if child.is_alive():
-                os.kill(child.pid, signal.SIGTERM)
+                os.kill(child.pid, signal.SIGTERM)  # each drains, then finishes its calls in flight
+        if signals.hurry.is_set():
+            for child in children:
+                if child.is_alive():
+                    os.kill(child.pid, signal.SIGTERM)  # a second signal: cut the drain short
+        grace = config.serving.drain_s + config.serving.shutdown_grace_s + 5
         for child in children:
-            child.join(timeout=15)
+            child.join(timeout=grace)
             if child.is_alive():
                 child.kill()
                 child.join()
@@ -217,8 +280,8 @@ def _serve_processes(
 
 def _serve_child(config_json: str, index: int, ready: multiprocessing.Queue) -> None:
     """One of several server processes: its own models, thread pool and Redis connections."""
-    logging.basicConfig(level=logging.INFO, format=f"[server {index}] %(levelname)s %(name)s: %(message)s")
+    configure_logging(prefix=f"[server {index}] ")
     config = AppConfig.model_validate_json(config_json)
-    stop = _stop_on_signals()
+    signals = ShutdownSignals()
     with open_feature_store(config) as store:
-        _run_server(config, store, stop, lambda _port: ready.put(index), process_index=index)
+        _run_server(config, store, signals, lambda _port: ready.put(index), process_index=index)

@@ -37,26 +37,42 @@ class CascadeClient:
         age: int = 0,
         occupation: str = "",
         zip_code: str = "",
+        budget_ms: int = 0,
+        timeout_s: float | None = None,
     ) -> pb.RecommendResponse:
+        """``timeout_s``: this call's deadline (default: the client's)."""
         request = pb.RecommendRequest(
             user_id=str(user_id),
             k=k,
             exclude_item_ids=[str(i) for i in exclude_item_ids],
             request_id=request_id,
             demographics=pb.Demographics(gender=gender, age=age, occupation=occupation, zip_code=zip_code),
+            budget_ms=budget_ms,
         )
-        return self._stub.Recommend(request, timeout=self.timeout_s)
+        return self._stub.Recommend(request, timeout=self.timeout_s if timeout_s is None else timeout_s)
 
     def similar_items(self, item_id: str | int, k: int = 10, request_id: str = "") -> pb.SimilarItemsResponse:
         request = pb.SimilarItemsRequest(item_id=str(item_id), k=k, request_id=request_id)
         return self._stub.SimilarItems(request, timeout=self.timeout_s)
 
     def record_event(
-        self, user_id: str | int, item_id: str | int, event_type: str | int = "view", timestamp: int = 0
+        self,
+        user_id: str | int,
+        item_id: str | int,
+        event_type: str | int = "view",
+        timestamp: int = 0,
+        event_id: str = "",
+        rating: float = 0.0,
     ) -> pb.RecordEventResponse:
+        """``event_id``: an idempotency key, so that a retry is recorded once; ``rating``: a RATE's value."""
         code = EVENT_TYPES[event_type] if isinstance(event_type, str) else event_type
         request = pb.RecordEventRequest(
-            user_id=str(user_id), item_id=str(item_id), event_type=code, timestamp=timestamp
+            user_id=str(user_id),
+            item_id=str(item_id),
+            event_type=code,
+            timestamp=timestamp,
+            event_id=event_id,
+            rating=rating,
         )
         return self._stub.RecordEvent(request, timeout=self.timeout_s)
 

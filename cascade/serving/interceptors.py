@@ -1,45 +1,142 @@
-"""The one place where errors become gRPC statuses."""
+"""The one place where an RPC is admitted, given its request id, and its errors become gRPC statuses."""
 
 from __future__ import annotations
 
 import logging
+import re
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import grpc
+from google.protobuf import duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from cascade.core.errors import CascadeError
+from cascade.core.errors import CascadeError, InvalidArgumentError, OverloadedError
+from cascade.core.logs import request_id_var
+from cascade.serving.admission import MethodAdmission
 from cascade.serving.metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
 
+REQUEST_ID_METADATA = "x-request-id"
+RETRY_PUSHBACK_METADATA = "grpc-retry-pushback-ms"  # what a gRPC client's retry policy waits for
+_STATUS_DETAILS_METADATA = "grpc-status-details-bin"
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 
-class ErrorInterceptor(grpc.ServerInterceptor):
-    """Maps CascadeError subclasses to their status; anything else is logged and becomes INTERNAL,
-    so no request can take the server down or leak a traceback to the caller. With ``metrics``, every RPC's
-    status code and server-side time are recorded there."""
 
-    def __init__(self, metrics: ServerMetrics | None = None):
+class _Undecodable:
+    """Stands in for a request whose bytes are not a valid message, so that the handler's wrapper answers
+    INVALID_ARGUMENT instead of grpc's INTERNAL with a logged traceback."""
+
+    def __init__(self, message_name: str, error: Exception):
+        self.message_name, self.error = message_name, error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None, message_name: str) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data) if deserializer is not None else data
+        except Exception as exc:  # protobuf raises DecodeError, and others on some malformed inputs
+            return _Undecodable(message_name, exc)
+
+    return deserialize
+
+
+class _RichStatus(grpc.Status):
+    def __init__(self, code: grpc.StatusCode, details: str, trailing_metadata: tuple):
+        self.code, self.details, self.trailing_metadata = code, details, trailing_metadata
+
+
+def rich_status(error: CascadeError) -> _RichStatus:
+    """The status of a CascadeError with google.rpc details: BadRequest naming the field of an
+    InvalidArgumentError, RetryInfo (and gRPC's retry pushback) for a retryable one."""
+    code = grpc.StatusCode[error.status]
+    details = []
+    metadata: list[tuple[str, Any]] = []
+    if isinstance(error, InvalidArgumentError):
+        violation = error_details_pb2.BadRequest.FieldViolation(field=error.field, description=str(error))
+        details.append(error_details_pb2.BadRequest(field_violations=[violation]))
+    if error.retry_after_s is not None:
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(max(int(error.retry_after_s * 1000), 1))
+        details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+        metadata.append((RETRY_PUSHBACK_METADATA, str(max(int(error.retry_after_s * 1000), 1))))
+    status = status_pb2.Status(code=getattr(code_pb2, error.status), message=str(error))
+    for detail in details:
+        status.details.add().Pack(detail)
+    metadata.append((_STATUS_DETAILS_METADATA, status.SerializeToString()))
+    return _RichStatus(code, str(error), tuple(metadata))
+
+
+def request_id_of(context: grpc.ServicerContext, request: Any) -> str:
+    """x-request-id metadata, else the request's own request_id field, else a new id."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_METADATA and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
+            return value
+    own = getattr(request, "request_id", "")
+    if own and _REQUEST_ID.fullmatch(own):
+        return own
+    return uuid.uuid4().hex
+
+
+class ServiceInterceptor(grpc.ServerInterceptor):
+    """For the methods of ``service`` (other services, health and reflection, pass untouched and uncounted):
+
+    - admission: each method's own ``MethodAdmission``; a request that finds it full is refused with
+      RESOURCE_EXHAUSTED before any work, one whose deadline passed while queued with DEADLINE_EXCEEDED;
+    - the request id in ``cascade.core.logs.request_id_var`` for every log line of the request;
+    - CascadeError becomes its status with rich details and one log line, bytes that are not a message
+      INVALID_ARGUMENT; anything else is a bug: logged with its traceback, INTERNAL to the caller;
+    - with ``metrics``, every RPC's status code and server-side time."""
+
+    def __init__(
+        self,
+        service: str,
+        admission: dict[str, MethodAdmission],
+        metrics: ServerMetrics | None = None,
+    ):
+        self.prefix = f"/{service}/"
+        self.admission = admission
         self.metrics = metrics
 
     def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
         method = handler_call_details.method
+        if handler is None or handler.unary_unary is None or not method.startswith(self.prefix):
+            return handler
         short_method = method.rsplit("/", 1)[-1]
         inner = handler.unary_unary
         metrics = self.metrics
+        gate = self.admission.get(short_method)
 
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
+            token = request_id_var.set(request_id_of(context, request))
             code = "OK"
+            admitted = False
             try:
+                if isinstance(request, _Undecodable):
+                    raise InvalidArgumentError("request", f"not a valid {request.message_name} message")
+                if gate is not None:
+                    admitted = gate.enter(context.time_remaining())
+                    if not admitted:
+                        remaining = context.time_remaining()
+                        if remaining is not None and remaining <= 0:
+                            code = "DEADLINE_EXCEEDED"
+                            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed while queued")
+                        if metrics is not None:
+                            metrics.shed.labels(short_method).inc()
+                        raise OverloadedError(f"{short_method}: server at capacity; retry later")
                 return inner(request, context)
             except CascadeError as exc:
                 code = exc.status
-                context.abort(grpc.StatusCode[exc.status], str(exc))
+                if code in ("UNAVAILABLE", "INTERNAL", "FAILED_PRECONDITION"):
+                    logger.warning("%s %s: %s", short_method, code, exc)
+                else:
+                    logger.info("%s %s: %s", short_method, code, exc)
+                context.abort_with_status(rich_status(exc))
             except Exception:
                 aborted = context.code()
                 if aborted not in (None, grpc.StatusCode.OK):
@@ -49,11 +146,14 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                 logger.exception("unhandled error in %s", method)
                 context.abort(grpc.StatusCode.INTERNAL, "internal error; see server log")
             finally:
+                if admitted:
+                    gate.leave()
                 if metrics is not None:
                     metrics.observe_request(short_method, code, time.perf_counter() - started)
+                request_id_var.reset(token)
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer, short_method + " request"),
             response_serializer=handler.response_serializer,
         )

@@ -1,12 +1,23 @@
-"""Prometheus metrics of one server process: request latency and status codes per method, and the time
-each Recommend stage took. Each server gets its own registry, so several servers in one process (tests)
-never clash."""
+"""Prometheus metrics of one server process: request latency and status codes per method (health checks
+are not traffic and are not counted), the time each Recommend stage took, degraded answers and shed
+requests, the feature store's breaker and cache, model versions and reload failures, and the process's own
+CPU, memory and file descriptors. Each server gets its own registry, so several servers in one process
+(tests) never clash."""
 
 from __future__ import annotations
 
 import logging
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +52,50 @@ class ServerMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
+
+        self.degraded = Counter(
+            "cascade_degraded_answers",
+            "Recommend answers worse than the full pipeline's, by reason (feature_store_unavailable, "
+            "stale_features, deadline_shrunk).",
+            ("reason",),
+            registry=self.registry,
+        )
+        self.shed = Counter(
+            "cascade_shed_requests",
+            "Requests refused with RESOURCE_EXHAUSTED because their method's workers and queue were full.",
+            ("method",),
+            registry=self.registry,
+        )
+        self.dropped_late = Counter(
+            "cascade_deadline_dropped_requests",
+            "Requests dropped because their deadline passed before the answer was ready.",
+            ("method",),
+            registry=self.registry,
+        )
+        self.breaker_state = Gauge(
+            "cascade_feature_store_breaker_state",
+            "The feature store's circuit breaker: 0 closed, 1 half-open, 2 open.",
+            registry=self.registry,
+        )
+        self.feature_lookups = Counter(
+            "cascade_feature_store_lookups",
+            "User feature reads by outcome: fresh (from Redis), stale (from the in-process cache while Redis "
+            "could not answer), miss (neither).",
+            ("outcome",),
+            registry=self.registry,
+        )
+        self.model_versions = Info(
+            "cascade_model_versions",
+            "The recall, index and ranking versions serving.",
+            registry=self.registry,
+        )
+        self.reload_failures = Counter(
+            "cascade_reload_failures",
+            "Published model sets refused (they failed to validate or load); each set is tried once.",
+            registry=self.registry,
+        )
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
 
     def observe_request(self, method: str, code: str, seconds: float) -> None:
         self.requests.labels(method, code).inc()

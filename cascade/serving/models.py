@@ -44,11 +44,14 @@ class ServingModels:
     versions: dict[str, str]
 
     @classmethod
-    def load(cls, store: ArtifactStore, config: AppConfig) -> ServingModels:
-        """The current recall, index and ranking versions, refused unless they load together. What
-        training fixed (the history length, the features) comes from the artifacts; where the live config
-        disagrees a warning says so and the artifacts win."""
-        refs = {kind: store.require(kind) for kind in SERVED_KINDS}
+    def load(
+        cls, store: ArtifactStore, config: AppConfig, versions: dict[str, str] | None = None
+    ) -> ServingModels:
+        """The given recall, index and ranking versions (default: ``served_versions``), refused unless they
+        load together. What training fixed (the history length, the features) comes from the artifacts;
+        where the live config disagrees a warning says so and the artifacts win."""
+        versions = served_versions(store) if versions is None else versions
+        refs = {kind: store.get(kind, versions[kind]) for kind in SERVED_KINDS}
         for ref in refs.values():
             ref.verify()
             if ref.manifest.get("schema_version") != SCHEMA_VERSION:
@@ -100,6 +103,37 @@ class ServingModels:
         )
 
 
+def served_versions(store: ArtifactStore, ranking_version: str | None = None) -> dict[str, str]:
+    """The versions to serve together: the current ranker (or ``ranking_version``), the recall it was
+    trained on, and the newest index built from that recall. A ranker is never served beside another
+    recall's candidates: a newly published recall waits until a ranker trained on it is published too."""
+    ranking = RankingBundle(
+        store.require(RANKING) if ranking_version is None else store.get(RANKING, ranking_version)
+    )
+    recall_version = ranking.trained_from
+    if recall_version is None or recall_version not in store.versions(RECALL):
+        raise ArtifactError(
+            f"ranking {ranking.version} was trained on recall {recall_version}, which is not in the store; "
+            "retrain ranking"
+        )
+    current_index = store.current(INDEX)
+    if current_index is not None and IndexBundle(current_index).built_from == recall_version:
+        index_version = current_index.version
+    else:
+        built = [
+            version
+            for version in reversed(store.versions(INDEX))
+            if IndexBundle(store.get(INDEX, version)).built_from == recall_version
+        ]
+        if not built:
+            raise ArtifactError(
+                f"no index is built from recall {recall_version}, which ranking {ranking.version} was "
+                "trained on; run `cascade rebuild-index`"
+            )
+        index_version = built[0]
+    return {RECALL: recall_version, INDEX: index_version, RANKING: ranking.version}
+
+
 def _check_against_config(
     config: AppConfig, recall: RecallBundle, index: IndexBundle, ranking: RankingBundle
 ) -> None:
@@ -130,9 +164,7 @@ def _check_against_config(
             index.tuned_for,
         )
     if ranking.trained_from != recall.version:
-        logger.warning(
-            "ranking %s was trained on candidates of recall %s, which is not the current recall %s",
-            ranking.version,
-            ranking.trained_from,
-            recall.version,
+        raise ArtifactError(
+            f"ranking {ranking.version} was trained on candidates of recall {ranking.trained_from}, not of "
+            f"recall {recall.version}; a ranker is only served with its own recall"
         )

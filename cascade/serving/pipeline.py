@@ -3,6 +3,8 @@ offline evaluation."""
 
 from __future__ import annotations
 
+import enum
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -38,6 +40,54 @@ class UserContext:
         return self.row.user == 0 and not self.has_profile and len(self.history) == 0
 
 
+class Plan(enum.Enum):
+    """How much of the pipeline a request can afford, from all of it to none of the models."""
+
+    FULL = "full"  # every channel's candidates, ranked
+    REDUCED = "reduced"  # a quarter of the two-tower candidates, no other channel, ranked
+    RECALL_ORDER = "recall_order"  # the reduced two-tower candidates in their recall order, no ranking
+    POPULAR = "popular"  # popular items the user has not seen: no model runs
+
+
+# REDUCED's share of the two-tower quota; the ranking stage's time is about proportional to its candidates
+REDUCED_SHARE = 0.25
+
+
+class StageCosts:
+    """Running averages of what full requests cost (milliseconds), and the plan they say a request with a
+    given time left can afford. Updated by every full request, so the estimate follows the machine."""
+
+    def __init__(self, smoothing: float = 0.05, safety: float = 2.0):
+        """``safety``: how many times the average a plan must fit in, to cover requests slower than the
+        average (a p95 is often about twice the mean here)."""
+        self.smoothing, self.safety = smoothing, safety
+        self.recall_ms: float | None = None
+        self.rank_ms: float | None = None
+        self._lock = threading.Lock()
+
+    def observe(self, recall_ms: float, rank_ms: float) -> None:
+        with self._lock:
+            if self.recall_ms is None or self.rank_ms is None:
+                self.recall_ms, self.rank_ms = recall_ms, rank_ms
+            else:
+                a = self.smoothing
+                self.recall_ms += a * (recall_ms - self.recall_ms)
+                self.rank_ms += a * (rank_ms - self.rank_ms)
+
+    def plan(self, remaining_ms: float) -> Plan:
+        recall, rank = self.recall_ms, self.rank_ms
+        if recall is None or rank is None or remaining_ms == float("inf"):
+            return Plan.FULL
+        budget = remaining_ms / self.safety
+        if recall + rank <= budget:
+            return Plan.FULL
+        if recall + rank * REDUCED_SHARE <= budget:
+            return Plan.REDUCED
+        if recall <= budget:
+            return Plan.RECALL_ORDER
+        return Plan.POPULAR
+
+
 @dataclass
 class Recommendation:
     items: np.ndarray  # (k,) item indices, best first
@@ -45,6 +95,7 @@ class Recommendation:
     channels: list[str]  # (k,) recall channel of each item
     channel_scores: np.ndarray  # (k,) each item's score within its channel
     stage_ms: dict[str, float] = field(default_factory=dict)
+    plan: Plan = Plan.FULL
 
 
 class RecommendationPipeline:
@@ -52,12 +103,14 @@ class RecommendationPipeline:
         self.models = models
         self.config = config
         self.reranker = Reranker(config.rerank)
+        self.costs = StageCosts()
 
     def warm_up(self) -> float:
         """Answer one request for an unknown user whose history is the most popular items, before any real
         request arrives: lazily built tables (the item statistics' recent counts: ~0.1 s at 1M items),
         the kernels oneDNN compiles on first use and the first touch of the models' pages are paid here,
-        not by a caller. Returns the seconds it took."""
+        not by a caller. A few more then seed the stage costs deadline plans are made from (the first
+        request's, paying all that, would overstate them). Returns the seconds it took."""
         started = time.perf_counter()
         length = self.models.history_length
         ctx = UserContext(
@@ -66,7 +119,11 @@ class RecommendationPipeline:
             seen=np.zeros(0, dtype=np.int64),
             has_profile=False,
         )
-        self.recommend(ctx, k=min(10, self.config.serving.max_k), exclude=np.zeros(0, dtype=np.int64))
+        k, exclude = min(10, self.config.serving.max_k), np.zeros(0, dtype=np.int64)
+        self.recommend(ctx, k, exclude)
+        self.costs = StageCosts()
+        for _ in range(3):
+            self.recommend(ctx, k, exclude)
         return time.perf_counter() - started
 
     def user_embedding(self, ctx: UserContext) -> np.ndarray:
@@ -101,17 +158,33 @@ class RecommendationPipeline:
         two_tower = self.two_tower(query, ctx.seen, self.models.num_candidates + extra)
         return self.models.channels.merge(two_tower, ctx.history, ctx.seen, ctx.row.gender, ctx.row.age)
 
-    def recommend(self, ctx: UserContext, k: int, exclude: np.ndarray) -> Recommendation:
+    def shrunk_recall(
+        self, ctx: UserContext, plan: Plan, extra: int = 0
+    ) -> tuple[MergedCandidates, np.ndarray | None]:
+        """``recall`` for a plan short of FULL: popular items only, or a reduced two-tower channel alone."""
+        if plan is Plan.POPULAR or ctx.anonymous:
+            return merge_channels([self.popular(ctx.seen, self.models.num_candidates + extra)]), None
+        query = self.user_embedding(ctx)
+        count = max(int(self.models.num_candidates * REDUCED_SHARE), 1) + extra
+        return merge_channels([self.two_tower(query, ctx.seen, count)]), query
+
+    def recommend(
+        self, ctx: UserContext, k: int, exclude: np.ndarray, plan: Plan = Plan.FULL
+    ) -> Recommendation:
         """Excluded items are removed after ranking, from a candidate list widened by their number, so
-        excluding an item never changes the features, and so the scores, of the others."""
+        excluding an item never changes the features, and so the scores, of the others. A ``plan`` short
+        of FULL does less work (see ``Plan``) to answer within a deadline."""
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        merged, query = self.recall(ctx, extra=len(exclude))
+        if plan is Plan.FULL:
+            merged, query = self.recall(ctx, extra=len(exclude))
+        else:
+            merged, query = self.shrunk_recall(ctx, plan, extra=len(exclude))
         after_recall = time.perf_counter()
         timings["recall"] = (after_recall - start) * 1e3
         items, channels, channel_scores = merged.items, merged.channels, merged.channel_scores
         features_built = after_recall
-        if query is None or len(items) == 0:
+        if query is None or len(items) == 0 or plan is Plan.RECALL_ORDER:
             scores = channel_scores
         else:
             order, tt_scores, vectors = two_tower_order(items, self.models.index.embeddings, query)
@@ -127,12 +200,15 @@ class RecommendationPipeline:
         timings["ranking"] = (after_ranking - features_built) * 1e3
         result = self.reranker.apply(items, scores, ctx.seen, exclude, k)
         timings["rerank"] = (time.perf_counter() - after_ranking) * 1e3
+        if plan is Plan.FULL and query is not None:
+            self.costs.observe(timings["recall"], timings["ranking_features"] + timings["ranking"])
         return Recommendation(
             result.items,
             result.scores,
             [merged.channel_names[c] for c in channels[result.positions].tolist()],
             channel_scores[result.positions],
             timings,
+            plan,
         )
 
     def similar_items(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -11,23 +11,40 @@ import uuid
 from concurrent import futures
 
 import grpc
+import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from cascade.config import AppConfig
-from cascade.core.artifacts import ArtifactStore
-from cascade.core.errors import ArtifactError, InvalidArgumentError, NotFoundError, NotReadyError
+from cascade.core.errors import (
+    ArtifactError,
+    DeadlineExceededError,
+    InvalidArgumentError,
+    NotFoundError,
+    NotReadyError,
+)
+from cascade.core.logs import request_id_var
 from cascade.core.schema import encode_age, encode_gender
+from cascade.ranking.bundle import RANKING
 from cascade.ranking.features import UserRow
+from cascade.serving.admission import MethodAdmission
 from cascade.serving.api import recommender_pb2 as pb
 from cascade.serving.api import recommender_pb2_grpc as pb_grpc
+from cascade.serving.artifact_check import check_in_child
+from cascade.serving.breaker import BreakerState
+from cascade.serving.deadline import Deadline
 from cascade.serving.feature_store import HistoryEvent, OnlineFeatureStore, UserState
-from cascade.serving.interceptors import ErrorInterceptor
+from cascade.serving.feature_store.resilient import ResilientFeatureStore
+from cascade.serving.interceptors import ServiceInterceptor
 from cascade.serving.metrics import ServerMetrics
-from cascade.serving.models import SERVED_KINDS, ServingModels
-from cascade.serving.pipeline import RecommendationPipeline, UserContext
+from cascade.serving.models import ServingModels, served_versions
+from cascade.serving.pipeline import Plan, RecommendationPipeline, UserContext
 from cascade.serving.validation import (
+    check_budget_ms,
     check_demographics,
+    check_event_id,
     check_k,
+    check_rating,
     check_request_id,
     check_timestamp,
     parse_exclude_ids,
@@ -37,13 +54,49 @@ from cascade.serving.validation import (
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
+# Readiness of the service's dependencies, apart from its liveness: NOT_SERVING while the feature store's
+# breaker is open. The service itself stays SERVING then (it answers, degraded).
+FEATURE_STORE_HEALTH = "cascade.feature_store"
 _EVENT_TYPES = frozenset(v.number for v in pb.EventType.DESCRIPTOR.values) - {pb.EVENT_TYPE_UNSPECIFIED}
+# Threads beyond every method's workers and queue: health checks, reflection, and refusing shed requests
+_RESERVE_THREADS = 4
+_NOBODY = UserState(features=None, history=np.zeros((0, 3), dtype=np.int64), seen=np.zeros(0, dtype=np.int64))
+DEADLINE_SHRUNK = "deadline_shrunk"
+
+
+def resilient_store(
+    store: OnlineFeatureStore | ResilientFeatureStore,
+    config: AppConfig,
+    metrics: ServerMetrics | None = None,
+    on_breaker_change=None,
+) -> ResilientFeatureStore:
+    """``store`` behind the bounded waits, breaker and stale cache of ``serving.feature_store``."""
+    if isinstance(store, ResilientFeatureStore):
+        return store
+    fs = config.serving.feature_store
+    return ResilientFeatureStore(
+        store,
+        timeout_s=fs.timeout_ms / 1e3,
+        read_threads=fs.read_threads,
+        max_pending_reads=fs.max_pending_reads,
+        breaker_failures=fs.breaker_failures,
+        breaker_reset_s=fs.breaker_reset_s,
+        stale_cache_size=fs.stale_cache_size,
+        stale_max_age_s=fs.stale_max_age_s,
+        on_breaker_change=on_breaker_change,
+        on_lookup=(lambda outcome: metrics.feature_lookups.labels(outcome).inc()) if metrics else None,
+    )
 
 
 class RecommenderService(pb_grpc.RecommenderServicer):
-    def __init__(self, config: AppConfig, store: OnlineFeatureStore, metrics: ServerMetrics | None = None):
+    def __init__(
+        self,
+        config: AppConfig,
+        store: OnlineFeatureStore | ResilientFeatureStore,
+        metrics: ServerMetrics | None = None,
+    ):
         self.config = config
-        self.store = store
+        self.store = resilient_store(store, config, metrics)
         self.metrics = metrics
         self._pipeline: RecommendationPipeline | None = None
 
@@ -104,21 +157,44 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             row=row, history=history[history > 0], seen=seen[seen > 0], has_profile=has_profile
         )
 
+    def _deadline(self, context: grpc.ServicerContext | None, budget_ms: int, method: str) -> Deadline:
+        """The call's deadline; a call whose deadline has already passed is dropped before any work."""
+        deadline = Deadline.of_call(context, budget_ms, self.config.serving.deadline_margin_ms / 1e3)
+        self._drop_if_late(deadline, method)
+        return deadline
+
+    def _drop_if_late(self, deadline: Deadline, method: str) -> None:
+        if deadline.expired:
+            if self.metrics is not None:
+                self.metrics.dropped_late.labels(method).inc()
+            raise DeadlineExceededError(f"{method}: the deadline passed before the answer was ready")
+
     def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> pb.RecommendResponse:
         started = time.perf_counter()
+        deadline = self._deadline(context, check_budget_ms(request.budget_ms), "Recommend")
         user_id = parse_id("user_id", request.user_id)
         k = check_k(request.k, self.config.serving.max_k)
         exclude_ids = parse_exclude_ids(list(request.exclude_item_ids), self.config.serving.max_exclude_ids)
-        request_id = check_request_id(request.request_id) or uuid.uuid4().hex
+        request_id = check_request_id(request.request_id) or _current_request_id()
         demo = request.demographics
         demographics = check_demographics(demo.gender, demo.age, demo.occupation, demo.zip_code)
         pipeline = self.require_pipeline()
         models = pipeline.models
-        state = self.store.get_user_state(user_id, models.history_length)
+        reasons: list[str] = []
+        share = self.config.serving.feature_store.read_share
+        lookup = self.store.read_user(user_id, models.history_length, deadline.remaining_s() * share)
+        if lookup.degraded_reason is not None:
+            reasons.append(lookup.degraded_reason)
+        state = lookup.state if lookup.state is not None else _NOBODY
         ctx = self.user_context(pipeline, user_id, state, demographics)
         exclude = models.schema.item_index(exclude_ids)
         features_done = time.perf_counter()
-        result = pipeline.recommend(ctx, k, exclude[exclude > 0])
+        plan = pipeline.costs.plan(deadline.remaining_s() * 1e3)
+        if plan is not Plan.FULL:
+            reasons.append(DEADLINE_SHRUNK)
+        self._drop_if_late(deadline, "Recommend")
+        result = pipeline.recommend(ctx, k, exclude[exclude > 0], plan)
+        self._drop_if_late(deadline, "Recommend")
         serialise_start = time.perf_counter()
         item_ids = models.schema.item_id_of(result.items)
         response = pb.RecommendResponse(
@@ -136,21 +212,26 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                 )
             ],
             model_versions=pb.ModelVersions(**models.versions),
-            new_user=state.features is None,
+            new_user=lookup.state is not None and state.features is None,
+            degraded=bool(reasons),
+            degraded_reasons=reasons,
         )
         stage_ms = {"features": (features_done - started) * 1e3, **result.stage_ms}
         stage_ms["serialise"] = (time.perf_counter() - serialise_start) * 1e3
         response.stage_ms.update(stage_ms)
         if self.metrics is not None:
             self.metrics.observe_stages(stage_ms)
+            for reason in reasons:
+                self.metrics.degraded.labels(reason).inc()
         return response
 
     def SimilarItems(
         self, request: pb.SimilarItemsRequest, context: grpc.ServicerContext
     ) -> pb.SimilarItemsResponse:
+        self._deadline(context, 0, "SimilarItems")
         item_id = parse_id("item_id", request.item_id)
         k = check_k(request.k, self.config.serving.max_similar_k)
-        request_id = check_request_id(request.request_id) or uuid.uuid4().hex
+        request_id = check_request_id(request.request_id) or _current_request_id()
         pipeline = self.require_pipeline()
         models = pipeline.models
         item = int(models.schema.item_index([item_id])[0])
@@ -171,22 +252,33 @@ class RecommenderService(pb_grpc.RecommenderServicer):
     def RecordEvent(
         self, request: pb.RecordEventRequest, context: grpc.ServicerContext
     ) -> pb.RecordEventResponse:
+        self._deadline(context, 0, "RecordEvent")
         user_id = parse_id("user_id", request.user_id)
         item_id = parse_id("item_id", request.item_id)
         if request.event_type not in _EVENT_TYPES:
             raise InvalidArgumentError(
                 "event_type", f"must be one of {sorted(_EVENT_TYPES)}, got {request.event_type}"
             )
+        rating = check_rating(request.rating, request.event_type == pb.EVENT_TYPE_RATE)
+        event_id = check_event_id(request.event_id)
         timestamp = check_timestamp(request.timestamp)
         pipeline = self.require_pipeline()
         if pipeline.models.schema.item_index([item_id])[0] == 0:
             raise InvalidArgumentError("item_id", f"no item {item_id} in the catalogue")
-        length = self.store.record_event(
+        result = self.store.record_event(
             user_id,
-            HistoryEvent(item_id, int(request.event_type), timestamp),
+            HistoryEvent(item_id, int(request.event_type), timestamp, rating),
             self.config.features.history_length,
+            event_id or None,
+            self.config.serving.event_dedupe_window_s,
         )
-        return pb.RecordEventResponse(history_length=length)
+        return pb.RecordEventResponse(history_length=result.history_length, duplicate=result.duplicate)
+
+
+def _current_request_id() -> str:
+    """The id the interceptor gave this request (x-request-id), or a new one outside a served call."""
+    current = request_id_var.get()
+    return current if current != "-" else uuid.uuid4().hex
 
 
 def freeze_long_lived_objects(after_reload: bool = False) -> int:
@@ -220,23 +312,57 @@ class CascadeServer:
         self.process_index = process_index
         self.freeze_loaded_models = freeze_loaded_models
         self.metrics = ServerMetrics()
-        self.service = RecommenderService(config, store, self.metrics)
         self.health = health.HealthServicer()
+        self.store = resilient_store(store, config, self.metrics, self._on_breaker_change)
+        self.service = RecommenderService(config, self.store, self.metrics)
+        serving = config.serving
+        wait_s = serving.max_queue_wait_ms / 1e3
+        self.admission = {
+            "Recommend": MethodAdmission(serving.workers, serving.queue_size, wait_s),
+            "SimilarItems": MethodAdmission(serving.similar_items_workers, serving.queue_size, wait_s),
+            "RecordEvent": MethodAdmission(serving.record_event_workers, serving.queue_size, wait_s),
+        }
+        threads = sum(gate.capacity for gate in self.admission.values()) + _RESERVE_THREADS
         # Several processes share one port only when asked to; otherwise binding a taken port must fail.
-        reuse_port = int(config.serving.processes > 1)
+        reuse_port = int(serving.processes > 1)
         self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=config.serving.workers, thread_name_prefix="cascade-rpc"),
-            interceptors=[ErrorInterceptor(self.metrics)],
+            futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cascade-rpc"),
+            interceptors=[ServiceInterceptor(SERVICE_NAME, self.admission, self.metrics)],
             options=[("grpc.so_reuseport", reuse_port)],
+            # a backstop only: admission refuses first, each method within its own share of the threads
+            maximum_concurrent_rpcs=threads,
         )
         pb_grpc.add_RecommenderServicer_to_server(self.service, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
         self.port: int | None = None
         self.process_port: int | None = None  # serving.process_ports + process_index, when configured
         self.metrics_port: int | None = None
         self._stopped = threading.Event()
         self._watcher: threading.Thread | None = None
-        self._failed_versions: dict[str, str] | None = None
+        self._prober: threading.Thread | None = None
+        self._failed_sets: set[tuple[tuple[str, str], ...]] = set()
+        self._unresolved: str | None = None  # why the published versions do not resolve, logged once
+
+    def _on_breaker_change(self, state: BreakerState) -> None:
+        self.metrics.breaker_state.set(state.value)
+        ready = state is BreakerState.CLOSED
+        self.health.set(
+            FEATURE_STORE_HEALTH,
+            health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING,
+        )
+
+    def _probe_feature_store(self, interval_s: float, idle_every: int = 4) -> None:
+        """While the breaker is not closed, ping the store every ``interval_s`` so that it closes soon after
+        the store returns, traffic or not; while closed, every ``idle_every`` intervals, so that an outage
+        shows in readiness even without traffic."""
+        ticks = 0
+        while not self._stopped.wait(interval_s):
+            ticks += 1
+            if self.store.breaker.state is not BreakerState.CLOSED or ticks % idle_every == 0:
+                self.store.probe()
 
     def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):
@@ -251,7 +377,15 @@ class CascadeServer:
         if self.config.serving.process_ports is not None:
             self.process_port = self._bind_own_port(self.config.serving.process_ports + self.process_index)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.health.set(FEATURE_STORE_HEALTH, health_pb2.HealthCheckResponse.SERVING)
         self._server.start()
+        self._prober = threading.Thread(
+            target=self._probe_feature_store,
+            args=(self.config.serving.feature_store.breaker_reset_s,),
+            name="cascade-store-probe",
+            daemon=True,
+        )
+        self._prober.start()
         logger.info("gRPC server listening on %s:%d", self.config.serving.host, self.port)
         if self.config.serving.metrics_port is not None:
             metrics_port = self.config.serving.metrics_port
@@ -276,38 +410,80 @@ class CascadeServer:
             raise RuntimeError(f"serving.process_ports: could not bind {host}:{port}")
         return port
 
-    def load_models(self) -> ServingModels:
-        models = ServingModels.load(ArtifactStore(self.config.artifacts_dir), self.config)
-        self.service.install(models)
-        if self.freeze_loaded_models:
-            freeze_long_lived_objects()
-        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+    def _install(self, versions: dict[str, str]) -> ServingModels:
+        """Check (in a child process), load and warm up ``versions``, then swap them in."""
+        if self.config.serving.validate_artifacts_in_child:
+            check_in_child(self.config, versions)
+        models = ServingModels.load(self.config.artifact_store(), self.config, versions)
+        self.service.install(models)  # answers a warm-up request first: a set that cannot is refused
+        self.metrics.model_versions.info(models.versions)
         return models
+
+    def _refuse(self, versions: dict[str, str], error: Exception) -> None:
+        """Remember a model set that failed: it is not tried again (versions never change in place)."""
+        self._failed_sets.add(tuple(sorted(versions.items())))
+        self.metrics.reload_failures.inc()
+        logger.warning("refused model set %s: %s", versions, error)
+
+    def load_models(self) -> ServingModels:
+        """Load the published models at start: the current set, or when it fails to load (a corrupt file, a
+        crash in a native parser) the set of the newest older ranker that loads, so that one bad
+        publication never keeps the server from starting. Health turns SERVING."""
+        store = self.config.artifact_store()
+        current = store.require(RANKING).version
+        candidates = [current, *(v for v in reversed(store.versions(RANKING)) if v < current)]
+        first_error: Exception | None = None
+        for ranking_version in candidates:
+            try:
+                versions = served_versions(store, ranking_version)
+            except ArtifactError as exc:
+                first_error = first_error or exc
+                continue
+            if tuple(sorted(versions.items())) in self._failed_sets:
+                continue
+            try:
+                models = self._install(versions)
+            except Exception as exc:  # a candidate set that fails in any way is refused, not fatal
+                first_error = first_error or exc
+                self._refuse(versions, exc)
+                continue
+            if ranking_version != current:
+                logger.warning(
+                    "serving older ranking %s: the current %s does not load", ranking_version, current
+                )
+            if self.freeze_loaded_models:
+                freeze_long_lived_objects()
+            self._set_health(health_pb2.HealthCheckResponse.SERVING)
+            return models
+        raise ArtifactError(f"no published model set loads; the current one: {first_error}")
 
     def reload_if_published(self) -> bool:
         """Swap in newly published versions, if any; True when a swap happened.
 
-        The new models load beside the old ones, which keep answering until the swap, a single reference
-        assignment, so no request fails or waits. A combination that fails to load (e.g. a new recall model
-        whose index is not built yet) is logged once and retried only when the published versions change.
-        """
-        store = ArtifactStore(self.config.artifacts_dir)
-        published = {kind: (ref.version if (ref := store.current(kind)) else "") for kind in SERVED_KINDS}
+        The new models are checked in a child process, then load beside the old ones, which keep answering
+        until the swap, a single reference assignment, so no request fails or waits. A set that fails is
+        logged once and never tried again; a ranker whose recall has no index yet waits for it."""
+        store = self.config.artifact_store()
+        try:
+            published = served_versions(store)
+        except ArtifactError as exc:
+            if str(exc) != self._unresolved:
+                self._unresolved = str(exc)
+                logger.warning("not reloading: %s", exc)
+            return False
+        self._unresolved = None
         pipeline = self.service.pipeline
         if pipeline is not None and published == pipeline.models.versions:
             return False
-        if published == self._failed_versions:
+        if tuple(sorted(published.items())) in self._failed_sets:
             return False
         try:
-            models = ServingModels.load(store, self.config)
-            self.service.install(models)  # answers a warm-up request first: a set that cannot is refused
-        except (ArtifactError, OSError, ValueError, KeyError, RuntimeError) as exc:
-            self._failed_versions = published
-            logger.warning("not reloading: published versions %s do not load together: %s", published, exc)
+            models = self._install(published)
+        except Exception as exc:  # whatever a bad publication raises, the old models keep serving
+            self._refuse(published, exc)
             return False
         if self.freeze_loaded_models:
             freeze_long_lived_objects(after_reload=True)
-        self._failed_versions = None
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         logger.info("reloaded models: %s", models.versions)
         return True
@@ -328,12 +504,25 @@ class CascadeServer:
         self._watcher = threading.Thread(target=run, name="cascade-artifact-watcher", daemon=True)
         self._watcher.start()
 
-    def stop(self, grace_s: float = 5.0) -> None:
+    def stop(
+        self, drain_s: float | None = None, grace_s: float | None = None, hurry: threading.Event | None = None
+    ) -> None:
+        """Stop gracefully: health says NOT_SERVING at once while the port keeps answering for ``drain_s``
+        (``serving.drain_s``), so that balancers stop sending; then new calls are refused and calls in
+        flight get ``grace_s`` (``serving.shutdown_grace_s``) to finish. ``hurry`` set cuts the drain
+        short (a second SIGTERM or Ctrl-C)."""
         if self._stopped.is_set():
             return
-        self._stopped.set()
+        drain_s = self.config.serving.drain_s if drain_s is None else drain_s
+        grace_s = self.config.serving.shutdown_grace_s if grace_s is None else grace_s
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.health.set(FEATURE_STORE_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if drain_s > 0:
+            logger.info("draining for %.1f s: health NOT_SERVING, still answering", drain_s)
+            (hurry or threading.Event()).wait(drain_s)
+        self._stopped.set()
         self._server.stop(grace_s).wait()
+        self.store.close()
         self.metrics.close()
         logger.info("gRPC server stopped")
 

@@ -70,3 +70,33 @@ def check_timestamp(timestamp: int, now: float | None = None) -> int:
     if timestamp > now + MAX_FUTURE_SKEW_S:
         raise InvalidArgumentError("timestamp", f"{timestamp} is more than a day in the future")
     return timestamp
+
+
+MAX_BUDGET_MS = 600_000
+RATING_RANGE = (1.0, 5.0)
+
+
+def check_budget_ms(budget_ms: int) -> int:
+    if not 0 <= budget_ms <= MAX_BUDGET_MS:
+        raise InvalidArgumentError("budget_ms", f"must be 0 (none) to {MAX_BUDGET_MS}, got {budget_ms}")
+    return budget_ms
+
+
+def check_event_id(value: str) -> str:
+    if value and not _REQUEST_ID.fullmatch(value):
+        raise InvalidArgumentError("event_id", "must be 1-128 printable ASCII characters without spaces")
+    return value
+
+
+def check_rating(rating: float, is_rating_event: bool) -> float | None:
+    """The rating of a RATE event (required, within RATING_RANGE); other events carry none."""
+    if not is_rating_event:
+        if rating != 0:
+            raise InvalidArgumentError("rating", "only EVENT_TYPE_RATE carries a rating")
+        return None
+    low, high = RATING_RANGE
+    if not low <= rating <= high:  # NaN fails this too
+        raise InvalidArgumentError(
+            "rating", f"a RATE event needs a rating from {low:g} to {high:g}, got {rating}"
+        )
+    return float(rating)

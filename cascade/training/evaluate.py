@@ -12,7 +12,6 @@ import scipy.sparse as sp
 import torch
 
 from cascade.config import AppConfig
-from cascade.core.artifacts import ArtifactStore
 from cascade.core.metrics import auc, evaluate_rankings, gauc, logloss
 from cascade.core.seeding import seed_everything
 from cascade.data.dataset import Dataset
@@ -57,7 +56,7 @@ ALS_GRID = {"factors": [16, 32, 64], "regularization": [0.01, 0.1, 1.0], "alpha"
 
 def evaluate_recall(config: AppConfig) -> dict[str, dict[str, float]]:
     """The published two-tower model, popularity and a validation-tuned ALS on the held-out window."""
-    recall = RecallBundle(ArtifactStore(config.artifacts_dir).require(RECALL))
+    recall = RecallBundle(config.artifact_store().require(RECALL))
     check_trained_on(recall.dataset_fingerprint, config)
     prep = prepare(config)
     test = RecallTask.of(prep, prep.split, config)
@@ -117,7 +116,7 @@ def evaluate_ranking(config: AppConfig, progress: bool = False) -> dict[str, dic
     """Train Wide&Deep, DIN and LightGBM on the nested split's candidates, exactly as `train ranking`
     does, and compare them on the held-out window's candidates from the current recall artifact, beside
     the recall order alone."""
-    store = ArtifactStore(config.artifacts_dir)
+    store = config.artifact_store()
     recall = require_current_recall(store, config, Dataset.fingerprint_of(config.data.path))
     prep = prepare(config)
     training = ranking_training_examples(config, prep, recall)
@@ -149,7 +148,7 @@ def evaluate_ranking(config: AppConfig, progress: bool = False) -> dict[str, dic
 def evaluate_pipeline(config: AppConfig) -> dict[str, dict[str, float]]:
     """Popularity, the two-tower channel alone, all recall channels merged (in two-tower order) and the
     whole pipeline on the held-out window, side by side: the served pipeline, replayed offline."""
-    store = ArtifactStore(config.artifacts_dir)
+    store = config.artifact_store()
     models = ServingModels.load(store, config)
     check_trained_on(RecallBundle(store.require(RECALL)).dataset_fingerprint, config)
     prep = prepare(config)

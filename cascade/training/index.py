@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from cascade.config import AppConfig
-from cascade.core.artifacts import ArtifactRef, ArtifactStore, fingerprint
+from cascade.core.artifacts import ArtifactRef, fingerprint
 from cascade.core.schema import SCHEMA_VERSION
 from cascade.core.seeding import seed_everything
 from cascade.recall.bundle import INDEX, RECALL, RecallBundle
@@ -30,7 +30,7 @@ def index_fingerprint(config: AppConfig, recall_version: str) -> str:
 def rebuild_index(config: AppConfig, if_stale: bool = False) -> ArtifactRef:
     """Embed the catalogue with the current item tower, build the index, tune its search knob on half of
     the stored query sample, validate it against exact search on the other half, publish it atomically."""
-    store = ArtifactStore(config.artifacts_dir)
+    store = config.artifact_store()
     recall = RecallBundle(store.require(RECALL))
     rc = config.recall
     wanted = index_fingerprint(config, recall.version)

@@ -246,7 +246,7 @@ def fit_ranker(
 def train_ranking(config: AppConfig, force: bool = False, progress: bool = True) -> ArtifactRef:
     """Train the configured ranker on labelled recall candidates of the nested split and publish it with
     the item statistics serving computes its features from (over the whole training part)."""
-    store = ArtifactStore(config.artifacts_dir)
+    store = config.artifact_store()
     data_fp = Dataset.fingerprint_of(config.data.path)
     wanted = ranking_fingerprint(config, data_fp)
     if (ref := reuse_current(store, RANKING, wanted, force)) is not None:

@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from cascade.config import AppConfig
-from cascade.core.artifacts import ArtifactRef, ArtifactStore, fingerprint
+from cascade.core.artifacts import ArtifactRef, fingerprint
 from cascade.core.schema import SCHEMA_VERSION, USER_FIELDS, UserFeatures
 from cascade.core.seeding import seed_everything
 from cascade.data.dataset import Dataset
@@ -107,7 +107,7 @@ def train_recall(config: AppConfig, force: bool = False, progress: bool = True) 
 
     The validation model (trained on the inner split only) is kept too: ranking draws its training
     candidates from it, so the ranker learns from candidates whose labels the recall model never saw."""
-    store = ArtifactStore(config.artifacts_dir)
+    store = config.artifact_store()
     data_fp = Dataset.fingerprint_of(config.data.path)
     wanted = recall_fingerprint(config, data_fp)
     if (ref := reuse_current(store, RECALL, wanted, force)) is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cascade.config import AppConfig
-from cascade.core.artifacts import ArtifactRef, ArtifactStore
+from cascade.core.artifacts import ArtifactRef
 from cascade.recall.bundle import INDEX, RECALL, IndexBundle
 
 
@@ -12,7 +12,7 @@ def rollback(config: AppConfig, kind: str, to: str | None = None) -> ArtifactRef
 
     An index is only rolled back to a version built from the current recall model, since serving
     refuses any other combination."""
-    store = ArtifactStore(config.artifacts_dir)
+    store = config.artifact_store()
     target = store.get(kind, to) if to else store.previous(kind)
     if kind == INDEX:
         recall_now = store.require(RECALL).version

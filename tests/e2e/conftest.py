@@ -9,7 +9,7 @@ import pytest
 from cascade.config import AppConfig
 from cascade.data.dataset import Dataset
 from cascade.data.fetch import fetch
-from cascade.serving.app import configure_serving_process, ensure_features_loaded
+from cascade.serving.app import configure_serving_process, load_features
 from cascade.serving.client import CascadeClient
 from cascade.serving.feature_store.redis_store import RedisFeatureStore
 from cascade.serving.server import CascadeServer
@@ -38,6 +38,7 @@ def config(tmp_path_factory, redis_server) -> AppConfig:
                 "max_exclude_ids": 5,
                 "reload_interval_s": 0.2,
                 "metrics_port": 0,
+                "drain_s": 0.0,
             },
         }
     )
@@ -74,8 +75,8 @@ def server(config, built, redis_server):
         with pytest.raises(grpc.RpcError) as not_ready:
             probe.recommend(USER, k=5)
         assert not_ready.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert ensure_features_loaded(config, store) is True
-    assert ensure_features_loaded(config, store) is False  # same data: no reload, recorded events survive
+    assert load_features(config, store) is True
+    assert load_features(config, store) is False  # same data: nothing to do
     srv.load_models()
     yield srv, port
     srv.stop()

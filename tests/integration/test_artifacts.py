@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
 
-from cascade.core.artifacts import ArtifactStore
+from cascade.core.artifacts import MANIFEST, ArtifactStore
 from cascade.core.errors import ArtifactError
 
 
@@ -60,7 +61,7 @@ def test_verify_detects_a_corrupted_file(tmp_path):
 _KILLED_PUBLISHER = """
 import sys, time
 from pathlib import Path
-from cascade.core.artifacts import ArtifactStore
+from cascade.core.artifacts import MANIFEST, ArtifactStore
 
 def write(folder):
     (folder / "weights.bin").write_bytes(b"x" * 1_000_000)
@@ -109,3 +110,28 @@ def test_rollback_goes_to_the_previous_version_and_refuses_past_the_oldest(tmp_p
     with pytest.raises(ArtifactError, match="sha256"):
         store.set_current("recall", second.version)  # never switch to a damaged version
     assert store.current("recall").version == first.version
+
+
+def test_a_re_sealed_manifest_is_refused_by_a_store_with_a_signing_key(tmp_path):
+    signed = ArtifactStore(tmp_path, signing_key=b"k" * 32)
+
+    def write(folder):
+        (folder / "weights.bin").write_bytes(b"\x00" * 16)
+
+    ref = signed.publish("recall", write, fingerprint="f" * 16, config={}, schema_version=1)
+    assert signed.get("recall", ref.version).manifest["files"]
+    # someone without the key changes a file and re-seals the manifest with its new sha256
+    (ref.path / "weights.bin").write_bytes(b"\x01" * 16)
+    manifest = json.loads((ref.path / MANIFEST).read_text())
+    manifest["files"]["weights.bin"]["sha256"] = hashlib.sha256(b"\x01" * 16).hexdigest()
+    (ref.path / MANIFEST).write_text(json.dumps(manifest))
+    ArtifactStore(tmp_path).get("recall", ref.version).verify()  # without the key nothing can tell
+    with pytest.raises(ArtifactError, match="signature does not match"):
+        signed.get("recall", ref.version)
+    with pytest.raises(ArtifactError, match="signature does not match"):
+        ArtifactStore(tmp_path, signing_key=b"z" * 32).current("recall")  # another key
+    unsigned = ArtifactStore(tmp_path / "unsigned").publish(
+        "index", write, fingerprint="f" * 16, config={}, schema_version=1
+    )
+    with pytest.raises(ArtifactError, match="not signed"):
+        ArtifactStore(tmp_path / "unsigned", signing_key=b"k" * 32).get("index", unsigned.version)

@@ -66,8 +66,8 @@ def test_bulk_load_then_read_in_one_round_trip(redis_client):
 def test_record_event_is_atomic_and_trims(redis_client):
     store = RedisFeatureStore(redis_client)
     _load(store)
-    length = store.record_event(1, HistoryEvent(13, 1, 100), history_length=2)
-    assert length == 2
+    result = store.record_event(1, HistoryEvent(13, 1, 100), history_length=2)
+    assert result.history_length == 2 and not result.duplicate
     state = store.get_user_state(1, history_length=10)
     assert state.history_items.tolist() == [13, 11]
     assert state.history[0].tolist() == [13, 1, 100]
@@ -99,3 +99,57 @@ def test_profile_cache_expires_but_history_is_always_fresh(redis_client):
     assert state.history_items[0] == 99  # history never cached
     fresh = RedisFeatureStore(redis_client, cache_size=0)
     assert fresh.get_user_state(1, history_length=10).features["occupation"] == "artist"
+
+
+def test_an_event_id_is_recorded_once_and_a_rating_kept(redis_client):
+    store = RedisFeatureStore(redis_client)
+    _load(store)
+    event = HistoryEvent(13, 3, 100, rating=4.5)
+    first = store.record_event(1, event, history_length=10, event_id="e-1", dedupe_window_s=60)
+    again = store.record_event(1, event, history_length=10, event_id="e-1", dedupe_window_s=60)
+    assert not first.duplicate and again.duplicate
+    assert first.history_length == again.history_length == 3
+    assert store.get_user_state(1, history_length=10).history_items.tolist() == [13, 11, 12]
+    assert store.ratings(1)[13] == 4.5
+    assert 0 < redis_client.ttl(keys.event_key(1, "e-1")) <= 60
+    other = store.record_event(
+        1, HistoryEvent(14, 1, 101), history_length=10, event_id="e-2", dedupe_window_s=60
+    )
+    assert not other.duplicate and other.history_length == 4
+    # without an id (or with de-duplication off) every call is an event
+    store.record_event(1, HistoryEvent(14, 1, 101), history_length=10)
+    store.record_event(1, HistoryEvent(14, 1, 101), history_length=10, event_id="e-2", dedupe_window_s=0)
+    assert store.get_user_state(1, history_length=10).history_items.tolist()[:3] == [14, 14, 14]
+
+
+def test_reloading_merges_and_never_deletes_recorded_events(redis_client):
+    store = RedisFeatureStore(redis_client)
+    _load(store)  # user 1: 11@3, 12@2 kept of 10@1, 11@3, 12@2 (history length 2)
+    store.record_event(1, HistoryEvent(20, 1, 50), history_length=2)  # recorded after the snapshot
+    store.record_event(5, HistoryEvent(21, 2, 60), history_length=2)  # a user only seen online
+    _load(store)  # the same data set again: nothing changes
+    assert store.get_user_state(1, history_length=10).history_items.tolist() == [20, 11]
+    users = pd.DataFrame(
+        {"user_id": [1], "gender": ["F"], "age": [31], "occupation": ["writer"], "zip_code": ["1"]}
+    )
+    interactions = pd.DataFrame(
+        {"user_id": [1, 1, 1], "item_id": [10, 11, 12], "rating": [5, 4, 3], "timestamp": [1, 3, 2]}
+    )
+    store.bulk_load(users, interactions, history_length=4, marker="m2")  # a longer history
+    state = store.get_user_state(1, history_length=10)
+    assert state.history_items.tolist() == [20, 11, 12, 10]  # merged by time, recorded event first
+    assert sorted(state.seen.tolist()) == [10, 11, 12, 20]
+    assert state.features["age"] == "31"  # profiles follow the data set
+    assert store.get_user_state(5, history_length=10).history_items.tolist() == [21]
+    assert store.ratings(1) == {10: 5.0, 11: 4.0, 12: 3.0}
+    assert store.loaded_marker() == "m2"
+
+
+def test_one_loader_at_a_time(redis_client):
+    store = RedisFeatureStore(redis_client)
+    token = store.acquire_load_lock(ttl_s=5)
+    assert token is not None and store.acquire_load_lock() is None
+    store.release_load_lock("not-the-holder")
+    assert store.acquire_load_lock() is None
+    store.release_load_lock(token)
+    assert store.acquire_load_lock() is not None

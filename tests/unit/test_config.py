@@ -116,3 +116,42 @@ def test_configs_from_before_the_per_ranker_split_still_load(tmp_path, monkeypat
     # a resolved config saved in an old artifact manifest (every flat key present) loads back
     old = {"ranking": {"type": "wide_deep", "embedding_dim": 8, "din_item_dim": 48, "lgb_rounds": 300}}
     assert AppConfig.model_validate(old).ranking.model == WideDeepConfig(embedding_dim=8)
+
+
+def test_every_key_can_come_from_the_environment_over_the_file(tmp_path, monkeypatch):
+    path = tmp_path / "c.toml"
+    path.write_text('seed = 3\n[serving]\nport = 1\nhost = "0.0.0.0"\n')
+    monkeypatch.setenv("CASCADE_SERVING__PORT", "6000")
+    monkeypatch.setenv("CASCADE_SERVING__FEATURE_STORE__TIMEOUT_MS", "80")
+    monkeypatch.setenv("REDIS_URL", "redis://low:1/0")
+    monkeypatch.setenv("CASCADE_SERVING__REDIS_URL", "redis://high:2/0")
+    cfg = load_config(path)
+    assert type(cfg) is AppConfig
+    assert cfg.seed == 3 and cfg.serving.host == "0.0.0.0"  # the file's, where the environment is silent
+    assert cfg.serving.port == 6000 and cfg.serving.feature_store.timeout_ms == 80
+    assert cfg.serving.redis_url == "redis://high:2/0"
+    monkeypatch.setenv("CASCADE_SERVING__PROT", "1")  # a typo fails like one in the file
+    with pytest.raises(ValidationError, match="prot"):
+        load_config(path)
+
+
+def test_json_log_lines_carry_the_request_id(capsys):
+    import json
+    import logging
+
+    from cascade.core.logs import configure_logging, request_id_var
+
+    root = logging.getLogger()
+    saved = list(root.handlers), root.level
+    try:
+        configure_logging(logging.INFO, "json")
+        token = request_id_var.set("req-42")
+        logging.getLogger("cascade.test").warning("degraded: %s", "stale_features", extra={"user_hash": "ab"})
+        request_id_var.reset(token)
+        logging.getLogger("cascade.test").info("outside")
+        first, second = (json.loads(line) for line in capsys.readouterr().err.splitlines())
+    finally:
+        root.handlers[:], root.level = saved
+    assert first["request_id"] == "req-42" and first["message"] == "degraded: stale_features"
+    assert first["level"] == "WARNING" and first["user_hash"] == "ab" and first["time"].endswith("Z")
+    assert second["request_id"] == "-"

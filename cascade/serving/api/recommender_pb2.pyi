@@ -33,18 +33,20 @@ class Demographics(_message.Message):
     def __init__(self, gender: _Optional[str] = ..., age: _Optional[int] = ..., occupation: _Optional[str] = ..., zip_code: _Optional[str] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("user_id", "k", "exclude_item_ids", "request_id", "demographics")
+    __slots__ = ("user_id", "k", "exclude_item_ids", "request_id", "demographics", "budget_ms")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DEMOGRAPHICS_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_MS_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     k: int
     exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
     request_id: str
     demographics: Demographics
-    def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., demographics: _Optional[_Union[Demographics, _Mapping]] = ...) -> None: ...
+    budget_ms: int
+    def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., demographics: _Optional[_Union[Demographics, _Mapping]] = ..., budget_ms: _Optional[int] = ...) -> None: ...
 
 class RecommendedItem(_message.Message):
     __slots__ = ("item_id", "title", "score", "source", "channel_score")
@@ -71,7 +73,7 @@ class ModelVersions(_message.Message):
     def __init__(self, recall: _Optional[str] = ..., index: _Optional[str] = ..., ranking: _Optional[str] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("request_id", "items", "model_versions", "new_user", "stage_ms")
+    __slots__ = ("request_id", "items", "model_versions", "new_user", "stage_ms", "degraded", "degraded_reasons")
     class StageMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -84,30 +86,40 @@ class RecommendResponse(_message.Message):
     MODEL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     NEW_USER_FIELD_NUMBER: _ClassVar[int]
     STAGE_MS_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_REASONS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
     model_versions: ModelVersions
     new_user: bool
     stage_ms: _containers.ScalarMap[str, float]
-    def __init__(self, request_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_versions: _Optional[_Union[ModelVersions, _Mapping]] = ..., new_user: _Optional[bool] = ..., stage_ms: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    degraded: bool
+    degraded_reasons: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, request_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_versions: _Optional[_Union[ModelVersions, _Mapping]] = ..., new_user: _Optional[bool] = ..., stage_ms: _Optional[_Mapping[str, float]] = ..., degraded: _Optional[bool] = ..., degraded_reasons: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RecordEventRequest(_message.Message):
-    __slots__ = ("user_id", "item_id", "event_type", "timestamp")
+    __slots__ = ("user_id", "item_id", "event_type", "timestamp", "event_id", "rating")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    RATING_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     item_id: str
     event_type: EventType
     timestamp: int
-    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., event_type: _Optional[_Union[EventType, str]] = ..., timestamp: _Optional[int] = ...) -> None: ...
+    event_id: str
+    rating: float
+    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., event_type: _Optional[_Union[EventType, str]] = ..., timestamp: _Optional[int] = ..., event_id: _Optional[str] = ..., rating: _Optional[float] = ...) -> None: ...
 
 class RecordEventResponse(_message.Message):
-    __slots__ = ("history_length",)
+    __slots__ = ("history_length", "duplicate")
     HISTORY_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     history_length: int
-    def __init__(self, history_length: _Optional[int] = ...) -> None: ...
+    duplicate: bool
+    def __init__(self, history_length: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class SimilarItemsRequest(_message.Message):
     __slots__ = ("item_id", "k", "request_id")

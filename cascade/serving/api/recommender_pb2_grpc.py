@@ -56,13 +56,16 @@ class RecommenderServicer:
 
     def Recommend(self, request, context):
         """Ranked recommendations for one user. Unknown users get new-user recommendations, not an error.
+        While the feature store is down or slow, or the deadline is short, the answer is degraded (and says
+        so) rather than an error.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RecordEvent(self, request, context):
-        """Appends an event to the user's recent history; the next Recommend reflects it.
+        """Appends an event to the user's recent history; the next Recommend reflects it. Acknowledged events
+        are durable; a retry carrying the same event_id is recorded once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

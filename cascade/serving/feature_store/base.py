@@ -16,6 +16,13 @@ class HistoryEvent:
     item_id: int
     event_type: int
     timestamp: int
+    rating: float | None = None  # the value of a RATE event
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    history_length: int  # the user's history length after the event
+    duplicate: bool  # the event's id was already recorded within the dedupe window: nothing changed
 
 
 @dataclass(frozen=True)
@@ -42,15 +49,26 @@ class OnlineFeatureStore(ABC):
         """Profile, the latest ``history_length`` events and the seen set, in one round trip."""
 
     @abstractmethod
-    def record_event(self, event_user_id: int, event: HistoryEvent, history_length: int) -> int:
-        """Atomically append to history (keeping the latest ``history_length``) and the seen set;
-        returns the history length after the append."""
+    def record_event(
+        self,
+        event_user_id: int,
+        event: HistoryEvent,
+        history_length: int,
+        event_id: str | None = None,
+        dedupe_window_s: int = 0,
+    ) -> RecordResult:
+        """Atomically append to history (keeping the latest ``history_length``), the seen set and, for a
+        rating, the user's ratings: all of it or nothing. With an ``event_id`` already recorded in the last
+        ``dedupe_window_s`` seconds, nothing changes and the result says ``duplicate``."""
 
     @abstractmethod
     def bulk_load(
         self, users: pd.DataFrame, interactions: pd.DataFrame, history_length: int, marker: str
     ) -> None:
-        """Replace the stored state of the given users with the dataset's, then record ``marker``.
+        """Merge the data set's users into the store, then record ``marker``: profiles are overwritten,
+        each history becomes the latest ``history_length`` of the stored and the data set's events
+        together (by timestamp), seen sets grow. Nothing recorded online is deleted, and an event recorded
+        while the load runs is kept.
 
         ``users`` has USER_FEATURE_FIELDS plus user_id; ``interactions`` has user_id, item_id, timestamp
         and optionally event_type. The marker is written last, so an interrupted load is redone."""

@@ -6,7 +6,11 @@ MULTI/EXEC of RecordEvent stays valid there.
     cascade:v1:{u:42}:profile   hash  gender, age, occupation, zip_code
     cascade:v1:{u:42}:history   list  "<item_id>:<event_type>:<timestamp>", most recent first
     cascade:v1:{u:42}:seen      set   item ids the user has interacted with
+    cascade:v1:{u:42}:ratings   hash  item id -> the rating of the user's latest RATE event on it
+    cascade:v1:{u:42}:event:<event_id>   str  an acknowledged event's idempotency key, expiring after the
+                                              dedupe window
     cascade:v1:meta:load        str   marker of the last complete bulk load
+    cascade:v1:meta:load-lock   str   held (with a TTL) by the one process loading the data set
 """
 
 from __future__ import annotations
@@ -29,11 +33,25 @@ def seen_key(user_id: int) -> bytes:
     return f"{_PREFIX}:{{u:{user_id}}}:seen".encode()
 
 
+def ratings_key(user_id: int) -> bytes:
+    return f"{_PREFIX}:{{u:{user_id}}}:ratings".encode()
+
+
+def event_key(user_id: int, event_id: str) -> bytes:
+    """The idempotency key of one event: in the user's slot, so the recording script may touch it."""
+    return f"{_PREFIX}:{{u:{user_id}}}:event:{event_id}".encode()
+
+
 LOAD_MARKER_KEY = f"{_PREFIX}:meta:load".encode()
+LOAD_LOCK_KEY = f"{_PREFIX}:meta:load-lock".encode()
 
 
 def encode_history_entry(item_id: int, event_type: int, timestamp: int) -> bytes:
     return f"{item_id}:{event_type}:{timestamp}".encode()
+
+
+def entry_timestamp(entry: bytes) -> int:
+    return int(entry.rsplit(b":", 1)[1])
 
 
 def decode_history_entries(raw: list[bytes]) -> np.ndarray:

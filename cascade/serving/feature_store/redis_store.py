@@ -9,17 +9,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import OrderedDict
 
 import numpy as np
 import pandas as pd
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from cascade.serving.feature_store import keys
 from cascade.serving.feature_store.base import (
     USER_FEATURE_FIELDS,
     HistoryEvent,
     OnlineFeatureStore,
+    RecordResult,
     UserState,
 )
 
@@ -61,6 +65,58 @@ class TTLCache:
             self._data.clear()
 
 
+# Append one event: history, seen set and rating change together or not at all (a script runs atomically),
+# and an event id already recorded is acknowledged without a second append.
+# KEYS: history, seen, ratings, event id key (all in the user's hash slot)
+# ARGV: entry, history length, item id, rating ('' when none), dedupe window in seconds ('0': no event id)
+_RECORD_EVENT_SCRIPT = """
+if ARGV[5] ~= '0' then
+  if not redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[5]) then
+    return {redis.call('LLEN', KEYS[1]), 1}
+  end
+end
+local length = redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+redis.call('SADD', KEYS[2], ARGV[3])
+if ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
+end
+return {length, 0}
+"""
+
+# Merge a data set's history into a stored one: the union of both (an identical entry once), latest first by
+# timestamp (ties: stored before loaded, each in its order), cut to the history length. Atomic, so an event
+# recorded while a load runs lands before or after the merge, never lost between a read and a write.
+# KEYS: history. ARGV: history length, then the data set's entries.
+_MERGE_HISTORY_SCRIPT = """
+local limit = tonumber(ARGV[1])
+local seen, merged = {}, {}
+local function add(entry)
+  if not seen[entry] then
+    seen[entry] = true
+    merged[#merged + 1] = {entry, tonumber(string.match(entry, ':(%-?%d+)$')), #merged + 1}
+  end
+end
+for _, entry in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do add(entry) end
+for i = 2, #ARGV do add(ARGV[i]) end
+table.sort(merged, function(a, b)
+  if a[2] ~= b[2] then return a[2] > b[2] end
+  return a[3] < b[3]
+end)
+redis.call('DEL', KEYS[1])
+local kept = {}
+for i = 1, math.min(limit, #merged) do kept[i] = merged[i][1] end
+if #kept > 0 then redis.call('RPUSH', KEYS[1], unpack(kept)) end
+return #kept
+"""
+
+# Release the load lock only if this loader still holds it.
+_RELEASE_LOCK_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 class RedisFeatureStore(OnlineFeatureStore):
     def __init__(
         self,
@@ -72,10 +128,30 @@ class RedisFeatureStore(OnlineFeatureStore):
         self.client = client
         self.url = url  # how another process reaches the same server, when known
         self._profiles = TTLCache(cache_size, cache_ttl_s)
+        self._record_event = client.register_script(_RECORD_EVENT_SCRIPT)
+        self._merge_history = client.register_script(_MERGE_HISTORY_SCRIPT)
+        self._release_lock = client.register_script(_RELEASE_LOCK_SCRIPT)
 
     @classmethod
-    def from_url(cls, url: str, cache_size: int = 100_000, cache_ttl_s: float = 60.0) -> RedisFeatureStore:
-        return cls(redis.Redis.from_url(url, socket_timeout=5.0), cache_size, cache_ttl_s, url)
+    def from_url(
+        cls,
+        url: str,
+        cache_size: int = 100_000,
+        cache_ttl_s: float = 60.0,
+        timeout_s: float = 5.0,
+    ) -> RedisFeatureStore:
+        """A client whose every call fails within ``timeout_s`` and is never retried by redis-py itself
+        (its default retries with backoff would hold a request for seconds while Redis is down): the
+        caller decides, behind a circuit breaker."""
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+            retry_on_timeout=False,
+            health_check_interval=0,
+        )
+        return cls(client, cache_size, cache_ttl_s, url)
 
     def get_user_state(self, user_id: int, history_length: int) -> UserState:
         cached = self._profiles.get(user_id)
@@ -97,14 +173,37 @@ class RedisFeatureStore(OnlineFeatureStore):
         seen = np.array(list(raw_seen), dtype=np.int64) if raw_seen else np.zeros(0, dtype=np.int64)
         return UserState(features=profile, history=history, seen=seen)
 
-    def record_event(self, event_user_id: int, event: HistoryEvent, history_length: int) -> int:
-        entry = keys.encode_history_entry(event.item_id, event.event_type, event.timestamp)
-        pipe = self.client.pipeline(transaction=True)  # MULTI/EXEC: history and seen change together
-        pipe.lpush(keys.history_key(event_user_id), entry)
-        pipe.ltrim(keys.history_key(event_user_id), 0, history_length - 1)
-        pipe.sadd(keys.seen_key(event_user_id), event.item_id)
-        length_after_push = pipe.execute()[0]
-        return min(int(length_after_push), history_length)
+    def record_event(
+        self,
+        event_user_id: int,
+        event: HistoryEvent,
+        history_length: int,
+        event_id: str | None = None,
+        dedupe_window_s: int = 0,
+    ) -> RecordResult:
+        user = event_user_id
+        dedupe = event_id is not None and dedupe_window_s > 0
+        length, duplicate = self._record_event(
+            keys=[
+                keys.history_key(user),
+                keys.seen_key(user),
+                keys.ratings_key(user),
+                keys.event_key(user, event_id if dedupe else "-"),
+            ],
+            args=[
+                keys.encode_history_entry(event.item_id, event.event_type, event.timestamp),
+                history_length,
+                event.item_id,
+                "" if event.rating is None else repr(float(event.rating)),
+                int(dedupe_window_s) if dedupe else 0,
+            ],
+        )
+        return RecordResult(history_length=min(int(length), history_length), duplicate=bool(duplicate))
+
+    def ratings(self, user_id: int) -> dict[int, float]:
+        """The user's latest rating of each item rated through RecordEvent or a bulk load."""
+        raw = self.client.hgetall(keys.ratings_key(user_id))
+        return {int(item): float(value) for item, value in raw.items()}
 
     def bulk_load(
         self,
@@ -115,7 +214,6 @@ class RedisFeatureStore(OnlineFeatureStore):
         chunk_users: int = 500,
     ) -> None:
         started = time.perf_counter()
-        self.client.delete(keys.LOAD_MARKER_KEY)
         ordered = interactions.sort_values(
             ["user_id", "timestamp", "item_id"], ascending=[True, False, False], kind="mergesort"
         )
@@ -124,6 +222,7 @@ class RedisFeatureStore(OnlineFeatureStore):
             if "event_type" in ordered
             else np.full(len(ordered), 3, dtype=np.int64)
         )  # dataset rows are ratings
+        ratings = ordered["rating"].to_numpy() if "rating" in ordered else None
         user_col = ordered["user_id"].to_numpy()
         uniq, starts = np.unique(user_col, return_index=True)
         ends = np.append(starts[1:], len(user_col))
@@ -137,7 +236,6 @@ class RedisFeatureStore(OnlineFeatureStore):
         for begin in range(0, len(all_user_ids), chunk_users):
             pipe = self.client.pipeline(transaction=False)
             for user_id in all_user_ids[begin : begin + chunk_users].tolist():
-                pipe.delete(keys.profile_key(user_id), keys.history_key(user_id), keys.seen_key(user_id))
                 if user_id in profile_of:
                     pipe.hset(
                         keys.profile_key(user_id), mapping=dict(zip(USER_FEATURE_FIELDS, profile_of[user_id]))
@@ -152,12 +250,28 @@ class RedisFeatureStore(OnlineFeatureStore):
                             ts_col[s:e][:history_length],
                         )
                     ]
-                    pipe.rpush(keys.history_key(user_id), *recent)
+                    self._merge_history(
+                        keys=[keys.history_key(user_id)], args=[history_length, *recent], client=pipe
+                    )
                     pipe.sadd(keys.seen_key(user_id), *item_col[s:e].tolist())
+                    if ratings is not None:
+                        # latest first in the data set: the oldest rating of an item is overwritten
+                        rated = dict(zip(item_col[s:e][::-1].tolist(), ratings[s:e][::-1].tolist()))
+                        pipe.hset(keys.ratings_key(user_id), mapping=rated)
             pipe.execute()
         self.client.set(keys.LOAD_MARKER_KEY, marker)
         self._profiles.clear()
         logger.info("loaded %d users into Redis in %.1fs", len(all_user_ids), time.perf_counter() - started)
+
+    def acquire_load_lock(self, ttl_s: float = 600.0) -> str | None:
+        """A token when this process may load the data set (no one else is), else None."""
+        token = uuid.uuid4().hex
+        if self.client.set(keys.LOAD_LOCK_KEY, token, nx=True, px=int(ttl_s * 1000)):
+            return token
+        return None
+
+    def release_load_lock(self, token: str) -> None:
+        self._release_lock(keys=[keys.LOAD_LOCK_KEY], args=[token])
 
     def loaded_marker(self) -> str | None:
         raw = self.client.get(keys.LOAD_MARKER_KEY)

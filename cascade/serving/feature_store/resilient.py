@@ -1,0 +1,213 @@
+"""The feature store as the server uses it: bounded waits, a circuit breaker, and the last features read of
+recent users kept to answer them while the store cannot.
+
+Reads run on a small pool of their own and the request waits for one no longer than its share of the
+deadline: a slow Redis costs a request that share, never the rest of its deadline, and a read that
+finishes late still refreshes the cache (stale-while-revalidate). Writes wait for Redis (bounded by the
+client's timeout) because an acknowledgement must mean the event is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+
+import numpy as np
+import redis
+
+from cascade.core.errors import DependencyUnavailableError
+from cascade.serving.breaker import BreakerState, CircuitBreaker
+from cascade.serving.feature_store.base import HistoryEvent, OnlineFeatureStore, RecordResult, UserState
+
+logger = logging.getLogger(__name__)
+
+FEATURE_STORE_UNAVAILABLE = "feature_store_unavailable"
+STALE_FEATURES = "stale_features"
+
+# What a failing Redis raises: connection refused or reset, timeouts, a server that is loading its data or
+# refuses writes (MISCONF after a failed save), the client's own pool running dry.
+_STORE_FAILURES = (redis.RedisError, OSError)
+
+
+@dataclass(frozen=True)
+class UserLookup:
+    """The user's state when the store (or, failing it, the cache) had it; None when neither could tell.
+    ``degraded_reason`` says why the answer is not a fresh read."""
+
+    state: UserState | None
+    degraded_reason: str | None = None
+
+
+class _StaleCache:
+    """LRU of each recent user's last state read, with the history length it was read at and the
+    monotonic time it was read."""
+
+    def __init__(self, max_size: int):
+        self.max_size = max_size
+        self._data: OrderedDict[int, tuple[float, int, UserState]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, user_id: int, history_length: int, state: UserState) -> None:
+        if self.max_size == 0:
+            return
+        with self._lock:
+            self._data[user_id] = (time.monotonic(), history_length, state)
+            self._data.move_to_end(user_id)
+            if len(self._data) > self.max_size:
+                self._data.popitem(last=False)
+
+    def get(self, user_id: int, history_length: int, max_age_s: float) -> UserState | None:
+        with self._lock:
+            entry = self._data.get(user_id)
+        if entry is None or entry[1] != history_length or time.monotonic() - entry[0] > max_age_s:
+            return None
+        return entry[2]
+
+    def add_event(self, user_id: int, event: HistoryEvent) -> None:
+        """Put an event just stored into the user's cached state too, so that an answer from the cache
+        never misses an acknowledged event."""
+        with self._lock:
+            entry = self._data.get(user_id)
+            if entry is None:
+                return
+            stored_at, history_length, state = entry
+            row = np.array([[event.item_id, event.event_type, event.timestamp]], dtype=np.int64)
+            history = np.concatenate([row, state.history])[:history_length]
+            seen = state.seen if event.item_id in state.seen else np.append(state.seen, event.item_id)
+            self._data[user_id] = (stored_at, history_length, UserState(state.features, history, seen))
+
+
+class ResilientFeatureStore:
+    def __init__(
+        self,
+        backend: OnlineFeatureStore,
+        *,
+        timeout_s: float,
+        read_threads: int = 8,
+        max_pending_reads: int = 64,
+        breaker_failures: int = 3,
+        breaker_reset_s: float = 0.5,
+        stale_cache_size: int = 20_000,
+        stale_max_age_s: float = 900.0,
+        on_breaker_change: Callable[[BreakerState], None] | None = None,
+        on_lookup: Callable[[str], None] | None = None,
+    ):
+        """``on_lookup`` is told how each read ended: fresh, stale, miss (nothing to answer with)."""
+        self.backend = backend
+        self.timeout_s = timeout_s
+        self.stale_max_age_s = stale_max_age_s
+        self.breaker = CircuitBreaker(
+            "feature-store", breaker_failures, breaker_reset_s, on_change=on_breaker_change
+        )
+        self._reads = ThreadPoolExecutor(read_threads, thread_name_prefix="cascade-store-read")
+        self._pending = threading.BoundedSemaphore(max_pending_reads)
+        self._cache = _StaleCache(stale_cache_size)
+        self._on_lookup = on_lookup
+
+    @property
+    def available(self) -> bool:
+        """False while the breaker is open: the store is taken to be down."""
+        return self.breaker.state is not BreakerState.OPEN
+
+    def read_user(self, user_id: int, history_length: int, wait_s: float) -> UserLookup:
+        """The user's state, waiting at most ``wait_s`` (and the store's timeout) for Redis; else their
+        cached state if recent enough, else None. Never raises for a store failure."""
+        future = self._submit_read(user_id, history_length) if self.breaker.allow() else None
+        if future is not None:
+            try:
+                state = future.result(timeout=max(min(wait_s, self.timeout_s), 0.0))
+            except FutureTimeout:
+                state = None  # the read goes on and refreshes the cache when it ends
+            except _STORE_FAILURES:
+                state = None
+            if state is not None:
+                self._count("fresh")
+                return UserLookup(state)
+        stale = self._cache.get(user_id, history_length, self.stale_max_age_s)
+        if stale is not None:
+            self._count("stale")
+            return UserLookup(stale, STALE_FEATURES)
+        self._count("miss")
+        return UserLookup(None, FEATURE_STORE_UNAVAILABLE)
+
+    def _submit_read(self, user_id: int, history_length: int) -> Future | None:
+        """Start a read on the read pool; None (and the breaker's trial slot given back) when too many are
+        in flight already."""
+        if not self._pending.acquire(blocking=False):
+            if self.breaker.state is BreakerState.HALF_OPEN:
+                self.breaker.failed()  # give the trial slot back rather than leave it taken
+            return None
+        try:
+            return self._reads.submit(self._read, user_id, history_length)
+        except RuntimeError:  # the pool is shut down: the server is stopping
+            self._pending.release()
+            return None
+
+    def _read(self, user_id: int, history_length: int) -> UserState:
+        try:
+            state = self.backend.get_user_state(user_id, history_length)
+        except _STORE_FAILURES:
+            self.breaker.failed()
+            raise
+        except BaseException:
+            self.breaker.succeeded()  # the store answered; what it answered is another matter
+            raise
+        finally:
+            self._pending.release()
+        self.breaker.succeeded()
+        self._cache.put(user_id, history_length, state)
+        return state
+
+    def record_event(
+        self,
+        user_id: int,
+        event: HistoryEvent,
+        history_length: int,
+        event_id: str | None,
+        dedupe_window_s: int,
+    ) -> RecordResult:
+        """Store the event or raise DependencyUnavailableError: an UNAVAILABLE the caller may retry (with
+        the same event_id, so a write that did land before a timeout is not recorded twice)."""
+        if not self.breaker.allow():
+            raise DependencyUnavailableError(
+                "feature store unavailable; event not recorded, retry later",
+                retry_after_s=max(self.breaker.retry_after_s(), 0.1),
+            )
+        try:
+            result = self.backend.record_event(user_id, event, history_length, event_id, dedupe_window_s)
+        except _STORE_FAILURES as exc:
+            self.breaker.failed()
+            raise DependencyUnavailableError(
+                f"feature store unavailable ({type(exc).__name__}); event not recorded, retry later",
+                retry_after_s=max(self.breaker.retry_after_s(), 0.1),
+            ) from None
+        self.breaker.succeeded()
+        if not result.duplicate:
+            self._cache.add_event(user_id, event)
+        return result
+
+    def probe(self) -> bool:
+        """Ping the store when the breaker allows a call; True when it answered. The server calls this
+        periodically so that the breaker closes soon after the store returns even without traffic."""
+        if not self.breaker.allow():
+            return False
+        try:
+            self.backend.ping()
+        except _STORE_FAILURES:
+            self.breaker.failed()
+            return False
+        self.breaker.succeeded()
+        return True
+
+    def _count(self, outcome: str) -> None:
+        if self._on_lookup is not None:
+            self._on_lookup(outcome)
+
+    def close(self) -> None:
+        self._reads.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,143 @@
+"""The resilience parts on their own: circuit breaker, admission, deadline plans, request checks."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from cascade.core.errors import InvalidArgumentError
+from cascade.serving.admission import MethodAdmission
+from cascade.serving.breaker import BreakerState, CircuitBreaker
+from cascade.serving.deadline import Deadline
+from cascade.serving.pipeline import Plan, StageCosts
+from cascade.serving.validation import check_budget_ms, check_event_id, check_rating
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_after_consecutive_failures_and_closes_after_a_good_trial():
+    clock, changes = Clock(), []
+    breaker = CircuitBreaker(
+        "t", failure_threshold=3, reset_timeout_s=1.0, on_change=changes.append, clock=clock
+    )
+    for _ in range(2):
+        assert breaker.allow()
+        breaker.failed()
+    breaker.succeeded()  # a success resets the count: failures must be consecutive
+    for _ in range(3):
+        assert breaker.allow()
+        breaker.failed()
+    assert breaker.state is BreakerState.OPEN and changes == [BreakerState.OPEN]
+    assert not breaker.allow() and breaker.retry_after_s() == pytest.approx(1.0)
+    clock.now = 1.0
+    assert breaker.state is BreakerState.HALF_OPEN
+    assert breaker.allow()  # the one trial
+    assert not breaker.allow()  # nobody else while it runs
+    breaker.failed()  # the trial failed: open for another reset timeout
+    assert breaker.state is BreakerState.OPEN and not breaker.allow()
+    clock.now = 2.5
+    assert breaker.allow()
+    breaker.succeeded()
+    assert breaker.state is BreakerState.CLOSED and breaker.allow() and breaker.retry_after_s() == 0
+    assert changes == [BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.OPEN, BreakerState.HALF_OPEN,
+                       BreakerState.CLOSED]  # fmt: skip
+
+
+def test_breaker_never_holds_its_lock_while_a_call_runs():
+    breaker = CircuitBreaker("t")
+    inside = threading.Barrier(4, timeout=5)
+
+    def call() -> None:
+        assert breaker.allow()
+        inside.wait()  # all four are "calling" at once: a breaker serialising calls would deadlock here
+        breaker.succeeded()
+
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not inside.broken
+
+
+def test_admission_runs_workers_queues_a_few_and_refuses_the_rest_at_once():
+    gate = MethodAdmission(workers=2, queue_size=1, max_wait_s=5.0)
+    assert gate.enter() and gate.enter()
+    results = []
+    queued = threading.Thread(target=lambda: results.append(gate.enter(wait_s=5.0)))
+    queued.start()
+    time.sleep(0.1)  # the third waits in the queue
+    started = time.perf_counter()
+    assert not gate.enter()  # the queue is full: refused without waiting
+    assert time.perf_counter() - started < 0.05
+    gate.leave()  # a worker frees up: the queued request takes it
+    queued.join(timeout=5)
+    assert results == [True]
+    gate.leave()
+    gate.leave()
+    assert gate.enter()  # back to free slots
+    gate.leave()
+
+
+def test_admission_wait_ends_with_the_deadline():
+    gate = MethodAdmission(workers=1, queue_size=4, max_wait_s=5.0)
+    assert gate.enter()
+    started = time.perf_counter()
+    assert not gate.enter(wait_s=0.05)
+    assert 0.04 < time.perf_counter() - started < 1.0
+    assert not gate.enter(wait_s=0)  # already past its deadline: no wait at all
+    gate.leave()
+
+
+def test_stage_costs_choose_the_biggest_plan_that_fits_twice_over():
+    costs = StageCosts(safety=2.0)
+    assert costs.plan(1.0) is Plan.FULL  # nothing measured yet
+    costs.observe(recall_ms=2.0, rank_ms=4.0)
+    assert costs.plan(float("inf")) is Plan.FULL
+    assert costs.plan(12.0) is Plan.FULL  # 2 + 4 = 6 fits in 12 / 2
+    assert costs.plan(6.0) is Plan.REDUCED  # 2 + 4 / 4 = 3 fits in 3
+    assert costs.plan(4.0) is Plan.RECALL_ORDER  # 2 fits in 2
+    assert costs.plan(3.0) is Plan.POPULAR
+    costs.observe(recall_ms=4.0, rank_ms=4.0)  # averages move slowly
+    assert costs.recall_ms == pytest.approx(2.0 + 0.05 * 2.0)
+
+
+def test_deadline_is_the_nearer_of_the_call_deadline_and_the_budget():
+    class Context:
+        def __init__(self, remaining):
+            self.remaining = remaining
+
+        def time_remaining(self):
+            return self.remaining
+
+    assert Deadline.of_call(Context(None)).expires_at is None
+    assert Deadline.of_call(None, budget_ms=0).remaining_s() == float("inf")
+    assert 0.009 < Deadline.of_call(Context(None), budget_ms=10).remaining_s() <= 0.010
+    assert 0.004 < Deadline.of_call(Context(0.005), budget_ms=10).remaining_s() <= 0.005
+    assert Deadline.of_call(Context(0.0005), margin_s=0.001).expired
+
+
+def test_request_checks_name_their_field():
+    assert check_budget_ms(0) == 0 and check_budget_ms(250) == 250
+    with pytest.raises(InvalidArgumentError, match="budget_ms"):
+        check_budget_ms(-1)
+    assert check_event_id("") == "" and check_event_id("order-17/line-2") == "order-17/line-2"
+    with pytest.raises(InvalidArgumentError, match="event_id"):
+        check_event_id("has space")
+    with pytest.raises(InvalidArgumentError, match="event_id"):
+        check_event_id("x" * 129)
+    assert check_rating(4.5, is_rating_event=True) == 4.5
+    assert check_rating(0.0, is_rating_event=False) is None
+    for bad in (0.0, 5.5, float("nan")):
+        with pytest.raises(InvalidArgumentError, match="rating"):
+            check_rating(bad, is_rating_event=True)
+    with pytest.raises(InvalidArgumentError, match="rating"):
+        check_rating(3.0, is_rating_event=False)
