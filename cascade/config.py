@@ -167,11 +167,12 @@ class ServingConfig(ComponentConfig):
         "port must be fixed (not 0).",
     )
     metrics_port: int | None = Field(
-        None,
+        9464,
         ge=0,
         le=65535,
-        description="Port of the Prometheus /metrics endpoint (stage and request latency histograms, "
-        "requests by status code); process i of `processes` uses metrics_port + i. Unset: no endpoint.",
+        description="Port of the Prometheus /metrics endpoint (latency and codes per method, stages, "
+        "degraded answers, shed requests, breaker state, model versions, process CPU and memory); process "
+        "i of `processes` uses metrics_port + i; 0 picks a free port. On by default.",
     )
     process_ports: int | None = Field(
         None,
