@@ -70,6 +70,20 @@ class FeatureStoreConfig(ComponentConfig):
     )
 
 
+class TracingConfig(ComponentConfig):
+    """OpenTelemetry traces: a span per RPC and per Recommend stage (needs the ``tracing`` extra)."""
+
+    otlp_endpoint: str | None = Field(
+        None,
+        description="OTLP/gRPC collector to export spans to, e.g. 'localhost:4317'; unset: no tracing, at "
+        "no cost.",
+    )
+    service_name: str = Field("cascade", description="service.name of the exported spans.")
+    sample_ratio: float = Field(
+        1.0, ge=0, le=1, description="Share of traces started here that are kept (a caller's decision wins)."
+    )
+
+
 class ServingConfig(ComponentConfig):
     host: str = Field("127.0.0.1", description="Address the gRPC server binds.")
     port: int = Field(50051, ge=0, le=65535, description="Port the gRPC server binds; 0 picks a free one.")
@@ -121,6 +135,7 @@ class ServingConfig(ComponentConfig):
         "not the server.",
     )
     feature_store: FeatureStoreConfig = Field(default_factory=FeatureStoreConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
     max_k: int = Field(200, ge=1, description="Largest k a Recommend request may ask for.")
     max_exclude_ids: int = Field(1000, ge=0, description="Most exclude_item_ids one request may carry.")
     redis_url: str | None = Field(

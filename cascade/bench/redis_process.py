@@ -39,7 +39,7 @@ def _free_port() -> int:
 
 class RedisProcess:
     def __init__(self, directory: Path | str, port: int | None = None):
-        self.directory = Path(directory)
+        self.directory = Path(directory).resolve()  # redis-server changes into it before opening its log
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = port or _free_port()  # kept across restarts, so clients find it again
         self.url = f"redis://127.0.0.1:{self.port}/0"

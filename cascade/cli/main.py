@@ -223,6 +223,30 @@ def config_schema() -> None:
     print(json.dumps(AppConfig.model_json_schema(), indent=2))
 
 
+@app.command("health")
+def health(
+    target: Annotated[str | None, typer.Option(help="HOST:PORT of the service.")] = None,
+    service: Annotated[
+        str, typer.Option(help="Health service: '' (the server), cascade.feature_store (readiness).")
+    ] = "",
+) -> None:
+    """Exit 0 when the service says SERVING, 1 otherwise (a container's or a probe's health check)."""
+    import grpc
+
+    from cascade.serving.client import CascadeClient
+
+    cfg = _config()
+    target = target or f"{cfg.serving.host}:{cfg.serving.port}"
+    with CascadeClient(target, timeout_s=2.0) as client:
+        try:
+            status = client.health(service)
+        except grpc.RpcError as exc:
+            _fail(f"{target}: {exc.code().name}")
+    print(status)
+    if status != "SERVING":
+        raise typer.Exit(code=1)
+
+
 @app.command("recommend")
 def recommend(
     user_id: Annotated[str, typer.Option(help="User id.")],
@@ -484,14 +508,17 @@ def bench_faults(
         Path | None, typer.Option("--json", help="Report path; .png and .md beside it.")
     ] = None,
     scenario: ScenarioOption = "faults-movielens-100k",
-    rate: Annotated[float, typer.Option(help="Recommend requests per second, open loop.")] = 100.0,
+    rate: Annotated[
+        float | None,
+        typer.Option(help="Recommend requests per second, open loop (default: half the measured capacity)."),
+    ] = None,
     outage_s: Annotated[float, typer.Option(help="Seconds Redis stays killed.")] = 10.0,
     fuzz_requests: Annotated[int, typer.Option(help="Fuzzed requests over all RPCs.")] = 10_000,
     ranker_precision: PrecisionOption = None,
 ) -> None:
     """The fault matrix: Redis killed and paused, short deadlines, 3x overload, republication, corrupt
     artifacts, garbage bytes, fuzzing and SIGTERM, each under load against a served scenario."""
-    import tempfile
+    import shutil
 
     from cascade.bench import faults, serve_load
 
@@ -500,8 +527,9 @@ def bench_faults(
     say = _progress("bench faults")
     _run(serve_load.prepare_scenario, cfg, say)
     settings = faults.FaultSettings(rate=rate, outage_s=outage_s, fuzz_requests=fuzz_requests)
-    with tempfile.TemporaryDirectory(prefix="cascade-faults-") as work_dir:
-        report = _run(faults.run, cfg, settings, Path(work_dir), say)
+    work_dir = json_path.with_name(json_path.stem + "-work")  # the service's log and Redis's files
+    shutil.rmtree(work_dir, ignore_errors=True)
+    report = _run(faults.run, cfg, settings, work_dir, say)
     _wrote(faults.write_outputs(report, json_path))
     for row in report["rows"]:
         console.print(

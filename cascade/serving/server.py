@@ -39,6 +39,7 @@ from cascade.serving.interceptors import ServiceInterceptor
 from cascade.serving.metrics import ServerMetrics
 from cascade.serving.models import ServingModels, served_versions
 from cascade.serving.pipeline import Plan, RecommendationPipeline, UserContext
+from cascade.serving.tracing import Tracing
 from cascade.serving.validation import (
     check_budget_ms,
     check_demographics,
@@ -94,10 +95,12 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         config: AppConfig,
         store: OnlineFeatureStore | ResilientFeatureStore,
         metrics: ServerMetrics | None = None,
+        tracing: Tracing | None = None,
     ):
         self.config = config
         self.store = resilient_store(store, config, metrics)
         self.metrics = metrics
+        self.tracing = tracing or Tracing(None)
         self._pipeline: RecommendationPipeline | None = None
 
     @property
@@ -171,6 +174,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
 
     def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> pb.RecommendResponse:
         started = time.perf_counter()
+        started_ns = time.time_ns()
         deadline = self._deadline(context, check_budget_ms(request.budget_ms), "Recommend")
         user_id = parse_id("user_id", request.user_id)
         k = check_k(request.k, self.config.serving.max_k)
@@ -223,6 +227,17 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             self.metrics.observe_stages(stage_ms)
             for reason in reasons:
                 self.metrics.degraded.labels(reason).inc()
+        if self.tracing.enabled:
+            self.tracing.record_stages(
+                started_ns,
+                stage_ms,
+                {
+                    "cascade.plan": result.plan.value,
+                    "cascade.degraded_reasons": reasons,
+                    "cascade.candidates_k": k,
+                    **{f"cascade.version.{kind}": version for kind, version in models.versions.items()},
+                },
+            )
         return response
 
     def SimilarItems(
@@ -305,16 +320,19 @@ class CascadeServer:
         store: OnlineFeatureStore,
         process_index: int = 0,
         freeze_loaded_models: bool = False,
+        tracing: Tracing | None = None,
     ):
         """``freeze_loaded_models``: keep loaded models out of the cyclic collector's reach (see
-        ``freeze_long_lived_objects``); process-wide, so for a process that only serves."""
+        ``freeze_long_lived_objects``); process-wide, so for a process that only serves. ``tracing``:
+        default from ``serving.tracing``."""
         self.config = config
         self.process_index = process_index
         self.freeze_loaded_models = freeze_loaded_models
         self.metrics = ServerMetrics()
         self.health = health.HealthServicer()
         self.store = resilient_store(store, config, self.metrics, self._on_breaker_change)
-        self.service = RecommenderService(config, self.store, self.metrics)
+        self.tracing = tracing or Tracing.configure(config.serving.tracing)
+        self.service = RecommenderService(config, self.store, self.metrics, self.tracing)
         serving = config.serving
         wait_s = serving.max_queue_wait_ms / 1e3
         self.admission = {
@@ -325,9 +343,12 @@ class CascadeServer:
         threads = sum(gate.capacity for gate in self.admission.values()) + _RESERVE_THREADS
         # Several processes share one port only when asked to; otherwise binding a taken port must fail.
         reuse_port = int(serving.processes > 1)
+        interceptors = [ServiceInterceptor(SERVICE_NAME, self.admission, self.metrics)]
+        if self.tracing.enabled:  # outermost, so that shed and refused calls have spans too
+            interceptors.insert(0, self.tracing.server_interceptor())
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cascade-rpc"),
-            interceptors=[ServiceInterceptor(SERVICE_NAME, self.admission, self.metrics)],
+            interceptors=interceptors,
             options=[("grpc.so_reuseport", reuse_port)],
             # a backstop only: admission refuses first, each method within its own share of the threads
             maximum_concurrent_rpcs=threads,
@@ -524,6 +545,7 @@ class CascadeServer:
         self._server.stop(grace_s).wait()
         self.store.close()
         self.metrics.close()
+        self.tracing.shutdown()
         logger.info("gRPC server stopped")
 
     def wait(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +15,7 @@ from cascade.core.artifacts import ArtifactStore
 from cascade.serving.client import CascadeClient
 from cascade.serving.feature_store.redis_store import RedisFeatureStore
 from cascade.serving.server import CascadeServer
-from tests.helpers import USER, item_ids
+from tests.helpers import USER, free_port, item_ids
 
 pytestmark = pytest.mark.e2e
 
@@ -178,6 +179,31 @@ def test_cli_recommend_queries_the_running_server(server):
         check=True,
     ).stdout
     assert '"items"' in out and '"modelVersions"' in out
+    json.loads(out)  # --json: JSON only on stdout
+    for service in ("", "cascade.feature_store"):
+        health = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cascade.cli",
+                "health",
+                "--target",
+                f"127.0.0.1:{port}",
+                "--service",
+                service,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert health.returncode == 0 and health.stdout.strip() == "SERVING"
+    nobody = subprocess.run(
+        [sys.executable, "-m", "cascade.cli", "health", "--target", f"127.0.0.1:{free_port()}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert nobody.returncode == 1 and "UNAVAILABLE" in nobody.stderr
     bad = subprocess.run(
         [sys.executable, "-m", "cascade.cli", "recommend", "--user-id", "x", "--target", f"127.0.0.1:{port}"],
         capture_output=True,

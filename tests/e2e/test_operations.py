@@ -4,6 +4,7 @@ processes, warm-up."""
 from __future__ import annotations
 
 import gc
+import itertools
 import os
 import signal
 import socket
@@ -281,3 +282,44 @@ def test_freezing_loaded_models_spares_them_from_collections_but_not_reloads():
         assert gone() is None
     finally:
         gc.unfreeze()
+
+
+def test_traces_have_a_span_per_rpc_with_a_child_per_stage(config, built, redis_server):
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from cascade.config import TracingConfig
+    from cascade.serving.client import CascadeClient
+    from cascade.serving.tracing import STAGE_ORDER, Tracing
+
+    exporter = InMemorySpanExporter()
+    tracing = Tracing.configure(TracingConfig(service_name="cascade-test"), SimpleSpanProcessor(exporter))
+    cfg = config.model_copy(update={"serving": config.serving.model_copy(update={"metrics_port": None})})
+    srv = CascadeServer(cfg, RedisFeatureStore.from_url(redis_server.url), tracing=tracing)
+    port = srv.start()
+    try:
+        srv.load_models()
+        with CascadeClient(f"127.0.0.1:{port}") as client:
+            reply = client.recommend(USER, k=5)
+            client.similar_items(50, k=3)
+    finally:
+        srv.stop(drain_s=0)
+    spans = exporter.get_finished_spans()
+    rpc = {span.name: span for span in spans if span.parent is None}
+    assert {"/cascade.v1.Recommender/Recommend", "/cascade.v1.Recommender/SimilarItems"} <= set(rpc)
+    recommend = rpc["/cascade.v1.Recommender/Recommend"]
+    stages = [span for span in spans if span.parent and span.parent.span_id == recommend.context.span_id]
+    assert [span.name for span in stages] == [stage for stage in STAGE_ORDER if stage in reply.stage_ms]
+    assert all(a.end_time <= b.start_time for a, b in itertools.pairwise(stages))  # end to end, in order
+    assert recommend.attributes["cascade.plan"] == "full"
+    assert recommend.attributes["cascade.version.ranking"] == reply.model_versions.ranking
+    assert recommend.resource.attributes["service.name"] == "cascade-test"
+
+
+def test_tracing_is_off_without_an_endpoint():
+    from cascade.config import TracingConfig
+    from cascade.serving.tracing import Tracing
+
+    off = Tracing.configure(TracingConfig())
+    assert not off.enabled and off.server_interceptor() is None
+    off.record_stages(0, {"recall": 1.0}, {})  # nothing to do, nothing raised

@@ -214,7 +214,8 @@ def test_corrupt_or_mismatched_artifacts_are_refused_and_the_old_models_keep_ser
     srv, port = server
     srv.watch_artifacts()  # every reload_interval_s (a no-op when already watching)
     store = config.artifact_store()
-    serving_versions = dict(srv.service.require_pipeline().models.versions)
+    originals = dict(srv.service.require_pipeline().models.versions)
+    serving_versions = originals
     ranking_files = set(store.current("ranking").manifest["files"])
     model_file = next(name for name in ranking_files if name.endswith(".txt"))
     recall_files = store.current("recall").manifest["files"]
@@ -238,6 +239,14 @@ def test_corrupt_or_mismatched_artifacts_are_refused_and_the_old_models_keep_ser
         new_recall = republish(store, "recall", serving_versions["recall"])
         time.sleep(1.0)
         assert srv.service.require_pipeline().models.versions == serving_versions
+        # sound copies of the index and ranker are served (so the copies below fail for their damage alone)
+        sound = {
+            "recall": serving_versions["recall"],
+            "index": republish(store, "index", serving_versions["index"]).version,
+            "ranking": republish(store, "ranking", serving_versions["ranking"]).version,
+        }
+        _wait_for(lambda: srv.service.require_pipeline().models.versions == sound, 60, "the sound copies")
+        serving_versions = sound
         # a ranker trained on that recall whose recall file is damaged, with an index built from it
         bad_recall = republish(store, "recall", serving_versions["recall"], damage=truncate(array_file))
         republish(store, "index", serving_versions["index"], parents={"recall": bad_recall.version})
@@ -260,5 +269,5 @@ def test_corrupt_or_mismatched_artifacts_are_refused_and_the_old_models_keep_ser
         stop.set()
         loader.join()
         for kind in ("recall", "index", "ranking"):  # the session's other tests serve the originals
-            store.set_current(kind, serving_versions[kind])
+            store.set_current(kind, originals[kind])
     assert failures == []
