@@ -35,9 +35,10 @@ class FeatureStoreConfig(ComponentConfig):
     """How serving treats the online feature store (Redis) when it is down or slow."""
 
     timeout_ms: float = Field(
-        250.0,
+        100.0,
         gt=0,
-        description="Bound on every Redis call (connect, read, write); never retried by the client itself.",
+        description="Bound on every Redis call (connect, read, write); never retried by the client itself. "
+        "A Recommend with at least this long to wait for features reads them in its own thread.",
     )
     read_share: float = Field(
         0.4,

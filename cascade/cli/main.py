@@ -39,6 +39,8 @@ error_console = Console(stderr=True)
 logger = logging.getLogger("cascade")
 _state: dict[str, AppConfig] = {}
 
+BULK_TIMEOUT_S = 300.0  # a Redis call of a bulk load (pipelines of hundreds of users) may take this long
+
 ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="TOML config file (default: $CASCADE_CONFIG or ./cascade.toml)."),
@@ -203,7 +205,7 @@ def features_load(
     cfg = _config()
 
     def load() -> bool:
-        with open_feature_store(cfg) as store:
+        with open_feature_store(cfg, timeout_s=BULK_TIMEOUT_S) as store:
             return load_features(cfg, store, if_changed=if_changed)
 
     loaded = _run(load)
@@ -494,7 +496,7 @@ def bench_stages(
     json_path = json_path or Path(f"benchmarks/results/stages-{cfg.data.dataset}.json")
     say = _progress("bench stages")
     _run(serve_load.prepare_scenario, cfg, say)
-    with open_feature_store(cfg) as store:
+    with open_feature_store(cfg, timeout_s=BULK_TIMEOUT_S) as store:
         load_features(cfg, store, if_changed=True)
         report = serve_stages.run(
             cfg, store, serve_load.scenario_user_ids(cfg), serve_stages.StageSettings(requests, k=k), say

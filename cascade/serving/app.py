@@ -30,8 +30,10 @@ logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def open_feature_store(config: AppConfig) -> Iterator[RedisFeatureStore]:
-    """REDIS_URL / serving.redis_url if set, else an embedded redis-server that stops on exit."""
+def open_feature_store(config: AppConfig, timeout_s: float | None = None) -> Iterator[RedisFeatureStore]:
+    """REDIS_URL / serving.redis_url if set, else an embedded redis-server that stops on exit. Calls fail
+    after ``timeout_s`` (default: serving.feature_store.timeout_ms, a serving bound; a bulk load's
+    pipelines need longer)."""
     embedded = None
     url = config.serving.redis_url
     if not url:
@@ -41,7 +43,7 @@ def open_feature_store(config: AppConfig) -> Iterator[RedisFeatureStore]:
         url,
         config.serving.user_cache_size,
         config.serving.user_cache_ttl_s,
-        timeout_s=config.serving.feature_store.timeout_ms / 1e3,
+        timeout_s=config.serving.feature_store.timeout_ms / 1e3 if timeout_s is None else timeout_s,
     )
     try:
         store.ping()

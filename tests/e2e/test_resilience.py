@@ -31,8 +31,10 @@ def serving(config, redis_url: str, **serving_overrides):
     """A server of the session's models against the Redis at ``redis_url`` (features loaded)."""
     overrides = {"port": 0, "redis_url": redis_url, "metrics_port": None, "drain_s": 0.0, **serving_overrides}
     cfg = config.model_copy(update={"serving": config.serving.model_copy(update=overrides)})
+    loader = RedisFeatureStore.from_url(redis_url, timeout_s=60)  # a bulk load's pipelines take a while
+    load_features(cfg, loader)
+    loader.close()
     store = RedisFeatureStore.from_url(redis_url, cache_size=0, timeout_s=0.25)
-    load_features(cfg, store)
     srv = CascadeServer(cfg, store)
     port = srv.start()
     try:

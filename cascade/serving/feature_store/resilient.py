@@ -117,18 +117,29 @@ class ResilientFeatureStore:
 
     def read_user(self, user_id: int, history_length: int, wait_s: float) -> UserLookup:
         """The user's state, waiting at most ``wait_s`` (and the store's timeout) for Redis; else their
-        cached state if recent enough, else None. Never raises for a store failure."""
-        future = self._submit_read(user_id, history_length) if self.breaker.allow() else None
-        if future is not None:
-            try:
-                state = future.result(timeout=max(min(wait_s, self.timeout_s), 0.0))
-            except FutureTimeout:
-                state = None  # the read goes on and refreshes the cache when it ends
-            except _STORE_FAILURES:
-                state = None
-            if state is not None:
-                self._count("fresh")
-                return UserLookup(state)
+        cached state if recent enough, else None. Never raises for a store failure.
+
+        A caller with at least the store's timeout to wait reads in its own thread (the client's timeout
+        bounds the read); one with less hands the read to the read pool and stops waiting at ``wait_s``."""
+        state = None
+        if self.breaker.allow():
+            if wait_s >= self.timeout_s:
+                try:
+                    state = self._read_now(user_id, history_length)
+                except _STORE_FAILURES:
+                    state = None
+            else:
+                future = self._submit_read(user_id, history_length)
+                if future is not None:
+                    try:
+                        state = future.result(timeout=max(wait_s, 0.0))
+                    except FutureTimeout:
+                        state = None  # the read goes on and refreshes the cache when it ends
+                    except _STORE_FAILURES:
+                        state = None
+        if state is not None:
+            self._count("fresh")
+            return UserLookup(state)
         stale = self._cache.get(user_id, history_length, self.stale_max_age_s)
         if stale is not None:
             self._count("stale")
@@ -150,6 +161,13 @@ class ResilientFeatureStore:
             return None
 
     def _read(self, user_id: int, history_length: int) -> UserState:
+        """A read on the read pool: gives its pending slot back whatever happens."""
+        try:
+            return self._read_now(user_id, history_length)
+        finally:
+            self._pending.release()
+
+    def _read_now(self, user_id: int, history_length: int) -> UserState:
         try:
             state = self.backend.get_user_state(user_id, history_length)
         except _STORE_FAILURES:
@@ -158,8 +176,6 @@ class ResilientFeatureStore:
         except BaseException:
             self.breaker.succeeded()  # the store answered; what it answered is another matter
             raise
-        finally:
-            self._pending.release()
         self.breaker.succeeded()
         self._cache.put(user_id, history_length, state)
         return state
