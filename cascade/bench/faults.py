@@ -54,6 +54,7 @@ class FaultSettings:
     overload_factor: float = 3.0
     overload_s: float = 10.0
     fuzz_requests: int = 10_000
+    rows: tuple[str, ...] | None = None  # the rows to run, by name (see ``run``); None: all
     seed: int = 0
 
 
@@ -325,8 +326,9 @@ def _row_deadline(target, settings, users, rng, deadline_ms: float, metrics_port
     )
 
 
-def _capacity(target: str, users: np.ndarray, seconds: float = 6.0, callers: int = 8) -> float:
-    """Recommends per second the service completes with ``callers`` always waiting on it (closed loop)."""
+def _capacity(target: str, users: np.ndarray, callers: int, seconds: float = 6.0) -> float:
+    """Recommends per second the service completes with ``callers`` always waiting on it (closed loop;
+    no more callers than the service admits at once, or the refused ones would be counted against it)."""
     done = []
     stop = time.monotonic() + seconds
 
@@ -798,30 +800,30 @@ def run(config: AppConfig, settings: FaultSettings, work_dir: Path, progress: Ca
         )
         cfg = config.model_copy(update={"serving": serving})
         log_path = work_dir / "server.log"
-        rows_to_run: list[tuple[str, Callable[[], Row]]] = [
-            (
-                "Redis killed under load",
-                lambda: _row_redis_killed(target, redis_process, settings, users, rng),
-            ),
-            ("Redis paused under load", lambda: _row_redis_slow(target, redis_process, settings, users, rng)),
-            ("5 ms deadlines", lambda: _row_deadline(target, settings, users, rng, 5.0, metrics_port)),
-            ("20 ms deadlines", lambda: _row_deadline(target, settings, users, rng, 20.0, metrics_port)),
-            ("3x capacity", lambda: _row_overload(target, settings, users, rng, capacity)),
-            ("republication under load", lambda: _row_republish(target, cfg, users)),
-            (
-                "corrupt artifacts under load",
-                lambda: _row_corrupt(target, cfg, users, metrics_port, reload_interval_s),
-            ),
-            ("garbage bytes", lambda: _row_garbage(target, log_path)),
-            ("fuzzed requests", lambda: _row_fuzz(target, redis_process.url, settings.fuzz_requests, pid)),
-            ("SIGTERM under load", lambda: _row_sigterm(target, pid, users, drain_s)),
-        ]
+        rows_to_run: dict[str, Callable[[], Row]] = {
+            "redis-killed": lambda: _row_redis_killed(target, redis_process, settings, users, rng),
+            "redis-paused": lambda: _row_redis_slow(target, redis_process, settings, users, rng),
+            "deadline-5ms": lambda: _row_deadline(target, settings, users, rng, 5.0, metrics_port),
+            "deadline-20ms": lambda: _row_deadline(target, settings, users, rng, 20.0, metrics_port),
+            "overload": lambda: _row_overload(target, settings, users, rng, capacity),
+            "republish": lambda: _row_republish(target, cfg, users),
+            "corrupt": lambda: _row_corrupt(target, cfg, users, metrics_port, reload_interval_s),
+            "garbage": lambda: _row_garbage(target, log_path),
+            "fuzz": lambda: _row_fuzz(target, redis_process.url, settings.fuzz_requests, pid),
+            "sigterm": lambda: _row_sigterm(target, pid, users, drain_s),
+        }
+        unknown = set(settings.rows or ()) - set(rows_to_run)
+        if unknown:
+            raise ValueError(f"rows: no {sorted(unknown)}; the rows are {', '.join(rows_to_run)}")
         with running_service(cfg, log_path) as (target, pid):
             progress("capacity")
-            capacity = _capacity(target, users)
+            admitted = config.serving.workers + config.serving.queue_size
+            capacity = _capacity(target, users, callers=max(min(8, admitted), 1))
             settings = replace(settings, rate=settings.rate or round(settings.load_share * capacity))
             progress(f"capacity {capacity:.0f} Recommend/s; faults at {settings.rate:.0f} Recommend/s")
-            for label, measure in rows_to_run:
+            for label, measure in rows_to_run.items():
+                if settings.rows and label not in settings.rows:
+                    continue
                 progress(label)
                 try:
                     rows.append(measure())

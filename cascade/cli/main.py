@@ -516,6 +516,17 @@ def bench_faults(
     ] = None,
     outage_s: Annotated[float, typer.Option(help="Seconds Redis stays killed.")] = 10.0,
     fuzz_requests: Annotated[int, typer.Option(help="Fuzzed requests over all RPCs.")] = 10_000,
+    rows: Annotated[
+        str | None,
+        typer.Option(
+            help="Rows to run, comma-separated: redis-killed, redis-paused, deadline-5ms, deadline-20ms, "
+            "overload, republish, corrupt, garbage, fuzz, sigterm (default: all)."
+        ),
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Recommend workers (default: the scenario's).")] = None,
+    queue_size: Annotated[
+        int | None, typer.Option(help="Queue per method (default: the scenario's).")
+    ] = None,
     ranker_precision: PrecisionOption = None,
 ) -> None:
     """The fault matrix: Redis killed and paused, short deadlines, 3x overload, republication, corrupt
@@ -524,11 +535,18 @@ def bench_faults(
 
     from cascade.bench import faults, serve_load
 
-    cfg = _scenario(scenario, precision=ranker_precision)
+    cfg = _scenario(scenario, workers=workers, precision=ranker_precision)
+    if queue_size is not None:
+        cfg = cfg.model_copy(update={"serving": cfg.serving.model_copy(update={"queue_size": queue_size})})
     json_path = json_path or Path(f"benchmarks/results/faults-{cfg.data.dataset}.json")
     say = _progress("bench faults")
     _run(serve_load.prepare_scenario, cfg, say)
-    settings = faults.FaultSettings(rate=rate, outage_s=outage_s, fuzz_requests=fuzz_requests)
+    settings = faults.FaultSettings(
+        rate=rate,
+        outage_s=outage_s,
+        fuzz_requests=fuzz_requests,
+        rows=tuple(row.strip() for row in rows.split(",")) if rows else None,
+    )
     work_dir = json_path.with_name(json_path.stem + "-work")  # the service's log and Redis's files
     shutil.rmtree(work_dir, ignore_errors=True)
     report = _run(faults.run, cfg, settings, work_dir, say)
