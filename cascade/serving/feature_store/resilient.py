@@ -110,11 +110,6 @@ class ResilientFeatureStore:
         self._cache = _StaleCache(stale_cache_size)
         self._on_lookup = on_lookup
 
-    @property
-    def available(self) -> bool:
-        """False while the breaker is open: the store is taken to be down."""
-        return self.breaker.state is not BreakerState.OPEN
-
     def read_user(self, user_id: int, history_length: int, wait_s: float) -> UserLookup:
         """The user's state, waiting at most ``wait_s`` (and the store's timeout) for Redis; else their
         cached state if recent enough, else None. Never raises for a store failure.
