@@ -63,7 +63,8 @@ class EmbeddedRedis:
         )
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Save and shut the server down, then remove its private socket folder."""
+        """Save and shut the server down (killed if it is still up after ``timeout_s``), then remove its
+        private socket folder."""
         server, self._server = self._server, None
         if server is None:
             return
@@ -78,6 +79,10 @@ class EmbeddedRedis:
         deadline = time.monotonic() + timeout_s
         while pid and _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
+        if pid and _alive(pid):
+            # never leave it running behind us; what it acknowledged is in its fsynced log already
+            logger.warning("embedded redis-server still running after %.0f s; killing it", timeout_s)
+            os.kill(pid, signal.SIGKILL)
         if redis_dir:
             shutil.rmtree(redis_dir, ignore_errors=True)
         logger.info("embedded redis-server stopped")
