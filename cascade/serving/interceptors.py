@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable
@@ -17,13 +16,13 @@ from cascade.core.errors import CascadeError, InvalidArgumentError, OverloadedEr
 from cascade.core.logs import request_id_var
 from cascade.serving.admission import MethodAdmission
 from cascade.serving.metrics import ServerMetrics
+from cascade.serving.validation import is_opaque_id
 
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_METADATA = "x-request-id"
 RETRY_PUSHBACK_METADATA = "grpc-retry-pushback-ms"  # what a gRPC client's retry policy waits for
 _STATUS_DETAILS_METADATA = "grpc-status-details-bin"
-_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 
 
 class _Undecodable:
@@ -59,10 +58,11 @@ def rich_status(error: CascadeError) -> _RichStatus:
         violation = error_details_pb2.BadRequest.FieldViolation(field=error.field, description=str(error))
         details.append(error_details_pb2.BadRequest(field_violations=[violation]))
     if error.retry_after_s is not None:
+        delay_ms = max(int(error.retry_after_s * 1000), 1)
         delay = duration_pb2.Duration()
-        delay.FromMilliseconds(max(int(error.retry_after_s * 1000), 1))
+        delay.FromMilliseconds(delay_ms)
         details.append(error_details_pb2.RetryInfo(retry_delay=delay))
-        metadata.append((RETRY_PUSHBACK_METADATA, str(max(int(error.retry_after_s * 1000), 1))))
+        metadata.append((RETRY_PUSHBACK_METADATA, str(delay_ms)))
     status = status_pb2.Status(code=getattr(code_pb2, error.status), message=str(error))
     for detail in details:
         status.details.add().Pack(detail)
@@ -73,10 +73,10 @@ def rich_status(error: CascadeError) -> _RichStatus:
 def request_id_of(context: grpc.ServicerContext, request: Any) -> str:
     """x-request-id metadata, else the request's own request_id field, else a new id."""
     for key, value in context.invocation_metadata() or ():
-        if key == REQUEST_ID_METADATA and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
+        if key == REQUEST_ID_METADATA and isinstance(value, str) and is_opaque_id(value):
             return value
     own = getattr(request, "request_id", "")
-    if own and _REQUEST_ID.fullmatch(own):
+    if own and is_opaque_id(own):
         return own
     return uuid.uuid4().hex
 

@@ -364,7 +364,7 @@ class CascadeServer:
         self._stopped = threading.Event()
         self._watcher: threading.Thread | None = None
         self._prober: threading.Thread | None = None
-        self._failed_sets: set[tuple[tuple[str, str], ...]] = set()
+        self._failed_sets: set[frozenset[tuple[str, str]]] = set()  # model sets refused, never retried
         self._unresolved: str | None = None  # why the published versions do not resolve, logged once
 
     def _on_breaker_change(self, state: BreakerState) -> None:
@@ -442,7 +442,7 @@ class CascadeServer:
 
     def _refuse(self, versions: dict[str, str], error: Exception) -> None:
         """Remember a model set that failed: it is not tried again (versions never change in place)."""
-        self._failed_sets.add(tuple(sorted(versions.items())))
+        self._failed_sets.add(frozenset(versions.items()))
         self.metrics.reload_failures.inc()
         logger.warning("refused model set %s: %s", versions, error)
 
@@ -460,7 +460,7 @@ class CascadeServer:
             except ArtifactError as exc:
                 first_error = first_error or exc
                 continue
-            if tuple(sorted(versions.items())) in self._failed_sets:
+            if frozenset(versions.items()) in self._failed_sets:
                 continue
             try:
                 models = self._install(versions)
@@ -496,7 +496,7 @@ class CascadeServer:
         pipeline = self.service.pipeline
         if pipeline is not None and published == pipeline.models.versions:
             return False
-        if tuple(sorted(published.items())) in self._failed_sets:
+        if frozenset(published.items()) in self._failed_sets:
             return False
         try:
             models = self._install(published)

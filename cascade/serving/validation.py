@@ -38,8 +38,13 @@ def parse_exclude_ids(values: list[str], max_count: int) -> list[int]:
     return [parse_id(f"exclude_item_ids[{i}]", v) for i, v in enumerate(values)]
 
 
+def is_opaque_id(value: str) -> bool:
+    """1-128 printable ASCII characters without spaces: what a request id or an event id may be."""
+    return bool(_REQUEST_ID.fullmatch(value))
+
+
 def check_request_id(value: str) -> str:
-    if value and not _REQUEST_ID.fullmatch(value):
+    if value and not is_opaque_id(value):
         raise InvalidArgumentError("request_id", "must be 1-128 printable ASCII characters without spaces")
     return value
 
@@ -83,7 +88,7 @@ def check_budget_ms(budget_ms: int) -> int:
 
 
 def check_event_id(value: str) -> str:
-    if value and not _REQUEST_ID.fullmatch(value):
+    if value and not is_opaque_id(value):
         raise InvalidArgumentError("event_id", "must be 1-128 printable ASCII characters without spaces")
     return value
 
