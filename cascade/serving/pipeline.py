@@ -144,29 +144,25 @@ class RecommendationPipeline:
         scores, items = self.models.index.search(query[None, :], count + len(blocked))
         return ChannelCandidates.top(items[0], scores[0], blocked, count, TWO_TOWER)
 
-    def recall(self, ctx: UserContext, extra: int = 0) -> tuple[MergedCandidates, np.ndarray | None]:
+    def recall(
+        self, ctx: UserContext, extra: int = 0, plan: Plan = Plan.FULL
+    ) -> tuple[MergedCandidates, np.ndarray | None]:
         """Every channel's candidates for the user, merged and de-duplicated, and the two-tower query
-        (None for anonymous users, who get popular items only). ``extra`` widens the two-tower quota."""
-        if ctx.anonymous:
+        (None for anonymous users, who get popular items only). ``extra`` widens the two-tower quota. A
+        ``plan`` short of FULL recalls less: a reduced two-tower channel alone, or popular items only."""
+        if ctx.anonymous or plan is Plan.POPULAR:
             return merge_channels([self.popular(ctx.seen, self.models.num_candidates + extra)]), None
         query = self.user_embedding(ctx)
-        return self.channels(ctx, query, extra), query
+        if plan is Plan.FULL:
+            return self.channels(ctx, query, extra), query
+        count = max(int(self.models.num_candidates * REDUCED_SHARE), 1) + extra
+        return merge_channels([self.two_tower(query, ctx.seen, count)]), query
 
     def channels(self, ctx: UserContext, query: np.ndarray, extra: int = 0) -> MergedCandidates:
         """The personal channels for a user with two-tower ``query`` (D,): the ANN, plus co-occurrence
         from recent items, or popular-in-segment for a user with no history."""
         two_tower = self.two_tower(query, ctx.seen, self.models.num_candidates + extra)
         return self.models.channels.merge(two_tower, ctx.history, ctx.seen, ctx.row.gender, ctx.row.age)
-
-    def shrunk_recall(
-        self, ctx: UserContext, plan: Plan, extra: int = 0
-    ) -> tuple[MergedCandidates, np.ndarray | None]:
-        """``recall`` for a plan short of FULL: popular items only, or a reduced two-tower channel alone."""
-        if plan is Plan.POPULAR or ctx.anonymous:
-            return merge_channels([self.popular(ctx.seen, self.models.num_candidates + extra)]), None
-        query = self.user_embedding(ctx)
-        count = max(int(self.models.num_candidates * REDUCED_SHARE), 1) + extra
-        return merge_channels([self.two_tower(query, ctx.seen, count)]), query
 
     def recommend(
         self, ctx: UserContext, k: int, exclude: np.ndarray, plan: Plan = Plan.FULL
@@ -176,10 +172,7 @@ class RecommendationPipeline:
         of FULL does less work (see ``Plan``) to answer within a deadline."""
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        if plan is Plan.FULL:
-            merged, query = self.recall(ctx, extra=len(exclude))
-        else:
-            merged, query = self.shrunk_recall(ctx, plan, extra=len(exclude))
+        merged, query = self.recall(ctx, extra=len(exclude), plan=plan)
         after_recall = time.perf_counter()
         timings["recall"] = (after_recall - start) * 1e3
         items, channels, channel_scores = merged.items, merged.channels, merged.channel_scores

@@ -50,10 +50,6 @@ def encode_history_entry(item_id: int, event_type: int, timestamp: int) -> bytes
     return f"{item_id}:{event_type}:{timestamp}".encode()
 
 
-def entry_timestamp(entry: bytes) -> int:
-    return int(entry.rsplit(b":", 1)[1])
-
-
 def decode_history_entries(raw: list[bytes]) -> np.ndarray:
     """Stored entries -> (H, 3) int64 rows (item_id, event_type, timestamp), in their order. One parse for
     the whole list, not a split, three int() calls and an object per entry, fifty times a request."""

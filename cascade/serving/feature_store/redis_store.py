@@ -7,10 +7,8 @@ are always read from Redis, so an event recorded a moment ago is reflected by th
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
-from collections import OrderedDict
 
 import numpy as np
 import pandas as pd
@@ -26,44 +24,9 @@ from cascade.serving.feature_store.base import (
     RecordResult,
     UserState,
 )
+from cascade.serving.feature_store.cache import MISSING, TTLCache
 
 logger = logging.getLogger(__name__)
-
-_MISSING = object()
-
-
-class TTLCache:
-    """Thread-safe LRU cache whose entries expire ``ttl_s`` seconds after being stored."""
-
-    def __init__(self, max_size: int, ttl_s: float):
-        self.max_size, self.ttl_s = max_size, ttl_s
-        self._data: OrderedDict[int, tuple[float, object]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: int) -> object:
-        with self._lock:
-            entry = self._data.get(key)
-            if entry is None:
-                return _MISSING
-            if entry[0] < time.monotonic():
-                del self._data[key]
-                return _MISSING
-            self._data.move_to_end(key)
-            return entry[1]
-
-    def put(self, key: int, value: object) -> None:
-        if self.max_size == 0 or self.ttl_s == 0:
-            return
-        with self._lock:
-            self._data[key] = (time.monotonic() + self.ttl_s, value)
-            self._data.move_to_end(key)
-            while len(self._data) > self.max_size:
-                self._data.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
-
 
 # Append one event: history, seen set and rating change together or not at all (a script runs atomically),
 # and an event id already recorded is acknowledged without a second append.
@@ -156,12 +119,12 @@ class RedisFeatureStore(OnlineFeatureStore):
     def get_user_state(self, user_id: int, history_length: int) -> UserState:
         cached = self._profiles.get(user_id)
         pipe = self.client.pipeline(transaction=False)
-        if cached is _MISSING:
+        if cached is MISSING:
             pipe.hgetall(keys.profile_key(user_id))
         pipe.lrange(keys.history_key(user_id), 0, history_length - 1)
         pipe.smembers(keys.seen_key(user_id))
         replies = pipe.execute()
-        if cached is _MISSING:
+        if cached is MISSING:
             raw_profile = replies.pop(0)
             profile = {k.decode(): v.decode() for k, v in raw_profile.items()} if raw_profile else None
             self._profiles.put(user_id, profile)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -24,6 +22,7 @@ import redis
 from cascade.core.errors import DependencyUnavailableError
 from cascade.serving.breaker import BreakerState, CircuitBreaker
 from cascade.serving.feature_store.base import HistoryEvent, OnlineFeatureStore, RecordResult, UserState
+from cascade.serving.feature_store.cache import MISSING, TTLCache
 
 logger = logging.getLogger(__name__)
 
@@ -44,43 +43,13 @@ class UserLookup:
     degraded_reason: str | None = None
 
 
-class _StaleCache:
-    """LRU of each recent user's last state read, with the history length it was read at and the
-    monotonic time it was read."""
-
-    def __init__(self, max_size: int):
-        self.max_size = max_size
-        self._data: OrderedDict[int, tuple[float, int, UserState]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def put(self, user_id: int, history_length: int, state: UserState) -> None:
-        if self.max_size == 0:
-            return
-        with self._lock:
-            self._data[user_id] = (time.monotonic(), history_length, state)
-            self._data.move_to_end(user_id)
-            if len(self._data) > self.max_size:
-                self._data.popitem(last=False)
-
-    def get(self, user_id: int, history_length: int, max_age_s: float) -> UserState | None:
-        with self._lock:
-            entry = self._data.get(user_id)
-        if entry is None or entry[1] != history_length or time.monotonic() - entry[0] > max_age_s:
-            return None
-        return entry[2]
-
-    def add_event(self, user_id: int, event: HistoryEvent) -> None:
-        """Put an event just stored into the user's cached state too, so that an answer from the cache
-        never misses an acknowledged event."""
-        with self._lock:
-            entry = self._data.get(user_id)
-            if entry is None:
-                return
-            stored_at, history_length, state = entry
-            row = np.array([[event.item_id, event.event_type, event.timestamp]], dtype=np.int64)
-            history = np.concatenate([row, state.history])[:history_length]
-            seen = state.seen if event.item_id in state.seen else np.append(state.seen, event.item_id)
-            self._data[user_id] = (stored_at, history_length, UserState(state.features, history, seen))
+def _with_event(history_length: int, state: UserState, event: HistoryEvent) -> tuple[int, UserState]:
+    """A cached state with an event just stored put in too, so that an answer from the cache never misses
+    an acknowledged event."""
+    row = np.array([[event.item_id, event.event_type, event.timestamp]], dtype=np.int64)
+    history = np.concatenate([row, state.history])[:history_length]
+    seen = state.seen if event.item_id in state.seen else np.append(state.seen, event.item_id)
+    return history_length, UserState(state.features, history, seen)
 
 
 class ResilientFeatureStore:
@@ -101,13 +70,13 @@ class ResilientFeatureStore:
         """``on_lookup`` is told how each read ended: fresh, stale, miss (nothing to answer with)."""
         self.backend = backend
         self.timeout_s = timeout_s
-        self.stale_max_age_s = stale_max_age_s
         self.breaker = CircuitBreaker(
             "feature-store", breaker_failures, breaker_reset_s, on_change=on_breaker_change
         )
         self._reads = ThreadPoolExecutor(read_threads, thread_name_prefix="cascade-store-read")
         self._pending = threading.BoundedSemaphore(max_pending_reads)
-        self._cache = _StaleCache(stale_cache_size)
+        # user id -> (history length, state) of each recent user's last read, served up to stale_max_age_s
+        self._cache = TTLCache(stale_cache_size, stale_max_age_s)
         self._on_lookup = on_lookup
 
     def read_user(self, user_id: int, history_length: int, wait_s: float) -> UserLookup:
@@ -135,10 +104,10 @@ class ResilientFeatureStore:
         if state is not None:
             self._count("fresh")
             return UserLookup(state)
-        stale = self._cache.get(user_id, history_length, self.stale_max_age_s)
-        if stale is not None:
+        cached = self._cache.get(user_id)
+        if cached is not MISSING and cached[0] == history_length:
             self._count("stale")
-            return UserLookup(stale, STALE_FEATURES)
+            return UserLookup(cached[1], STALE_FEATURES)
         self._count("miss")
         return UserLookup(None, FEATURE_STORE_UNAVAILABLE)
 
@@ -172,7 +141,7 @@ class ResilientFeatureStore:
             self.breaker.succeeded()  # the store answered; what it answered is another matter
             raise
         self.breaker.succeeded()
-        self._cache.put(user_id, history_length, state)
+        self._cache.put(user_id, (history_length, state))
         return state
 
     def record_event(
@@ -200,7 +169,7 @@ class ResilientFeatureStore:
             ) from None
         self.breaker.succeeded()
         if not result.duplicate:
-            self._cache.add_event(user_id, event)
+            self._cache.update(user_id, lambda cached: _with_event(*cached, event))
         return result
 
     def probe(self) -> bool:
