@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import socket
 
+from cascade.bench.ports import free_port
+
 USER = 1  # a real ML-100K user with 272 ratings
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def free_port_run(count: int) -> int:

@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import os
 import random
 import shutil
+import signal
 import string
 import sys
 import threading
@@ -27,6 +30,7 @@ import grpc
 import numpy as np
 
 from cascade.bench import report as report_io
+from cascade.bench.ports import free_port
 from cascade.bench.redis_process import RedisProcess
 from cascade.bench.serve_load import _run_punctually, running_service, scenario_user_ids
 from cascade.config import AppConfig
@@ -329,23 +333,10 @@ def _row_deadline(target, settings, users, rng, deadline_ms: float, metrics_port
 def _capacity(target: str, users: np.ndarray, callers: int, seconds: float = 6.0) -> float:
     """Recommends per second the service completes with ``callers`` always waiting on it (closed loop;
     no more callers than the service admits at once, or the refused ones would be counted against it)."""
-    done = []
-    stop = time.monotonic() + seconds
-
-    def caller(seed: int) -> None:
-        rng = np.random.default_rng(seed)
-        with CascadeClient(target, timeout_s=5) as client:
-            while time.monotonic() < stop:
-                with contextlib.suppress(grpc.RpcError):
-                    client.recommend(int(rng.choice(users)), k=20)
-                    done.append(time.monotonic())
-
-    threads = [threading.Thread(target=caller, args=(i,)) for i in range(callers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    settled = [t for t in done if t > stop - seconds + 1.0]  # the first second warms up
+    with _background_load(target, users, rate=math.inf, callers=callers) as (calls, _):
+        time.sleep(seconds)
+    done_s = [c.sent_s + c.latency_ms / 1e3 for c in calls if c.code == "OK"]
+    settled = [t for t in done_s if 1.0 < t <= seconds]  # the first second warms up
     return len(settled) / (seconds - 1.0)
 
 
@@ -742,9 +733,6 @@ def _process_alive(pid: int) -> bool:
 def _row_sigterm(target: str, pid: int, users: np.ndarray, drain_s: float) -> Row:
     """SIGTERM while four callers send; they stop a moment after health says NOT_SERVING, as a balancer
     would."""
-    import os
-    import signal
-
     with _background_load(target, users, rate=100.0, callers=4) as (calls, started):
         time.sleep(2.0)
         signalled = time.monotonic()
@@ -769,27 +757,19 @@ def _row_sigterm(target: str, pid: int, users: np.ndarray, drain_s: float) -> Ro
 # ------------------------------------------------------------------------------------------------ the run
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def run(config: AppConfig, settings: FaultSettings, work_dir: Path, progress: Callable[[str], None]) -> dict:
     """Every row against one service of the scenario's models, with a Redis of its own; the service's log
     and Redis's files stay in ``work_dir``."""
     rng = np.random.default_rng(settings.seed)
     users = scenario_user_ids(config)
-    metrics_port = _free_port()
+    metrics_port = free_port()
     drain_s, reload_interval_s = 3.0, 0.5
     rows: list[Row] = []
     capacity = float("nan")
     with RedisProcess(work_dir / "redis") as redis_process:
         serving = config.serving.model_copy(
             update={
-                "port": _free_port(),
+                "port": free_port(),
                 "redis_url": redis_process.url,
                 "metrics_port": metrics_port,
                 "reload_interval_s": reload_interval_s,

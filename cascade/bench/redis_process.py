@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import redis
+
+from cascade.bench.ports import free_port
 
 
 def redis_server_binary() -> str:
@@ -31,17 +32,11 @@ def redis_server_binary() -> str:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class RedisProcess:
     def __init__(self, directory: Path | str, port: int | None = None):
         self.directory = Path(directory).resolve()  # redis-server changes into it before opening its log
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.port = port or _free_port()  # kept across restarts, so clients find it again
+        self.port = port or free_port()  # kept across restarts, so clients find it again
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._process: subprocess.Popen | None = None
 

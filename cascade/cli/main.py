@@ -408,12 +408,21 @@ PrecisionOption = Annotated[
 
 
 def _scenario(
-    scenario: str, processes: int | None = None, workers: int | None = None, precision: str | None = None
+    scenario: str,
+    processes: int | None = None,
+    workers: int | None = None,
+    precision: str | None = None,
+    queue_size: int | None = None,
 ) -> AppConfig:
     from cascade.bench.serve_load import scenario_config
 
     cfg = load_config(_run(scenario_config, scenario))
-    overrides = {"processes": processes, "workers": workers, "ranker_precision": precision}
+    overrides = {
+        "processes": processes,
+        "workers": workers,
+        "ranker_precision": precision,
+        "queue_size": queue_size,
+    }
     serving = {k: v for k, v in overrides.items() if v is not None}
     return cfg.model_copy(update={"serving": cfg.serving.model_copy(update=serving)}) if serving else cfg
 
@@ -535,9 +544,7 @@ def bench_faults(
 
     from cascade.bench import faults, serve_load
 
-    cfg = _scenario(scenario, workers=workers, precision=ranker_precision)
-    if queue_size is not None:
-        cfg = cfg.model_copy(update={"serving": cfg.serving.model_copy(update={"queue_size": queue_size})})
+    cfg = _scenario(scenario, workers=workers, precision=ranker_precision, queue_size=queue_size)
     json_path = json_path or Path(f"benchmarks/results/faults-{cfg.data.dataset}.json")
     say = _progress("bench faults")
     _run(serve_load.prepare_scenario, cfg, say)
