@@ -28,6 +28,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cascade.bench import report as report_io
 from cascade.bench.ports import free_port
@@ -88,13 +89,15 @@ async def _drive(
     channels: int = 8,
 ) -> list[Call]:
     """Send each (offset s, method, request, timeout s) at its time without waiting for earlier answers,
-    and run each (offset s, action) in a thread at its time (a fault, a recovery)."""
+    and run each (offset s, action) in a thread at its time (a fault, a recovery). A method is one of the
+    Recommender's, or "Check": a health check."""
     loop = asyncio.get_running_loop()
     chans = [
         grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
         for _ in range(channels)
     ]
     stubs = [pb_grpc.RecommenderStub(channel) for channel in chans]
+    health_stubs = [health_pb2_grpc.HealthStub(channel) for channel in chans]
     calls: list[Call | None] = [None] * len(schedule)
     start = loop.time() + 0.1
 
@@ -103,7 +106,8 @@ async def _drive(
         call = Call(method, offset, 0.0, "")
         began = loop.time()
         try:
-            reply = await getattr(stubs[i % len(stubs)], method)(request, timeout=timeout)
+            stub = (health_stubs if method == "Check" else stubs)[i % len(stubs)]
+            reply = await getattr(stub, method)(request, timeout=timeout)
             call.code = "OK"
             if method == "Recommend":
                 call.degraded = list(reply.degraded_reasons)
@@ -340,24 +344,35 @@ def _capacity(target: str, users: np.ndarray, callers: int, seconds: float = 6.0
     return len(settled) / (seconds - 1.0)
 
 
-def _row_overload(target, settings, users, rng, capacity: float) -> Row:
+def _row_overload(target, settings, users, rng, capacity: float, check_rate: float = 50.0) -> Row:
+    """3× capacity of Recommends, and beside them health checks at ``check_rate``: the quickest RPC the
+    server has, whose latency is the floor that this machine (server, generator and Redis on the same
+    cores) puts under any answer, a refusal included."""
     offered = capacity * settings.overload_factor
     schedule = _mixed_schedule(
         settings.overload_s, settings, users, rng, "overload", timeout_s=1.0, rate=offered, events=False
     )
-    calls = _run_punctually(_drive(target, schedule, channels=16))
+    check = health_pb2.HealthCheckRequest(service="")
+    schedule += [(i / check_rate, "Check", check, 1.0) for i in range(int(settings.overload_s * check_rate))]
+    schedule.sort(key=lambda entry: entry[0])
+    everything = _run_punctually(_drive(target, schedule, channels=16))
+    calls = [c for c in everything if c.method == "Recommend"]
+    checks = [c for c in everything if c.method == "Check"]
     codes = _codes(calls)
     goodput = codes.get("OK", 0) / settings.overload_s
     shed = _latency(calls, "RESOURCE_EXHAUSTED")
     shed_p99 = shed.get("p99", float("nan"))
+    floor = _latency(checks, "OK")
     passed = shed_p99 <= 1.0 and goodput >= 0.9 * capacity and set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}
     return Row(
         f"{settings.overload_factor:.0f}× capacity for {settings.overload_s:.0f} s",
         "shed requests get RESOURCE_EXHAUSTED in ≤ 1 ms p99; goodput ≥ 90% of capacity",
         passed,
         f"capacity {capacity:.0f} req/s, offered {offered:.0f}; goodput {goodput:.0f} req/s "
-        f"({goodput / capacity:.0%}); {codes}; shed p99 {shed_p99:.2f} ms; "
-        f"answered p99 {_latency(calls, 'OK').get('p99', float('nan')):.0f} ms",
+        f"({goodput / capacity:.0%}); {codes}; shed p50 {shed.get('p50', float('nan')):.2f} ms, "
+        f"p99 {shed_p99:.2f} ms; answered p99 {_latency(calls, 'OK').get('p99', float('nan')):.0f} ms; "
+        f"a health check beside them: p50 {floor.get('p50', float('nan')):.2f} ms, "
+        f"p99 {floor.get('p99', float('nan')):.2f} ms ({_codes(checks)})",
         {
             "capacity_rps": capacity,
             "offered_rps": offered,
@@ -365,6 +380,9 @@ def _row_overload(target, settings, users, rng, capacity: float) -> Row:
             "codes": codes,
             "shed_latency_ms": shed,
             "ok_latency_ms": _latency(calls, "OK"),
+            "health_check_rps": check_rate,
+            "health_check_latency_ms": floor,
+            "health_check_codes": _codes(checks),
         },
         _timeline(calls, [(0.0, settings.overload_s, "3× capacity")]),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -81,6 +82,30 @@ def request_id_of(context: grpc.ServicerContext, request: Any) -> str:
     return uuid.uuid4().hex
 
 
+class ShedLog:
+    """While a method sheds, one log line per ``interval_s`` with the count, not one line per request:
+    under overload a line per refusal costs the server the time that shedding is meant to save (the
+    metrics count every one)."""
+
+    def __init__(self, interval_s: float = 10.0):
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+        self._logged_at: dict[str, float] = {}
+
+    def shed(self, method: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            count = self._counts.get(method, 0) + 1
+            since = self._logged_at.get(method)
+            if since is not None and now - since < self.interval_s:
+                self._counts[method] = count
+                return
+            self._counts[method], self._logged_at[method] = 0, now
+        window = "" if since is None else f" in the last {now - since:.1f} s"
+        logger.warning("%s: shed %d requests%s (RESOURCE_EXHAUSTED: at capacity)", method, count, window)
+
+
 class ServiceInterceptor(grpc.ServerInterceptor):
     """For the methods of ``service`` (other services, health and reflection, pass untouched and uncounted):
 
@@ -100,6 +125,12 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         self.prefix = f"/{service}/"
         self.admission = admission
         self.metrics = metrics
+        self.shed_log = ShedLog()
+        # the same refusal every time: built once per method, not per shed request
+        self._overloaded = {
+            method: rich_status(OverloadedError(f"{method}: server at capacity; retry later"))
+            for method in admission
+        }
 
     def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(handler_call_details)
@@ -126,9 +157,11 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                         if remaining is not None and remaining <= 0:
                             code = "DEADLINE_EXCEEDED"
                             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed while queued")
+                        code = "RESOURCE_EXHAUSTED"
                         if metrics is not None:
                             metrics.shed.labels(short_method).inc()
-                        raise OverloadedError(f"{short_method}: server at capacity; retry later")
+                        self.shed_log.shed(short_method)
+                        context.abort_with_status(self._overloaded[short_method])
                 return inner(request, context)
             except CascadeError as exc:
                 code = exc.status

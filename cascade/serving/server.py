@@ -12,6 +12,7 @@ from concurrent import futures
 
 import grpc
 import numpy as np
+import redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -332,6 +333,8 @@ class CascadeServer:
         self.health = health.HealthServicer()
         self.store = resilient_store(store, config, self.metrics, self._on_breaker_change)
         self.tracing = tracing or Tracing.configure(config.serving.tracing)
+        if isinstance(getattr(self.store.backend, "client", None), redis.Redis):
+            self.tracing.instrument_redis(self.store.backend.client)
         self.service = RecommenderService(config, self.store, self.metrics, self.tracing)
         serving = config.serving
         wait_s = serving.max_queue_wait_ms / 1e3

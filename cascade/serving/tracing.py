@@ -1,6 +1,8 @@
 """OpenTelemetry traces of the server: a span per RPC (opentelemetry-instrumentation-grpc's server
-interceptor) with a child span per Recommend stage, exported over OTLP when ``serving.tracing.otlp_endpoint``
-is set (the ``tracing`` extra). Off, nothing is imported, no interceptor is added and no span is made.
+interceptor) with a child span per Recommend stage and one per feature-store command
+(opentelemetry-instrumentation-redis, on the server's own Redis client only), exported over OTLP when
+``serving.tracing.otlp_endpoint`` is set (the ``tracing`` extra). Off, nothing is imported, no
+interceptor is added and no span is made.
 
 Stage spans are recorded after the answer from the times the pipeline already measures, laid end to end
 from the request's start, rather than opened around each stage: the hot path is the same traced or not.
@@ -24,6 +26,7 @@ class Tracing:
         """``provider``: an opentelemetry-sdk TracerProvider; None: tracing off."""
         self.provider = provider
         self._tracer = provider.get_tracer("cascade.serving") if provider is not None else None
+        self._redis_clients: list[Any] = []
 
     @property
     def enabled(self) -> bool:
@@ -67,6 +70,16 @@ class Tracing:
 
         return server_interceptor(tracer_provider=self.provider)
 
+    def instrument_redis(self, client: Any) -> None:
+        """A span per command (and per pipeline) of this redis-py ``client``, children of the RPC's span;
+        other clients in the process stay as they are. Nothing when tracing is off."""
+        if not self.enabled:
+            return
+        from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+        RedisInstrumentor.instrument_client(client=client, tracer_provider=self.provider)
+        self._redis_clients.append(client)
+
     def record_stages(self, started_ns: int, stage_ms: dict[str, float], attributes: dict[str, Any]) -> None:
         """Child spans of the current RPC span, one per stage, from ``started_ns`` (time.time_ns()) on;
         ``attributes`` go on the RPC span (degraded reasons, plan, model versions)."""
@@ -86,5 +99,11 @@ class Tracing:
             at = end
 
     def shutdown(self) -> None:
+        if self._redis_clients:
+            from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+            for client in self._redis_clients:
+                RedisInstrumentor.uninstrument_client(client)
+            self._redis_clients.clear()
         if self.provider is not None:
             self.provider.shutdown()

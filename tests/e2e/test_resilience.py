@@ -143,6 +143,8 @@ def test_overload_is_shed_at_once_and_other_methods_keep_answering(config, built
         client.recommend(USER, k=10)
         own_redis.pause(1.5)  # every Recommend of a user not cached waits for its read
 
+        pushback = []
+
         def one(user: int) -> tuple[str, float]:
             started = time.perf_counter()
             try:
@@ -150,6 +152,7 @@ def test_overload_is_shed_at_once_and_other_methods_keep_answering(config, built
                 code = "OK"
             except grpc.RpcError as err:
                 code = err.code().name
+                pushback.extend(v for k, v in err.trailing_metadata() or () if k == "grpc-retry-pushback-ms")
             return code, time.perf_counter() - started
 
         with ThreadPoolExecutor(12) as pool:
@@ -160,6 +163,7 @@ def test_overload_is_shed_at_once_and_other_methods_keep_answering(config, built
         shed = [took for code, took in outcomes if code == "RESOURCE_EXHAUSTED"]
         assert len(shed) >= 8 and {code for code, _ in outcomes} <= {"OK", "RESOURCE_EXHAUSTED"}
         assert max(shed) < 0.1  # refused at once, not after waiting
+        assert len(pushback) == len(shed)  # each refusal tells the caller's retry policy when to retry
         assert similar_s < 0.5
         assert srv.metrics.shed.labels("Recommend")._value.get() == len(shed)
 

@@ -9,6 +9,7 @@ client's timeout) because an acknowledgement must mean the event is stored.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 from collections.abc import Callable
@@ -119,7 +120,8 @@ class ResilientFeatureStore:
                 self.breaker.failed()  # give the trial slot back rather than leave it taken
             return None
         try:
-            return self._reads.submit(self._read, user_id, history_length)
+            # in the caller's context: the read logs under its request id and traces under its span
+            return self._reads.submit(contextvars.copy_context().run, self._read, user_id, history_length)
         except RuntimeError:  # the pool is shut down: the server is stopping
             self._pending.release()
             return None

@@ -11,6 +11,7 @@ from cascade.core.errors import InvalidArgumentError
 from cascade.serving.admission import MethodAdmission
 from cascade.serving.breaker import BreakerState, CircuitBreaker
 from cascade.serving.deadline import Deadline
+from cascade.serving.interceptors import ShedLog
 from cascade.serving.pipeline import Plan, StageCosts
 from cascade.serving.validation import check_budget_ms, check_event_id, check_rating
 
@@ -95,6 +96,21 @@ def test_admission_wait_ends_with_the_deadline():
     assert 0.04 < time.perf_counter() - started < 1.0
     assert not gate.enter(wait_s=0)  # already past its deadline: no wait at all
     gate.leave()
+
+
+def test_shed_log_writes_one_line_per_interval_with_the_count(caplog):
+    log = ShedLog(interval_s=0.2)
+    with caplog.at_level("WARNING", logger="cascade.serving.interceptors"):
+        for _ in range(50):
+            log.shed("Recommend")
+        log.shed("SimilarItems")
+        time.sleep(0.25)
+        log.shed("Recommend")
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines[0].startswith("Recommend: shed 1 requests (")
+    assert lines[1].startswith("SimilarItems: shed 1 requests (")
+    assert lines[2].startswith("Recommend: shed 50 requests in the last 0.")  # 49 quiet ones, then this
+    assert len(lines) == 3
 
 
 def test_stage_costs_choose_the_biggest_plan_that_fits_twice_over():
