@@ -56,6 +56,7 @@ class FaultSettings:
     pause_s: float = 4.0  # Redis paused this long
     after_s: float = 6.0  # load after each fault
     deadline_rows_s: float = 8.0
+    deadline_rate: float = 100.0  # Recommend requests per second in the short-deadline rows
     overload_factor: float = 3.0
     overload_s: float = 10.0
     fuzz_requests: int = 10_000
@@ -306,6 +307,7 @@ def _row_deadline(target, settings, users, rng, deadline_ms: float, metrics_port
         rng,
         f"deadline{deadline_ms:.0f}",
         timeout_s=deadline_ms / 1e3,
+        rate=settings.deadline_rate,
         events=False,
     )
     dropped_before = _scrape_counter(metrics_port, "cascade_deadline_dropped_requests_total")
@@ -316,7 +318,7 @@ def _row_deadline(target, settings, users, rng, deadline_ms: float, metrics_port
     codes = _codes(calls)
     over = sum(c.call_ms > deadline_ms for c in ok)
     return Row(
-        f"{deadline_ms:.0f} ms client deadlines at {settings.rate:.0f} req/s",
+        f"{deadline_ms:.0f} ms client deadlines at {settings.deadline_rate:.0f} req/s",
         "0 answers after the deadline; shrunk answers flagged",
         set(codes) <= {"OK", "DEADLINE_EXCEEDED"} and shrunk == sum(bool(c.degraded) for c in ok),
         f"{codes}: 0 answers after the deadline (gRPC turns a late one into DEADLINE_EXCEEDED); "
