@@ -57,8 +57,9 @@ class FeatureStoreConfig(ComponentConfig):
     breaker_reset_s: float = Field(
         0.5,
         gt=0,
-        description="Seconds an open breaker refuses calls before it lets a trial call through; a probe "
-        "pings Redis that often while the breaker is open, so it closes soon after Redis returns.",
+        description="Seconds an open breaker refuses calls before it lets a trial call through. A probe "
+        "reads Redis that often (the keyspace pointer): the breaker closes soon after Redis returns, and a "
+        "`cascade features load` that moves users to a new keyspace is followed within this time.",
     )
     stale_cache_size: int = Field(
         20_000,

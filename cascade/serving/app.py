@@ -47,6 +47,7 @@ def open_feature_store(config: AppConfig, timeout_s: float | None = None) -> Ite
     )
     try:
         store.ping()
+        store.refresh_keyspace()
         yield store
     finally:
         store.close()
@@ -70,13 +71,24 @@ def load_features(
     store: RedisFeatureStore,
     if_changed: bool = True,
     lock_wait_s: float = 600.0,
+    settle_s: float | None = None,
 ) -> bool:
     """Merge the configured data set's users into the store (see ``RedisFeatureStore.bulk_load``: events
     recorded online are never deleted). With ``if_changed``, nothing happens when this exact load is in the
     store already. One process loads at a time: another one waits for it to finish (then, with
-    ``if_changed``, has nothing left to do). Returns whether a load happened."""
+    ``if_changed``, has nothing left to do). Returns whether a load happened.
+
+    When the store's keyspace is of another key layout or history length than configured, its users move
+    to a new keyspace first (``RedisFeatureStore.switch_keyspace``); servers follow within a probe interval,
+    and the old keyspace is caught up and dropped ``settle_s`` later (default: several probe intervals)."""
     marker = features_marker(config)
-    if if_changed and store.loaded_marker() == marker:
+    target = keys.Keyspace.for_layout(config.features.history_length)
+
+    def done() -> bool:
+        store.refresh_keyspace()
+        return store.keyspace == target and store.loaded_marker() == marker
+
+    if if_changed and done():
         logger.info("the feature store already holds this data set's features (marker %s)", marker)
         return False
     deadline = time.monotonic() + lock_wait_s
@@ -85,11 +97,23 @@ def load_features(
             raise RuntimeError(f"another process has been loading features for over {lock_wait_s:.0f} s")
         time.sleep(0.2)
     try:
-        if if_changed and store.loaded_marker() == marker:  # loaded by the process we waited for
+        if if_changed and done():  # loaded by the process we waited for
             logger.info("another process loaded this data set's features (marker %s)", marker)
             return False
         dataset = Dataset.load(config.data.path)
-        store.bulk_load(dataset.users, dataset.interactions, config.features.history_length, marker)
+
+        def load(keyspace: keys.Keyspace) -> None:
+            store.bulk_load(
+                dataset.users, dataset.interactions, config.features.history_length, marker, keyspace=keyspace
+            )
+
+        if store.keyspace == target:
+            load(target)
+        else:
+            if settle_s is None:
+                # a server follows the pointer at its next probe, every breaker_reset_s
+                settle_s = 3 * config.serving.feature_store.breaker_reset_s
+            store.switch_keyspace(target, load, settle_s)
     finally:
         store.release_load_lock(token)
     return True

@@ -378,15 +378,12 @@ class CascadeServer:
             health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING,
         )
 
-    def _probe_feature_store(self, interval_s: float, idle_every: int = 4) -> None:
-        """While the breaker is not closed, ping the store every ``interval_s`` so that it closes soon after
-        the store returns, traffic or not; while closed, every ``idle_every`` intervals, so that an outage
-        shows in readiness even without traffic."""
-        ticks = 0
+    def _probe_feature_store(self, interval_s: float) -> None:
+        """Every ``interval_s``, read the store's keyspace pointer (``ResilientFeatureStore.probe``): while
+        the breaker is open this closes it soon after the store returns, traffic or not; while closed it
+        shows an outage in readiness even without traffic, and follows a loader's keyspace switch."""
         while not self._stopped.wait(interval_s):
-            ticks += 1
-            if self.store.breaker.state is not BreakerState.CLOSED or ticks % idle_every == 0:
-                self.store.probe()
+            self.store.probe()
 
     def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):

@@ -126,18 +126,39 @@ def test_acknowledged_events_survive_kills_reloads_a_new_history_length_and_two_
         server_a.wait()
         redis_process.kill()  # Redis crashes right after acknowledging, too
         redis_process.start()
-        # the data set loaded again, then with a longer history: merged, never replaced
+        # the data set loaded again: merged, never replaced
         subprocess.run(_cli(config_a, "features", "load"), check=True, capture_output=True, timeout=300)
-        longer = {**os.environ, "CASCADE_FEATURES__HISTORY_LENGTH": str(cfg.features.history_length + 10)}
-        subprocess.run(
-            _cli(config_a, "features", "load", "--if-changed"), check=True, capture_output=True, env=longer,
-            timeout=300,
-        )  # fmt: skip
         config_b, _ = _write_config(config, tmp_path, "b.json", port=port_b, redis_url=redis_process.url)
         config_c, _ = _write_config(config, tmp_path, "c.json", port=port_c, redis_url=redis_process.url)
-        replicas = [_start(config_b, tmp_path / "b.log"), _start(config_c, tmp_path / "c.log")]
+        replicas = [_start(config_b, tmp_path / "b.log")]
         try:
             _wait_serving(port_b, replicas[0], tmp_path / "b.log")
+            # a longer history moves every user to a new keyspace while replica b records events (one per
+            # user, users seen only online) and has to follow the switch
+            acknowledged, stop = [], threading.Event()
+
+            def record_during_the_switch() -> None:
+                with CascadeClient(f"127.0.0.1:{port_b}") as client:
+                    while not stop.is_set():
+                        user = 900_000 + len(acknowledged)
+                        client.record_event(user, 100 + len(acknowledged) % 50, "click")
+                        acknowledged.append(user)
+                        time.sleep(0.005)
+
+            recorder = threading.Thread(target=record_during_the_switch)
+            recorder.start()
+            longer = {**os.environ, "CASCADE_FEATURES__HISTORY_LENGTH": str(cfg.features.history_length + 10)}
+            try:
+                subprocess.run(
+                    _cli(config_a, "features", "load", "--if-changed"), check=True, capture_output=True,
+                    env=longer, timeout=300,
+                )  # fmt: skip
+                time.sleep(0.5)
+            finally:
+                stop.set()
+                recorder.join()
+            assert "keyspace" in (tmp_path / "b.log").read_text()  # replica b followed the switch
+            replicas.append(_start(config_c, tmp_path / "c.log"))
             _wait_serving(port_c, replicas[1], tmp_path / "c.log")
             with CascadeClient(f"127.0.0.1:{port_c}") as client:
                 for user, item, event_id in events:
@@ -148,6 +169,10 @@ def test_acknowledged_events_survive_kills_reloads_a_new_history_length_and_two_
             for replica in replicas:
                 replica.wait(timeout=60)
         store = RedisFeatureStore.from_url(redis_process.url)
+        assert store.keyspace.history_length == cfg.features.history_length + 10
+        assert len(acknowledged) > 50
+        lost = [user for user in acknowledged if len(store.get_user_state(user, 10).history) != 1]
+        assert lost == []
         history = store.get_user_state(USER, 1000).history_items.tolist()
         assert {item for _, item, _ in events} <= set(history)
         assert history[:10] == [item for _, item, _ in reversed(events)]  # still the most recent

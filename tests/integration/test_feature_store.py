@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pandas as pd
@@ -13,10 +14,17 @@ from cascade.serving.feature_store.redis_store import RedisFeatureStore
 
 
 def test_key_schema_golden_bytes():
-    assert keys.profile_key(42) == b"cascade:v1:{u:42}:profile"
-    assert keys.history_key(42) == b"cascade:v1:{u:42}:history"
-    assert keys.seen_key(42) == b"cascade:v1:{u:42}:seen"
-    assert keys.LOAD_MARKER_KEY == b"cascade:v1:meta:load"
+    legacy = keys.LEGACY_KEYSPACE  # the layout stores written before keyspaces were switched
+    assert legacy.profile_key(42) == b"cascade:v1:{u:42}:profile"
+    assert legacy.history_key(42) == b"cascade:v1:{u:42}:history"
+    assert legacy.seen_key(42) == b"cascade:v1:{u:42}:seen"
+    assert legacy.load_marker_key == b"cascade:v1:meta:load"
+    current = keys.Keyspace.for_layout(50)
+    assert current.history_key(42) == b"cascade:v1:h50:{u:42}:history"
+    assert current.event_key(42, "e") == b"cascade:v1:h50:{u:42}:event:e"
+    assert keys.Keyspace.from_pointer(current.to_pointer()) == current
+    assert keys.Keyspace.from_pointer(None) == legacy
+    assert keys.user_of_key(b"cascade:v1:h50:{u:-7}:seen") == -7
     assert keys.encode_history_entry(7, 2, 1700000000) == b"7:2:1700000000"
     decoded = keys.decode_history_entries([b"7:2:1700000000", b"12:1:5"])
     assert decoded.dtype == np.int64 and decoded.tolist() == [[7, 2, 1700000000], [12, 1, 5]]
@@ -92,7 +100,7 @@ def test_profile_cache_expires_but_history_is_always_fresh(redis_client):
     store = RedisFeatureStore(redis_client, cache_size=10, cache_ttl_s=60)
     _load(store)
     store.get_user_state(1, history_length=10)
-    redis_client.hset(keys.profile_key(1), "occupation", "artist")
+    redis_client.hset(store.keyspace.profile_key(1), "occupation", "artist")
     store.record_event(1, HistoryEvent(99, 1, 7), history_length=10)
     state = store.get_user_state(1, history_length=10)
     assert state.features["occupation"] == "writer"  # cached profile
@@ -111,7 +119,7 @@ def test_an_event_id_is_recorded_once_and_a_rating_kept(redis_client):
     assert first.history_length == again.history_length == 3
     assert store.get_user_state(1, history_length=10).history_items.tolist() == [13, 11, 12]
     assert store.ratings(1)[13] == 4.5
-    assert 0 < redis_client.ttl(keys.event_key(1, "e-1")) <= 60
+    assert 0 < redis_client.ttl(store.keyspace.event_key(1, "e-1")) <= 60
     other = store.record_event(
         1, HistoryEvent(14, 1, 101), history_length=10, event_id="e-2", dedupe_window_s=60
     )
@@ -153,3 +161,76 @@ def test_one_loader_at_a_time(redis_client):
     assert store.acquire_load_lock() is None
     store.release_load_lock(token)
     assert store.acquire_load_lock() is not None
+
+
+def _wait_for(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_switching_keyspace_moves_every_user_and_loses_no_event(redis_client):
+    """A loader moves users to a keyspace with a longer history while a server that has not yet followed
+    the pointer goes on writing to the old one: after the catch-up every event is in the new keyspace, the
+    idempotency keys came along, and the old keyspace is gone."""
+    loader, lagging = RedisFeatureStore(redis_client), RedisFeatureStore(redis_client)
+    for store in (loader, lagging):
+        store.refresh_keyspace()
+    assert loader.keyspace == keys.LEGACY_KEYSPACE
+    _load(loader)  # user 1: 11@3, 12@2 (history length 2)
+    loader.record_event(
+        1, HistoryEvent(20, 3, 50, rating=4.0), history_length=2, event_id="e-1", dedupe_window_s=60
+    )
+    loader.record_event(5, HistoryEvent(21, 2, 60), history_length=2)  # a user only seen online
+    target = keys.Keyspace.for_layout(4)
+    loaded = []
+
+    def load(keyspace):
+        users = pd.DataFrame(
+            {"user_id": [1], "gender": ["F"], "age": [31], "occupation": ["w"], "zip_code": ["1"]}
+        )
+        interactions = pd.DataFrame(
+            {"user_id": [1, 1, 1], "item_id": [10, 11, 12], "rating": [5, 4, 3], "timestamp": [1, 3, 2]}
+        )
+        loader.bulk_load(users, interactions, history_length=4, marker="m4", keyspace=keyspace)
+        loaded.append(keyspace)
+
+    report = {}
+    switching = threading.Thread(
+        target=lambda: report.update(loader.switch_keyspace(target, load, settle_s=1.0))
+    )
+    switching.start()
+    _wait_for(lambda: redis_client.get(keys.KEYSPACE_POINTER_KEY) is not None)
+    # the lagging server still writes to the old keyspace, after the pointer moved
+    lagging.record_event(1, HistoryEvent(30, 1, 70), history_length=2)
+    lagging.record_event(6, HistoryEvent(31, 1, 80), history_length=2)
+    switching.join(timeout=30)
+    assert loaded == [target] and report["users_moved"] == 4 and report["users_caught_up"] == 5
+    assert loader.keyspace == target and loader.loaded_marker() == "m4"
+    assert not list(redis_client.scan_iter(match=keys.LEGACY_KEYSPACE.user_key_pattern))
+    assert redis_client.get(keys.LEGACY_KEYSPACE.load_marker_key) is None
+
+    assert lagging.refresh_keyspace() and lagging.keyspace == target
+    state = lagging.get_user_state(1, history_length=10)
+    assert state.history_items.tolist() == [30, 20, 11, 12]  # latest 4, by time, of everything recorded
+    assert sorted(state.seen.tolist()) == [10, 11, 12, 20, 30]
+    assert state.features["age"] == "31"
+    assert lagging.ratings(1) == {10: 5.0, 11: 4.0, 12: 3.0, 20: 4.0}
+    assert lagging.get_user_state(5, history_length=10).history_items.tolist() == [21]
+    assert lagging.get_user_state(6, history_length=10).history_items.tolist() == [31]
+    retried = lagging.record_event(
+        1, HistoryEvent(20, 3, 50, rating=4.0), history_length=4, event_id="e-1", dedupe_window_s=60
+    )
+    assert retried.duplicate  # the idempotency key moved with its TTL
+    assert 0 < redis_client.ttl(target.event_key(1, "e-1")) <= 60
+
+
+def test_a_newer_key_layout_is_not_followed(redis_client):
+    running = RedisFeatureStore(redis_client)
+    assert running.keyspace == keys.LEGACY_KEYSPACE  # no pointer yet: the first layout
+    newer = keys.Keyspace("cascade:v9:h50", keys.KEY_SCHEMA_VERSION + 1, 50)
+    redis_client.set(keys.KEYSPACE_POINTER_KEY, newer.to_pointer())
+    assert running.refresh_keyspace() is False and running.keyspace == keys.LEGACY_KEYSPACE
+    with pytest.raises(RuntimeError, match="newer"):
+        RedisFeatureStore(redis_client).get_user_state(1, history_length=5)

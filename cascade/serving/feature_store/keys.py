@@ -1,49 +1,111 @@
-"""Redis key schema, versioned so that a layout change never reads old data as new.
+"""Redis key schema: a keyspace per key layout and history length, switched atomically.
 
-Each user's keys share the hash tag ``{u:<id>}``: on Redis Cluster they land in one slot, so the
-MULTI/EXEC of RecordEvent stays valid there.
+Each user's keys share the hash tag ``{u:<id>}``: on Redis Cluster they land in one slot, so the scripts
+that record an event or move a user to a new keyspace stay valid there. Under a keyspace's prefix, e.g.
+``cascade:v1:h50``:
 
-    cascade:v1:{u:42}:profile   hash  gender, age, occupation, zip_code
-    cascade:v1:{u:42}:history   list  "<item_id>:<event_type>:<timestamp>", most recent first
-    cascade:v1:{u:42}:seen      set   item ids the user has interacted with
-    cascade:v1:{u:42}:ratings   hash  item id -> the rating of the user's latest RATE event on it
-    cascade:v1:{u:42}:event:<event_id>   str  an acknowledged event's idempotency key, expiring after the
-                                              dedupe window
-    cascade:v1:meta:load        str   marker of the last complete bulk load
-    cascade:v1:meta:load-lock   str   held (with a TTL) by the one process loading the data set
+    <prefix>:{u:42}:profile   hash  gender, age, occupation, zip_code
+    <prefix>:{u:42}:history   list  "<item_id>:<event_type>:<timestamp>", most recent first, at most the
+                                    keyspace's history length
+    <prefix>:{u:42}:seen      set   item ids the user has interacted with
+    <prefix>:{u:42}:ratings   hash  item id -> the rating of the user's latest RATE event on it
+    <prefix>:{u:42}:event:<event_id>   str  an acknowledged event's idempotency key, expiring after the
+                                            dedupe window
+    <prefix>:meta:load        str   marker of the last complete bulk load into this keyspace
+
+Outside any keyspace:
+
+    cascade:keyspace          str   JSON of the keyspace every process reads and writes (absent: the
+                                    first layout, ``cascade:v1``, from before keyspaces were switched)
+    cascade:v1:meta:load-lock str   held (with a TTL) by the one process loading or migrating
+
+A new layout or history length gets a new keyspace: the loader copies every user into it, loads the data
+set, then points ``cascade:keyspace`` at it in one SET; servers follow the pointer within seconds.
 """
 
 from __future__ import annotations
 
+import json
+import re
+from dataclasses import dataclass
+
 import numpy as np
 
 KEY_SCHEMA_VERSION = 1
-_PREFIX = f"cascade:v{KEY_SCHEMA_VERSION}"
+KEYSPACE_POINTER_KEY = b"cascade:keyspace"
+LOAD_LOCK_KEY = b"cascade:v1:meta:load-lock"
+_USER_TAG = re.compile(rb"\{u:(-?\d+)\}")
 
 
-def profile_key(user_id: int) -> bytes:
-    return f"{_PREFIX}:{{u:{user_id}}}:profile".encode()
+@dataclass(frozen=True)
+class Keyspace:
+    """Where a store's user keys live. ``history_length`` is what histories are cut to on write (None for
+    the first layout, which did not record it: each writer used its own)."""
+
+    prefix: str
+    schema_version: int = KEY_SCHEMA_VERSION
+    history_length: int | None = None
+
+    @classmethod
+    def for_layout(cls, history_length: int) -> Keyspace:
+        """The keyspace of this code's key layout with histories of ``history_length``."""
+        return cls(f"cascade:v{KEY_SCHEMA_VERSION}:h{history_length}", KEY_SCHEMA_VERSION, history_length)
+
+    @classmethod
+    def from_pointer(cls, raw: bytes | None) -> Keyspace:
+        if raw is None:
+            return LEGACY_KEYSPACE
+        fields = json.loads(raw)
+        return cls(fields["prefix"], int(fields["schema_version"]), fields.get("history_length"))
+
+    def to_pointer(self) -> bytes:
+        return json.dumps(
+            {
+                "prefix": self.prefix,
+                "schema_version": self.schema_version,
+                "history_length": self.history_length,
+            }
+        ).encode()
+
+    def _user(self, user_id: int, name: str) -> bytes:
+        return f"{self.prefix}:{{u:{user_id}}}:{name}".encode()
+
+    def profile_key(self, user_id: int) -> bytes:
+        return self._user(user_id, "profile")
+
+    def history_key(self, user_id: int) -> bytes:
+        return self._user(user_id, "history")
+
+    def seen_key(self, user_id: int) -> bytes:
+        return self._user(user_id, "seen")
+
+    def ratings_key(self, user_id: int) -> bytes:
+        return self._user(user_id, "ratings")
+
+    def event_key(self, user_id: int, event_id: str) -> bytes:
+        """The idempotency key of one event: in the user's slot, so the recording script may touch it."""
+        return self._user(user_id, f"event:{event_id}")
+
+    @property
+    def load_marker_key(self) -> bytes:
+        return f"{self.prefix}:meta:load".encode()
+
+    @property
+    def user_key_pattern(self) -> bytes:
+        """A SCAN pattern matching every user key of this keyspace, and no other keyspace's."""
+        return f"{self.prefix}:{{u:*}}:*".encode()
+
+    def moved_key(self, key: bytes, to: Keyspace) -> bytes:
+        """``key`` of this keyspace under ``to``'s prefix."""
+        return to.prefix.encode() + key[len(self.prefix) :]
 
 
-def history_key(user_id: int) -> bytes:
-    return f"{_PREFIX}:{{u:{user_id}}}:history".encode()
+LEGACY_KEYSPACE = Keyspace("cascade:v1", 1, None)
 
 
-def seen_key(user_id: int) -> bytes:
-    return f"{_PREFIX}:{{u:{user_id}}}:seen".encode()
-
-
-def ratings_key(user_id: int) -> bytes:
-    return f"{_PREFIX}:{{u:{user_id}}}:ratings".encode()
-
-
-def event_key(user_id: int, event_id: str) -> bytes:
-    """The idempotency key of one event: in the user's slot, so the recording script may touch it."""
-    return f"{_PREFIX}:{{u:{user_id}}}:event:{event_id}".encode()
-
-
-LOAD_MARKER_KEY = f"{_PREFIX}:meta:load".encode()
-LOAD_LOCK_KEY = f"{_PREFIX}:meta:load-lock".encode()
+def user_of_key(key: bytes) -> int | None:
+    match = _USER_TAG.search(key)
+    return int(match.group(1)) if match else None
 
 
 def encode_history_entry(item_id: int, event_type: int, timestamp: int) -> bytes:

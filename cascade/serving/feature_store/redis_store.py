@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -47,31 +48,60 @@ end
 return {length, 0}
 """
 
-# Merge a data set's history into a stored one: the union of both (an identical entry once), latest first by
-# timestamp (ties: stored before loaded, each in its order), cut to the history length. Atomic, so an event
-# recorded while a load runs lands before or after the merge, never lost between a read and a write.
-# KEYS: history. ARGV: history length, then the data set's entries.
-_MERGE_HISTORY_SCRIPT = """
-local limit = tonumber(ARGV[1])
-local seen, merged = {}, {}
-local function add(entry)
-  if not seen[entry] then
-    seen[entry] = true
-    merged[#merged + 1] = {entry, tonumber(string.match(entry, ':(%-?%d+)$')), #merged + 1}
+# Replace the history at `key` by the union of it and `entries` (an identical entry once), latest first by
+# timestamp (ties: stored before added, each in its order), cut to `limit`. Shared by the scripts below.
+_MERGE_HISTORY_FUNCTION = """
+local function merge_history(key, limit, entries)
+  local seen, merged = {}, {}
+  local function add(entry)
+    if not seen[entry] then
+      seen[entry] = true
+      merged[#merged + 1] = {entry, tonumber(string.match(entry, ':(%-?%d+)$')), #merged + 1}
+    end
   end
+  for _, entry in ipairs(redis.call('LRANGE', key, 0, -1)) do add(entry) end
+  for _, entry in ipairs(entries) do add(entry) end
+  table.sort(merged, function(a, b)
+    if a[2] ~= b[2] then return a[2] > b[2] end
+    return a[3] < b[3]
+  end)
+  redis.call('DEL', key)
+  local kept = {}
+  for i = 1, math.min(limit, #merged) do kept[i] = merged[i][1] end
+  if #kept > 0 then redis.call('RPUSH', key, unpack(kept)) end
+  return #kept
 end
-for _, entry in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do add(entry) end
-for i = 2, #ARGV do add(ARGV[i]) end
-table.sort(merged, function(a, b)
-  if a[2] ~= b[2] then return a[2] > b[2] end
-  return a[3] < b[3]
-end)
-redis.call('DEL', KEYS[1])
-local kept = {}
-for i = 1, math.min(limit, #merged) do kept[i] = merged[i][1] end
-if #kept > 0 then redis.call('RPUSH', KEYS[1], unpack(kept)) end
-return #kept
 """
+
+# Merge a data set's history into a stored one. Atomic, so an event recorded while a load runs lands before
+# or after the merge, never lost between a read and a write.
+# KEYS: history. ARGV: history length, then the data set's entries.
+_MERGE_HISTORY_SCRIPT = (
+    _MERGE_HISTORY_FUNCTION
+    + """
+return merge_history(KEYS[1], tonumber(ARGV[1]), {unpack(ARGV, 2)})
+"""
+)
+
+# Move one user from one keyspace into another: profile (unless the new one has it), seen set (union),
+# ratings (all on the first pass; on the catch-up pass only items the new keyspace has no rating of, since
+# its own are newer), history (merged, cut to the new history length). Atomic per user, so an event
+# recorded meanwhile lands before or after the move, never half-moved.
+# KEYS: old profile, history, seen, ratings, then the new ones. ARGV: new history length, '1' first pass.
+_MOVE_USER_SCRIPT = (
+    _MERGE_HISTORY_FUNCTION
+    + """
+local profile = redis.call('HGETALL', KEYS[1])
+if #profile > 0 and redis.call('EXISTS', KEYS[5]) == 0 then redis.call('HSET', KEYS[5], unpack(profile)) end
+if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('SUNIONSTORE', KEYS[7], KEYS[7], KEYS[3]) end
+local ratings = redis.call('HGETALL', KEYS[4])
+for i = 1, #ratings, 2 do
+  if ARGV[2] == '1' then redis.call('HSET', KEYS[8], ratings[i], ratings[i + 1])
+  else redis.call('HSETNX', KEYS[8], ratings[i], ratings[i + 1]) end
+end
+return merge_history(KEYS[6], tonumber(ARGV[1]), redis.call('LRANGE', KEYS[2], 0, -1))
+"""
+)
 
 # Release the load lock only if this loader still holds it.
 _RELEASE_LOCK_SCRIPT = """
@@ -94,6 +124,16 @@ class RedisFeatureStore(OnlineFeatureStore):
         self._record_event = client.register_script(_RECORD_EVENT_SCRIPT)
         self._merge_history = client.register_script(_MERGE_HISTORY_SCRIPT)
         self._release_lock = client.register_script(_RELEASE_LOCK_SCRIPT)
+        self._move_user = client.register_script(_MOVE_USER_SCRIPT)
+        self._keyspace: keys.Keyspace | None = None  # read from the pointer before the first use
+
+    @property
+    def keyspace(self) -> keys.Keyspace:
+        """The keyspace this store reads and writes: the pointer's, read at first use (never guessed, so
+        that no write lands in a keyspace a loader has moved away from) and followed by refresh_keyspace."""
+        if self._keyspace is None:
+            self.refresh_keyspace()
+        return self._keyspace  # type: ignore[return-value]
 
     @classmethod
     def from_url(
@@ -117,12 +157,13 @@ class RedisFeatureStore(OnlineFeatureStore):
         return cls(client, cache_size, cache_ttl_s, url)
 
     def get_user_state(self, user_id: int, history_length: int) -> UserState:
+        keyspace = self.keyspace
         cached = self._profiles.get(user_id)
         pipe = self.client.pipeline(transaction=False)
         if cached is MISSING:
-            pipe.hgetall(keys.profile_key(user_id))
-        pipe.lrange(keys.history_key(user_id), 0, history_length - 1)
-        pipe.smembers(keys.seen_key(user_id))
+            pipe.hgetall(keyspace.profile_key(user_id))
+        pipe.lrange(keyspace.history_key(user_id), 0, history_length - 1)
+        pipe.smembers(keyspace.seen_key(user_id))
         replies = pipe.execute()
         if cached is MISSING:
             raw_profile = replies.pop(0)
@@ -145,17 +186,19 @@ class RedisFeatureStore(OnlineFeatureStore):
         dedupe_window_s: int = 0,
     ) -> RecordResult:
         user = event_user_id
+        keyspace = self.keyspace
         dedupe = event_id is not None and dedupe_window_s > 0
         length, duplicate = self._record_event(
             keys=[
-                keys.history_key(user),
-                keys.seen_key(user),
-                keys.ratings_key(user),
-                keys.event_key(user, event_id if dedupe else "-"),
+                keyspace.history_key(user),
+                keyspace.seen_key(user),
+                keyspace.ratings_key(user),
+                keyspace.event_key(user, event_id if dedupe else "-"),
             ],
             args=[
                 keys.encode_history_entry(event.item_id, event.event_type, event.timestamp),
-                history_length,
+                # the keyspace's own length: a server configured shorter must not cut what others keep
+                keyspace.history_length or history_length,
                 event.item_id,
                 "" if event.rating is None else repr(float(event.rating)),
                 int(dedupe_window_s) if dedupe else 0,
@@ -165,7 +208,7 @@ class RedisFeatureStore(OnlineFeatureStore):
 
     def ratings(self, user_id: int) -> dict[int, float]:
         """The user's latest rating of each item rated through RecordEvent or a bulk load."""
-        raw = self.client.hgetall(keys.ratings_key(user_id))
+        raw = self.client.hgetall(self.keyspace.ratings_key(user_id))
         return {int(item): float(value) for item, value in raw.items()}
 
     def bulk_load(
@@ -175,7 +218,10 @@ class RedisFeatureStore(OnlineFeatureStore):
         history_length: int,
         marker: str,
         chunk_users: int = 500,
+        keyspace: keys.Keyspace | None = None,
     ) -> None:
+        """Into ``keyspace`` (default: the one in use)."""
+        keyspace = keyspace or self.keyspace
         started = time.perf_counter()
         ordered = interactions.sort_values(
             ["user_id", "timestamp", "item_id"], ascending=[True, False, False], kind="mergesort"
@@ -201,7 +247,8 @@ class RedisFeatureStore(OnlineFeatureStore):
             for user_id in all_user_ids[begin : begin + chunk_users].tolist():
                 if user_id in profile_of:
                     pipe.hset(
-                        keys.profile_key(user_id), mapping=dict(zip(USER_FEATURE_FIELDS, profile_of[user_id]))
+                        keyspace.profile_key(user_id),
+                        mapping=dict(zip(USER_FEATURE_FIELDS, profile_of[user_id])),
                     )
                 if user_id in spans:
                     s, e = spans[user_id]
@@ -214,15 +261,15 @@ class RedisFeatureStore(OnlineFeatureStore):
                         )
                     ]
                     self._merge_history(
-                        keys=[keys.history_key(user_id)], args=[history_length, *recent], client=pipe
+                        keys=[keyspace.history_key(user_id)], args=[history_length, *recent], client=pipe
                     )
-                    pipe.sadd(keys.seen_key(user_id), *item_col[s:e].tolist())
+                    pipe.sadd(keyspace.seen_key(user_id), *item_col[s:e].tolist())
                     if ratings is not None:
                         # latest first in the data set: the oldest rating of an item is overwritten
                         rated = dict(zip(item_col[s:e][::-1].tolist(), ratings[s:e][::-1].tolist()))
-                        pipe.hset(keys.ratings_key(user_id), mapping=rated)
+                        pipe.hset(keyspace.ratings_key(user_id), mapping=rated)
             pipe.execute()
-        self.client.set(keys.LOAD_MARKER_KEY, marker)
+        self.client.set(keyspace.load_marker_key, marker)
         self._profiles.clear()
         logger.info("loaded %d users into Redis in %.1fs", len(all_user_ids), time.perf_counter() - started)
 
@@ -237,8 +284,110 @@ class RedisFeatureStore(OnlineFeatureStore):
         self._release_lock(keys=[keys.LOAD_LOCK_KEY], args=[token])
 
     def loaded_marker(self) -> str | None:
-        raw = self.client.get(keys.LOAD_MARKER_KEY)
+        raw = self.client.get(self.keyspace.load_marker_key)
         return raw.decode() if raw is not None else None
+
+    def refresh_keyspace(self) -> bool:
+        """Follow ``cascade:keyspace``; True when it moved from the one in use. A keyspace of a newer key
+        layout than this code reads is not followed (logged; refused when there is no keyspace in use yet):
+        the old one stays until the loader drops it."""
+        current = keys.Keyspace.from_pointer(self.client.get(keys.KEYSPACE_POINTER_KEY))
+        previous = self._keyspace
+        if current == previous:
+            return False
+        if current.schema_version > keys.KEY_SCHEMA_VERSION:
+            message = f"the feature store uses key layout v{current.schema_version}, newer than this code's"
+            if previous is None:
+                raise RuntimeError(f"{message} v{keys.KEY_SCHEMA_VERSION}: upgrade Cascade")
+            logger.error("%s v%d: not following", message, keys.KEY_SCHEMA_VERSION)
+            return False
+        if previous is not None:
+            logger.info("feature store keyspace: %s -> %s", previous.prefix, current.prefix)
+        self._keyspace = current
+        self._profiles.clear()
+        return previous is not None
+
+    def switch_keyspace(
+        self,
+        target: keys.Keyspace,
+        load: Callable[[keys.Keyspace], None],
+        settle_s: float,
+        chunk_keys: int = 1000,
+    ) -> dict[str, int]:
+        """Move every user from the keyspace in use into ``target``, run ``load`` into it, point every
+        process at it in one SET, and after ``settle_s`` (time for servers to follow the pointer) move what
+        was recorded in the old one meanwhile, then delete the old one. The caller holds the load lock.
+
+        No acknowledged event is lost: until the pointer moves, both copies hold it; after, a server that
+        has not yet followed writes to the old keyspace and the catch-up pass moves it. A re-rating of an
+        item already moved, recorded in the old keyspace in the seconds of the switch, keeps the earlier
+        rating."""
+        source = self.keyspace
+        if target == source:
+            raise ValueError(f"already in keyspace {source.prefix}")
+        started = time.perf_counter()
+        moved = self._move_users(source, target, first_pass=True, chunk_keys=chunk_keys)
+        load(target)
+        self.client.set(keys.KEYSPACE_POINTER_KEY, target.to_pointer())
+        self.refresh_keyspace()
+        logger.info(
+            "keyspace %s is current; catching up from %s in %.1f s", target.prefix, source.prefix, settle_s
+        )
+        time.sleep(settle_s)
+        caught_up = self._move_users(source, target, first_pass=False, chunk_keys=chunk_keys)
+        dropped = self._drop(source, chunk_keys)
+        logger.info(
+            "moved %d users from %s to %s in %.1f s (%d again after the switch), dropped %d old keys",
+            moved, source.prefix, target.prefix, time.perf_counter() - started, caught_up, dropped,
+        )  # fmt: skip
+        return {"users_moved": moved, "users_caught_up": caught_up, "old_keys_dropped": dropped}
+
+    def _move_users(
+        self, source: keys.Keyspace, target: keys.Keyspace, first_pass: bool, chunk_keys: int
+    ) -> int:
+        users: set[int] = set()
+        events: list[bytes] = []
+        for key in self.client.scan_iter(match=source.user_key_pattern, count=chunk_keys):
+            user = keys.user_of_key(key)
+            if user is None:
+                continue
+            users.add(user)
+            if b":event:" in key:
+                events.append(key)
+        length = target.history_length or 0
+        ordered = sorted(users)
+        for begin in range(0, len(ordered), chunk_keys):
+            pipe = self.client.pipeline(transaction=False)
+            for user in ordered[begin : begin + chunk_keys]:
+                self._move_user(
+                    keys=[
+                        source.profile_key(user), source.history_key(user), source.seen_key(user),
+                        source.ratings_key(user), target.profile_key(user), target.history_key(user),
+                        target.seen_key(user), target.ratings_key(user),
+                    ],
+                    args=[length, "1" if first_pass else "0"],
+                    client=pipe,
+                )  # fmt: skip
+            pipe.execute()
+        for begin in range(0, len(events), chunk_keys):
+            pipe = self.client.pipeline(transaction=False)
+            for key in events[begin : begin + chunk_keys]:
+                pipe.copy(key, source.moved_key(key, target))  # keeps the TTL; an existing copy stays
+            pipe.execute()
+        return len(users)
+
+    def _drop(self, keyspace: keys.Keyspace, chunk_keys: int) -> int:
+        dropped = 0
+        batch: list[bytes] = []
+        for key in self.client.scan_iter(match=keyspace.user_key_pattern, count=chunk_keys):
+            batch.append(key)
+            if len(batch) >= chunk_keys:
+                dropped += self.client.unlink(*batch)
+                batch = []
+        if batch:
+            dropped += self.client.unlink(*batch)
+        dropped += self.client.unlink(keyspace.load_marker_key)
+        return dropped
 
     def ping(self) -> None:
         self.client.ping()

@@ -175,12 +175,18 @@ class ResilientFeatureStore:
         return result
 
     def probe(self) -> bool:
-        """Ping the store when the breaker allows a call; True when it answered. The server calls this
-        periodically so that the breaker closes soon after the store returns even without traffic."""
+        """Ping the store when the breaker allows a call (and follow its keyspace pointer); True when it
+        answered. The server calls this periodically so that the breaker closes soon after the store
+        returns even without traffic."""
         if not self.breaker.allow():
             return False
         try:
-            self.backend.ping()
+            # reading the keyspace pointer is the ping: a loader's switch is followed within a probe
+            refresh = getattr(self.backend, "refresh_keyspace", None)
+            if refresh is not None:
+                refresh()
+            else:
+                self.backend.ping()
         except _STORE_FAILURES:
             self.breaker.failed()
             return False
