@@ -15,7 +15,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from cascade.core.errors import CascadeError, InvalidArgumentError, OverloadedError
 from cascade.core.logs import request_id_var
-from cascade.serving.admission import MethodAdmission
+from cascade.serving.admission import MethodExecutor, current_call_queued_at, current_call_refused
 from cascade.serving.metrics import ServerMetrics
 from cascade.serving.validation import is_opaque_id
 
@@ -109,8 +109,9 @@ class ShedLog:
 class ServiceInterceptor(grpc.ServerInterceptor):
     """For the methods of ``service`` (other services, health and reflection, pass untouched and uncounted):
 
-    - admission: each method's own ``MethodAdmission``; a request that finds it full is refused with
-      RESOURCE_EXHAUSTED before any work, one whose deadline passed while queued with DEADLINE_EXCEEDED;
+    - admission: each method runs in its own ``MethodExecutor``; a request that found it full is refused
+      with RESOURCE_EXHAUSTED before any work, one that waited past its deadline with DEADLINE_EXCEEDED,
+      one that waited past the queue's longest wait with RESOURCE_EXHAUSTED;
     - the request id in ``cascade.core.logs.request_id_var`` for every log line of the request;
     - CascadeError becomes its status with rich details and one log line, bytes that are not a message
       INVALID_ARGUMENT; anything else is a bug: logged with its traceback, INTERNAL to the caller;
@@ -119,17 +120,17 @@ class ServiceInterceptor(grpc.ServerInterceptor):
     def __init__(
         self,
         service: str,
-        admission: dict[str, MethodAdmission],
+        executors: dict[str, MethodExecutor],
         metrics: ServerMetrics | None = None,
     ):
         self.prefix = f"/{service}/"
-        self.admission = admission
+        self.executors = executors
         self.metrics = metrics
         self.shed_log = ShedLog()
         # the same refusal every time: built once per method, not per shed request
         self._overloaded = {
             method: rich_status(OverloadedError(f"{method}: server at capacity; retry later"))
-            for method in admission
+            for method in executors
         }
 
     def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> Any:
@@ -140,23 +141,25 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         short_method = method.rsplit("/", 1)[-1]
         inner = handler.unary_unary
         metrics = self.metrics
-        gate = self.admission.get(short_method)
+        executor = self.executors.get(short_method)
 
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
             token = request_id_var.set(request_id_of(context, request))
             code = "OK"
-            admitted = False
             try:
                 if isinstance(request, _Undecodable):
                     raise InvalidArgumentError("request", f"not a valid {request.message_name} message")
-                if gate is not None:
-                    admitted = gate.enter(context.time_remaining())
-                    if not admitted:
+                if executor is not None:
+                    queued_at = current_call_queued_at()
+                    if queued_at is not None:
                         remaining = context.time_remaining()
                         if remaining is not None and remaining <= 0:
                             code = "DEADLINE_EXCEEDED"
                             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed while queued")
+                    if current_call_refused() or (
+                        queued_at is not None and time.monotonic() - queued_at > executor.max_wait_s
+                    ):
                         code = "RESOURCE_EXHAUSTED"
                         if metrics is not None:
                             metrics.shed.labels(short_method).inc()
@@ -179,8 +182,6 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                 logger.exception("unhandled error in %s", method)
                 context.abort(grpc.StatusCode.INTERNAL, "internal error; see server log")
             finally:
-                if admitted:
-                    gate.leave()
                 if metrics is not None:
                     metrics.observe_request(short_method, code, time.perf_counter() - started)
                 request_id_var.reset(token)
@@ -188,5 +189,35 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         return grpc.unary_unary_rpc_method_handler(
             guarded,
             request_deserializer=_tolerant(handler.request_deserializer, short_method + " request"),
+            response_serializer=handler.response_serializer,
+        )
+
+
+class MethodPoolRouter(grpc.ServerInterceptor):
+    """Outermost interceptor: grpc runs a handler in the thread pool named by its behaviour's
+    ``experimental_thread_pool``, so the behaviour that the whole chain returns (wrapped by tracing or not)
+    is given its method's ``MethodExecutor``. Other methods stay on the server's own pool."""
+
+    def __init__(self, service: str, executors: dict[str, MethodExecutor]):
+        self.prefix = f"/{service}/"
+        self.executors = executors
+
+    def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or handler.unary_unary is None or not method.startswith(self.prefix):
+            return handler
+        executor = self.executors.get(method.rsplit("/", 1)[-1])
+        if executor is None:
+            return handler
+        behaviour = handler.unary_unary
+
+        def in_method_pool(request: Any, context: grpc.ServicerContext) -> Any:
+            return behaviour(request, context)
+
+        in_method_pool.experimental_thread_pool = executor  # type: ignore[attr-defined]
+        return grpc.unary_unary_rpc_method_handler(
+            in_method_pool,
+            request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

@@ -28,7 +28,7 @@ from cascade.core.logs import request_id_var
 from cascade.core.schema import encode_age, encode_gender
 from cascade.ranking.bundle import RANKING
 from cascade.ranking.features import UserRow
-from cascade.serving.admission import MethodAdmission
+from cascade.serving.admission import MethodExecutor
 from cascade.serving.api import recommender_pb2 as pb
 from cascade.serving.api import recommender_pb2_grpc as pb_grpc
 from cascade.serving.artifact_check import check_in_child
@@ -36,7 +36,7 @@ from cascade.serving.breaker import BreakerState
 from cascade.serving.deadline import Deadline
 from cascade.serving.feature_store import HistoryEvent, OnlineFeatureStore, UserState
 from cascade.serving.feature_store.resilient import ResilientFeatureStore
-from cascade.serving.interceptors import ServiceInterceptor
+from cascade.serving.interceptors import MethodPoolRouter, ServiceInterceptor
 from cascade.serving.metrics import ServerMetrics
 from cascade.serving.models import ServingModels, served_versions
 from cascade.serving.pipeline import Plan, RecommendationPipeline, UserContext
@@ -62,6 +62,7 @@ FEATURE_STORE_HEALTH = "cascade.feature_store"
 _EVENT_TYPES = frozenset(v.number for v in pb.EventType.DESCRIPTOR.values) - {pb.EVENT_TYPE_UNSPECIFIED}
 # Threads beyond every method's workers and queue: health checks, reflection, and refusing shed requests
 _RESERVE_THREADS = 4
+_REFUSAL_THREADS = 2
 _NOBODY = UserState(features=None, history=np.zeros((0, 3), dtype=np.int64), seen=np.zeros(0, dtype=np.int64))
 DEADLINE_SHRUNK = "deadline_shrunk"
 
@@ -338,23 +339,32 @@ class CascadeServer:
         self.service = RecommenderService(config, self.store, self.metrics, self.tracing)
         serving = config.serving
         wait_s = serving.max_queue_wait_ms / 1e3
-        self.admission = {
-            "Recommend": MethodAdmission(serving.workers, serving.queue_size, wait_s),
-            "SimilarItems": MethodAdmission(serving.similar_items_workers, serving.queue_size, wait_s),
-            "RecordEvent": MethodAdmission(serving.record_event_workers, serving.queue_size, wait_s),
+        # each method in its own pool (admission.py); calls that find theirs full are refused in this one
+        self._refusals = futures.ThreadPoolExecutor(_REFUSAL_THREADS, thread_name_prefix="cascade-refuse")
+        self.executors = {
+            method: MethodExecutor(method, workers, serving.queue_size, wait_s, self._refusals)
+            for method, workers in (
+                ("Recommend", serving.workers),
+                ("SimilarItems", serving.similar_items_workers),
+                ("RecordEvent", serving.record_event_workers),
+            )
         }
-        threads = sum(gate.capacity for gate in self.admission.values()) + _RESERVE_THREADS
         # Several processes share one port only when asked to; otherwise binding a taken port must fail.
         reuse_port = int(serving.processes > 1)
-        interceptors = [ServiceInterceptor(SERVICE_NAME, self.admission, self.metrics)]
-        if self.tracing.enabled:  # outermost, so that shed and refused calls have spans too
+        interceptors: list[grpc.ServerInterceptor] = [
+            ServiceInterceptor(SERVICE_NAME, self.executors, self.metrics)
+        ]
+        if self.tracing.enabled:  # outside admission, so that shed and refused calls have spans too
             interceptors.insert(0, self.tracing.server_interceptor())
+        interceptors.insert(0, MethodPoolRouter(SERVICE_NAME, self.executors))  # whatever wraps the handler
+        admitted = sum(executor.capacity for executor in self.executors.values())
         self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cascade-rpc"),
+            # health checks, reflection and unknown methods; the service's methods run in their own pools
+            futures.ThreadPoolExecutor(max_workers=_RESERVE_THREADS, thread_name_prefix="cascade-rpc"),
             interceptors=interceptors,
             options=[("grpc.so_reuseport", reuse_port)],
-            # a backstop only: admission refuses first, each method within its own share of the threads
-            maximum_concurrent_rpcs=threads,
+            # a backstop only: admission refuses first; refusals and the reserve pool's calls count too
+            maximum_concurrent_rpcs=2 * admitted + _RESERVE_THREADS,
         )
         pb_grpc.add_RecommenderServicer_to_server(self.service, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
@@ -543,6 +553,8 @@ class CascadeServer:
             (hurry or threading.Event()).wait(drain_s)
         self._stopped.set()
         self._server.stop(grace_s).wait()
+        for pool in (*self.executors.values(), self._refusals):
+            pool.shutdown(wait=False, cancel_futures=True)
         self.store.close()
         self.metrics.close()
         self.tracing.shutdown()

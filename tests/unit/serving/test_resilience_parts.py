@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from cascade.core.errors import InvalidArgumentError
-from cascade.serving.admission import MethodAdmission
+from cascade.serving.admission import MethodExecutor, current_call_queued_at, current_call_refused
 from cascade.serving.breaker import BreakerState, CircuitBreaker
 from cascade.serving.deadline import Deadline
 from cascade.serving.interceptors import ShedLog
@@ -69,33 +70,46 @@ def test_breaker_never_holds_its_lock_while_a_call_runs():
     assert not inside.broken
 
 
-def test_admission_runs_workers_queues_a_few_and_refuses_the_rest_at_once():
-    gate = MethodAdmission(workers=2, queue_size=1, max_wait_s=5.0)
-    assert gate.enter() and gate.enter()
-    results = []
-    queued = threading.Thread(target=lambda: results.append(gate.enter(wait_s=5.0)))
-    queued.start()
-    time.sleep(0.1)  # the third waits in the queue
-    started = time.perf_counter()
-    assert not gate.enter()  # the queue is full: refused without waiting
-    assert time.perf_counter() - started < 0.05
-    gate.leave()  # a worker frees up: the queued request takes it
-    queued.join(timeout=5)
-    assert results == [True]
-    gate.leave()
-    gate.leave()
-    assert gate.enter()  # back to free slots
-    gate.leave()
+def test_a_method_executor_runs_workers_queues_a_few_and_hands_the_rest_to_refusal():
+    refusals = ThreadPoolExecutor(1)
+    executor = MethodExecutor("Recommend", workers=2, queue_size=1, max_wait_s=5.0, refusals=refusals)
+    release = threading.Event()
+    seen = []
 
+    def call(name):
+        seen.append(
+            (
+                name,
+                current_call_refused(),
+                current_call_queued_at() is not None,
+                threading.current_thread().name,
+            )
+        )
+        if not current_call_refused():
+            release.wait(5)
+        return name
 
-def test_admission_wait_ends_with_the_deadline():
-    gate = MethodAdmission(workers=1, queue_size=4, max_wait_s=5.0)
-    assert gate.enter()
+    running = [executor.submit(call, f"worker-{i}") for i in range(2)]
+    queued = executor.submit(call, "queued")
+    time.sleep(0.1)
+    assert executor.admitted == 3 and not queued.done()  # waits in the queue, not in a thread
     started = time.perf_counter()
-    assert not gate.enter(wait_s=0.05)
-    assert 0.04 < time.perf_counter() - started < 1.0
-    assert not gate.enter(wait_s=0)  # already past its deadline: no wait at all
-    gate.leave()
+    refused = executor.submit(call, "refused")
+    assert refused.result(timeout=1) == "refused" and time.perf_counter() - started < 0.5
+    release.set()
+    assert [f.result(timeout=5) for f in (*running, queued)] == ["worker-0", "worker-1", "queued"]
+    marks = {name: (is_refused, has_queue_time, thread) for name, is_refused, has_queue_time, thread in seen}
+    assert marks["refused"][:2] == (True, False) and not marks["refused"][2].startswith("cascade-Recommend")
+    assert all(
+        marks[n][:2] == (False, True) and marks[n][2].startswith("cascade-Recommend")
+        for n in ("worker-0", "queued")
+    )
+    deadline = time.monotonic() + 5
+    while executor.admitted and time.monotonic() < deadline:  # released by the futures' callbacks
+        time.sleep(0.01)
+    assert executor.admitted == 0 and current_call_queued_at() is None and not current_call_refused()
+    executor.shutdown()
+    refusals.shutdown()
 
 
 def test_shed_log_writes_one_line_per_interval_with_the_count(caplog):
