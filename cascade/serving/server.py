@@ -60,8 +60,9 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
 # breaker is open. The service itself stays SERVING then (it answers, degraded).
 FEATURE_STORE_HEALTH = "cascade.feature_store"
 _EVENT_TYPES = frozenset(v.number for v in pb.EventType.DESCRIPTOR.values) - {pb.EVENT_TYPE_UNSPECIFIED}
-# Threads beyond every method's workers and queue: health checks, reflection, and refusing shed requests
+# The server's own pool, beside each method's: health checks, reflection and unknown methods
 _RESERVE_THREADS = 4
+# Threads that answer calls beyond a method's queue, each with an immediate RESOURCE_EXHAUSTED
 _REFUSAL_THREADS = 2
 _NOBODY = UserState(features=None, history=np.zeros((0, 3), dtype=np.int64), seen=np.zeros(0, dtype=np.int64))
 DEADLINE_SHRUNK = "deadline_shrunk"
