@@ -54,6 +54,10 @@ def main(
     log_format: Annotated[
         str, typer.Option(help="Log lines as text or json; auto: json unless stderr is a terminal.")
     ] = "auto",
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="Prepared dataset to use (a folder under data.data_dir), over data.dataset."),
+    ] = None,
 ) -> None:
     from cascade.core.logs import configure_logging
 
@@ -65,6 +69,8 @@ def main(
         cfg = load_config(config)
     except (OSError, ValueError) as exc:
         _fail(f"config: {exc}")
+    if dataset is not None:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dataset": dataset})})
     _state["config"] = cfg
     logger.debug("resolved config:\n%s", cfg.resolved_json())
 
@@ -98,6 +104,11 @@ def data_fetch(
 
     path = _run(fetch, name, _config().data.data_dir, source, force)
     console.print(f"dataset ready at [bold]{path}[/]")
+    if _config().data.dataset != path.name:
+        console.print(
+            f"the config uses {_config().data.dataset!r}: pass [bold]--dataset {path.name}[/] to other "
+            f'commands, or set data.dataset = "{path.name}" (or CASCADE_DATA__DATASET={path.name})'
+        )
 
 
 @data_app.command("synth")
@@ -255,6 +266,13 @@ def recommend(
     k: Annotated[int, typer.Option(help="How many items.")] = 10,
     target: Annotated[str | None, typer.Option(help="HOST:PORT of the service.")] = None,
     exclude: Annotated[list[str] | None, typer.Option(help="Item id to exclude (repeatable).")] = None,
+    gender: Annotated[
+        str, typer.Option(help="Demographics for a user the service does not know: F or M.")
+    ] = "",
+    age: Annotated[int, typer.Option(help="Demographics: age in years (0: unknown).")] = 0,
+    occupation: Annotated[str, typer.Option(help="Demographics: occupation name.")] = "",
+    zip_code: Annotated[str, typer.Option(help="Demographics: zip code.")] = "",
+    budget_ms: Annotated[int, typer.Option(help="Time budget in ms (0: the call's deadline only).")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Ask a running service for recommendations."""
@@ -267,7 +285,16 @@ def recommend(
     target = target or f"{cfg.serving.host}:{cfg.serving.port}"
     with CascadeClient(target) as client:
         try:
-            reply = client.recommend(user_id, k=k, exclude_item_ids=exclude or [])
+            reply = client.recommend(
+                user_id,
+                k=k,
+                exclude_item_ids=exclude or [],
+                gender=gender,
+                age=age,
+                occupation=occupation,
+                zip_code=zip_code,
+                budget_ms=budget_ms,
+            )
         except grpc.RpcError as exc:
             _fail(f"{exc.code().name}: {exc.details()}")
     if as_json:

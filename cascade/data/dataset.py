@@ -119,10 +119,7 @@ class Dataset:
         folder = Path(folder)
         meta_path = folder / "dataset.json"
         if not meta_path.is_file():
-            raise DataError(
-                f"no prepared dataset at {folder}; run `cascade data fetch movielens-100k` "
-                "or `cascade data synth` first"
-            )
+            raise DataError(_not_prepared(folder))
         meta = json.loads(meta_path.read_text())
         tables = {t: pd.read_parquet(folder / f"{t}.parquet") for t in _FILES}
         return cls.create(meta["name"], tables["interactions"], tables["users"], tables["items"])
@@ -132,6 +129,28 @@ class Dataset:
         """Content hash of a saved dataset, read from its metadata without loading the tables."""
         meta_path = Path(folder) / "dataset.json"
         if not meta_path.is_file():
-            raise DataError(f"no prepared dataset at {folder}")
+            raise DataError(_not_prepared(Path(folder)))
         files = json.loads(meta_path.read_text())["files"]
         return "-".join(files[t][:12] for t in _FILES)
+
+
+def prepared_datasets(data_dir: Path | str) -> list[str]:
+    """Names of the prepared datasets under ``data_dir``."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        return []
+    return sorted(p.name for p in data_dir.iterdir() if (p / "dataset.json").is_file())
+
+
+def _not_prepared(folder: Path) -> str:
+    prepared = prepared_datasets(folder.parent)
+    there = (
+        f"prepared under {folder.parent}: {', '.join(prepared)}"
+        if prepared
+        else f"none under {folder.parent}"
+    )
+    return (
+        f"no prepared dataset {folder.name!r} at {folder} ({there}). Choose one with --dataset NAME or "
+        f"data.dataset in the config, or prepare it: `cascade data fetch {folder.name}` (MovieLens, "
+        "optionally --from PATH) or `cascade data synth`"
+    )

@@ -180,6 +180,14 @@ def test_cli_recommend_queries_the_running_server(server):
     ).stdout
     assert '"items"' in out and '"modelVersions"' in out
     json.loads(out)  # --json: JSON only on stdout
+    stranger = [sys.executable, "-m", "cascade.cli", "recommend", "--user-id", "987654", "--k", "3"]
+    stranger += ["--target", f"127.0.0.1:{port}", "--gender", "F", "--age", "25", "--occupation", "writer"]
+    reply = json.loads(
+        subprocess.run([*stranger, "--json"], capture_output=True, text=True, timeout=60, check=True).stdout
+    )
+    assert reply["newUser"] and len(reply["items"]) == 3
+    bad_age = subprocess.run([*stranger, "--age", "400"], capture_output=True, text=True, timeout=60)
+    assert bad_age.returncode == 1 and "demographics.age" in bad_age.stderr  # sent, and checked by the server
     for service in ("", "cascade.feature_store"):
         health = subprocess.run(
             [

@@ -144,3 +144,18 @@ def test_widedeep_parquet_layout_and_fetch_from_path(tmp_path):
     first = Dataset.fingerprint_of(target)
     assert fetch("movielens-100k", tmp_path / "data", source=tmp_path / "src") == target
     assert Dataset.fingerprint_of(target) == first
+
+
+def test_a_missing_dataset_names_the_prepared_ones_and_how_to_choose(tmp_path):
+    for name in ("ml-latest-small", "movielens-100k"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "dataset.json").write_text("{}")
+    (tmp_path / "half-written").mkdir()  # no dataset.json: not prepared
+    for read in (Dataset.load, Dataset.fingerprint_of):
+        with pytest.raises(DataError) as err:
+            read(tmp_path / "ml-1m")
+        message = str(err.value)
+        assert "'ml-1m'" in message and "ml-latest-small, movielens-100k" in message
+        assert "half-written" not in message and "--dataset" in message
+    with pytest.raises(DataError, match="none under"):
+        Dataset.load(tmp_path / "empty" / "x")
