@@ -82,6 +82,14 @@ class Dataset:
                 }
             )
             users = _conform(pd.concat([users, filler], ignore_index=True), USER_COLUMNS, "users")
+            logger.warning(
+                "%s: %d of %d users have no profile row: their demographics are unknown, so the "
+                "segment-popular channel serves them plain popularity and the models see no gender, age, "
+                "occupation or zip code for them",
+                name,
+                len(extra_ids),
+                len(known),
+            )
         return cls(
             name,
             interactions,

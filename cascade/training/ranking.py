@@ -198,10 +198,13 @@ def ranking_training_examples(config: AppConfig, prep: Prepared, recall: RecallB
     return labelled_candidates(config, prep, inner, sources, max_users=config.ranking.max_training_users)
 
 
-def ranking_fingerprint(config: AppConfig, data_fp: str) -> str:
+def ranking_fingerprint(config: AppConfig, data_fp: str, recall_version: str) -> str:
+    """Keyed on the recall version it learns from, not only on the recall's fingerprint: a recall
+    retrained with ``--force`` has the same fingerprint but other candidates and scores."""
     return fingerprint(
         "ranking",
         recall_fingerprint(config, data_fp),
+        recall_version,
         config.ranking.model_dump(mode="json"),
         config.features.history_length,
         dense_features_of(config.ranking),
@@ -248,11 +251,11 @@ def train_ranking(config: AppConfig, force: bool = False, progress: bool = True)
     the item statistics serving computes its features from (over the whole training part)."""
     store = config.artifact_store()
     data_fp = Dataset.fingerprint_of(config.data.path)
-    wanted = ranking_fingerprint(config, data_fp)
+    recall = require_current_recall(store, config, data_fp)
+    wanted = ranking_fingerprint(config, data_fp, recall.version)
     if (ref := reuse_current(store, RANKING, wanted, force)) is not None:
         return ref
     seed_everything(config.seed)
-    recall = require_current_recall(store, config, data_fp)
     prep = prepare(config)
     examples = ranking_training_examples(config, prep, recall)
     ranker, metrics = fit_ranker(config, prep, examples, progress, config.ranking.type)

@@ -40,7 +40,8 @@ def test_fingerprints_change_with_config_and_data_only():
     other_port = AppConfig.model_validate({"serving": {"port": 1234}, "recall": {"num_candidates": 50}})
     assert recall_fingerprint(base, "d") == recall_fingerprint(other_port, "d")
     # the ranker depends on the recall model it learned from
-    assert ranking_fingerprint(base, "d") != ranking_fingerprint(more_epochs, "d")
+    assert ranking_fingerprint(base, "d", "r1") != ranking_fingerprint(more_epochs, "d", "r1")
+    assert ranking_fingerprint(base, "d", "r1") != ranking_fingerprint(base, "d", "r2")  # a retrained recall
 
 
 def test_a_saved_resolved_config_loads_back_from_json(tmp_path, monkeypatch):

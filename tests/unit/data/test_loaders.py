@@ -72,7 +72,7 @@ def test_ml1m_zip(tmp_path):
     assert users.loc[2, "age"] == 56
 
 
-def test_ml_latest_csv_without_user_table(tmp_path):
+def test_ml_latest_csv_without_user_table(tmp_path, caplog):
     folder = tmp_path / "ml-latest-small"
     folder.mkdir()
     (folder / "ratings.csv").write_text(
@@ -82,7 +82,9 @@ def test_ml_latest_csv_without_user_table(tmp_path):
         'movieId,title,genres\n1,"American President, The (1995)",Comedy|Drama|Romance\n'
         "2,Untitled,(no genres listed)\n"
     )
-    ds = load_grouplens(folder, name="ml-latest-small")
+    with caplog.at_level("WARNING", logger="cascade.data.dataset"):
+        ds = load_grouplens(folder, name="ml-latest-small")
+    assert "2 of 2 users have no profile row" in caplog.text  # said, not filled in silently
     assert ds.name == "ml-latest-small"
     assert ds.interactions["rating"].tolist() == [4.5, 0.5]
     items = ds.items.set_index("item_id")
