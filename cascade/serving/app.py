@@ -47,7 +47,6 @@ def open_feature_store(config: AppConfig, timeout_s: float | None = None) -> Ite
     )
     try:
         store.ping()
-        store.refresh_keyspace()
         yield store
     finally:
         store.close()

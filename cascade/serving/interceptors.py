@@ -82,6 +82,15 @@ def request_id_of(context: grpc.ServicerContext, request: Any) -> str:
     return uuid.uuid4().hex
 
 
+def _service_method(prefix: str, handler: Any, handler_call_details: grpc.HandlerCallDetails) -> str | None:
+    """The short name of a unary-unary method of the service whose paths start with ``prefix``; None for
+    anything else (health, reflection, unknown methods)."""
+    method = handler_call_details.method
+    if handler is None or handler.unary_unary is None or not method.startswith(prefix):
+        return None
+    return method[len(prefix) :]
+
+
 class ShedLog:
     """While a method sheds, one log line per ``interval_s`` with the count, not one line per request:
     under overload a line per refusal costs the server the time that shedding is meant to save (the
@@ -135,10 +144,10 @@ class ServiceInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or handler.unary_unary is None or not method.startswith(self.prefix):
+        short_method = _service_method(self.prefix, handler, handler_call_details)
+        if short_method is None:
             return handler
-        short_method = method.rsplit("/", 1)[-1]
+        method = handler_call_details.method
         inner = handler.unary_unary
         metrics = self.metrics
         executor = self.executors.get(short_method)
@@ -204,10 +213,8 @@ class MethodPoolRouter(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or handler.unary_unary is None or not method.startswith(self.prefix):
-            return handler
-        executor = self.executors.get(method.rsplit("/", 1)[-1])
+        short_method = _service_method(self.prefix, handler, handler_call_details)
+        executor = None if short_method is None else self.executors.get(short_method)
         if executor is None:
             return handler
         behaviour = handler.unary_unary

@@ -226,11 +226,14 @@ def test_switching_keyspace_moves_every_user_and_loses_no_event(redis_client):
     assert 0 < redis_client.ttl(target.event_key(1, "e-1")) <= 60
 
 
-def test_a_newer_key_layout_is_not_followed(redis_client):
+def test_a_newer_key_layout_is_not_followed(redis_client, caplog):
     running = RedisFeatureStore(redis_client)
     assert running.keyspace == keys.LEGACY_KEYSPACE  # no pointer yet: the first layout
     newer = keys.Keyspace("cascade:v9:h50", keys.KEY_SCHEMA_VERSION + 1, 50)
     redis_client.set(keys.KEYSPACE_POINTER_KEY, newer.to_pointer())
-    assert running.refresh_keyspace() is False and running.keyspace == keys.LEGACY_KEYSPACE
+    with caplog.at_level("ERROR", logger="cascade.serving.feature_store.redis_store"):
+        assert running.refresh_keyspace() is False and running.keyspace == keys.LEGACY_KEYSPACE
+        running.ping()  # the probe reads it again: still not followed, and not said again
+    assert running.keyspace == keys.LEGACY_KEYSPACE and caplog.text.count("not following") == 1
     with pytest.raises(RuntimeError, match="newer"):
         RedisFeatureStore(redis_client).get_user_state(1, history_length=5)

@@ -78,7 +78,9 @@ class OnlineFeatureStore(ABC):
         """The marker of the last complete bulk load, if any."""
 
     @abstractmethod
-    def ping(self) -> None: ...
+    def ping(self) -> None:
+        """Reach the store, raising when it cannot answer, and pick up what other processes changed about
+        where its data lives (Redis: the keyspace pointer). The server's periodic probe."""
 
     @abstractmethod
     def close(self) -> None: ...

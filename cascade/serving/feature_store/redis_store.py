@@ -126,6 +126,7 @@ class RedisFeatureStore(OnlineFeatureStore):
         self._release_lock = client.register_script(_RELEASE_LOCK_SCRIPT)
         self._move_user = client.register_script(_MOVE_USER_SCRIPT)
         self._keyspace: keys.Keyspace | None = None  # read from the pointer before the first use
+        self._refused_keyspace: keys.Keyspace | None = None  # a newer layout's, logged once
 
     @property
     def keyspace(self) -> keys.Keyspace:
@@ -299,7 +300,9 @@ class RedisFeatureStore(OnlineFeatureStore):
             message = f"the feature store uses key layout v{current.schema_version}, newer than this code's"
             if previous is None:
                 raise RuntimeError(f"{message} v{keys.KEY_SCHEMA_VERSION}: upgrade Cascade")
-            logger.error("%s v%d: not following", message, keys.KEY_SCHEMA_VERSION)
+            if current != self._refused_keyspace:  # every probe reads it again: say so once
+                logger.error("%s v%d: not following", message, keys.KEY_SCHEMA_VERSION)
+                self._refused_keyspace = current
             return False
         if previous is not None:
             logger.info("feature store keyspace: %s -> %s", previous.prefix, current.prefix)
@@ -390,7 +393,8 @@ class RedisFeatureStore(OnlineFeatureStore):
         return dropped
 
     def ping(self) -> None:
-        self.client.ping()
+        """Reading the keyspace pointer is the round trip: a loader's switch is followed at every ping."""
+        self.refresh_keyspace()
 
     def close(self) -> None:
         self.client.close()

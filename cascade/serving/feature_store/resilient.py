@@ -181,12 +181,7 @@ class ResilientFeatureStore:
         if not self.breaker.allow():
             return False
         try:
-            # reading the keyspace pointer is the ping: a loader's switch is followed within a probe
-            refresh = getattr(self.backend, "refresh_keyspace", None)
-            if refresh is not None:
-                refresh()
-            else:
-                self.backend.ping()
+            self.backend.ping()  # also follows a loader's keyspace switch
         except _STORE_FAILURES:
             self.breaker.failed()
             return False
