@@ -584,14 +584,10 @@ def run(
     return build_report(results, settings, context)
 
 
-def prepare_scenario(config: AppConfig, progress: Callable[[str], None]) -> None:
-    """Everything the scenario serves: its data set, recall model, index and ranker. Each step is reused
-    when already built from the same config and data (the artifact fingerprints)."""
+def prepare_scenario_data(config: AppConfig, progress: Callable[[str], None]) -> None:
+    """The scenario's data set: generated (synthetic) or fetched (MovieLens-100K) when not yet prepared."""
     from cascade.data import fetch
     from cascade.data.synthetic import generate
-    from cascade.training.index import rebuild_index
-    from cascade.training.ranking import train_ranking
-    from cascade.training.recall import train_recall
 
     path = config.data.path
     name = config.data.dataset
@@ -604,6 +600,16 @@ def prepare_scenario(config: AppConfig, progress: Callable[[str], None]) -> None
             fetch.fetch(name, config.data.data_dir)
         else:
             raise FileNotFoundError(f"data.dataset: {name} is not prepared under {config.data.data_dir}")
+
+
+def prepare_scenario(config: AppConfig, progress: Callable[[str], None]) -> None:
+    """Everything the scenario serves: its data set, recall model, index and ranker. Each step is reused
+    when already built from the same config and data (the artifact fingerprints)."""
+    from cascade.training.index import rebuild_index
+    from cascade.training.ranking import train_ranking
+    from cascade.training.recall import train_recall
+
+    prepare_scenario_data(config, progress)
     progress("recall model (reused when up to date)")
     train_recall(config, progress=False)
     progress("index (reused when up to date)")

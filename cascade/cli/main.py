@@ -137,11 +137,25 @@ def data_synth(
 
 
 @train_app.command("recall")
-def train_recall(force: Annotated[bool, typer.Option(help="Retrain even if up to date.")] = False) -> None:
+def train_recall(
+    force: Annotated[bool, typer.Option(help="Retrain even if up to date.")] = False,
+    nproc: Annotated[
+        int, typer.Option(help="Training processes, data-parallel (torchrun, gloo); 1 trains in this one.")
+    ] = 1,
+) -> None:
     """Train the two-tower model on the training split (reuses the current one if config and data match)."""
+    from cascade.recall.bundle import RECALL
     from cascade.training.recall import train_recall as run
 
-    ref = _run(run, _config(), force)
+    if nproc > 1:
+        from cascade.training.distributed import launch
+
+        status = _run(launch, "recall", nproc, _config(), force)
+        if status != 0:
+            _fail(f"distributed training exited with status {status}")
+        ref = _config().artifact_store().require(RECALL)
+    else:
+        ref = _run(run, _config(), force)
     console.print(f"recall artifact [bold]{ref.version}[/] metrics: {_fmt(ref.manifest['metrics'])}")
 
 
@@ -166,8 +180,31 @@ def rebuild_index(
     """Embed the catalogue, build and validate the FAISS index, and publish it atomically."""
     from cascade.training.index import rebuild_index as run
 
-    ref = _run(run, _config(), if_stale)
+    ref = _run(run, _config(), if_stale, True)
     console.print(f"index artifact [bold]{ref.version}[/] metrics: {_fmt(ref.manifest['metrics'])}")
+
+
+@app.command("report")
+def report_command(
+    json_path: Annotated[Path, typer.Option("--json", help="Report path; .png and .md go beside it.")] = Path(
+        "benchmarks/results/report.json"
+    ),
+    sections: Annotated[
+        str, typer.Option(help="Comma-separated sections: recall, ranking, pipeline, rating.")
+    ] = "recall,ranking,pipeline,rating",
+) -> None:
+    """Recall (with every baseline), ranking and pipeline quality, rating RMSEs and the latest latency
+    figures, as JSON + PNG + markdown, from the current artifacts."""
+    from cascade.bench import quality_report
+
+    chosen = tuple(s.strip() for s in sections.split(",") if s.strip())
+    unknown = set(chosen) - set(quality_report.SECTIONS)
+    if unknown:
+        raise typer.BadParameter(
+            f"unknown sections {sorted(unknown)}; choose from {list(quality_report.SECTIONS)}"
+        )
+    report = _run(quality_report.run, _config(), _progress("report"), chosen)
+    _wrote(quality_report.write_outputs(report, json_path))
 
 
 @app.command("rollback")
@@ -315,9 +352,27 @@ def recommend(
 JsonOption = Annotated[Path | None, typer.Option("--json", help="Also write the report here.")]
 
 
+_HEADLINE_METRICS = (
+    "recall@10",
+    "recall@50",
+    "recall@100",
+    "recall@500",
+    "ndcg@10",
+    "coverage",
+    "candidate_recall",
+    "auc",
+    "gauc",
+    "logloss",
+    "rmse",
+    "mean_in_process_ms",
+)
+
+
 def _report(report: dict, json_path: Path | None, title: str) -> None:
     systems = {name: values for name, values in report.items() if name[0] != "_" and "grid" not in name}
-    metrics = [m for m in next(iter(systems.values())) if m != "users"]
+    present = list(dict.fromkeys(m for values in systems.values() for m in values if m != "users"))
+    # the headline metrics when the report has them; each system's settings stay in the JSON
+    metrics = [m for m in _HEADLINE_METRICS if m in present] or present
     table = Table(title=title)
     table.add_column("system")
     for m in metrics:
@@ -341,7 +396,8 @@ def evaluate_pipeline(json_path: JsonOption = None) -> None:
 
 @evaluate_app.command("recall")
 def evaluate_recall(json_path: JsonOption = None) -> None:
-    """Two-tower vs popularity vs validation-tuned implicit ALS: Recall@{10,50,100,500}, NDCG@10, coverage."""
+    """The served recall stage and the two-tower alone vs popularity and validation-tuned ALS, EASE and
+    item-kNN: Recall@{10,50,100,500}, NDCG@10, coverage."""
     from cascade.training.evaluate import evaluate_recall as run
 
     _report(_run(run, _config()), json_path, "held-out temporal split: recall")
@@ -390,6 +446,31 @@ def bench_recall(
     )
     report = run(settings, progress=_progress("benchmarking"))
     _wrote(write_outputs(report, json_path))
+
+
+@bench_app.command("train")
+def bench_train(
+    json_path: Annotated[Path, typer.Option("--json", help="Report path; .png and .md go beside it.")] = Path(
+        "benchmarks/results/train.json"
+    ),
+    scenarios: Annotated[
+        str, typer.Option(help="Comma-separated scenarios (names under benchmarks/scenarios/ or TOMLs).")
+    ] = "movielens-100k,synthetic-1m",
+    steps: Annotated[int, typer.Option(help="Timed two-tower steps per variant (an epoch when fewer).")] = 40,
+    threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+) -> None:
+    """Two-tower training examples/s with sparse id-table gradients beside dense ones, per scenario."""
+    from cascade.bench import serve_load, train_throughput
+
+    say = _progress("bench train")
+    configs = {}
+    for name in scenarios.split(","):
+        cfg = _scenario(name)
+        _run(serve_load.prepare_scenario_data, cfg, say)
+        configs[name] = cfg
+    settings = train_throughput.TrainBenchSettings(steps=steps, threads=threads)
+    report = _run(train_throughput.run, configs, settings, say)
+    _wrote(train_throughput.write_outputs(report, json_path))
 
 
 @bench_app.command("ranking")

@@ -35,7 +35,9 @@ TWO_TOWER = "two_tower"
 COOCCURRENCE = "cooccurrence"
 SEGMENT_POPULAR = "segment_popular"
 POPULAR = "popular"
-RECALL_CHANNELS = (TWO_TOWER, COOCCURRENCE, SEGMENT_POPULAR, POPULAR)
+ITEM_ITEM = "item_item"
+# appended, never reordered: a channel's position is its code in the rankers' features
+RECALL_CHANNELS = (TWO_TOWER, COOCCURRENCE, SEGMENT_POPULAR, POPULAR, ITEM_ITEM)
 
 GENDER_CODES = {"F": 0, "M": 1}
 GENDER_UNKNOWN = 2
@@ -43,6 +45,8 @@ AGE_BUCKET_LOWER_BOUNDS = (1, 18, 25, 35, 45, 50, 56)  # ML-1M's codes are the b
 AGE_UNKNOWN = len(AGE_BUCKET_LOWER_BOUNDS)
 PAD, UNK = "<PAD>", "<UNK>"
 YEAR_BUCKET_START, YEAR_BUCKET_WIDTH, YEAR_BUCKETS = 1900, 5, 26
+# the scale of schemas saved before it was recorded: every such artifact was trained on whole stars 1-5
+DEFAULT_RATING_RANGE = (1.0, 5.0)
 
 _TITLE_YEAR = re.compile(r"\(\d{4}\)\s*$")
 _WORD = re.compile(r"[a-z0-9']+")
@@ -118,6 +122,8 @@ class FeatureSchema:
     title_length: int
     zip_prefixes: tuple[str, ...] = ()
     zip_prefix_length: int = 2
+    # the data set's rating scale: ML-100K rates 1-5 in whole stars, later MovieLens releases 0.5-5 in halves
+    rating_range: tuple[float, float] = DEFAULT_RATING_RANGE
     version: int = SCHEMA_VERSION
 
     # --- sizes of every categorical feature, for embedding tables -------------------------------------
@@ -178,8 +184,14 @@ class FeatureSchema:
         max_genres: int,
         title_length: int,
         zip_prefix_length: int = 2,
+        ratings: Any = None,
     ) -> FeatureSchema:
-        """Build vocabularies from the catalogue tables (no interaction data is looked at)."""
+        """Build vocabularies from the catalogue tables; of the interactions, only ``ratings`` (every rating
+        value in the data set) is looked at, for the scale predicted and recorded ratings must keep to."""
+        rating_range = DEFAULT_RATING_RANGE
+        if ratings is not None and len(ratings) > 0:
+            values = np.asarray(ratings, dtype=np.float64)
+            rating_range = (float(np.nanmin(values)), float(np.nanmax(values)))
         words = sorted({w for t in items["title"] for w in title_words(t)})
         prefixes = {zip_prefix(z, zip_prefix_length) for z in users["zip_code"]} - {""}
         return cls(
@@ -192,6 +204,7 @@ class FeatureSchema:
             title_length=title_length,
             zip_prefixes=tuple(sorted(prefixes)),
             zip_prefix_length=zip_prefix_length,
+            rating_range=rating_range,
         )
 
     # --- id mapping ---------------------------------------------------------------------------------
@@ -328,6 +341,7 @@ class FeatureSchema:
                 "title_length": self.title_length,
                 "zip_prefixes": list(self.zip_prefixes),
                 "zip_prefix_length": self.zip_prefix_length,
+                "rating_range": list(self.rating_range),
             }
         )
 
@@ -346,6 +360,7 @@ class FeatureSchema:
             title_length=int(raw["title_length"]),
             zip_prefixes=tuple(raw["zip_prefixes"]),
             zip_prefix_length=int(raw["zip_prefix_length"]),
+            rating_range=tuple(float(r) for r in raw.get("rating_range", DEFAULT_RATING_RANGE)),
         )
 
     def save(self, path: Path) -> None:

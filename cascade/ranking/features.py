@@ -18,7 +18,7 @@ from cascade.ranking.statistics import ItemStatistics
 
 # Bumped whenever a feature's meaning changes, so that rankers trained on the old meaning are retrained
 # rather than served.
-FEATURES_VERSION = 6
+FEATURES_VERSION = 7
 
 # Recall scores are not comparable across users (each user's query vector differs), so the request-relative
 # position and gap to the best candidate carry the recall order into ranking.

@@ -10,6 +10,7 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 from scipy.special import expit
+from tqdm import tqdm
 
 from cascade.core.errors import ArtifactError
 from cascade.core.metrics import auc, gauc
@@ -120,9 +121,13 @@ class LightGBMRanker(Ranker):
             "verbosity": -1,
         }
 
-    def cross_validate(self, batch: RankingBatch, labels: np.ndarray, seed: int) -> CrossValidation:
+    def cross_validate(
+        self, batch: RankingBatch, labels: np.ndarray, seed: int, progress: bool = False
+    ) -> CrossValidation:
         """Every objective on ``cv_folds`` seeded folds of the requests, each fold's model trained on the
-        other folds for ``rounds`` rounds, its NDCG@10 on its own fold recorded after every round."""
+        other folds, all folds a round at a time, the mean NDCG@10 over the held-out folds recorded after
+        every round; an objective stops once that mean has not improved for ``early_stopping_rounds``
+        rounds (or at ``rounds``)."""
         cfg: LightGBMConfig = self.config.model
         requests = np.unique(batch.request)
         fold_of = np.full(batch.request.max() + 1, -1)
@@ -130,21 +135,31 @@ class LightGBMRanker(Ranker):
         curves: dict[str, np.ndarray] = {}
         boosters: dict[str, list[lgb.Booster]] = {}
         for objective in cfg.objectives:
-            per_fold, boosters[objective] = [], []
+            folds = []
             for fold in range(cfg.cv_folds):
                 train = self._grouped(batch, labels, requests[fold_of[requests] != fold])
                 held = self._grouped(batch, labels, requests[fold_of[requests] == fold]).set_reference(train)
-                record: dict = {}
-                booster = lgb.train(
-                    self._params(objective, seed),
-                    train,
-                    num_boost_round=cfg.rounds,
-                    valid_sets=[held],
-                    callbacks=[lgb.record_evaluation(record)],
-                )
-                per_fold.append(record["valid_0"]["ndcg@10"])
-                boosters[objective].append(booster)
-            curves[objective] = np.mean(per_fold, axis=0)
+                booster = lgb.Booster(self._params(objective, seed), train)
+                booster.add_valid(held, "held")
+                folds.append(booster)
+            curve: list[float] = []
+            bar = tqdm(
+                total=cfg.rounds,
+                desc=f"lightgbm {objective}",
+                unit="round",
+                disable=not progress,
+                leave=False,
+            )
+            for _ in range(cfg.rounds):
+                for booster in folds:
+                    booster.update()
+                # eval_valid -> [(data name, metric name, value, higher is better)]
+                curve.append(float(np.mean([booster.eval_valid()[0][2] for booster in folds])))
+                bar.update()
+                if len(curve) - 1 - int(np.argmax(curve)) >= cfg.early_stopping_rounds:
+                    break
+            bar.close()
+            curves[objective], boosters[objective] = np.array(curve), folds
         return CrossValidation(curves, fold_of, boosters)
 
     def fit(
@@ -163,7 +178,7 @@ class LightGBMRanker(Ranker):
             batch = RankingBatch.concat([batch, validation[0]])
             labels = np.concatenate([labels, validation[1]])
         labels = np.asarray(labels, dtype=np.float64)
-        cv = self.cross_validate(batch, labels, seed)
+        cv = self.cross_validate(batch, labels, seed, progress)
         objective, rounds = cv.best()
         logger.info(
             "LightGBM cross-validation: %s; kept %s with %d rounds",

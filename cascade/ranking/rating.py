@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cascade.core.schema import FeatureSchema, ItemFeatures
+from cascade.core.schema import DEFAULT_RATING_RANGE, FeatureSchema, ItemFeatures
 from cascade.core.sparse import csr_row_entries
 
 USER_SIDE = ("gender", "age", "occupation", "zip")
@@ -33,14 +33,16 @@ AUTOREC_HIDDEN = 500
 
 @dataclass(frozen=True)
 class RatingData:
-    """Encoded ratings: users, items (N,) int64 indices; ratings (N,) float32."""
+    """Encoded ratings: users, items (N,) int64 indices; ratings (N,) float32; rating_range: the data set's
+    (lowest, highest) rating, which predictions are clipped to."""
 
     users: np.ndarray
     items: np.ndarray
     ratings: np.ndarray
+    rating_range: tuple[float, float] = DEFAULT_RATING_RANGE
 
     def take(self, rows: np.ndarray) -> RatingData:
-        return RatingData(self.users[rows], self.items[rows], self.ratings[rows])
+        return RatingData(self.users[rows], self.items[rows], self.ratings[rows], self.rating_range)
 
     @classmethod
     def of_interactions(cls, schema: FeatureSchema, interactions: pd.DataFrame) -> RatingData:
@@ -49,6 +51,7 @@ class RatingData:
             schema.user_index(interactions["user_id"].to_numpy()),
             schema.item_index(interactions["item_id"].to_numpy()),
             interactions["rating"].to_numpy(dtype=np.float32),
+            schema.rating_range,
         )
 
 
@@ -263,7 +266,8 @@ def predict(
     model: nn.Module, data: RatingData, side: dict[str, np.ndarray], feedback: ImplicitFeedback
 ) -> np.ndarray:
     model.eval()
-    return model(**_inputs(model, data, side, feedback))[0].clamp(1.0, 5.0).numpy()
+    low, high = data.rating_range
+    return model(**_inputs(model, data, side, feedback))[0].clamp(low, high).numpy()
 
 
 def rmse(predictions: np.ndarray, ratings: np.ndarray) -> float:
@@ -329,17 +333,24 @@ class RatingBlend:
     names: tuple[str, ...]
     intercept: float
     weights: tuple[float, ...]
+    rating_range: tuple[float, float] = DEFAULT_RATING_RANGE
 
     @classmethod
-    def fit(cls, predictions: dict[str, np.ndarray], ratings: np.ndarray) -> RatingBlend:
-        """predictions: model name -> (N,) on the blend's ratings (N,)."""
+    def fit(
+        cls,
+        predictions: dict[str, np.ndarray],
+        ratings: np.ndarray,
+        rating_range: tuple[float, float] = DEFAULT_RATING_RANGE,
+    ) -> RatingBlend:
+        """predictions: model name -> (N,) on the blend's ratings (N,); blended predictions are clipped to
+        ``rating_range``."""
         names = tuple(predictions)
         design = np.column_stack([np.ones(len(ratings))] + [predictions[n] for n in names]).astype(np.float64)
         solution = np.linalg.lstsq(design, ratings.astype(np.float64), rcond=None)[0]
-        return cls(names, float(solution[0]), tuple(float(w) for w in solution[1:]))
+        return cls(names, float(solution[0]), tuple(float(w) for w in solution[1:]), rating_range)
 
     def predict(self, predictions: dict[str, np.ndarray]) -> np.ndarray:
         blended = self.intercept + sum(
             w * predictions[n] for n, w in zip(self.names, self.weights, strict=True)
         )
-        return np.clip(blended, 1.0, 5.0)
+        return np.clip(blended, *self.rating_range)

@@ -11,7 +11,8 @@ product per model rather than a network pass over the catalogue:
   serving has), so its implicit term follows the user's latest events;
 - I-AutoRec: every item's code h_i = sigmoid(V r_i + c), computed once, and the decoder's row for the user,
   r = W_u . h_c + b_u.
-Predictions are clamped to the rating scale 1..5 as the models' own ``predict`` is.
+Predictions are clamped to the data set's rating scale (the schema's ``rating_range``) as the models' own
+``predict`` is.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from tqdm import tqdm
 
 from cascade.core.errors import ArtifactError
-from cascade.core.schema import FeatureSchema, ItemFeatures, UserFeatures
+from cascade.core.schema import DEFAULT_RATING_RANGE, FeatureSchema, ItemFeatures, UserFeatures
 from cascade.ranking.features import UserRow
 from cascade.ranking.rating import (
     PMF,
@@ -62,8 +64,10 @@ class RatingFeatureModels:
         means: dict[str, float],
         hybrid: HybridRatingModel | None = None,
         metrics: dict[str, float] | None = None,
+        rating_range: tuple[float, float] = DEFAULT_RATING_RANGE,
     ):
         self.kinds = kinds
+        self.rating_range = rating_range
         self.means = means
         self.metrics = metrics or {}
         self.hybrid = hybrid
@@ -80,6 +84,7 @@ class RatingFeatureModels:
         items: ItemFeatures,
         interactions: pd.DataFrame,
         seed: int,
+        progress: bool = False,
     ) -> RatingFeatureModels:
         """Train each kind on the ratings of ``interactions``, early-stopped on a seeded 5% of them."""
         data = RatingData.of_interactions(schema, interactions)
@@ -92,7 +97,9 @@ class RatingFeatureModels:
         side = {name: getattr(users, name) for name in USER_SIDE}
         models: dict[str, nn.Module] = {}
         metrics: dict[str, float] = {}
-        for kind in kinds:
+        for kind in tqdm(
+            kinds, desc="ranking: rating models", unit="model", disable=not progress, leave=False
+        ):
             torch.manual_seed(seed)
             started = time.perf_counter()
             model = build_rating_model(kind, schema, items, train)
@@ -102,7 +109,8 @@ class RatingFeatureModels:
             metrics[f"{kind}_validation_rmse"] = fitted["validation_rmse"]
             metrics[f"{kind}_train_seconds"] = time.perf_counter() - started
         logger.info("rating features: %s", {k: round(v, 4) for k, v in metrics.items()})
-        return cls.of_models(models, np.bincount(train.users, minlength=schema.num_users) > 0, metrics)
+        rated = np.bincount(train.users, minlength=schema.num_users) > 0
+        return cls.of_models(models, rated, metrics, schema.rating_range)
 
     @classmethod
     def of_models(
@@ -110,6 +118,7 @@ class RatingFeatureModels:
         models: dict[str, nn.Module],
         rated: np.ndarray,
         metrics: dict[str, float] | None = None,
+        rating_range: tuple[float, float] = DEFAULT_RATING_RANGE,
     ) -> RatingFeatureModels:
         """Reduce trained models (kind -> PMF / HybridRatingModel / ItemAutoRec) to what requests need.
 
@@ -144,7 +153,7 @@ class RatingFeatureModels:
                         float(model.known_ratings.mean()) if model.known_count else 3.0
                     )
                     tensors |= _autorec_tensors(model)
-        return cls(tuple(models), tensors, means, hybrid, metrics)
+        return cls(tuple(models), tensors, means, hybrid, metrics, rating_range)
 
     @torch.inference_mode()
     def predict(self, user: UserRow, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
@@ -164,7 +173,7 @@ class RatingFeatureModels:
             else:
                 raw = self._hybrid(user, history, candidates)
             columns.append(raw)
-        return np.clip(np.column_stack(columns), 1.0, 5.0).astype(np.float32)
+        return np.clip(np.column_stack(columns), *self.rating_range).astype(np.float32)
 
     def _hybrid(self, user: UserRow, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         assert self.hybrid is not None
@@ -201,7 +210,7 @@ class RatingFeatureModels:
             prefix = "hybrid."
             hybrid.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
             hybrid.eval()
-        return cls(kinds, tensors, meta["means"], hybrid, meta.get("metrics"))
+        return cls(kinds, tensors, meta["means"], hybrid, meta.get("metrics"), schema.rating_range)
 
 
 @torch.inference_mode()

@@ -30,6 +30,7 @@ from cascade.core.errors import ArtifactError
 from cascade.core.schema import USER_FIELDS, FeatureSchema, ItemFeatures, UserFeatures
 from cascade.recall.channels import CooccurrenceRules, SegmentPopularity
 from cascade.recall.index import ItemIndex
+from cascade.recall.item_item import ItemItemChannel
 from cascade.recall.two_tower import TwoTowerModel
 
 RECALL = "recall"
@@ -65,6 +66,8 @@ class RecallParts:
     inner_model: TwoTowerModel
     inner_rules: CooccurrenceRules
     query_sample: QuerySample
+    item_item: ItemItemChannel | None = None  # None above recall.item_item_max_items
+    inner_item_item: ItemItemChannel | None = None
 
     def write(self, folder: Path) -> None:
         """Write every file into ``folder`` (the store's temp folder of a new version)."""
@@ -78,6 +81,10 @@ class RecallParts:
         inner = folder / INNER_RULES_FOLDER
         inner.mkdir()
         self.inner_rules.save(inner)
+        if self.item_item is not None:
+            self.item_item.save(folder)
+        if self.inner_item_item is not None:
+            self.inner_item_item.save(inner)
         sample = self.query_sample
         with open(folder / QUERY_SAMPLE_FILE, "wb") as fh:
             np.savez(
@@ -127,6 +134,14 @@ class RecallBundle(ArtifactBundle):
 
     def segment_popularity(self) -> SegmentPopularity:
         return SegmentPopularity.load(self.ref.path)
+
+    def item_item(self) -> ItemItemChannel | None:
+        """The EASE channel; None when the catalogue was too large for it (or the artifact predates it)."""
+        return ItemItemChannel.load(self.ref.path)
+
+    def inner_item_item(self) -> ItemItemChannel | None:
+        """The EASE channel fitted on the nested split's training part only."""
+        return ItemItemChannel.load(self.ref.path / INNER_RULES_FOLDER)
 
     def inner_two_tower(self) -> TwoTowerModel:
         """The two-tower model fitted on the nested split's training part only."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
@@ -26,6 +27,9 @@ from cascade.core.arrays import isin
 from cascade.core.schema import AGE_UNKNOWN, COOCCURRENCE, GENDER_UNKNOWN, SEGMENT_POPULAR
 from cascade.core.sparse import PairRules, csr_row_entries
 from cascade.recall.config import RecallConfig
+
+if TYPE_CHECKING:  # the item-item channel builds on this module's ChannelCandidates
+    from cascade.recall.item_item import ItemItemChannel
 
 
 def keep_unblocked(items: np.ndarray, blocked: np.ndarray, count: int) -> np.ndarray:
@@ -263,24 +267,61 @@ class SegmentPopularity:
 class RecallChannels:
     """The channels beside the two-tower ANN, and how a user's candidates from all of them are merged."""
 
-    def __init__(self, cooccurrence: CooccurrenceRules, segments: SegmentPopularity, config: RecallConfig):
+    def __init__(
+        self,
+        cooccurrence: CooccurrenceRules,
+        segments: SegmentPopularity,
+        config: RecallConfig,
+        item_item: ItemItemChannel | None = None,
+    ):
         self.cooccurrence = cooccurrence
         self.segments = segments
         self.config = config
+        self.item_item = item_item
 
     def merge(
         self, two_tower: ChannelCandidates, history: np.ndarray, seen: np.ndarray, gender: int, age: int
     ) -> MergedCandidates:
-        """The two-tower channel's candidates (unseen, best first), then co-occurrence from the user's
-        recent items (``history`` (H,) most recent first), or popular-in-segment for a user with no history,
-        de-duplicated in that priority order; ``seen`` (S,) items are never proposed."""
+        """Every channel's candidates (``lists``), de-duplicated in their priority order."""
+        return merge_channels(self.lists(two_tower, history, seen, gender, age))
+
+    def lists(
+        self, two_tower: ChannelCandidates, history: np.ndarray, seen: np.ndarray, gender: int, age: int
+    ) -> list[ChannelCandidates]:
+        """The two-tower channel's candidates (unseen, best first), then the item-item channel's from
+        everything the user has (``seen`` (S,)), when built, then co-occurrence from the user's recent items
+        (``history`` (H,) most recent first), or popular-in-segment for a user with no history; ``seen``
+        items are never proposed."""
         rc = self.config
+        channels = [two_tower]
+        if self.item_item is not None and len(seen):
+            channels.append(self.item_item.candidates(seen, seen, rc.item_item_candidates))
         if len(history):
             recent = history[: rc.cooccurrence_recent_items]
-            other = self.cooccurrence.candidates(recent, seen, rc.cooccurrence_candidates)
+            channels.append(self.cooccurrence.candidates(recent, seen, rc.cooccurrence_candidates))
         else:
-            other = self.segments.candidates(gender, age, seen, rc.segment_popular_candidates)
-        return merge_channels([two_tower, other])
+            channels.append(self.segments.candidates(gender, age, seen, rc.segment_popular_candidates))
+        return channels
+
+
+def reciprocal_rank_fusion(
+    channels: list[ChannelCandidates], weights: dict[str, float] | None = None, offset: float = 60.0
+) -> np.ndarray:
+    """The distinct items of ``channels`` (each best first) by reciprocal rank fusion (Cormack et al.,
+    2009): an item scores the sum, over the channels that propose it, of weight(channel) / (offset + its
+    rank there), so the lists interleave by rank whatever their score scales and an item several channels
+    agree on rises. ``weights``: channel name -> weight, 1 when absent -> (C,) items, best first."""
+    if not channels:
+        return np.zeros(0, dtype=np.int64)
+    items = np.concatenate([c.items for c in channels]).astype(np.int64)
+    shares = np.concatenate(
+        [(weights or {}).get(c.channel, 1.0) / (offset + 1.0 + np.arange(len(c.items))) for c in channels]
+    )
+    distinct, position = np.unique(items, return_inverse=True)
+    totals = np.bincount(position.reshape(-1), weights=shares, minlength=len(distinct))
+    keep = distinct > 0
+    distinct, totals = distinct[keep], totals[keep]
+    return distinct[np.argsort(-totals, kind="stable")]
 
 
 def two_tower_order(

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from cascade.core.schema import FeatureSchema, ItemFeatures, UserFeatures
@@ -113,14 +115,22 @@ def train_two_tower(
     validate: Callable[[TwoTowerModel], float] | None = None,
     epochs: int | None = None,
     progress: bool = True,
+    initial: TwoTowerModel | None = None,
+    sparse_ids: bool = True,
 ) -> TwoTowerTrainingResult:
     """Fit on ``sequences``. With ``validate`` (model -> metric, higher is better) training stops once the
     metric has not improved for ``early_stopping_patience`` epochs and the best epoch's weights are kept;
-    ``epochs`` overrides the configured maximum."""
+    ``epochs`` overrides the configured maximum. ``initial``: a model of the same spec to start from (its
+    weights are copied, not changed), rather than a fresh initialisation. ``sparse_ids``: see
+    ``TwoTowerModel``."""
     if len(sequences) == 0:
         raise ValueError("no training interactions")
     max_epochs = epochs or config.epochs
-    rng = np.random.default_rng(seed)
+    world, rank = distributed_context()
+    # every process walks the same permutation, each taking its own batches of it; the draws within a
+    # batch (history gaps, negatives, id dropout) are each process's own
+    order_rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([seed, rank])
     torch.manual_seed(seed)
     spec = TwoTowerSpec.from_schema(
         schema,
@@ -129,10 +139,15 @@ def train_two_tower(
         hidden_dim=config.hidden_dim,
         history_pooling=config.history_pooling,
     )
-    model = TwoTowerModel(spec)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
+    model = TwoTowerModel(spec, sparse_ids=sparse_ids)
+    if initial is not None:
+        if initial.spec != spec:
+            raise ValueError("the initial two-tower model was built for another schema or config")
+        model.load_state_dict(initial.state_dict())
+    optimizers = two_tower_optimizers(model, config)
+    # one process: the model itself; several: DistributedDataParallel, which averages the gradients
+    # across processes in backward (sparse ones too, on gloo) so every copy takes the same step
+    step_model: nn.Module = model if world == 1 else nn.parallel.DistributedDataParallel(model)
     catalogue = schema.num_items - 1
     counts = np.bincount(sequences.item, minlength=schema.num_items).astype(np.float64)
     batch_size = min(config.batch_size, len(sequences))
@@ -147,24 +162,26 @@ def train_two_tower(
     bar = tqdm(range(1, max_epochs + 1), desc="two-tower", unit="epoch", disable=not progress, leave=False)
     for epoch in bar:
         model.train()
-        order = rng.permutation(len(sequences))
+        order = order_rng.permutation(len(sequences))
         if config.max_steps_per_epoch is not None:
-            order = order[: config.max_steps_per_epoch * batch_size]
-        for start in range(0, len(order), batch_size):
+            order = order[: config.max_steps_per_epoch * batch_size * world]
+        for start in _batch_starts(len(order), batch_size, world, rank):
             rows = order[start : start + batch_size]
-            if len(rows) < 2:
-                continue
             u_idx, i_idx = sequences.user[rows], sequences.item[rows]
             gap = rng.integers(0, config.history_gap_max + 1, size=len(rows))
             history = sequences.history_before(rows, history_length, gap)
             user_in = list(user_tensors(users, u_idx, history))
             hide_user = torch.from_numpy(rng.random(len(rows)) < config.user_id_dropout)
             user_in[0] = torch.where(hide_user, torch.zeros_like(user_in[0]), user_in[0])
-            u = model.user_tower(*user_in)  # (B, D)
             negatives = rng.integers(1, schema.num_items, size=num_uniform)
             all_items = np.concatenate([i_idx, negatives])
-            hide_item = rng.random(len(all_items)) < config.item_id_dropout
-            v = model.item_tower(*item_tensors(items, all_items, hide_item))  # (B + M, D)
+            # each distinct item goes through the item tower once: batches repeat popular items
+            distinct, column_of = np.unique(all_items, return_inverse=True)
+            hide_item = rng.random(len(distinct)) < config.item_id_dropout
+            u, v_distinct = step_model(
+                tuple(user_in), item_tensors(items, distinct, hide_item)
+            )  # (B, D), (Q, D)
+            v = v_distinct[torch.from_numpy(column_of.reshape(-1))]  # (B + M, D)
             logits = u @ v.T / config.temperature  # (B, B + M)
             target = torch.from_numpy(i_idx)
             columns = torch.from_numpy(all_items)
@@ -176,9 +193,11 @@ def train_two_tower(
             same_item[own, own] = False
             logits = logits.masked_fill(same_item, float("-inf"))
             loss = F.cross_entropy(logits, own)
-            optimizer.zero_grad(set_to_none=True)
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            for optimizer in optimizers:
+                optimizer.step()
             steps += 1
             running = loss.item() if steps == 1 else 0.98 * running + 0.02 * loss.item()
             if steps % 10 == 0:
@@ -186,7 +205,8 @@ def train_two_tower(
         postfix = {"loss": f"{running:.4f}"}
         if validate is not None:
             model.eval()
-            metric = float(validate(model))
+            # the copies are equal; one validates and tells the others, so all stop at the same epoch
+            metric = _from_first_process(float(validate(model)) if rank == 0 else 0.0, world)
             scores.append(metric)
             postfix["val"] = f"{metric:.4f}"
             logger.info("two-tower epoch %d: loss %.4f, validation %.4f", epoch, running, metric)
@@ -206,6 +226,48 @@ def train_two_tower(
     model.eval()
     logger.info("two-tower trained: %d steps, running loss %.4f", steps, running)
     return TwoTowerTrainingResult(model, float(running), steps, epoch, best_epoch, scores)
+
+
+def two_tower_optimizers(model: TwoTowerModel, config: RecallConfig) -> list[torch.optim.Optimizer]:
+    """Lazy Adam (moments updated only on the rows a step touched) for the id tables, whose gradients are
+    sparse, and Adam with weight decay for the rest. Dense Adam over a million-row table would update every
+    row at every step, so a step would cost the catalogue rather than the batch."""
+    sparse = model.sparse_parameters()
+    dense = [p for p in model.parameters() if all(p is not q for q in sparse)]
+    optimizers: list[torch.optim.Optimizer] = [
+        torch.optim.Adam(dense, lr=config.learning_rate, weight_decay=config.weight_decay)
+    ]
+    if sparse:
+        optimizers.append(torch.optim.SparseAdam(sparse, lr=config.learning_rate))
+    return optimizers
+
+
+def distributed_context() -> tuple[int, int]:
+    """(world size, this process's rank): (1, 0) unless a torch.distributed process group is running."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def _batch_starts(examples: int, batch_size: int, world: int, rank: int) -> range:
+    """Starts of this process's batches in an epoch's order of ``examples``: batch j goes to process
+    j % world. Every process takes the same number of steps (DistributedDataParallel needs each step on all
+    of them), so an epoch's last batches that would not reach every process are left out, and so is a
+    final batch of a single example."""
+    batches = examples // batch_size + (1 if examples % batch_size >= 2 else 0)
+    batches -= batches % world
+    if batches == 0:
+        raise ValueError(f"{examples} training examples are too few for {world} processes of {batch_size}")
+    return range(rank * batch_size, batches * batch_size, world * batch_size)
+
+
+def _from_first_process(value: float, world: int) -> float:
+    """``value`` as process 0 has it, on every process."""
+    if world == 1:
+        return value
+    shared = torch.tensor([value], dtype=torch.float64)
+    dist.broadcast(shared, src=0)
+    return float(shared.item())
 
 
 @torch.inference_mode()

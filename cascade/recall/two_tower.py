@@ -118,7 +118,7 @@ class UserTower(nn.Module):
 
     def __init__(self, spec: TwoTowerSpec, item_embedding: nn.Embedding):
         super().__init__()
-        self.user = nn.Embedding(spec.num_users, spec.embedding_dim)
+        self.user = nn.Embedding(spec.num_users, spec.embedding_dim, sparse=item_embedding.sparse)
         self.gender = nn.Embedding(spec.num_genders, spec.field_dim)
         self.age = nn.Embedding(spec.num_ages, spec.field_dim)
         self.occupation = nn.Embedding(spec.num_occupations, spec.field_dim)
@@ -133,7 +133,9 @@ class UserTower(nn.Module):
 
     def pool_history(self, history: torch.Tensor) -> torch.Tensor:
         """history (B, L) -> (B, D)."""
-        embedded = F.embedding(history, self.item_embedding.weight, padding_idx=0)
+        embedded = F.embedding(
+            history, self.item_embedding.weight, padding_idx=0, sparse=self.item_embedding.sparse
+        )
         if self.pooling is None:
             return masked_mean(embedded, history)
         return self.pooling(embedded, history)
@@ -190,12 +192,31 @@ class TwoTowerModel(nn.Module):
     WEIGHTS = "two_tower.safetensors"
     SPEC = "two_tower.json"
 
-    def __init__(self, spec: TwoTowerSpec):
+    def __init__(self, spec: TwoTowerSpec, sparse_ids: bool = True):
+        """sparse_ids: the id tables grow with the catalogue and the user base, so their gradients are
+        sparse by default (only the rows a step touched) and a step costs the batch, not the tables (see
+        ``sparse_parameters``); False gives dense ones, for backends without sparse all-reduce (NCCL)."""
         super().__init__()
         self.spec = spec
-        self.item_embedding = nn.Embedding(spec.num_items, spec.embedding_dim, padding_idx=0)
+        self.item_embedding = nn.Embedding(
+            spec.num_items, spec.embedding_dim, padding_idx=0, sparse=sparse_ids
+        )
         self.user_tower = UserTower(spec, self.item_embedding)
         self.item_tower = ItemTower(spec, self.item_embedding)
+
+    def forward(
+        self, user_inputs: tuple[torch.Tensor, ...], item_inputs: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both towers in one call (what DistributedDataParallel wraps): user_inputs as ``UserTower``
+        takes them (B rows), item_inputs as ``ItemTower`` (Q rows) -> (B, D), (Q, D) unit vectors."""
+        return self.user_tower(*user_inputs), self.item_tower(*item_inputs)
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        """The parameters with sparse gradients: the id tables, (num_items, D) and (num_users, D), unless
+        the model was built with dense ones."""
+        if not self.item_embedding.sparse:
+            return []
+        return [self.item_embedding.weight, self.user_tower.user.weight]
 
     def save(self, folder: Path, prefix: str = "") -> None:
         # safetensors refuses shared storage; the item table is stored once and re-tied on load.

@@ -72,7 +72,9 @@ class ServingModels:
             raise ArtifactError(f"index holds {index.size} items, the schema {schema.num_items - 1}")
         ranker = ranking.ranker
         popularity = recall.popularity()
-        channels = RecallChannels(recall.cooccurrence(), recall.segment_popularity(), config.recall)
+        channels = RecallChannels(
+            recall.cooccurrence(), recall.segment_popularity(), config.recall, recall.item_item()
+        )
         logger.info(
             "loaded recall %s, index %s, ranking %s", recall.version, index_bundle.version, ranking.version
         )

@@ -277,10 +277,14 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             raise InvalidArgumentError(
                 "event_type", f"must be one of {sorted(_EVENT_TYPES)}, got {request.event_type}"
             )
-        rating = check_rating(request.rating, request.event_type == pb.EVENT_TYPE_RATE)
+        pipeline = self.require_pipeline()
+        rating = check_rating(
+            request.rating,
+            request.event_type == pb.EVENT_TYPE_RATE,
+            pipeline.models.schema.rating_range,
+        )
         event_id = check_event_id(request.event_id)
         timestamp = check_timestamp(request.timestamp)
-        pipeline = self.require_pipeline()
         if pipeline.models.schema.item_index([item_id])[0] == 0:
             raise InvalidArgumentError("item_id", f"no item {item_id} in the catalogue")
         result = self.store.record_event(

@@ -78,7 +78,6 @@ def check_timestamp(timestamp: int, now: float | None = None) -> int:
 
 
 MAX_BUDGET_MS = 600_000
-RATING_RANGE = (1.0, 5.0)
 
 
 def check_budget_ms(budget_ms: int) -> int:
@@ -93,13 +92,14 @@ def check_event_id(value: str) -> str:
     return value
 
 
-def check_rating(rating: float, is_rating_event: bool) -> float | None:
-    """The rating of a RATE event (required, within RATING_RANGE); other events carry none."""
+def check_rating(rating: float, is_rating_event: bool, rating_range: tuple[float, float]) -> float | None:
+    """The rating of a RATE event (required, within the served data set's ``rating_range``); other events
+    carry none."""
     if not is_rating_event:
         if rating != 0:
             raise InvalidArgumentError("rating", "only EVENT_TYPE_RATE carries a rating")
         return None
-    low, high = RATING_RANGE
+    low, high = rating_range
     if not low <= rating <= high:  # NaN fails this too
         raise InvalidArgumentError(
             "rating", f"a RATE event needs a rating from {low:g} to {high:g}, got {rating}"

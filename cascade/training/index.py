@@ -7,6 +7,7 @@ import logging
 import time
 
 import numpy as np
+from tqdm import tqdm
 
 from cascade.config import AppConfig
 from cascade.core.artifacts import ArtifactRef, fingerprint
@@ -27,7 +28,7 @@ def index_fingerprint(config: AppConfig, recall_version: str) -> str:
     )
 
 
-def rebuild_index(config: AppConfig, if_stale: bool = False) -> ArtifactRef:
+def rebuild_index(config: AppConfig, if_stale: bool = False, progress: bool = False) -> ArtifactRef:
     """Embed the catalogue with the current item tower, build the index, tune its search knob on half of
     the stored query sample, validate it against exact search on the other half, publish it atomically."""
     store = config.artifact_store()
@@ -37,12 +38,19 @@ def rebuild_index(config: AppConfig, if_stale: bool = False) -> ArtifactRef:
     if if_stale and (ref := reuse_current(store, INDEX, wanted, force=False)) is not None:
         return ref
     seed_everything(config.seed)
+    stages = tqdm(
+        total=4, desc="index: embedding the catalogue", unit="stage", disable=not progress, leave=False
+    )
     started = time.perf_counter()
     model = recall.two_tower()
     embeddings = embed_items(model, recall.items, recall.popularity() > 0)
     embed_seconds = time.perf_counter() - started
+    stages.set_description(f"index: building {rc.index_factory}")
+    stages.update()
     index = ItemIndex.build(embeddings, rc.index_factory, config.seed)
     build_seconds = time.perf_counter() - started - embed_seconds
+    stages.set_description("index: tuning its search knob")
+    stages.update()
     sample = recall.query_sample()
     rows = np.arange(len(sample.history))
     # the sampled users as they are, and as new users with demographics only: both kinds are served
@@ -56,7 +64,11 @@ def rebuild_index(config: AppConfig, if_stale: bool = False) -> ArtifactRef:
     tune_q, check_q = queries[order[::2]], queries[order[1::2]]
     k = min(rc.num_candidates, index.size)
     tuning = index.tune(tune_q, k, rc.index_target_recall)
+    stages.set_description("index: checking it against exact search")
+    stages.update()
     measured = index.recall_against_exact(check_q, k)
+    stages.update()
+    stages.close()
     if measured < rc.index_min_recall:
         raise RuntimeError(
             f"index {rc.index_factory!r} reaches recall@{k} {measured:.4f} against exact search on held-out "

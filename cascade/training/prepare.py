@@ -62,6 +62,7 @@ def prepare(config: AppConfig) -> Prepared:
         config.features.max_genres,
         config.features.title_length,
         config.features.zip_prefix_length,
+        ratings=dataset.interactions["rating"].to_numpy(),
     )
     return Prepared(
         dataset, data_fp, split, schema, schema.user_table(dataset.users), schema.item_table(dataset.items)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from cascade.config import AppConfig
 from cascade.core.artifacts import ArtifactRef, ArtifactStore, fingerprint
@@ -47,14 +48,20 @@ def item_statistics(config: AppConfig, prep: Prepared, interactions: pd.DataFram
 
 
 def rating_features(
-    config: AppConfig, prep: Prepared, interactions: pd.DataFrame
+    config: AppConfig, prep: Prepared, interactions: pd.DataFrame, progress: bool = False
 ) -> RatingFeatureModels | None:
     """The configured rating models trained on ``interactions``' ratings; None when none are configured."""
     if not config.ranking.rating_models:
         return None
     with compute_threads(config.ranking.threads):
         return RatingFeatureModels.fit(
-            config.ranking.rating_models, prep.schema, prep.users, prep.items, interactions, config.seed
+            config.ranking.rating_models,
+            prep.schema,
+            prep.users,
+            prep.items,
+            interactions,
+            config.seed,
+            progress,
         )
 
 
@@ -128,6 +135,7 @@ def labelled_candidates(
     split: TemporalSplit,
     sources: CandidateSources,
     max_users: int | None = None,
+    progress: bool = False,
 ) -> RankingExamples:
     """For each user with held-out positives in ``split``: the candidates of every channel, merged by the
     same ``RecallChannels.merge`` serving calls (the two-tower channel by exact search), featurised as of the
@@ -149,7 +157,14 @@ def labelled_candidates(
     last_seen = split.train.groupby("user_id")["timestamp"].max()
     batches, labels, users = [], [], []
     empty = np.zeros(0, dtype=np.int64)
-    for i, (user, row) in enumerate(zip(task.users.tolist(), task.rows.tolist())):
+    users_bar = tqdm(
+        list(zip(task.users.tolist(), task.rows.tolist())),
+        desc="ranking: labelled candidates",
+        unit="user",
+        disable=not progress,
+        leave=False,
+    )
+    for i, (user, row) in enumerate(users_bar):
         two_tower, tt_scores = candidates[user]
         seen = task.seen.get(user, empty)
         history = task.history[i][task.history[i] > 0]
@@ -180,7 +195,9 @@ def labelled_candidates(
     )
 
 
-def ranking_training_examples(config: AppConfig, prep: Prepared, recall: RecallBundle) -> RankingExamples:
+def ranking_training_examples(
+    config: AppConfig, prep: Prepared, recall: RecallBundle, progress: bool = False
+) -> RankingExamples:
     """Labelled candidates of the nested split, from the recall artifact's validation model and rules, and
     segment counts, item statistics and rating models, all fitted on the inner training part only."""
     inner = prep.inner_split(config.data.holdout_fraction)
@@ -190,12 +207,15 @@ def ranking_training_examples(config: AppConfig, prep: Prepared, recall: RecallB
             recall.inner_cooccurrence(),
             count_segments(config, prep, prep.sequences(inner.train)),
             config.recall,
+            recall.inner_item_item(),
         ),
         statistics=item_statistics(config, prep, inner.train),
-        ratings=rating_features(config, prep, inner.train),
+        ratings=rating_features(config, prep, inner.train, progress),
         preferences=als_features(config, prep, inner.train),
     )
-    return labelled_candidates(config, prep, inner, sources, max_users=config.ranking.max_training_users)
+    return labelled_candidates(
+        config, prep, inner, sources, max_users=config.ranking.max_training_users, progress=progress
+    )
 
 
 def ranking_fingerprint(config: AppConfig, data_fp: str, recall_version: str) -> str:
@@ -257,7 +277,7 @@ def train_ranking(config: AppConfig, force: bool = False, progress: bool = True)
         return ref
     seed_everything(config.seed)
     prep = prepare(config)
-    examples = ranking_training_examples(config, prep, recall)
+    examples = ranking_training_examples(config, prep, recall, progress)
     ranker, metrics = fit_ranker(config, prep, examples, progress, config.ranking.type)
     metrics["examples"] = float(len(examples.labels))
     metrics["positive_rate"] = float(examples.labels.mean())
@@ -265,7 +285,7 @@ def train_ranking(config: AppConfig, force: bool = False, progress: bool = True)
     parts = RankingParts(
         ranker=ranker,
         statistics=item_statistics(config, prep, prep.split.train),
-        ratings=rating_features(config, prep, prep.split.train),
+        ratings=rating_features(config, prep, prep.split.train, progress),
         preferences=als_features(config, prep, prep.split.train),
     )
     if parts.ratings is not None:

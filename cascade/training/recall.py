@@ -15,7 +15,14 @@ from cascade.core.seeding import seed_everything
 from cascade.data.dataset import Dataset
 from cascade.recall.bundle import RECALL, QuerySample, RecallParts
 from cascade.recall.channels import CooccurrenceRules, SegmentPopularity
-from cascade.recall.training import InteractionSequences, TwoTowerTrainingResult, train_two_tower
+from cascade.recall.item_item import ItemItemChannel
+from cascade.recall.training import (
+    InteractionSequences,
+    TwoTowerTrainingResult,
+    distributed_context,
+    train_two_tower,
+)
+from cascade.recall.two_tower import TwoTowerModel
 from cascade.training.prepare import Prepared, prepare, reuse_current
 from cascade.training.task import EVAL_RECALL_KS, RecallTask
 
@@ -30,6 +37,7 @@ SERVING_ONLY_RECALL_FIELDS = frozenset(
         "num_candidates",
         "cooccurrence_candidates",
         "segment_popular_candidates",
+        "item_item_candidates",
         "cooccurrence_recent_items",
     }
 )
@@ -54,6 +62,7 @@ def _train(
     progress: bool,
     validation: RecallTask | None = None,
     epochs: int | None = None,
+    initial: TwoTowerModel | None = None,
 ) -> TwoTowerTrainingResult:
     return train_two_tower(
         config.recall,
@@ -66,6 +75,7 @@ def _train(
         validate=None if validation is None else (lambda model: validation.recall_at_100(model, prep)),
         epochs=epochs,
         progress=progress,
+        initial=initial,
     )
 
 
@@ -92,6 +102,22 @@ def count_segments(config: AppConfig, prep: Prepared, sequences: InteractionSequ
     )
 
 
+def fit_item_item(
+    config: AppConfig, prep: Prepared, sequences: InteractionSequences
+) -> ItemItemChannel | None:
+    """The EASE channel over ``sequences``; None for a catalogue above ``recall.item_item_max_items``."""
+    rc = config.recall
+    if prep.schema.num_items - 1 > rc.item_item_max_items:
+        logger.info(
+            "item-item channel not built: %d items is above recall.item_item_max_items (%d)",
+            prep.schema.num_items - 1,
+            rc.item_item_max_items,
+        )
+        return None
+    shape = (prep.schema.num_users, prep.schema.num_items)
+    return ItemItemChannel.fit(sequences.user, sequences.item, shape, rc.item_item_l2)
+
+
 def _query_sample(config: AppConfig, prep: Prepared, task: RecallTask, count: int = 2000) -> QuerySample:
     """Real user-tower inputs (encoded users and their histories) for tuning and validating the index."""
     rng = np.random.default_rng(config.seed)
@@ -101,12 +127,15 @@ def _query_sample(config: AppConfig, prep: Prepared, task: RecallTask, count: in
     return QuerySample(users, task.history[pick])
 
 
-def train_recall(config: AppConfig, force: bool = False, progress: bool = True) -> ArtifactRef:
+def train_recall(config: AppConfig, force: bool = False, progress: bool = True) -> ArtifactRef | None:
     """Train the two-tower model with early stopping on a validation split, refit it on the whole training
     part for the chosen number of epochs, mine the other channels, and publish them together.
 
     The validation model (trained on the inner split only) is kept too: ranking draws its training
-    candidates from it, so the ranker learns from candidates whose labels the recall model never saw."""
+    candidates from it, so the ranker learns from candidates whose labels the recall model never saw.
+
+    Run by every process of a torch.distributed group (``cascade train recall --nproc N``), the models are
+    trained data-parallel and the first process publishes them; the others return None."""
     store = config.artifact_store()
     data_fp = Dataset.fingerprint_of(config.data.path)
     wanted = recall_fingerprint(config, data_fp)
@@ -120,8 +149,21 @@ def train_recall(config: AppConfig, force: bool = False, progress: bool = True) 
     inner_result = _train(config, prep, validation.sequences, progress, validation)
     test_task = RecallTask.of(prep, prep.split, config, max_users=config.recall.validation_users)
     seed_everything(config.seed)
-    final = _train(config, prep, test_task.sequences, progress, epochs=inner_result.best_epoch)
+    if config.recall.refit_epochs is None:
+        final = _train(config, prep, test_task.sequences, progress, epochs=inner_result.best_epoch)
+    else:
+        final = _train(
+            config,
+            prep,
+            test_task.sequences,
+            progress,
+            epochs=config.recall.refit_epochs,
+            initial=inner_result.model,
+        )
     train_seconds = time.perf_counter() - started
+    processes, rank = distributed_context()
+    if rank != 0:
+        return None  # the first process evaluates and publishes what every process trained
     rankings = test_task.rankings(*test_task.embed(final.model, prep), max(EVAL_RECALL_KS))
     metrics = test_task.evaluate({u: r for u, (r, _) in rankings.items()}, prep.schema.num_items)
     metrics.update(
@@ -140,6 +182,8 @@ def train_recall(config: AppConfig, force: bool = False, progress: bool = True) 
         inner_model=inner_result.model,
         inner_rules=mine_rules(config, prep, validation.sequences),
         query_sample=_query_sample(config, prep, test_task),
+        item_item=fit_item_item(config, prep, test_task.sequences),
+        inner_item_item=fit_item_item(config, prep, validation.sequences),
     )
     logger.info("co-occurrence: %d rules over %d items", parts.rules.num_rules, prep.schema.num_items - 1)
     return store.publish(
@@ -152,6 +196,7 @@ def train_recall(config: AppConfig, force: bool = False, progress: bool = True) 
         extra={
             "dataset": {"name": prep.dataset.name, "fingerprint": data_fp},
             "validation_curve": inner_result.validation,
+            "training_processes": processes,
             "cooccurrence_rules": parts.rules.num_rules,
         },
     )

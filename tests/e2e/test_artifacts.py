@@ -38,6 +38,11 @@ def test_evaluation_reports_every_system_and_the_model_beats_popularity(config, 
         assert 0.0 <= values["recall@100"] <= 1.0
     assert report["two_tower"]["recall@100"] > report["popularity"]["recall@100"]
     assert np.isfinite(report["pipeline"]["ndcg@10"])
+    # the channels are fused by rank with weights picked on validation; their candidates hold the two-tower
+    # channel's and more
+    channels = report["recall_channels"]
+    assert channels["fusion_weight_two_tower"] == 1.0 and "fusion_weight_item_item" in channels
+    assert channels["candidate_recall"] >= report["two_tower"]["recall@100"]
     store = ArtifactStore(config.artifacts_dir)
     assert store.require("ranking").manifest["metrics"]["validation_auc"] > 0.5
 
@@ -196,3 +201,64 @@ def test_serving_takes_what_training_fixed_from_the_artifacts_and_warns_where_co
     assert models.num_candidates == config.recall.num_candidates
     assert "features.history_length is 20" in caplog.text
     assert "recall.num_candidates is 80" in caplog.text
+
+
+def test_one_report_gathers_the_evaluations_and_the_latest_latency_figures(config, built, tmp_path):
+    import json
+
+    from cascade.bench import quality_report
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "serve-movielens-100k.json").write_text(
+        json.dumps({"benchmark": "serve", "summary": {"p99_ms_at_100_rps": 7.5, "rates_within_slo": [100]}})
+    )
+    (results / "stages-movielens-100k.json").write_text(
+        json.dumps({"benchmark": "stages", "total_ms": {"p50": 3.0, "p99": 6.0}})
+    )
+    (results / "broken-serve.json").write_text("{")
+    latency = quality_report.latest_latency(results)
+    assert latency["serve-movielens-100k"]["p99_ms_at_100_rps"] == 7.5
+    assert latency["stages-movielens-100k"]["total_p99"] == 6.0
+    report = quality_report.run(config, lambda _: None, sections=("pipeline",))
+    again = evaluate_pipeline(config)
+    for system in ("popularity", "two_tower", "recall_channels"):
+        assert report["pipeline"][system] == again[system], system
+    assert report["pipeline"]["pipeline"]["ndcg@10"] == again["pipeline"]["ndcg@10"]
+    written = quality_report.write_outputs(report, tmp_path / "report.json")
+    markdown = written["markdown"].read_text()
+    assert "| pipeline |" in markdown and "## Pipeline" in markdown
+    assert written["png"].stat().st_size > 0
+    assert json.loads(written["json"].read_text())["pipeline"]["two_tower"]["recall@100"] == pytest.approx(
+        report["pipeline"]["two_tower"]["recall@100"]
+    )
+
+
+def test_evaluate_recall_sets_every_baseline_beside_the_served_recall_stage(config, built, monkeypatch):
+    """Each baseline is tuned on the validation split (small grids here, for time) and scored on the
+    same test users as the two-tower model and the merged channels."""
+    from cascade.recall.sequential import SASRecParams
+    from cascade.training import evaluate
+
+    monkeypatch.setattr(
+        evaluate, "ALS_GRID", {"factors": [16], "regularization": [0.1], "alpha": [1.0, 10.0]}
+    )
+    monkeypatch.setattr(evaluate, "EASE_GRID", {"l2": [100.0, 500.0]})
+    monkeypatch.setattr(evaluate, "ITEM_KNN_GRID", {"neighbours": [50], "shrinkage": [0.0]})
+    monkeypatch.setattr(evaluate, "SASREC_DROPOUTS", (0.2,))
+    monkeypatch.setattr(evaluate, "SASRecParams", lambda dropout: SASRecParams(dropout=dropout, epochs=3))
+    report = evaluate.evaluate_recall(config)
+    systems = {"two_tower", "recall_stage", "popularity", "als", "ease", "item_knn", "sasrec"}
+    assert systems <= set(report)
+    for name in systems:
+        assert 0 <= report[name]["recall@100"] <= report[name]["recall@500"] <= 1, name
+    assert set(report["ease_grid_validation_recall@100"]) == {"l2=100.0", "l2=500.0"}
+    chosen = f"l2={report['ease']['l2']}"
+    assert report["ease_grid_validation_recall@100"][chosen] == max(
+        report["ease_grid_validation_recall@100"].values()
+    )
+    for name in ("two_tower", "als", "ease", "item_knn"):
+        assert report[name]["recall@100"] > report["popularity"]["recall@100"], name
+    stage = report["recall_stage"]
+    assert stage["candidate_recall"] >= report["two_tower"]["recall@100"]
+    assert stage["mean_candidates"] > config.recall.num_candidates

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 
@@ -114,3 +116,15 @@ def test_tables_are_indexed_by_schema_index_and_roundtrip_json():
     again = FeatureSchema.from_json(schema.to_json())
     assert np.array_equal(again.item_ids, schema.item_ids)
     assert again.title_vocab == schema.title_vocab and again.genres == schema.genres
+
+
+def test_rating_scale_is_the_data_sets_and_survives_a_round_trip():
+    """Half-star data (ml-latest-small rates 0.5-5) keeps its scale; a schema saved before the scale was
+    recorded reads as the whole-star 1-5 every such artifact was trained on."""
+    _, users, items = _schema()
+    half_stars = FeatureSchema.fit(users, items, 2, 3, ratings=np.array([0.5, 3.5, 5.0], np.float32))
+    assert half_stars.rating_range == (0.5, 5.0)
+    assert FeatureSchema.from_json(half_stars.to_json()).rating_range == (0.5, 5.0)
+    raw = json.loads(half_stars.to_json())
+    del raw["rating_range"]
+    assert FeatureSchema.from_json(json.dumps(raw)).rating_range == (1.0, 5.0)

@@ -53,7 +53,9 @@ def test_lightgbm_keeps_the_objective_and_rounds_that_cross_validate_best(items)
     rng = np.random.default_rng(9)
     train = synthetic_batch(rng, 60, 30, 8, items)
     val = synthetic_batch(rng, 12, 30, 8, items)
-    config = RankingConfig(model=LightGBMConfig(rounds=25, cv_folds=3))
+    config = RankingConfig(
+        model=LightGBMConfig(rounds=25, cv_folds=3, objectives=("lambdarank", "rank_xendcg"))
+    )
     ranker = create_ranker(config, StubSchema(), items)
     labels, val_labels = planted_labels(train, items), planted_labels(val, items)
     both = RankingBatch.concat([train, val])
@@ -74,6 +76,37 @@ def test_lightgbm_keeps_the_objective_and_rounds_that_cross_validate_best(items)
     assert metrics["cv_ndcg@10"] == pytest.approx(float(cv.curves[objective].max()))
     assert metrics["validation_auc"] > 0.75  # out-of-fold: no candidate scored by a model that saw it
     assert ranker.platt[0] > 0  # calibration keeps the order
+
+
+def test_lightgbm_cross_validation_curves_are_lightgbms_own_and_stop_early(items):
+    """Folds trained a round at a time give the curve lgb.train records for the same fold; an objective
+    stops ``early_stopping_rounds`` after the mean curve's best round."""
+    import lightgbm as lgb
+
+    rng = np.random.default_rng(4)
+    batch = synthetic_batch(rng, 60, 30, 8, items)
+    labels = planted_labels(batch, items).astype(np.float64)
+    config = RankingConfig(
+        model=LightGBMConfig(rounds=400, cv_folds=3, objectives=("lambdarank",), early_stopping_rounds=5)
+    )
+    ranker = create_ranker(config, StubSchema(), items)
+    cv = ranker.cross_validate(batch, labels, seed=0)
+    curve = cv.curves["lambdarank"]
+    assert len(curve) < 400 and len(curve) - 1 - int(curve.argmax()) == 5
+    requests = np.unique(batch.request)
+    fold = cv.fold_of[requests]
+    record: dict = {}
+    train = ranker._grouped(batch, labels, requests[fold != 0])
+    held = ranker._grouped(batch, labels, requests[fold == 0]).set_reference(train)
+    lgb.train(
+        ranker._params("lambdarank", 0),
+        train,
+        num_boost_round=len(curve),
+        valid_sets=[held],
+        callbacks=[lgb.record_evaluation(record)],
+    )
+    # the fold model after its last round scores its held-out fold as lgb.train's model does
+    assert cv.boosters["lambdarank"][0].eval_valid()[0][2] == pytest.approx(record["valid_0"]["ndcg@10"][-1])
 
 
 def test_wide_cross_of_history_and_candidate_sums_one_weight_per_pair():

@@ -102,6 +102,11 @@ def test_rating_blend_recovers_the_stacking_weights_and_beats_each_member():
     assert rmse(blended, truth[held]) < 0.9 * min(rmse(a[held], truth[held]), rmse(b[held], truth[held]))
     # the weights sum above 1 to undo the shrinkage, which a convex mix could not
     assert sum(blend.weights) > 1.1
+    # predictions keep to the data set's scale: a half-star scale's 0.5 is not clipped to 1
+    low = {"a": np.array([0.4, 0.6]), "b": np.array([0.4, 0.6])}
+    identity = RatingBlend(("a", "b"), 0.0, (0.5, 0.5), (0.5, 5.0))
+    assert identity.predict(low).tolist() == [0.5, 0.6]
+    assert RatingBlend(("a", "b"), 0.0, (0.5, 0.5)).predict(low).tolist() == [1.0, 1.0]
 
 
 def _tiny_catalogue(rng: np.random.Generator, users: int, items: int):

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cascade.recall.channels import ChannelCandidates, CooccurrenceRules, SegmentPopularity, merge_channels
+from cascade.recall.channels import (
+    ChannelCandidates,
+    CooccurrenceRules,
+    SegmentPopularity,
+    merge_channels,
+    reciprocal_rank_fusion,
+)
 
 
 def test_cooccurrence_rules_have_exact_support_and_confidence():
@@ -75,3 +81,16 @@ def test_segment_popularity_is_per_gender_and_age_with_an_overall_fallback():
     assert seg.candidates(0, 2, np.array([]), 3).items.tolist() == [1, 2]
     assert seg.candidates(1, 3, np.array([]), 3).items.tolist() == [3]
     assert seg.candidates(2, 7, np.array([1]), 3).items.tolist() == [3, 2]  # empty segment: overall
+
+
+def test_reciprocal_rank_fusion_sums_ranks_over_channels_by_weight():
+    def channel(items: list[int], name: str) -> ChannelCandidates:
+        return ChannelCandidates(np.array(items), np.linspace(1, 0, len(items), dtype=np.float32), name)
+
+    lists = [channel([10, 11, 12, 13], "two_tower"), channel([20, 11, 21], "cooccurrence")]
+    # 11 is second in both lists: 2 / 62 beats 10's and 20's 1 / 61; then ranks interleave
+    assert reciprocal_rank_fusion(lists).tolist() == [11, 10, 20, 12, 21, 13]
+    favoured = reciprocal_rank_fusion(lists, {"two_tower": 2.0})
+    assert favoured.tolist() == [11, 10, 12, 13, 20, 21]
+    assert reciprocal_rank_fusion(lists, {"cooccurrence": 0.0}).tolist()[:4] == [10, 11, 12, 13]
+    assert reciprocal_rank_fusion([]).tolist() == []

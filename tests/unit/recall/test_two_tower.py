@@ -98,6 +98,36 @@ def test_training_is_seeded_and_reproducible(trained):
         assert torch.equal(x, y), name
 
 
+def test_a_step_touches_only_the_id_rows_of_its_batch_and_dense_ids_are_the_other_choice(trained):
+    """Sparse id gradients with lazy Adam: one step leaves every item row it did not see exactly as it was,
+    so a step costs the batch, not the catalogue. Dense ones (plain Adam) train too."""
+    _, schema, users, items, seq, _ = trained
+    config = RecallConfig(epochs=1, batch_size=64, uniform_negatives=0, max_steps_per_epoch=1)
+    start = train_two_tower(config, schema, users, items, seq, seed=5, history_length=10, progress=False)
+    assert start.model.sparse_parameters()
+    before = start.model.item_embedding.weight.detach().clone()
+    after = train_two_tower(
+        config, schema, users, items, seq, seed=5, history_length=10, progress=False, initial=start.model
+    )
+    assert torch.equal(start.model.item_embedding.weight, before)  # the initial model is not changed
+    changed = (after.model.item_embedding.weight != before).any(dim=1).numpy()
+    # the step's rows come from the seed's permutation, its history gaps from the process's own stream
+    order = np.random.default_rng(5).permutation(len(seq))[:64]
+    gaps = np.random.default_rng([5, 0]).integers(0, config.history_gap_max + 1, size=64)
+    history = seq.history_before(order, 10, gaps)
+    touched = np.zeros(schema.num_items, dtype=bool)
+    touched[seq.item[order]] = True
+    touched[history.ravel()] = True
+    touched[0] = False  # padding
+    assert changed.any() and not (changed & ~touched).any()
+    dense = train_two_tower(
+        config, schema, users, items, seq, seed=5, history_length=10, progress=False, sparse_ids=False
+    )
+    assert dense.model.sparse_parameters() == [] and np.isfinite(dense.final_loss)
+    # dense Adam with weight decay moves every row at every step
+    assert (dense.model.item_embedding.weight[1:] != start.model.item_embedding.weight[1:]).any(dim=1).all()
+
+
 def test_early_stopping_keeps_the_best_epoch(trained):
     _, schema, users, items, seq, _ = trained
     scores = iter([0.3, 0.5, 0.4, 0.45, 0.2, 0.9])

@@ -164,10 +164,15 @@ def test_request_checks_name_their_field():
         check_event_id("has space")
     with pytest.raises(InvalidArgumentError, match="event_id"):
         check_event_id("x" * 129)
-    assert check_rating(4.5, is_rating_event=True) == 4.5
-    assert check_rating(0.0, is_rating_event=False) is None
-    for bad in (0.0, 5.5, float("nan")):
+    whole_stars, half_stars = (1.0, 5.0), (0.5, 5.0)
+    assert check_rating(4.5, True, whole_stars) == 4.5
+    assert check_rating(0.0, False, whole_stars) is None
+    for bad in (0.0, 0.5, 5.5, float("nan")):
         with pytest.raises(InvalidArgumentError, match="rating"):
-            check_rating(bad, is_rating_event=True)
+            check_rating(bad, True, whole_stars)
+    # a data set rated in half stars accepts 0.5, as its own ratings have it
+    assert check_rating(0.5, True, half_stars) == 0.5
+    with pytest.raises(InvalidArgumentError, match=r"0\.5 to 5"):
+        check_rating(0.25, True, half_stars)
     with pytest.raises(InvalidArgumentError, match="rating"):
-        check_rating(3.0, is_rating_event=False)
+        check_rating(3.0, False, whole_stars)
