@@ -18,7 +18,7 @@ from cascade.ranking.statistics import ItemStatistics
 
 # Bumped whenever a feature's meaning changes, so that rankers trained on the old meaning are retrained
 # rather than served.
-FEATURES_VERSION = 7
+FEATURES_VERSION = 8
 
 # Recall scores are not comparable across users (each user's query vector differs), so the request-relative
 # position and gap to the best candidate carry the recall order into ranking.
@@ -47,6 +47,10 @@ DENSE_FEATURES = (
     "cooccurrence_decayed",
     "cooccurrence_max",
     "cooccurrence_log_support_latest_10",
+    # the item-item (EASE) model's score of the candidate from the behaviour sequence, and its rank among
+    # the request's candidates; 0 where the catalogue is too large for that model
+    "item_item_score",
+    "item_item_rank",
 )
 # then one predicted rating per configured rating model (RankingConfig.rating_models), named by
 # dense_feature_names
@@ -85,6 +89,14 @@ class ItemRelations(Protocol):
 
     def pair_rules(self, sources: np.ndarray, targets: np.ndarray) -> PairRules:
         """sources (H,), targets (C,) distinct item indices -> the associations source -> target found."""
+        ...
+
+
+class ItemItemScorer(Protocol):
+    """An item-item model over item indices (recall's EASE channel provides one)."""
+
+    def scores(self, seen: np.ndarray) -> np.ndarray:
+        """Every item's score (N,) for a user who has the items ``seen`` (S,)."""
         ...
 
 
@@ -184,9 +196,9 @@ class RankingFeatureBuilder:
 
     ``statistics``, ``item_vectors`` (N, D), the two-tower item embeddings of item indices 1..N, and
     ``relations`` must come from the same training window as the candidates' recall model (see
-    ItemStatistics), so no feature peeks at the evaluation window, and so must ``ratings``, whose
-    predictions follow the DENSE_FEATURES columns when given, and so must ``preferences``, whose columns
-    come last; ``history_length`` is the behaviour sequence the models see.
+    ItemStatistics), so no feature peeks at the evaluation window, and so must ``item_item`` and
+    ``ratings``, whose predictions follow the DENSE_FEATURES columns when given, and so must
+    ``preferences``, whose columns come last; ``history_length`` is the behaviour sequence the models see.
     """
 
     def __init__(
@@ -199,8 +211,10 @@ class RankingFeatureBuilder:
         relations: ItemRelations,
         ratings: CandidateScorer | None = None,
         preferences: CandidateScorer | None = None,
+        item_item: ItemItemScorer | None = None,
     ):
         self.schema = schema
+        self.item_item = item_item
         self.ratings = ratings
         self.preferences = preferences
         self.items = items
@@ -210,6 +224,16 @@ class RankingFeatureBuilder:
         self.relations = relations
         self._log_popularity_scale = np.log1p(max(statistics.counts.max(), 1.0))
         self._log_popularity = np.log1p(statistics.counts) / self._log_popularity_scale
+
+    def item_item_columns(self, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """The item-item model's score of each candidate from ``history`` (H,) and its rank among the
+        candidates (log-scaled as the recall rank is) -> (C, 2); zeros without the model."""
+        if self.item_item is None or not len(candidates):
+            return np.zeros((len(candidates), 2), dtype=np.float32)
+        scores = self.item_item.scores(history)[candidates]
+        rank = np.empty(len(candidates), dtype=np.float32)
+        rank[np.argsort(-scores, kind="stable")] = np.arange(len(candidates), dtype=np.float32)
+        return np.column_stack([scores, np.log1p(rank) / 7.0]).astype(np.float32)
 
     def genre_share(self, history: np.ndarray) -> np.ndarray:
         """Share of each genre id among the genres of the history items -> (num_genres,), [0] = 0."""
@@ -296,6 +320,7 @@ class RankingFeatureBuilder:
             np.full(count, history_pop),
             self.history_similarity(history, candidates, candidate_vectors),
             self.history_cooccurrence(history, candidates),
+            self.item_item_columns(history, candidates),
         ]
         # the feature models' columns, after the base ones, in the order dense_feature_names lists them
         columns += [

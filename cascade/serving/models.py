@@ -98,6 +98,7 @@ class ServingModels:
                 relations=channels.cooccurrence,
                 ratings=ranking.ratings(schema, items),
                 preferences=ranking.preferences(),
+                item_item=channels.item_item,
             ),
             history_length=ranking.history_length,
             num_candidates=index_bundle.tuned_for or config.recall.num_candidates,

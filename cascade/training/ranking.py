@@ -153,6 +153,7 @@ def labelled_candidates(
         relations=sources.channels.cooccurrence,
         ratings=sources.ratings,
         preferences=sources.preferences,
+        item_item=sources.channels.item_item,
     )
     last_seen = split.train.groupby("user_id")["timestamp"].max()
     batches, labels, users = [], [], []

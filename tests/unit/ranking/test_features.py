@@ -104,6 +104,24 @@ def test_history_features_equal_their_definitions():
         UserRow(1, 1, 1, 1), np.zeros(0, np.int64), candidates, np.ones(5, np.float32), np.ones(5, np.int64)
     )
     assert not cold.dense[:, DENSE_FEATURES.index("similarity_to_latest") :].any()
+    # without an item-item model its columns are zeros; with one, its score from the sequence the models
+    # see and the candidate's rank by it
+    assert not dense["item_item_score"].any() and not dense["item_item_rank"].any()
+    from cascade.recall.item_item import ItemItemChannel
+
+    ease = ItemItemChannel.fit(
+        frame.user_id.to_numpy(), item, (int(frame.user_id.max()) + 1, schema.num_items), l2=10.0
+    )
+    with_ease = RankingFeatureBuilder(
+        schema, schema.item_table(catalogue), stats, 12, vectors, rules, item_item=ease
+    ).build(UserRow(1, 1, 1, 1), history, candidates, np.ones(5, np.float32), np.ones(5, np.int64))
+    scores = ease.weights[seen].sum(axis=0)[candidates]
+    column = DENSE_FEATURES.index("item_item_score")
+    np.testing.assert_allclose(with_ease.dense[:, column], scores, rtol=1e-5)
+    ranks = np.argsort(np.argsort(-scores, kind="stable"))
+    np.testing.assert_allclose(with_ease.dense[:, column + 1], np.log1p(ranks) / 7.0, rtol=1e-5)
+    others = [i for i in range(batch.dense.shape[1]) if i not in (column, column + 1)]
+    np.testing.assert_array_equal(with_ease.dense[:, others], batch.dense[:, others])
 
 
 def test_channel_codes():
