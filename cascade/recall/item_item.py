@@ -16,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from cascade.core.schema import ITEM_ITEM
+from cascade.core.sparse import interaction_matrix
 from cascade.recall.channels import ChannelCandidates
 
 
@@ -49,9 +50,7 @@ class ItemItemChannel:
         cls, user_rows: np.ndarray, item_rows: np.ndarray, shape: tuple[int, int], l2: float
     ) -> ItemItemChannel:
         """From interactions as aligned (N,) user-table rows and item indices, ``shape`` (users, items)."""
-        matrix = sp.csr_matrix((np.ones(len(item_rows), np.float64), (user_rows, item_rows)), shape=shape)
-        matrix.data[:] = 1.0
-        weights = ease_weights(matrix, l2)
+        weights = ease_weights(interaction_matrix(user_rows, item_rows, shape), l2)
         weights[0, :] = weights[:, 0] = 0.0
         return cls(weights)
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cascade.core.sparse import interaction_matrix
 from cascade.recall.baselines import top_unseen
 
 logger = logging.getLogger(__name__)
@@ -120,10 +121,7 @@ class SASRecRecommender:
         p = self.params
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
-        self._matrix = sp.csr_matrix(
-            (np.ones(len(item), np.float32), (user, item)), shape=(num_users, num_items)
-        )
-        self._matrix.data[:] = 1.0
+        self._matrix = interaction_matrix(user, item, (num_users, num_items))
         starts = np.r_[0, np.flatnonzero(np.diff(user)) + 1]
         ends = np.r_[starts[1:], len(user)]
         self._latest = {int(user[s]): item[max(s, e - p.max_length) : e] for s, e in zip(starts, ends)}

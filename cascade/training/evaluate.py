@@ -322,12 +322,13 @@ def evaluate_pipeline(config: AppConfig) -> dict[str, dict[str, float]]:
     side: the served pipeline, replayed offline."""
     store = config.artifact_store()
     models = ServingModels.load(store, config)
-    check_trained_on(RecallBundle(store.require(RECALL)).dataset_fingerprint, config)
+    recall = RecallBundle(store.require(RECALL))
+    check_trained_on(recall.dataset_fingerprint, config)
     prep = prepare(config)
     pipeline = RecommendationPipeline(models, config)
     test = RecallTask.of(prep, prep.split, config)
     validation = RecallTask.of(prep, prep.inner_split(config.data.holdout_fraction), config)
-    weights = tuned_fusion_weights(config, prep, RecallBundle(store.require(RECALL)), validation)
+    weights = tuned_fusion_weights(config, prep, recall, validation)
     k = max(PIPELINE_KS)
     empty = np.zeros(0, dtype=np.int64)
     rankings: dict[str, dict[int, np.ndarray]] = {
