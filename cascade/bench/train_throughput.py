@@ -1,6 +1,7 @@
 """`cascade bench train`: two-tower training throughput, examples/s, with sparse id-table gradients (lazy
 Adam, the default) beside dense ones (plain Adam over the whole tables, how training ran before), side by
-side in one run on each scenario's data, and the cost of one validation pass.
+side in one run on each scenario's data, and the cost of one validation pass; then the neural rankers'
+(DIN, Wide&Deep) examples/s in one process and data-parallel.
 
 Dense Adam updates every row of the item and user tables at every step, so at a million items a step costs
 the tables rather than the batch; the figure that matters is the ratio between the two at each size.
@@ -24,6 +25,10 @@ from cascade.bench import report as bench_report
 from cascade.bench.ports import free_port
 from cascade.config import AppConfig
 from cascade.core.seeding import seed_everything
+from cascade.ranking.config import RankingConfig
+from cascade.ranking.features import RankingBatch
+from cascade.ranking.ranker import dense_features_of
+from cascade.ranking.registry import DATA_PARALLEL_RANKERS, create_ranker
 from cascade.recall.training import InteractionSequences, TwoTowerTrainingResult, train_two_tower
 from cascade.training.prepare import Prepared, compute_threads, prepare
 from cascade.training.task import RecallTask
@@ -39,6 +44,9 @@ class TrainBenchSettings:
     threads: int = 2
     repeats: int = 2  # variants alternate this many times; the faster run of each counts
     data_parallel: int = 2  # processes of the data-parallel run (sparse ids, one thread each); 1: none
+    rankers: tuple[str, ...] = DATA_PARALLEL_RANKERS  # neural rankers timed on the scenario's schema
+    ranker_steps: int = 30  # timed steps of each ranker, per process
+    ranker_candidates: int = 100  # candidates per request of the rankers' batches
 
 
 def run_scenario(
@@ -86,7 +94,108 @@ def run_scenario(
         out[f"data_parallel_{settings.data_parallel}_examples_per_s"] = data_parallel_examples_per_s(
             config, settings.data_parallel, max(1, steps // settings.data_parallel)
         )
+    out["rankers"] = {}
+    for ranker in settings.rankers:
+        say(f"{name}: {ranker} ranker, one process of {settings.threads} threads")
+        with compute_threads(settings.threads):
+            fastest = min(
+                _time_ranker(config, prep, ranker, settings, world=1, rank=0) for _ in range(settings.repeats)
+            )
+        timed = {"examples_per_s": settings.ranker_steps * _batch_size(config, ranker) / fastest}
+        if settings.data_parallel > 1:
+            say(f"{name}: {ranker} ranker, {settings.data_parallel} data-parallel processes")
+            timed[f"data_parallel_{settings.data_parallel}_examples_per_s"] = (
+                ranker_data_parallel_examples_per_s(config, ranker, settings)
+            )
+        out["rankers"][ranker] = timed
     return out
+
+
+def _ranker_config(config: AppConfig, ranker: str) -> RankingConfig:
+    """The scenario's ranking config (its dense columns) with ``ranker``'s default model, one epoch."""
+    return config.ranking.model_copy(
+        update={"model": RankingConfig.model_validate({"model": {"type": ranker, "epochs": 1}}).model}
+    )
+
+
+def ranker_batch(
+    config: AppConfig, prep: Prepared, ranking: RankingConfig, examples: int, seed: int
+) -> tuple[RankingBatch, np.ndarray]:
+    """``examples`` candidates shaped as training's: real users and their latest histories, catalogue items
+    with their genres and years, ``ranker_candidates``-sized requests; dense features and labels (10%
+    positive) drawn at random, since a step's cost does not depend on their values."""
+    rng = np.random.default_rng(seed)
+    candidates = TrainBenchSettings.ranker_candidates
+    requests = -(-examples // candidates)
+    sequences = prep.sequences(prep.split.train)
+    rows = rng.choice(np.unique(sequences.user), requests)
+    item = rng.integers(1, prep.schema.num_items, requests * candidates)[:examples]
+    batch = RankingBatch(
+        user=prep.users.user[rows],
+        gender=prep.users.gender[rows],
+        age=prep.users.age[rows],
+        occupation=prep.users.occupation[rows],
+        zip=prep.users.zip[rows],
+        history=sequences.latest_history(rows, config.features.history_length),
+        request=np.repeat(np.arange(requests), candidates)[:examples],
+        item=item,
+        genres=prep.items.genres[item],
+        year=prep.items.year[item],
+        channel=rng.integers(1, 4, examples),
+        dense=rng.normal(size=(examples, len(dense_features_of(ranking)))).astype(np.float32),
+    )
+    return batch, (rng.random(examples) < 0.1).astype(np.float32)
+
+
+def _time_ranker(
+    config: AppConfig, prep: Prepared, ranker: str, settings: TrainBenchSettings, world: int, rank: int
+) -> float:
+    """Seconds of ``ranker_steps`` training steps of this process (one epoch over its share of a batch of
+    world * ranker_steps * batch_size examples), timed after every process has built its model."""
+    ranking = _ranker_config(config, ranker)
+    batch, labels = ranker_batch(
+        config, prep, ranking, world * settings.ranker_steps * ranking.model.batch_size, config.seed
+    )
+    seed_everything(config.seed)
+    model = create_ranker(ranking, prep.schema, prep.items)
+    if world > 1:
+        dist.barrier()
+    started = time.perf_counter()
+    model.fit(batch, labels, seed=config.seed, progress=False)
+    if world > 1:
+        dist.barrier()
+    return time.perf_counter() - started
+
+
+def _ranker_worker(rank: int, world: int, port: int, config_json: str, ranker: str, steps: int, out: str):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        config = AppConfig.model_validate_json(config_json)
+        settings = TrainBenchSettings(ranker_steps=steps)
+        seconds = _time_ranker(config, prepare(config), ranker, settings, world, rank)
+        if rank == 0:
+            Path(out).write_text(str(seconds))
+    finally:
+        dist.destroy_process_group()
+
+
+def ranker_data_parallel_examples_per_s(
+    config: AppConfig, ranker: str, settings: TrainBenchSettings
+) -> float:
+    """Examples/s of ``settings.data_parallel`` processes (gloo, one thread each) training ``ranker``, each
+    taking ``ranker_steps`` steps."""
+    processes = settings.data_parallel
+    with tempfile.TemporaryDirectory() as folder:
+        out = str(Path(folder) / "seconds")
+        args = (processes, free_port(), config.resolved_json(), ranker, settings.ranker_steps, out)
+        mp.spawn(_ranker_worker, args=args, nprocs=processes, join=True)
+        seconds = float(Path(out).read_text())
+    return processes * settings.ranker_steps * _batch_size(config, ranker) / seconds
+
+
+def _batch_size(config: AppConfig, ranker: str) -> int:
+    return _ranker_config(config, ranker).model.batch_size
 
 
 def _one_epoch(
@@ -156,6 +265,25 @@ def summary(report: dict) -> str:
             f"{r['sparse_examples_per_s']:,.0f} | {r['speedup']:.1f}x | {r['dense_epoch_seconds']:.0f} s | "
             f"{r['sparse_epoch_seconds']:.0f} s | {r['validation_seconds']:.1f} s | {', '.join(parallel)} |"
         )
+    timed = [
+        (name, ranker, t) for name, r in report["scenarios"].items() for ranker, t in r["rankers"].items()
+    ]
+    if timed:
+        lines += [
+            "",
+            "## Neural rankers",
+            "",
+            f"One process of {report['threads']} threads beside data-parallel processes of one thread each "
+            "(gloo), on batches shaped as the scenario's training batches.",
+            "",
+            "| scenario | ranker | one process, examples/s | data-parallel processes, examples/s |",
+            "|---|---|---:|---:|",
+        ]
+        for name, ranker, t in timed:
+            parallel = [
+                f"{k.split('_')[2]}: {v:,.0f}" for k, v in t.items() if k.startswith("data_parallel_")
+            ]
+            lines.append(f"| {name} | {ranker} | {t['examples_per_s']:,.0f} | {', '.join(parallel)} |")
     return "\n".join(lines) + "\n"
 
 

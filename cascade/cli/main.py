@@ -147,25 +147,40 @@ def train_recall(
     from cascade.recall.bundle import RECALL
     from cascade.training.recall import train_recall as run
 
-    if nproc > 1:
-        from cascade.training.distributed import launch
-
-        status = _run(launch, "recall", nproc, _config(), force)
-        if status != 0:
-            _fail(f"distributed training exited with status {status}")
-        ref = _config().artifact_store().require(RECALL)
-    else:
-        ref = _run(run, _config(), force)
+    ref = _train_data_parallel("recall", RECALL, nproc, force) if nproc > 1 else _run(run, _config(), force)
     console.print(f"recall artifact [bold]{ref.version}[/] metrics: {_fmt(ref.manifest['metrics'])}")
 
 
 @train_app.command("ranking")
-def train_ranking(force: Annotated[bool, typer.Option(help="Retrain even if up to date.")] = False) -> None:
+def train_ranking(
+    force: Annotated[bool, typer.Option(help="Retrain even if up to date.")] = False,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            help="Training processes, data-parallel (torchrun, gloo), for the din and wide_deep rankers; "
+            "1 trains in this one."
+        ),
+    ] = 1,
+) -> None:
     """Train the ranker on labelled recall candidates (reuses the current one if config and data match)."""
+    from cascade.ranking.bundle import RANKING
     from cascade.training.ranking import train_ranking as run
 
-    ref = _run(run, _config(), force)
+    ref = _train_data_parallel("ranking", RANKING, nproc, force) if nproc > 1 else _run(run, _config(), force)
     console.print(f"ranking artifact [bold]{ref.version}[/] metrics: {_fmt(ref.manifest['metrics'])}")
+
+
+def _train_data_parallel(command: str, kind: str, nproc: int, force: bool):
+    """``command`` trained by ``nproc`` torchrun processes; the artifact the first one published."""
+    from cascade.training.distributed import launch
+
+    try:
+        status = _run(launch, command, nproc, _config(), force)
+    except ValueError as exc:  # an --nproc the config cannot train with
+        _fail(str(exc))
+    if status != 0:
+        _fail(f"distributed training exited with status {status}")
+    return _config().artifact_store().require(kind)
 
 
 @app.command("rebuild-index")

@@ -134,9 +134,9 @@ class ActivationUnit(nn.Module):
         w1, w2, w3, w4 = first.weight.split(self.dim, dim=1)  # each (H, D)
         per_candidate = torch.addmm(first.bias, candidates, (w2 - w3).t())  # (B, H)
         per_behaviour = torch.matmul(behaviours, (w1 + w3).t())  # (R, L, H)
-        gathered = behaviours[request]  # (B, L, D)
+        gathered = behaviours.index_select(0, request)  # (B, L, D)
         pairs = torch.matmul(gathered * candidates.unsqueeze(1), w4.t())  # (B, L, H): one (B*L, D) GEMM
-        x = self.activations[0](pairs + per_behaviour[request] + per_candidate.unsqueeze(1))
+        x = self.activations[0](pairs + per_behaviour.index_select(0, request) + per_candidate.unsqueeze(1))
         for linear, act in zip(self.linears[1:], self.activations[1:]):
             x = act(linear(x))
         return self.out(x).squeeze(-1)
@@ -196,7 +196,7 @@ class DIN(nn.Module):
         user_side = torch.cat([self.user_embeddings[n](batch[n]) for n in USER_FIELDS], dim=-1)
         x = torch.cat(
             [
-                user_side[batch["request"]],
+                user_side.index_select(0, batch["request"]),
                 interest,
                 candidates,
                 self.year_embedding(batch["year"]),
@@ -212,7 +212,7 @@ class DIN(nn.Module):
         behaviours = self.item_vectors(history)  # (R, L, D)
         candidates = self.item_vectors(batch["item"])  # (B, D)
         weights = self.attention(behaviours, candidates, request) * (history > 0)[request]  # (B, L)
-        interest = torch.bmm(weights.unsqueeze(1), behaviours[request]).squeeze(1)  # (B, D)
+        interest = torch.bmm(weights.unsqueeze(1), behaviours.index_select(0, request)).squeeze(1)  # (B, D)
         return self._head(batch, candidates, interest)
 
     def reference_forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

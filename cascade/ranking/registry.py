@@ -18,6 +18,10 @@ RANKERS: dict[str, type[Ranker]] = {
     LightGBMRanker.type: LightGBMRanker,
 }
 
+# the rankers whose training runs data-parallel across processes (torch DistributedDataParallel);
+# LightGBM parallelises with its own threads
+DATA_PARALLEL_RANKERS: tuple[str, ...] = (WideDeepRanker.type, DINRanker.type)
+
 
 def create_ranker(config: RankingConfig, schema: FeatureSchema, items: ItemFeatures) -> Ranker:
     if config.type not in RANKERS:

@@ -15,6 +15,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+from cascade.core.distributed import (
+    batch_starts,
+    buffers_from_first_process,
+    distributed_context,
+    from_first_process,
+)
 from cascade.core.metrics import gauc
 from cascade.core.schema import FeatureSchema, ItemFeatures
 from cascade.ranking.config import DINConfig, RankingConfig, WideDeepConfig
@@ -54,12 +60,17 @@ class TorchRanker(Ranker):
         progress: bool = True,
         validation: Validation | None = None,
     ) -> dict[str, float]:
-        rng = np.random.default_rng(seed)
-        torch.manual_seed(seed)
+        world, rank = distributed_context()
+        rng = np.random.default_rng(seed)  # the epoch order, shared by every process
+        # dropout's draws are each process's own
+        torch.manual_seed(seed if world == 1 else seed + rank)
         cfg = self.config.model
         optimizer = torch.optim.Adam(
             self.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
         )
+        # several processes: DistributedDataParallel averages the gradients in backward, so every copy
+        # takes the same step on a global batch of world * batch_size examples
+        step_model: nn.Module = self.model if world == 1 else nn.parallel.DistributedDataParallel(self.model)
         targets = torch.from_numpy(np.asarray(labels, dtype=np.float32))
         running, steps = float("nan"), 0
         best: tuple[float, int, dict] | None = None
@@ -68,19 +79,23 @@ class TorchRanker(Ranker):
         for epoch in bar:
             self.model.train()
             order = rng.permutation(len(batch))
-            for start in range(0, len(order), cfg.batch_size):
+            for start in batch_starts(len(order), cfg.batch_size, world, rank):
                 rows = order[start : start + cfg.batch_size]
-                logits = self.model(batch.take(rows).tensors())
+                logits = step_model(batch.take(rows).tensors())
                 loss = F.binary_cross_entropy_with_logits(logits, targets[rows])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 steps += 1
                 running = loss.item() if steps == 1 else 0.95 * running + 0.05 * loss.item()
+            buffers_from_first_process(self.model, world)
             self.model.eval()
             if validation is not None:
                 val_batch, val_labels = validation
-                score = gauc(val_labels, self.score(val_batch), val_batch.request)
+                # the copies are equal; one scores and tells the others, so all keep the same epoch
+                score = from_first_process(
+                    gauc(val_labels, self.score(val_batch), val_batch.request) if rank == 0 else 0.0, world
+                )
                 history.append(score)
                 if best is None or score > best[0]:
                     best = (score, epoch + 1, copy.deepcopy(self.model.state_dict()))
@@ -88,6 +103,8 @@ class TorchRanker(Ranker):
             else:
                 bar.set_postfix(loss=f"{running:.4f}")
         metrics = {"train_logloss": float(running), "steps": float(steps), "epochs": float(cfg.epochs)}
+        if world > 1:
+            metrics["training_processes"] = float(world)
         if best is not None:
             self.model.load_state_dict(best[2])
             metrics |= {"best_epoch": float(best[1]), "validation_gauc": best[0]}

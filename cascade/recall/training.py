@@ -19,11 +19,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from cascade.core.distributed import (
+    batch_starts,
+    buffers_from_first_process,
+    distributed_context,
+    from_first_process,
+)
 from cascade.core.schema import FeatureSchema, ItemFeatures, UserFeatures
 from cascade.recall.config import RecallConfig
 from cascade.recall.two_tower import TwoTowerModel, TwoTowerSpec
@@ -165,7 +170,7 @@ def train_two_tower(
         order = order_rng.permutation(len(sequences))
         if config.max_steps_per_epoch is not None:
             order = order[: config.max_steps_per_epoch * batch_size * world]
-        for start in _batch_starts(len(order), batch_size, world, rank):
+        for start in batch_starts(len(order), batch_size, world, rank):
             rows = order[start : start + batch_size]
             u_idx, i_idx = sequences.user[rows], sequences.item[rows]
             gap = rng.integers(0, config.history_gap_max + 1, size=len(rows))
@@ -181,7 +186,7 @@ def train_two_tower(
             u, v_distinct = step_model(
                 tuple(user_in), item_tensors(items, distinct, hide_item)
             )  # (B, D), (Q, D)
-            v = v_distinct[torch.from_numpy(column_of.reshape(-1))]  # (B + M, D)
+            v = v_distinct.index_select(0, torch.from_numpy(column_of.reshape(-1)))  # (B + M, D)
             logits = u @ v.T / config.temperature  # (B, B + M)
             target = torch.from_numpy(i_idx)
             columns = torch.from_numpy(all_items)
@@ -202,11 +207,12 @@ def train_two_tower(
             running = loss.item() if steps == 1 else 0.98 * running + 0.02 * loss.item()
             if steps % 10 == 0:
                 bar.set_postfix(loss=f"{running:.4f}", refresh=False)
+        buffers_from_first_process(model, world)
         postfix = {"loss": f"{running:.4f}"}
         if validate is not None:
             model.eval()
             # the copies are equal; one validates and tells the others, so all stop at the same epoch
-            metric = _from_first_process(float(validate(model)) if rank == 0 else 0.0, world)
+            metric = from_first_process(float(validate(model)) if rank == 0 else 0.0, world)
             scores.append(metric)
             postfix["val"] = f"{metric:.4f}"
             logger.info("two-tower epoch %d: loss %.4f, validation %.4f", epoch, running, metric)
@@ -240,34 +246,6 @@ def two_tower_optimizers(model: TwoTowerModel, config: RecallConfig) -> list[tor
     if sparse:
         optimizers.append(torch.optim.SparseAdam(sparse, lr=config.learning_rate))
     return optimizers
-
-
-def distributed_context() -> tuple[int, int]:
-    """(world size, this process's rank): (1, 0) unless a torch.distributed process group is running."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
-
-
-def _batch_starts(examples: int, batch_size: int, world: int, rank: int) -> range:
-    """Starts of this process's batches in an epoch's order of ``examples``: batch j goes to process
-    j % world. Every process takes the same number of steps (DistributedDataParallel needs each step on all
-    of them), so an epoch's last batches that would not reach every process are left out, and so is a
-    final batch of a single example."""
-    batches = examples // batch_size + (1 if examples % batch_size >= 2 else 0)
-    batches -= batches % world
-    if batches == 0:
-        raise ValueError(f"{examples} training examples are too few for {world} processes of {batch_size}")
-    return range(rank * batch_size, batches * batch_size, world * batch_size)
-
-
-def _from_first_process(value: float, world: int) -> float:
-    """``value`` as process 0 has it, on every process."""
-    if world == 1:
-        return value
-    shared = torch.tensor([value], dtype=torch.float64)
-    dist.broadcast(shared, src=0)
-    return float(shared.item())
 
 
 @torch.inference_mode()

@@ -1,4 +1,5 @@
-"""Data-parallel training across processes with torchrun: `cascade train recall --nproc N`.
+"""Data-parallel training across processes with torchrun: `cascade train recall --nproc N`, and
+`cascade train ranking --nproc N` for the neural rankers (DIN, Wide&Deep).
 
 ``launch`` starts ``torch.distributed.run`` (torchrun) in standalone mode, which starts N copies of this
 module's ``main``; each joins one gloo process group, runs the same training command on the CPU, and the
@@ -21,10 +22,11 @@ import torch.distributed as dist
 
 from cascade.config import AppConfig
 from cascade.core.logs import configure_logging
+from cascade.ranking.registry import DATA_PARALLEL_RANKERS
 
 logger = logging.getLogger(__name__)
 
-COMMANDS = ("recall",)
+COMMANDS = ("recall", "ranking")
 
 
 def launch(command: str, nproc: int, config: AppConfig, force: bool) -> int:
@@ -33,6 +35,17 @@ def launch(command: str, nproc: int, config: AppConfig, force: bool) -> int:
         raise ValueError(f"distributed training supports {COMMANDS}, not {command!r}")
     if nproc < 1:
         raise ValueError(f"--nproc must be at least 1, got {nproc}")
+    if command == "ranking" and nproc > 1 and config.ranking.type not in DATA_PARALLEL_RANKERS:
+        raise ValueError(
+            f"ranking.model.type {config.ranking.type!r} does not train data-parallel; "
+            f"--nproc is for {', '.join(DATA_PARALLEL_RANKERS)}"
+        )
+    if command == "ranking":
+        from cascade.data.dataset import Dataset
+        from cascade.training.ranking import require_current_recall
+
+        # fail here with the reason rather than in every process
+        require_current_recall(config.artifact_store(), config, Dataset.fingerprint_of(config.data.path))
     with tempfile.TemporaryDirectory(prefix="cascade-ddp-") as folder:
         # the resolved config, CLI and environment overrides included, so every process trains the same
         config_path = Path(folder) / "config.json"
@@ -52,6 +65,7 @@ def _threads_per_process(nproc: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """One training process: joins the group torchrun set up (its rendezvous in the environment)."""
+    from cascade.training.ranking import train_ranking
     from cascade.training.recall import train_recall
 
     parser = argparse.ArgumentParser(prog="cascade.training.distributed")
@@ -60,16 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
     world = int(os.environ["WORLD_SIZE"])
-    # the two-tower trains on the CPU (its sparse id gradients need gloo's sparse all-reduce; NCCL has none)
+    # training runs on the CPU: the two-tower's sparse id gradients need gloo's sparse all-reduce (NCCL has
+    # none), and the rankers' batches are built on the CPU
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     configure_logging(logging.INFO, "auto", prefix=f"[process {rank}] ")
     torch.set_num_threads(_threads_per_process(world))
     try:
         config = AppConfig.model_validate_json(Path(args.config_json).read_text())
-        ref = train_recall(config, force=args.force, progress=rank == 0)
+        train = {"recall": train_recall, "ranking": train_ranking}[args.command]
+        ref = train(config, force=args.force, progress=rank == 0)
         if ref is not None:
-            logger.info("published recall %s: %s", ref.version, ref.manifest["metrics"])
+            logger.info("published %s %s: %s", args.command, ref.version, ref.manifest["metrics"])
     finally:
         dist.destroy_process_group()
     return 0

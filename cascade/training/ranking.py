@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from cascade.config import AppConfig
 from cascade.core.artifacts import ArtifactRef, ArtifactStore, fingerprint
+from cascade.core.distributed import distributed_context
 from cascade.core.metrics import auc
 from cascade.core.schema import SCHEMA_VERSION, TWO_TOWER
 from cascade.core.seeding import seed_everything
@@ -29,7 +30,7 @@ from cascade.ranking.features import (
 )
 from cascade.ranking.ranker import Ranker, dense_features_of
 from cascade.ranking.rating_features import RatingFeatureModels
-from cascade.ranking.registry import create_ranker
+from cascade.ranking.registry import DATA_PARALLEL_RANKERS, create_ranker
 from cascade.ranking.statistics import ItemStatistics
 from cascade.recall.bundle import RECALL, RecallBundle
 from cascade.recall.channels import ChannelCandidates, RecallChannels, two_tower_order
@@ -267,9 +268,19 @@ def fit_ranker(
     return ranker, metrics
 
 
-def train_ranking(config: AppConfig, force: bool = False, progress: bool = True) -> ArtifactRef:
+def train_ranking(config: AppConfig, force: bool = False, progress: bool = True) -> ArtifactRef | None:
     """Train the configured ranker on labelled recall candidates of the nested split and publish it with
-    the item statistics serving computes its features from (over the whole training part)."""
+    the item statistics serving computes its features from (over the whole training part).
+
+    In a process group of several (``cascade train ranking --nproc N``) every process builds the same
+    examples and trains its share of each epoch's batches of the neural ranker; the first one publishes and
+    the others return None."""
+    processes, rank = distributed_context()
+    if processes > 1 and config.ranking.type not in DATA_PARALLEL_RANKERS:
+        raise ValueError(
+            f"ranking.model.type {config.ranking.type!r} does not train data-parallel; "
+            f"--nproc is for {', '.join(DATA_PARALLEL_RANKERS)}"
+        )
     store = config.artifact_store()
     data_fp = Dataset.fingerprint_of(config.data.path)
     recall = require_current_recall(store, config, data_fp)
@@ -280,6 +291,8 @@ def train_ranking(config: AppConfig, force: bool = False, progress: bool = True)
     prep = prepare(config)
     examples = ranking_training_examples(config, prep, recall, progress)
     ranker, metrics = fit_ranker(config, prep, examples, progress, config.ranking.type)
+    if rank != 0:
+        return None
     metrics["examples"] = float(len(examples.labels))
     metrics["positive_rate"] = float(examples.labels.mean())
     logger.info("ranker %s: %s", config.ranking.type, {k: round(v, 4) for k, v in metrics.items()})

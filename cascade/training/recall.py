@@ -10,18 +10,14 @@ import numpy as np
 
 from cascade.config import AppConfig
 from cascade.core.artifacts import ArtifactRef, fingerprint
+from cascade.core.distributed import distributed_context
 from cascade.core.schema import SCHEMA_VERSION, USER_FIELDS, UserFeatures
 from cascade.core.seeding import seed_everything
 from cascade.data.dataset import Dataset
 from cascade.recall.bundle import RECALL, QuerySample, RecallParts
 from cascade.recall.channels import CooccurrenceRules, SegmentPopularity
 from cascade.recall.item_item import ItemItemChannel
-from cascade.recall.training import (
-    InteractionSequences,
-    TwoTowerTrainingResult,
-    distributed_context,
-    train_two_tower,
-)
+from cascade.recall.training import InteractionSequences, TwoTowerTrainingResult, train_two_tower
 from cascade.recall.two_tower import TwoTowerModel
 from cascade.training.prepare import Prepared, prepare, reuse_current
 from cascade.training.task import EVAL_RECALL_KS, RecallTask

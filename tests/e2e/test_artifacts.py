@@ -56,6 +56,7 @@ def test_ranking_examples_see_nothing_of_their_evaluation_window(config, built):
     import pandas as pd
 
     from cascade.data.split import TemporalSplit, temporal_split
+    from cascade.ranking.ranker import dense_features_of
     from cascade.recall.bundle import RecallBundle
     from cascade.training.prepare import prepare
     from cascade.training.ranking import ranking_training_examples
@@ -82,8 +83,15 @@ def test_ranking_examples_see_nothing_of_their_evaluation_window(config, built):
     before = before.of_requests(np.flatnonzero(np.isin(before.users, common)))
     after = after.of_requests(np.flatnonzero(np.isin(after.users, common)))
     np.testing.assert_array_equal(before.users, after.users)
-    for name in ("user", "history", "request", "item", "genres", "year", "channel", "dense"):
+    for name in ("user", "history", "request", "item", "genres", "year", "channel"):
         np.testing.assert_array_equal(getattr(before.batch, name), getattr(after.batch, name), err_msg=name)
+    # float features agree to float32 rounding, not bit for bit: the users embedded and searched together
+    # differ between the two (who has held-out positives does), and a batch's shape changes the order a
+    # float32 product sums in; a leak of the window would move them by far more
+    for column, name in enumerate(dense_features_of(config.ranking)):
+        np.testing.assert_allclose(
+            before.batch.dense[:, column], after.batch.dense[:, column], rtol=1e-6, atol=1e-6, err_msg=name
+        )
     assert not np.array_equal(before.labels, after.labels)
     published = recall.inner_cooccurrence()
     mined = mine_rules(config, scrambled, scrambled.sequences(inner.train))

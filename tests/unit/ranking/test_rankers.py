@@ -123,3 +123,26 @@ def test_wide_cross_of_history_and_candidate_sums_one_weight_per_pair():
     assert cross(batch).tolist() == [35 + 45, 36 + 46, 72]
     hashed = WideCross("history", "item", 10, 10, hash_buckets=7)
     assert hashed.hashed and hashed.weight.num_embeddings == 7
+
+
+@pytest.mark.parametrize("ranker_type", ["din", "wide_deep"])
+def test_neural_rankers_train_bit_identically_run_to_run_on_several_threads(items, ranker_type):
+    """Same seed, same data: the same weights, to the bit, however many threads sum the gradients (the
+    per-candidate gathers use index_select, whose backward sums in a fixed order; indexing's does not)."""
+    rng = np.random.default_rng(9)
+    train = synthetic_batch(rng, 100, 40, 8, items)
+    config = RankingConfig(model={"type": ranker_type, "epochs": 2, "batch_size": 256})
+    states = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (2, 2, 1):
+            torch.set_num_threads(threads)
+            torch.manual_seed(0)
+            ranker = create_ranker(config, StubSchema(), items)
+            ranker.fit(train, planted_labels(train, items), seed=0, progress=False)
+            states.append(ranker.model.state_dict())
+    finally:
+        torch.set_num_threads(before)
+    for other in states[1:]:
+        for name, tensor in states[0].items():
+            assert torch.equal(tensor, other[name]), name

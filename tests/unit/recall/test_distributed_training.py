@@ -11,13 +11,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from cascade.bench.ports import free_port
+from cascade.core.distributed import batch_starts
 from cascade.core.schema import FeatureSchema
 from cascade.data.split import temporal_split
 from cascade.data.synthetic import generate
 from cascade.recall.config import RecallConfig
 from cascade.recall.training import (
     InteractionSequences,
-    _batch_starts,
     embed_items,
     embed_users,
     train_two_tower,
@@ -76,12 +76,12 @@ def _worker(rank: int, port: int, out: str) -> None:
 
 def test_batches_are_shared_out_evenly_and_whole():
     # 10 batches of 4 (the last of 3): process 0 takes batches 0, 2, ..., process 1 batches 1, 3, ...
-    assert list(_batch_starts(39, 4, 2, 0)) == [0, 8, 16, 24, 32]
-    assert list(_batch_starts(39, 4, 2, 1)) == [4, 12, 20, 28, 36]
-    assert list(_batch_starts(37, 4, 2, 1)) == [4, 12, 20, 28]  # a last batch of one is left out
-    assert list(_batch_starts(9, 4, 1, 0)) == [0, 4]
+    assert list(batch_starts(39, 4, 2, 0)) == [0, 8, 16, 24, 32]
+    assert list(batch_starts(39, 4, 2, 1)) == [4, 12, 20, 28, 36]
+    assert list(batch_starts(37, 4, 2, 1)) == [4, 12, 20, 28]  # a last batch of one is left out
+    assert list(batch_starts(9, 4, 1, 0)) == [0, 4]
     with pytest.raises(ValueError, match="too few"):
-        _batch_starts(5, 4, 2, 0)
+        batch_starts(5, 4, 2, 0)
 
 
 def test_two_processes_train_one_model_as_good_as_one_process(tmp_path):
