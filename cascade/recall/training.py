@@ -143,6 +143,7 @@ def train_two_tower(
         embedding_dim=config.embedding_dim,
         hidden_dim=config.hidden_dim,
         history_pooling=config.history_pooling,
+        history_heads=config.history_heads,
     )
     model = TwoTowerModel(spec, sparse_ids=sparse_ids)
     if initial is not None:
@@ -159,6 +160,8 @@ def train_two_tower(
     # log of each negative's expected count in one step's sample
     log_q_batch = torch.from_numpy(np.log(np.maximum(counts, 1.0) / len(sequences) * batch_size)).float()
     num_uniform = min(config.uniform_negatives, catalogue)
+    full_softmax = catalogue <= config.full_softmax_max_items
+    every_item = np.arange(1, schema.num_items)
     log_q_uniform = float(np.log(max(num_uniform, 1) / catalogue))
 
     steps, running = 0, float("nan")
@@ -178,26 +181,35 @@ def train_two_tower(
             user_in = list(user_tensors(users, u_idx, history))
             hide_user = torch.from_numpy(rng.random(len(rows)) < config.user_id_dropout)
             user_in[0] = torch.where(hide_user, torch.zeros_like(user_in[0]), user_in[0])
-            negatives = rng.integers(1, schema.num_items, size=num_uniform)
-            all_items = np.concatenate([i_idx, negatives])
-            # each distinct item goes through the item tower once: batches repeat popular items
-            distinct, column_of = np.unique(all_items, return_inverse=True)
-            hide_item = rng.random(len(distinct)) < config.item_id_dropout
-            u, v_distinct = step_model(
-                tuple(user_in), item_tensors(items, distinct, hide_item)
-            )  # (B, D), (Q, D)
-            v = v_distinct.index_select(0, torch.from_numpy(column_of.reshape(-1)))  # (B + M, D)
-            logits = u @ v.T / config.temperature  # (B, B + M)
-            target = torch.from_numpy(i_idx)
-            columns = torch.from_numpy(all_items)
-            if config.logq_correction:
-                correction = torch.cat([log_q_batch[target], torch.full((num_uniform,), log_q_uniform)])
-                logits = logits - config.logq_correction * correction.unsqueeze(0)
-            own = torch.arange(len(rows))
-            same_item = target.unsqueeze(1) == columns.unsqueeze(0)
-            same_item[own, own] = False
-            logits = logits.masked_fill(same_item, float("-inf"))
-            loss = F.cross_entropy(logits, own)
+            if full_softmax:
+                # every catalogue item is a negative: no sampling, so no sampling bias to correct
+                hide_item = rng.random(catalogue) < config.item_id_dropout
+                u, v = step_model(
+                    tuple(user_in), item_tensors(items, every_item, hide_item)
+                )  # (B, D), (N, D)
+                logits = u @ v.T / config.temperature  # (B, N)
+                loss = F.cross_entropy(logits, torch.from_numpy(i_idx - 1))
+            else:
+                negatives = rng.integers(1, schema.num_items, size=num_uniform)
+                all_items = np.concatenate([i_idx, negatives])
+                # each distinct item goes through the item tower once: batches repeat popular items
+                distinct, column_of = np.unique(all_items, return_inverse=True)
+                hide_item = rng.random(len(distinct)) < config.item_id_dropout
+                u, v_distinct = step_model(
+                    tuple(user_in), item_tensors(items, distinct, hide_item)
+                )  # (B, D), (Q, D)
+                v = v_distinct.index_select(0, torch.from_numpy(column_of.reshape(-1)))  # (B + M, D)
+                logits = u @ v.T / config.temperature  # (B, B + M)
+                target = torch.from_numpy(i_idx)
+                columns = torch.from_numpy(all_items)
+                if config.logq_correction:
+                    correction = torch.cat([log_q_batch[target], torch.full((num_uniform,), log_q_uniform)])
+                    logits = logits - config.logq_correction * correction.unsqueeze(0)
+                own = torch.arange(len(rows))
+                same_item = target.unsqueeze(1) == columns.unsqueeze(0)
+                same_item[own, own] = False
+                logits = logits.masked_fill(same_item, float("-inf"))
+                loss = F.cross_entropy(logits, own)
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -49,6 +49,7 @@ class TwoTowerSpec:
     embedding_dim: int
     hidden_dim: int
     history_pooling: HistoryPooling = "attention"
+    history_heads: int = 1
     field_dim: int = 16
     title_word_dim: int = 32
     title_windows: tuple[int, ...] = (2, 3, 4, 5)
@@ -64,6 +65,7 @@ class TwoTowerSpec:
         embedding_dim: int,
         hidden_dim: int,
         history_pooling: HistoryPooling,
+        history_heads: int = 1,
     ) -> TwoTowerSpec:
         return cls(
             num_users=schema.num_users,
@@ -79,6 +81,7 @@ class TwoTowerSpec:
             embedding_dim=embedding_dim,
             hidden_dim=hidden_dim,
             history_pooling=history_pooling,
+            history_heads=history_heads,
         )
 
 
@@ -87,25 +90,33 @@ def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
 
 
 class HistoryAttentionPooling(nn.Module):
-    """Target-free attention over a behaviour sequence: weight_j = softmax_j(v . tanh(W [e_j; p_j])).
+    """Target-free attention over a behaviour sequence: weight_hj = softmax_j(v_h . tanh(W [e_j; p_j])) for
+    each of ``heads`` heads.
 
     e_j: item embedding (B, L, D); p_j: an embedding of recency position j (0 = most recent); padding is
-    masked out -> (B, D). A user with no history gets zeros.
+    masked out -> (B, heads * D), each head's weighted sum of the sequence side by side, so several heads
+    can each follow one interest of a user with several. A user with no history gets zeros.
     """
 
-    def __init__(self, dim: int, max_length: int, attention_dim: int = 32):
+    def __init__(self, dim: int, max_length: int, attention_dim: int = 32, heads: int = 1):
         super().__init__()
+        self.heads = heads
         self.position = nn.Embedding(max_length, dim)
         self.project = nn.Linear(dim, attention_dim)
-        self.score = nn.Linear(attention_dim, 1, bias=False)
+        self.score = nn.Linear(attention_dim, heads, bias=False)
 
     def forward(self, embeddings: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         # W [e_j; p_j] + b as W e_j + (W p_j + b): the positions' share is (L, A) whatever the batch
         positions = F.linear(self.position.weight[: ids.shape[1]], self.project.weight, self.project.bias)
         hidden = torch.tanh(torch.matmul(embeddings, self.project.weight.t()) + positions)  # (B, L, A)
-        logits = torch.matmul(hidden, self.score.weight[0]).masked_fill(ids <= 0, float("-inf"))
-        weights = torch.softmax(logits, dim=1).nan_to_num(0.0)  # all-padding rows -> zeros, not NaN
-        return torch.bmm(weights.unsqueeze(1), embeddings).squeeze(1)  # (B, D)
+        if self.heads == 1:
+            logits = torch.matmul(hidden, self.score.weight[0]).masked_fill(ids <= 0, float("-inf"))
+            weights = torch.softmax(logits, dim=1).nan_to_num(0.0)  # all-padding rows -> zeros, not NaN
+            return torch.bmm(weights.unsqueeze(1), embeddings).squeeze(1)  # (B, D)
+        logits = torch.matmul(hidden, self.score.weight.t())  # (B, L, H)
+        logits = logits.masked_fill((ids <= 0).unsqueeze(-1), float("-inf"))
+        weights = torch.softmax(logits, dim=1).nan_to_num(0.0)
+        return torch.bmm(weights.transpose(1, 2), embeddings).flatten(1)  # (B, H * D)
 
 
 class UserTower(nn.Module):
@@ -125,11 +136,12 @@ class UserTower(nn.Module):
         self.zip = nn.Embedding(spec.num_zips, spec.field_dim)
         self.item_embedding = item_embedding
         self.pooling: HistoryAttentionPooling | None = (
-            HistoryAttentionPooling(spec.embedding_dim, spec.history_length)
+            HistoryAttentionPooling(spec.embedding_dim, spec.history_length, heads=spec.history_heads)
             if spec.history_pooling == "attention"
             else None
         )
-        self.mlp = _mlp(2 * spec.embedding_dim + 4 * spec.field_dim, spec.hidden_dim, spec.embedding_dim)
+        pooled = spec.embedding_dim * (spec.history_heads if self.pooling is not None else 1)
+        self.mlp = _mlp(spec.embedding_dim + pooled + 4 * spec.field_dim, spec.hidden_dim, spec.embedding_dim)
 
     def pool_history(self, history: torch.Tensor) -> torch.Tensor:
         """history (B, L) -> (B, D)."""

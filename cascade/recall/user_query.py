@@ -51,7 +51,7 @@ class UserQueryEncoder:
                 positions = F.linear(pooling.position.weight, pooling.project.weight, pooling.project.bias)
                 self._positions = positions.numpy()
                 self._project = pooling.project.weight.detach().numpy().T.copy()  # (D, A)
-                self._score = pooling.score.weight.detach().numpy()[0].copy()  # (A,)
+                self._score = pooling.score.weight.detach().numpy().T.copy()  # (A, heads)
                 self.max_history = pooling.position.num_embeddings
 
     def __call__(
@@ -63,16 +63,17 @@ class UserQueryEncoder:
             raise ValueError(f"history: at most {self.max_history} items, got {len(history)}")
         slots = np.flatnonzero(history > 0)
         if len(slots) == 0:  # the tower pools an empty history to zeros
-            pooled = np.zeros(self._items.shape[1], dtype=np.float32)
+            heads = 1 if self._score is None else self._score.shape[1]
+            pooled = np.zeros(heads * self._items.shape[1], dtype=np.float32)
         else:
             embedded = self._items[history[slots]]  # (H', D)
             if self._score is None:
                 pooled = embedded.mean(axis=0)
             else:
                 hidden = np.tanh(embedded @ self._project + self._positions[slots])  # (H', A)
-                logits = hidden @ self._score
-                weights = np.exp(logits - logits.max())
-                pooled = (weights / weights.sum()) @ embedded
+                logits = hidden @ self._score  # (H', heads)
+                weights = np.exp(logits - logits.max(axis=0))
+                pooled = ((weights / weights.sum(axis=0)).T @ embedded).reshape(-1)  # (heads * D,)
         users, genders, ages, occupations, zips = self._fields
         x = np.concatenate(
             [users[user], genders[gender], ages[age], occupations[occupation], zips[zip_prefix], pooled]

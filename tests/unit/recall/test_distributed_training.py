@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -12,33 +11,15 @@ import torch.multiprocessing as mp
 
 from cascade.bench.ports import free_port
 from cascade.core.distributed import batch_starts
-from cascade.core.schema import FeatureSchema
-from cascade.data.split import temporal_split
-from cascade.data.synthetic import generate
 from cascade.recall.config import RecallConfig
-from cascade.recall.training import (
-    InteractionSequences,
-    embed_items,
-    embed_users,
-    train_two_tower,
-)
+from cascade.recall.training import train_two_tower
 from cascade.recall.two_tower import TwoTowerModel
+from tests.unit.recall.held_out import HISTORY, held_out_problem, held_out_recall
 
-CONFIG = RecallConfig(epochs=4, batch_size=256, uniform_negatives=128, learning_rate=1e-2)
-HISTORY = 10
-
-
-def _problem():
-    data = generate(num_users=250, num_items=300, num_interactions=12_000, seed=5)
-    schema = FeatureSchema.fit(data.users, data.items, max_genres=4, title_length=6)
-    split = temporal_split(data.interactions, 0.2)
-    train = split.train
-    seq = InteractionSequences(
-        schema.user_index(train["user_id"]),
-        schema.item_index(train["item_id"]),
-        train["timestamp"].to_numpy(),
-    )
-    return data, schema, split, seq
+# sampled negatives, as at a million items, where data-parallel training is for
+CONFIG = RecallConfig(
+    epochs=4, batch_size=256, uniform_negatives=128, learning_rate=1e-2, full_softmax_max_items=0
+)
 
 
 def _train(schema, data, seq):
@@ -46,27 +27,11 @@ def _train(schema, data, seq):
     return train_two_tower(CONFIG, schema, users, items, seq, seed=3, history_length=HISTORY, progress=False)
 
 
-def _held_out_recall(model, schema, data, split, seq, k: int = 50) -> float:
-    positives = {u: schema.item_index(v) for u, v in split.positives(1.0).items()}
-    user_ids = np.array(sorted(positives))
-    rows = schema.user_index(user_ids)
-    items = embed_items(model, schema.item_table(data.items))
-    queries = embed_users(model, schema.user_table(data.users), rows, seq.latest_history(rows, HISTORY))
-    scores = queries @ items.T
-    hits = []
-    for user, row, s in zip(user_ids, rows, scores):
-        seen = seq.item[seq.user == row]
-        s[seen - 1] = -np.inf
-        top = np.argsort(-s)[:k] + 1
-        hits.append(np.isin(positives[user], top).mean())
-    return float(np.mean(hits))
-
-
 def _worker(rank: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
-        data, schema, _, seq = _problem()
+        data, schema, _, seq = held_out_problem()
         result = _train(schema, data, seq)
         result.model.save(Path(out), prefix=f"rank{rank}_")
         Path(out, f"rank{rank}.steps").write_text(str(result.steps))
@@ -93,9 +58,9 @@ def test_two_processes_train_one_model_as_good_as_one_process(tmp_path):
     for (name, x), (_, y) in zip(first.state_dict().items(), second.state_dict().items()):
         assert torch.equal(x, y), name
 
-    data, schema, split, seq = _problem()
+    data, schema, split, seq = held_out_problem()
     alone = _train(schema, data, seq)
     per_epoch = alone.steps // CONFIG.epochs
     assert int((tmp_path / "rank0.steps").read_text()) == CONFIG.epochs * (per_epoch // 2)
-    one, two = (_held_out_recall(m, schema, data, split, seq) for m in (alone.model, first))
+    one, two = (held_out_recall(m, schema, data, split, seq) for m in (alone.model, first))
     assert one > 0.1 and abs(two - one) < 0.2 * one, (one, two)

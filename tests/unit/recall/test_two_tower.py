@@ -13,6 +13,7 @@ from cascade.recall.text_cnn import TitleCNN
 from cascade.recall.training import InteractionSequences, embed_items, embed_users, train_two_tower
 from cascade.recall.two_tower import HistoryAttentionPooling, TwoTowerModel, TwoTowerSpec
 from cascade.recall.user_query import UserQueryEncoder
+from tests.unit.recall.held_out import HISTORY, held_out_problem, held_out_recall
 
 
 def test_title_cnn_shapes_and_padding_does_not_matter():
@@ -84,7 +85,9 @@ def trained():
         schema.item_index(inter["item_id"]),
         inter["timestamp"].to_numpy(),
     )
-    config = RecallConfig(epochs=4, batch_size=256, uniform_negatives=128, item_id_dropout=0.3)
+    config = RecallConfig(
+        epochs=4, batch_size=256, uniform_negatives=128, item_id_dropout=0.3, full_softmax_max_items=0
+    )
     result = train_two_tower(config, schema, users, items, seq, seed=7, history_length=10, progress=False)
     return data, schema, users, items, seq, result
 
@@ -102,7 +105,9 @@ def test_a_step_touches_only_the_id_rows_of_its_batch_and_dense_ids_are_the_othe
     """Sparse id gradients with lazy Adam: one step leaves every item row it did not see exactly as it was,
     so a step costs the batch, not the catalogue. Dense ones (plain Adam) train too."""
     _, schema, users, items, seq, _ = trained
-    config = RecallConfig(epochs=1, batch_size=64, uniform_negatives=0, max_steps_per_epoch=1)
+    config = RecallConfig(
+        epochs=1, batch_size=64, uniform_negatives=0, max_steps_per_epoch=1, full_softmax_max_items=0
+    )
     start = train_two_tower(config, schema, users, items, seq, seed=5, history_length=10, progress=False)
     assert start.model.sparse_parameters()
     before = start.model.item_embedding.weight.detach().clone()
@@ -126,6 +131,25 @@ def test_a_step_touches_only_the_id_rows_of_its_batch_and_dense_ids_are_the_othe
     assert dense.model.sparse_parameters() == [] and np.isfinite(dense.final_loss)
     # dense Adam with weight decay moves every row at every step
     assert (dense.model.item_embedding.weight[1:] != start.model.item_embedding.weight[1:]).any(dim=1).all()
+
+
+def test_a_full_softmax_over_a_small_catalogue_recalls_held_out_items_as_sampled_negatives_do():
+    """Every item a negative of every example (the default up to full_softmax_max_items) against in-batch
+    and uniform samples with log-Q correction: both learn, and the full softmax is no worse."""
+    data, schema, split, seq = held_out_problem()
+    users, items = schema.user_table(data.users), schema.item_table(data.items)
+    recalls = {}
+    for full in (True, False):
+        config = RecallConfig(
+            epochs=4, batch_size=256, uniform_negatives=128, full_softmax_max_items=10_000 if full else 0
+        )
+        model = train_two_tower(
+            config, schema, users, items, seq, seed=3, history_length=HISTORY, progress=False
+        ).model
+        recalls[full] = held_out_recall(model, schema, data, split, seq)
+    chance = 50 / (schema.num_items - 1)
+    assert recalls[False] > 2 * chance
+    assert recalls[True] > 0.9 * recalls[False], recalls
 
 
 def test_early_stopping_keeps_the_best_epoch(trained):
@@ -190,7 +214,8 @@ def test_the_numpy_user_query_encoder_equals_the_trained_tower(trained):
         encoder(*map(int, fields[0]), np.ones(length + 1, dtype=np.int64))
 
 
-def test_the_numpy_user_query_encoder_equals_a_mean_pooling_tower():
+@pytest.mark.parametrize("pooling, heads", [("mean", 1), ("attention", 3)])
+def test_the_numpy_user_query_encoder_equals_an_untrained_tower_of_each_pooling(pooling, heads):
     torch.manual_seed(3)
     spec = TwoTowerSpec(
         num_users=20,
@@ -205,7 +230,8 @@ def test_the_numpy_user_query_encoder_equals_a_mean_pooling_tower():
         history_length=6,
         embedding_dim=8,
         hidden_dim=12,
-        history_pooling="mean",
+        history_pooling=pooling,
+        history_heads=heads,
     )
     model = TwoTowerModel(spec).eval()
     rng = np.random.default_rng(6)
