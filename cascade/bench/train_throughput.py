@@ -99,7 +99,8 @@ def run_scenario(
         say(f"{name}: {ranker} ranker, one process of {settings.threads} threads")
         with compute_threads(settings.threads):
             fastest = min(
-                _time_ranker(config, prep, ranker, settings, world=1, rank=0) for _ in range(settings.repeats)
+                _time_ranker(config, prep, ranker, settings.ranker_steps, settings.ranker_candidates, 1, 0)
+                for _ in range(settings.repeats)
             )
         timed = {"examples_per_s": settings.ranker_steps * _batch_size(config, ranker) / fastest}
         if settings.data_parallel > 1:
@@ -119,13 +120,12 @@ def _ranker_config(config: AppConfig, ranker: str) -> RankingConfig:
 
 
 def ranker_batch(
-    config: AppConfig, prep: Prepared, ranking: RankingConfig, examples: int, seed: int
+    config: AppConfig, prep: Prepared, ranking: RankingConfig, examples: int, candidates: int, seed: int
 ) -> tuple[RankingBatch, np.ndarray]:
     """``examples`` candidates shaped as training's: real users and their latest histories, catalogue items
-    with their genres and years, ``ranker_candidates``-sized requests; dense features and labels (10%
-    positive) drawn at random, since a step's cost does not depend on their values."""
+    with their genres and years, requests of ``candidates``; dense features and labels (10% positive)
+    drawn at random, since a step's cost does not depend on their values."""
     rng = np.random.default_rng(seed)
-    candidates = TrainBenchSettings.ranker_candidates
     requests = -(-examples // candidates)
     sequences = prep.sequences(prep.split.train)
     rows = rng.choice(np.unique(sequences.user), requests)
@@ -148,14 +148,13 @@ def ranker_batch(
 
 
 def _time_ranker(
-    config: AppConfig, prep: Prepared, ranker: str, settings: TrainBenchSettings, world: int, rank: int
+    config: AppConfig, prep: Prepared, ranker: str, steps: int, candidates: int, world: int, rank: int
 ) -> float:
-    """Seconds of ``ranker_steps`` training steps of this process (one epoch over its share of a batch of
-    world * ranker_steps * batch_size examples), timed after every process has built its model."""
+    """Seconds of ``steps`` training steps of this process (one epoch over its share of a batch of
+    world * steps * batch_size examples), timed after every process has built its model."""
     ranking = _ranker_config(config, ranker)
-    batch, labels = ranker_batch(
-        config, prep, ranking, world * settings.ranker_steps * ranking.model.batch_size, config.seed
-    )
+    examples = world * steps * ranking.model.batch_size
+    batch, labels = ranker_batch(config, prep, ranking, examples, candidates, config.seed)
     seed_everything(config.seed)
     model = create_ranker(ranking, prep.schema, prep.items)
     if world > 1:
@@ -167,17 +166,8 @@ def _time_ranker(
     return time.perf_counter() - started
 
 
-def _ranker_worker(rank: int, world: int, port: int, config_json: str, ranker: str, steps: int, out: str):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        config = AppConfig.model_validate_json(config_json)
-        settings = TrainBenchSettings(ranker_steps=steps)
-        seconds = _time_ranker(config, prepare(config), ranker, settings, world, rank)
-        if rank == 0:
-            Path(out).write_text(str(seconds))
-    finally:
-        dist.destroy_process_group()
+def _ranker_job(config: AppConfig, world: int, rank: int, ranker: str, steps: int, candidates: int) -> str:
+    return str(_time_ranker(config, prepare(config), ranker, steps, candidates, world, rank))
 
 
 def ranker_data_parallel_examples_per_s(
@@ -186,11 +176,8 @@ def ranker_data_parallel_examples_per_s(
     """Examples/s of ``settings.data_parallel`` processes (gloo, one thread each) training ``ranker``, each
     taking ``ranker_steps`` steps."""
     processes = settings.data_parallel
-    with tempfile.TemporaryDirectory() as folder:
-        out = str(Path(folder) / "seconds")
-        args = (processes, free_port(), config.resolved_json(), ranker, settings.ranker_steps, out)
-        mp.spawn(_ranker_worker, args=args, nprocs=processes, join=True)
-        seconds = float(Path(out).read_text())
+    job_args = (ranker, settings.ranker_steps, settings.ranker_candidates)
+    seconds = float(_in_processes(_ranker_job, processes, config, job_args))
     return processes * settings.ranker_steps * _batch_size(config, ranker) / seconds
 
 
@@ -217,34 +204,46 @@ def _one_epoch(
     )
 
 
-def _data_parallel_worker(rank: int, world: int, port: int, config_json: str, steps: int, out: str) -> None:
-    """One process of the data-parallel variant: trains ``steps`` steps of its own, timed after every
-    process has its data ready."""
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        config = AppConfig.model_validate_json(config_json)
-        prep = prepare(config)
-        sequences = prep.sequences(prep.split.train)
-        dist.barrier()
-        started = time.perf_counter()
-        result = _one_epoch(config, prep, sequences, steps, sparse_ids=True)
-        dist.barrier()
-        if rank == 0:
-            Path(out).write_text(f"{time.perf_counter() - started} {result.steps}")
-    finally:
-        dist.destroy_process_group()
+def _two_tower_job(config: AppConfig, world: int, rank: int, steps: int) -> str:
+    """This process's ``steps`` two-tower steps, timed after every process has its data ready:
+    "seconds steps"."""
+    prep = prepare(config)
+    sequences = prep.sequences(prep.split.train)
+    dist.barrier()
+    started = time.perf_counter()
+    result = _one_epoch(config, prep, sequences, steps, sparse_ids=True)
+    dist.barrier()
+    return f"{time.perf_counter() - started} {result.steps}"
 
 
 def data_parallel_examples_per_s(config: AppConfig, processes: int, steps: int) -> float:
     """Examples/s of ``processes`` data-parallel processes (gloo, one thread each), each taking ``steps``
     steps of ``batch_size`` examples."""
-    with tempfile.TemporaryDirectory() as folder:
-        out = str(Path(folder) / "seconds")
-        args = (processes, free_port(), config.resolved_json(), steps, out)
-        mp.spawn(_data_parallel_worker, args=args, nprocs=processes, join=True)
-        seconds, taken = Path(out).read_text().split()
+    seconds, taken = _in_processes(_two_tower_job, processes, config, (steps,)).split()
     return processes * int(taken) * config.recall.batch_size / float(seconds)
+
+
+def _in_processes(job: Callable[..., str], processes: int, config: AppConfig, job_args: tuple) -> str:
+    """``job(config, world, rank, *job_args)`` in ``processes`` processes joined in one gloo group, one
+    torch thread each; what process 0's returned."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = str(Path(folder) / "result")
+        args = (processes, free_port(), job, config.resolved_json(), job_args, out)
+        mp.spawn(_process, args=args, nprocs=processes, join=True)
+        return Path(out).read_text()
+
+
+def _process(
+    rank: int, world: int, port: int, job: Callable[..., str], config_json: str, job_args: tuple, out: str
+) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        result = job(AppConfig.model_validate_json(config_json), world, rank, *job_args)
+        if rank == 0:
+            Path(out).write_text(result)
+    finally:
+        dist.destroy_process_group()
 
 
 def summary(report: dict) -> str:

@@ -22,7 +22,6 @@ import torch.distributed as dist
 
 from cascade.config import AppConfig
 from cascade.core.logs import configure_logging
-from cascade.ranking.registry import DATA_PARALLEL_RANKERS
 
 logger = logging.getLogger(__name__)
 
@@ -35,16 +34,13 @@ def launch(command: str, nproc: int, config: AppConfig, force: bool) -> int:
         raise ValueError(f"distributed training supports {COMMANDS}, not {command!r}")
     if nproc < 1:
         raise ValueError(f"--nproc must be at least 1, got {nproc}")
-    if command == "ranking" and nproc > 1 and config.ranking.type not in DATA_PARALLEL_RANKERS:
-        raise ValueError(
-            f"ranking.model.type {config.ranking.type!r} does not train data-parallel; "
-            f"--nproc is for {', '.join(DATA_PARALLEL_RANKERS)}"
-        )
     if command == "ranking":
         from cascade.data.dataset import Dataset
-        from cascade.training.ranking import require_current_recall
+        from cascade.training.ranking import require_current_recall, require_data_parallel_ranker
 
         # fail here with the reason rather than in every process
+        if nproc > 1:
+            require_data_parallel_ranker(config)
         require_current_recall(config.artifact_store(), config, Dataset.fingerprint_of(config.data.path))
     with tempfile.TemporaryDirectory(prefix="cascade-ddp-") as folder:
         # the resolved config, CLI and environment overrides included, so every process trains the same

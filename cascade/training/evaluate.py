@@ -11,7 +11,6 @@ from dataclasses import replace
 from functools import partial
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 
 from cascade.config import AppConfig
@@ -120,8 +119,9 @@ def evaluate_recall(config: AppConfig) -> dict[str, dict[str, float]]:
     validation = RecallTask.of(prep, prep.inner_split(config.data.holdout_fraction), config)
     report["recall_stage"] = _served_recall_stage(config, prep, recall, validation, test, two_tower)
 
-    def matrix(task: RecallTask) -> sp.csr_matrix:
-        return interaction_matrix(task.sequences.user, task.sequences.item, shape)
+    validation_matrix, test_matrix = (
+        interaction_matrix(task.sequences.user, task.sequences.item, shape) for task in (validation, test)
+    )
 
     def validation_recall(baseline: Recommender) -> float:
         found = baseline.recommend(validation.rows, 100)
@@ -136,8 +136,8 @@ def evaluate_recall(config: AppConfig) -> dict[str, dict[str, float]]:
             logger.warning("EASE left out: %d items is above its limit", prep.schema.num_items)
             continue
         started = time.perf_counter()
-        point, scores = tune(partial(build, config.seed), grid, matrix(validation), validation_recall)
-        fitted = build(config.seed, **point).fit(matrix(test))
+        point, scores = tune(partial(build, config.seed), grid, validation_matrix, validation_recall)
+        fitted = build(config.seed, **point).fit(test_matrix)
         found = fitted.recommend(test.rows, k)
         report[name] = test.evaluate(dict(zip(test.users.tolist(), found)), prep.schema.num_items)
         report[name] |= {key: float(value) for key, value in point.items()}

@@ -234,6 +234,15 @@ def ranking_fingerprint(config: AppConfig, data_fp: str, recall_version: str) ->
     )
 
 
+def require_data_parallel_ranker(config: AppConfig) -> None:
+    """Raise ValueError unless the configured ranker trains data-parallel (``--nproc``)."""
+    if config.ranking.type not in DATA_PARALLEL_RANKERS:
+        raise ValueError(
+            f"ranking.model.type {config.ranking.type!r} does not train data-parallel; "
+            f"--nproc is for {', '.join(DATA_PARALLEL_RANKERS)}"
+        )
+
+
 def require_current_recall(store: ArtifactStore, config: AppConfig, data_fp: str) -> RecallBundle:
     recall_ref = store.require(RECALL)
     if recall_ref.fingerprint != recall_fingerprint(config, data_fp):
@@ -276,11 +285,8 @@ def train_ranking(config: AppConfig, force: bool = False, progress: bool = True)
     examples and trains its share of each epoch's batches of the neural ranker; the first one publishes and
     the others return None."""
     processes, rank = distributed_context()
-    if processes > 1 and config.ranking.type not in DATA_PARALLEL_RANKERS:
-        raise ValueError(
-            f"ranking.model.type {config.ranking.type!r} does not train data-parallel; "
-            f"--nproc is for {', '.join(DATA_PARALLEL_RANKERS)}"
-        )
+    if processes > 1:
+        require_data_parallel_ranker(config)
     store = config.artifact_store()
     data_fp = Dataset.fingerprint_of(config.data.path)
     recall = require_current_recall(store, config, data_fp)
