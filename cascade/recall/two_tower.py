@@ -105,10 +105,16 @@ class HistoryAttentionPooling(nn.Module):
         self.project = nn.Linear(dim, attention_dim)
         self.score = nn.Linear(attention_dim, heads, bias=False)
 
-    def forward(self, embeddings: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, embeddings: torch.Tensor, ids: torch.Tensor, keys: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """embeddings (B, L, D), ids (B, L); keys: W e_j (B, L, A) when the caller has it (the user tower
+        projects each distinct item of a batch once) -> (B, heads * D)."""
         # W [e_j; p_j] + b as W e_j + (W p_j + b): the positions' share is (L, A) whatever the batch
         positions = F.linear(self.position.weight[: ids.shape[1]], self.project.weight, self.project.bias)
-        hidden = torch.tanh(torch.matmul(embeddings, self.project.weight.t()) + positions)  # (B, L, A)
+        if keys is None:
+            keys = torch.matmul(embeddings, self.project.weight.t())
+        hidden = torch.tanh(keys + positions)  # (B, L, A)
         if self.heads == 1:
             logits = torch.matmul(hidden, self.score.weight[0]).masked_fill(ids <= 0, float("-inf"))
             weights = torch.softmax(logits, dim=1).nan_to_num(0.0)  # all-padding rows -> zeros, not NaN
@@ -144,13 +150,19 @@ class UserTower(nn.Module):
         self.mlp = _mlp(spec.embedding_dim + pooled + 4 * spec.field_dim, spec.hidden_dim, spec.embedding_dim)
 
     def pool_history(self, history: torch.Tensor) -> torch.Tensor:
-        """history (B, L) -> (B, D)."""
-        embedded = F.embedding(
-            history, self.item_embedding.weight, padding_idx=0, sparse=self.item_embedding.sparse
-        )
+        """history (B, L) -> (B, D), or (B, heads * D) with attention."""
+        # the B * L slots of a batch hold far fewer distinct items: each is looked up and projected once,
+        # then gathered per slot (index_select, whose backward sums in a fixed order)
+        distinct, slot_row = torch.unique(history, return_inverse=True)  # (Q,), (B, L)
+        rows = F.embedding(
+            distinct, self.item_embedding.weight, padding_idx=0, sparse=self.item_embedding.sparse
+        )  # (Q, D)
+        slots = slot_row.reshape(-1)
+        embedded = rows.index_select(0, slots).view(*history.shape, -1)  # (B, L, D)
         if self.pooling is None:
             return masked_mean(embedded, history)
-        return self.pooling(embedded, history)
+        keys = torch.matmul(rows, self.pooling.project.weight.t()).index_select(0, slots)  # (B * L, A)
+        return self.pooling(embedded, history, keys=keys.view(*history.shape, -1))
 
     def forward(
         self,

@@ -11,7 +11,7 @@ from cascade.data.synthetic import generate
 from cascade.recall.config import RecallConfig
 from cascade.recall.text_cnn import TitleCNN
 from cascade.recall.training import InteractionSequences, embed_items, embed_users, train_two_tower
-from cascade.recall.two_tower import HistoryAttentionPooling, TwoTowerModel, TwoTowerSpec
+from cascade.recall.two_tower import HistoryAttentionPooling, TwoTowerModel, TwoTowerSpec, masked_mean
 from cascade.recall.user_query import UserQueryEncoder
 from tests.unit.recall.held_out import HISTORY, held_out_problem, held_out_recall
 
@@ -58,6 +58,32 @@ def test_history_attention_is_its_definition_and_trains():
     out.sum().backward()
     for name, parameter in pool.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("pooling, heads", [("attention", 1), ("attention", 2), ("mean", 1)])
+def test_the_user_tower_pools_each_distinct_history_item_once_with_the_straightforward_result(pooling, heads):
+    """The tower looks up and projects each distinct item of a batch's histories once and gathers per slot;
+    pooling every slot's own embedding gives the same vectors and the same gradients."""
+    torch.manual_seed(2)
+    spec = TwoTowerSpec(
+        num_users=5, num_genders=2, num_ages=3, num_occupations=3, num_zips=3, num_items=12, num_genres=3,
+        num_years=3, num_title_words=9, history_length=6, embedding_dim=8, hidden_dim=8,
+        history_pooling=pooling, history_heads=heads,
+    )  # fmt: skip
+    tower = TwoTowerModel(spec, sparse_ids=False).user_tower
+    history = torch.tensor([[4, 2, 4, 11, 0, 0], [2, 2, 2, 2, 2, 2], [0, 0, 0, 0, 0, 0]])
+    pooled = tower.pool_history(history)
+    pooled.square().sum().backward()
+    fast = {name: p.grad.clone() for name, p in tower.named_parameters() if p.grad is not None}
+    tower.zero_grad()
+    embedded = torch.nn.functional.embedding(history, tower.item_embedding.weight, padding_idx=0)
+    expected = masked_mean(embedded, history) if tower.pooling is None else tower.pooling(embedded, history)
+    torch.testing.assert_close(pooled, expected, atol=1e-6, rtol=1e-5)
+    expected.square().sum().backward()
+    assert fast.keys() == {name for name, p in tower.named_parameters() if p.grad is not None}
+    for name, p in tower.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(fast[name], p.grad, atol=1e-6, rtol=1e-5, msg=name)
 
 
 def test_history_before_holds_only_earlier_interactions_most_recent_first():
