@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	@echo "First run trains every model: about 5 minutes on 2 cores after the install (README); later runs reuse them."
+	@echo "First run trains every model: about 3-4 minutes on 2 cores after the install (README); later runs reuse them."
 	$(CASCADE) data fetch movielens-100k
 	$(CASCADE) train recall
 	$(CASCADE) rebuild-index --if-stale

@@ -17,7 +17,7 @@ class RecallConfig(ComponentConfig):
         20,
         ge=1,
         description="Most training epochs of the validation run; early stopping on validation Recall@100 "
-        "usually ends it sooner (at 14 to 18 epochs on MovieLens-100K with the shipped cascade.toml).",
+        "usually ends it sooner (after 13 to 18 epochs on MovieLens-100K with the shipped cascade.toml).",
     )
     early_stopping_patience: int = Field(
         3, ge=1, description="Epochs without a better validation Recall@100 before training stops."
