@@ -86,6 +86,8 @@ def run(
             "history_length": models.history_length,
             "compute_threads": config.serving.compute_threads,
             "versions": models.versions,
+            "rules": pipeline.rules.version,
+            "active_rules": len(pipeline.rules.rules.rules) if pipeline.rules.rules is not None else 0,
         },
         "stages": {stage: percentiles(values) for stage, values in per_stage.items()},
         "total_ms": percentiles(totals),
@@ -127,7 +129,7 @@ def markdown(report: dict) -> str:
         f"ranker {ctx['ranker']} over "
         f"{ctx['mean_candidates']:.0f} candidates on average and {ctx['history_length']} behaviours, "
         f"{ctx['compute_threads']} compute thread(s); {report['settings']['requests']} requests, k = "
-        f"{report['settings']['k']}.",
+        f"{report['settings']['k']}; rules {ctx.get('rules', 'none')} ({ctx.get('active_rules', 0)} rules).",
         "",
         "| stage | p50 ms | p99 ms | mean ms |",
         "|---|---|---|---|",

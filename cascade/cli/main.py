@@ -326,6 +326,9 @@ def recommend(
     zip_code: Annotated[str, typer.Option(help="Demographics: zip code.")] = "",
     budget_ms: Annotated[int, typer.Option(help="Time budget in ms (0: the call's deadline only).")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    explain: Annotated[
+        bool, typer.Option(help="Show the ranker's score and the rules that fired on each item.")
+    ] = False,
 ) -> None:
     """Ask a running service for recommendations."""
     import grpc
@@ -346,6 +349,7 @@ def recommend(
                 occupation=occupation,
                 zip_code=zip_code,
                 budget_ms=budget_ms,
+                explain=explain,
             )
         except grpc.RpcError as exc:
             _fail(f"{exc.code().name}: {exc.details()}")
@@ -353,13 +357,22 @@ def recommend(
         print(json.dumps(MessageToDict(reply)))
         return
     table = Table(title=f"user {user_id}" + (" (new user)" if reply.new_user else ""))
-    for col in ("#", "item_id", "title", "score", "source"):
+    columns = ["#", "item_id", "title", "score", "source"]
+    if explain:
+        columns += ["ranker score", "rules"]
+    for col in columns:
         table.add_column(col)
     for rank, item in enumerate(reply.items, 1):
-        table.add_row(str(rank), item.item_id, item.title, f"{item.score:.4f}", item.source)
+        row = [str(rank), item.item_id, item.title, f"{item.score:.4f}", item.source]
+        if explain:
+            row += [f"{item.explanation.ranker_score:.4f}", ", ".join(item.explanation.rules)]
+        table.add_row(*row)
     console.print(table)
     v = reply.model_versions
-    console.print(f"models: recall {v.recall}, index {v.index}, ranking {v.ranking}")
+    console.print(f"models: recall {v.recall}, index {v.index}, ranking {v.ranking}; rules {v.rules}")
+    if reply.removed_by_rule:
+        removed = ", ".join(f"{rule} {count}" for rule, count in sorted(reply.removed_by_rule.items()))
+        console.print(f"removed: {removed}")
     if reply.degraded:
         console.print(f"[yellow]degraded answer:[/] {', '.join(reply.degraded_reasons)}")
 
@@ -619,12 +632,17 @@ def bench_stages(
     requests: Annotated[int, typer.Option(help="Timed requests.")] = 300,
     k: Annotated[int, typer.Option(help="Items per request.")] = 20,
     ranker_precision: PrecisionOption = None,
+    rules: Annotated[
+        Path | None, typer.Option(help="A rules file to apply (e.g. rules/example.toml); default: none.")
+    ] = None,
 ) -> None:
     """Each Recommend stage in-process (real Redis, real models, no gRPC), p50 / p99 / mean."""
     from cascade.bench import serve_load, serve_stages
     from cascade.serving.app import load_features, open_feature_store
 
     cfg = _scenario(scenario, precision=ranker_precision)
+    if rules is not None:
+        cfg = cfg.model_copy(update={"rerank": cfg.rerank.model_copy(update={"rules_path": rules})})
     json_path = json_path or Path(f"benchmarks/results/stages-{cfg.data.dataset}.json")
     say = _progress("bench stages")
     _run(serve_load.prepare_scenario, cfg, say)

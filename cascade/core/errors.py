@@ -69,3 +69,9 @@ class DataError(CascadeError):
     """Input data is missing or not in the expected layout."""
 
     status = "FAILED_PRECONDITION"
+
+
+class ConfigError(CascadeError):
+    """An operator's file (the rules file) is unreadable or invalid; the message names the entry and field."""
+
+    status = "FAILED_PRECONDITION"

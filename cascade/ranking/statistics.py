@@ -118,6 +118,11 @@ class ItemStatistics:
         smoothed = (self.rating_sums[items] + _SMOOTHING * overall) / (self.counts[items] + _SMOOTHING)
         return smoothed - overall
 
+    def rating_on_scale(self, items: np.ndarray) -> np.ndarray:
+        """Smoothed mean rating (C,) on the data set's own scale; NaN for items never rated."""
+        rated = self.counts[items] > 0
+        return np.where(rated, self.mean_rating(items) + self._mean_rating, np.nan)
+
     def positive_rate(self, items: np.ndarray) -> np.ndarray:
         """Smoothed share of an item's ratings that are positive (C,)."""
         overall = self._positive_share

@@ -39,8 +39,10 @@ class CascadeClient:
         zip_code: str = "",
         budget_ms: int = 0,
         timeout_s: float | None = None,
+        explain: bool = False,
     ) -> pb.RecommendResponse:
-        """``timeout_s``: this call's deadline (default: the client's)."""
+        """``timeout_s``: this call's deadline (default: the client's); ``explain``: ask why each item is
+        where it is."""
         request = pb.RecommendRequest(
             user_id=str(user_id),
             k=k,
@@ -48,6 +50,7 @@ class CascadeClient:
             request_id=request_id,
             demographics=pb.Demographics(gender=gender, age=age, occupation=occupation, zip_code=zip_code),
             budget_ms=budget_ms,
+            explain=explain,
         )
         return self._stub.Recommend(request, timeout=self.timeout_s if timeout_s is None else timeout_s)
 

@@ -94,6 +94,12 @@ class ServerMetrics:
             "Published model sets refused (they failed to validate or load); each set is tried once.",
             registry=self.registry,
         )
+        self.rules_reload_failures = Counter(
+            "cascade_rules_reload_failures",
+            "Rules file versions refused (unreadable, invalid, or naming what the catalogue lacks); the "
+            "rules before them kept serving.",
+            registry=self.registry,
+        )
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
 

@@ -16,10 +16,12 @@ from cascade.core.schema import SCHEMA_VERSION, FeatureSchema, ItemFeatures
 from cascade.ranking.bundle import RANKING, RankingBundle
 from cascade.ranking.features import RankingBatch, RankingFeatureBuilder
 from cascade.ranking.ranker import Ranker
+from cascade.ranking.statistics import ItemStatistics
 from cascade.recall.bundle import INDEX, RECALL, IndexBundle, RecallBundle
 from cascade.recall.channels import RecallChannels
 from cascade.recall.index import ItemIndex
 from cascade.recall.user_query import UserQueryEncoder
+from cascade.rerank.catalogue import ItemAttributes
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ class ServingModels:
     history_length: int  # behaviours per user the models were trained on
     num_candidates: int  # the two-tower channel's quota: what the index's search knob was tuned for
     versions: dict[str, str]
+    attributes: ItemAttributes  # what business rules see of each item
 
     @classmethod
     def load(
@@ -71,6 +74,7 @@ class ServingModels:
         if index.size != schema.num_items - 1:
             raise ArtifactError(f"index holds {index.size} items, the schema {schema.num_items - 1}")
         ranker = ranking.ranker
+        statistics = ranking.statistics()
         popularity = recall.popularity()
         channels = RecallChannels(
             recall.cooccurrence(), recall.segment_popularity(), config.recall, recall.item_item()
@@ -92,7 +96,7 @@ class ServingModels:
             ranking_features=RankingFeatureBuilder(
                 schema,
                 items,
-                ranking.statistics(),
+                statistics,
                 ranking.history_length,
                 item_vectors=index.embeddings,
                 relations=channels.cooccurrence,
@@ -103,7 +107,37 @@ class ServingModels:
             history_length=ranking.history_length,
             num_candidates=index_bundle.tuned_for or config.recall.num_candidates,
             versions={RECALL: recall.version, INDEX: index_bundle.version, RANKING: ranking.version},
+            attributes=_item_attributes(recall, schema, items, statistics, index.embeddings),
         )
+
+
+def _item_attributes(
+    recall: RecallBundle,
+    schema: FeatureSchema,
+    items: ItemFeatures,
+    statistics: ItemStatistics,
+    vectors: np.ndarray,
+) -> ItemAttributes:
+    catalogue = recall.catalogue
+    years = np.zeros(schema.num_items, dtype=np.int64)
+    years[schema.item_index(catalogue["item_id"].to_numpy())] = catalogue["year"].fillna(0).to_numpy()
+    years[0] = 0
+
+    def lookup(item_id: str) -> int | None:
+        try:
+            index = int(schema.item_index([int(item_id)])[0])
+        except (TypeError, ValueError, OverflowError):
+            return None
+        return index or None
+
+    return ItemAttributes(
+        item_lookup=lookup,
+        genres=items.genres,
+        genre_names=schema.genres,
+        years=years,
+        quality=statistics.rating_on_scale(np.arange(schema.num_items)),
+        vectors=vectors,
+    )
 
 
 def served_versions(store: ArtifactStore, ranking_version: str | None = None) -> dict[str, str]:

@@ -20,7 +20,8 @@ from cascade.recall.channels import (
     merge_channels,
     two_tower_order,
 )
-from cascade.rerank.rules import Reranker
+from cascade.rerank.engine import RuleEngine
+from cascade.rerank.rules_file import RulesFile
 from cascade.serving.models import ServingModels
 
 
@@ -96,14 +97,32 @@ class Recommendation:
     channel_scores: np.ndarray  # (k,) each item's score within its channel
     stage_ms: dict[str, float] = field(default_factory=dict)
     plan: Plan = Plan.FULL
+    # with explain: the ranker's score (NaN: a pinned item), the rules that fired on each item, and how
+    # many candidates each rule removed
+    ranker_scores: np.ndarray | None = None
+    fired: list[list[str]] | None = None
+    removed: dict[str, int] = field(default_factory=dict)
+
+
+PINNED = "pin"  # the channel reported for an item a pin rule added
 
 
 class RecommendationPipeline:
-    def __init__(self, models: ServingModels, config: AppConfig):
+    def __init__(self, models: ServingModels, config: AppConfig, rules: RulesFile | None = None):
+        """``rules``: the rules file, compiled against these models' catalogue (ConfigError when it names a
+        genre or pinned item the catalogue lacks)."""
         self.models = models
         self.config = config
-        self.reranker = Reranker(config.rerank)
+        self.rules = RuleEngine(config.rerank, models.attributes, rules)
         self.costs = StageCosts()
+
+    def use_rules(self, rules: RulesFile | None) -> RuleEngine:
+        """Compile ``rules`` against the served catalogue and swap them in (a single assignment: a request
+        applies either the old rules or the new ones); raises ConfigError and keeps the old ones when
+        they do not compile."""
+        engine = RuleEngine(self.config.rerank, self.models.attributes, rules)
+        self.rules = engine
+        return engine
 
     def warm_up(self) -> float:
         """Answer one request for an unknown user whose history is the most popular items, before any real
@@ -165,11 +184,17 @@ class RecommendationPipeline:
         return self.models.channels.merge(two_tower, ctx.history, ctx.seen, ctx.row.gender, ctx.row.age)
 
     def recommend(
-        self, ctx: UserContext, k: int, exclude: np.ndarray, plan: Plan = Plan.FULL
+        self,
+        ctx: UserContext,
+        k: int,
+        exclude: np.ndarray,
+        plan: Plan = Plan.FULL,
+        explain: bool = False,
     ) -> Recommendation:
         """Excluded items are removed after ranking, from a candidate list widened by their number, so
         excluding an item never changes the features, and so the scores, of the others. A ``plan`` short
-        of FULL does less work (see ``Plan``) to answer within a deadline."""
+        of FULL does less work (see ``Plan``) to answer within a deadline. ``explain``: say why each item
+        is where it is (``Recommendation.fired``)."""
         timings: dict[str, float] = {}
         start = time.perf_counter()
         merged, query = self.recall(ctx, extra=len(exclude), plan=plan)
@@ -191,17 +216,28 @@ class RecommendationPipeline:
         after_ranking = time.perf_counter()
         timings["ranking_features"] = (features_built - after_recall) * 1e3
         timings["ranking"] = (after_ranking - features_built) * 1e3
-        result = self.reranker.apply(items, scores, ctx.seen, exclude, k)
+        at = ctx.at if ctx.at is not None else time.time()
+        result = self.rules.apply(items, scores, ctx.seen, exclude, k, at, explain)
         timings["rerank"] = (time.perf_counter() - after_ranking) * 1e3
         if plan is Plan.FULL and query is not None:
             self.costs.observe(timings["recall"], timings["ranking_features"] + timings["ranking"])
+        rows = result.positions
+        proposed = rows >= 0  # False: an item a pin added, which no channel proposed
+        names = [PINNED] * len(rows)
+        item_channel_scores = np.zeros(len(rows), dtype=np.float32)
+        for slot in np.flatnonzero(proposed).tolist():
+            names[slot] = merged.channel_names[channels[rows[slot]]]
+            item_channel_scores[slot] = channel_scores[rows[slot]]
         return Recommendation(
             result.items,
             result.scores,
-            [merged.channel_names[c] for c in channels[result.positions].tolist()],
-            channel_scores[result.positions],
+            names,
+            item_channel_scores,
             timings,
             plan,
+            ranker_scores=result.base_scores,
+            fired=result.fired,
+            removed=result.removed,
         )
 
     def similar_items(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:

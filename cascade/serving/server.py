@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from cascade.config import AppConfig
 from cascade.core.errors import (
     ArtifactError,
+    ConfigError,
     DeadlineExceededError,
     InvalidArgumentError,
     NotFoundError,
@@ -40,6 +41,7 @@ from cascade.serving.interceptors import MethodPoolRouter, ServiceInterceptor
 from cascade.serving.metrics import ServerMetrics
 from cascade.serving.models import ServingModels, served_versions
 from cascade.serving.pipeline import Plan, RecommendationPipeline, UserContext
+from cascade.serving.rules_source import RulesSource
 from cascade.serving.tracing import Tracing
 from cascade.serving.validation import (
     check_budget_ms,
@@ -105,6 +107,8 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         self.metrics = metrics
         self.tracing = tracing or Tracing(None)
         self._pipeline: RecommendationPipeline | None = None
+        # read now: a server never starts on a rules file that does not validate
+        self.rules = RulesSource(config.rerank.rules_path)
 
     @property
     def ready(self) -> bool:
@@ -118,9 +122,41 @@ class RecommenderService(pb_grpc.RecommenderServicer):
     def install(self, models: ServingModels) -> None:
         """Swap in a loaded set of models, warmed up by one request first; requests in flight finish on the
         ones they started with."""
-        pipeline = RecommendationPipeline(models, self.config)
+        pipeline = RecommendationPipeline(models, self.config, self.rules.current)
         logger.info("models warmed up in %.2f s", pipeline.warm_up())
         self._pipeline = pipeline
+
+    def reload_rules_if_changed(self) -> bool:
+        """Swap in the rules file's new content, if it changed; True when a swap happened. A file that does
+        not validate, or names a genre or pinned item the served catalogue lacks, is refused (logged once,
+        counted in cascade_rules_reload_failures_total) and the rules before it keep serving."""
+        try:
+            changed = self.rules.poll()
+        except ConfigError as exc:
+            self._rules_refused(exc)
+            return False
+        if changed is None:
+            return False
+        stamp, rules = changed
+        pipeline = self._pipeline
+        if pipeline is not None:
+            try:
+                pipeline.use_rules(rules)
+            except ConfigError as exc:
+                self.rules.refuse(stamp)
+                self._rules_refused(exc)
+                return False
+        self.rules.accept(stamp, rules)
+        logger.info("rules %s in force (%d rules)", rules.version, len(rules.rules))
+        return True
+
+    def _rules_refused(self, error: ConfigError) -> None:
+        if self.metrics is not None:
+            self.metrics.rules_reload_failures.inc()
+        logger.warning("refused the rules file; the rules before it keep serving: %s", error)
+
+    def versions(self, pipeline: RecommendationPipeline) -> pb.ModelVersions:
+        return pb.ModelVersions(**pipeline.models.versions, rules=pipeline.rules.version)
 
     def require_pipeline(self) -> RecommendationPipeline:
         """The installed pipeline; UNAVAILABLE until the first models load."""
@@ -200,7 +236,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         if plan is not Plan.FULL:
             reasons.append(DEADLINE_SHRUNK)
         self._drop_if_late(deadline, "Recommend")
-        result = pipeline.recommend(ctx, k, exclude[exclude > 0], plan)
+        result = pipeline.recommend(ctx, k, exclude[exclude > 0], plan, request.explain)
         self._drop_if_late(deadline, "Recommend")
         serialise_start = time.perf_counter()
         item_ids = models.schema.item_id_of(result.items)
@@ -218,11 +254,18 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                     result.channel_scores.tolist(),
                 )
             ],
-            model_versions=pb.ModelVersions(**models.versions),
+            model_versions=self.versions(pipeline),
             new_user=lookup.state is not None and state.features is None,
             degraded=bool(reasons),
             degraded_reasons=reasons,
         )
+        if request.explain:
+            for item, ranker_score, rules in zip(
+                response.items, result.ranker_scores.tolist(), result.fired or [[] for _ in result.items]
+            ):
+                item.explanation.ranker_score = ranker_score
+                item.explanation.rules.extend(rules)
+            response.removed_by_rule.update(result.removed)
         stage_ms = {"features": (features_done - started) * 1e3, **result.stage_ms}
         stage_ms["serialise"] = (time.perf_counter() - serialise_start) * 1e3
         response.stage_ms.update(stage_ms)
@@ -264,7 +307,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                     models.schema.item_id_of(items).tolist(), items.tolist(), scores.tolist()
                 )
             ],
-            model_versions=pb.ModelVersions(**models.versions),
+            model_versions=self.versions(pipeline),
         )
 
     def RecordEvent(
@@ -534,6 +577,7 @@ class CascadeServer:
             while not self._stopped.wait(interval):
                 try:
                     self.reload_if_published()
+                    self.service.reload_rules_if_changed()
                 except Exception:  # the watcher must outlive any one bad publication
                     logger.exception("artifact watcher failed; retrying in %.1f s", interval)
 

@@ -33,47 +33,61 @@ class Demographics(_message.Message):
     def __init__(self, gender: _Optional[str] = ..., age: _Optional[int] = ..., occupation: _Optional[str] = ..., zip_code: _Optional[str] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("user_id", "k", "exclude_item_ids", "request_id", "demographics", "budget_ms")
+    __slots__ = ("user_id", "k", "exclude_item_ids", "request_id", "demographics", "budget_ms", "explain")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DEMOGRAPHICS_FIELD_NUMBER: _ClassVar[int]
     BUDGET_MS_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     k: int
     exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
     request_id: str
     demographics: Demographics
     budget_ms: int
-    def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., demographics: _Optional[_Union[Demographics, _Mapping]] = ..., budget_ms: _Optional[int] = ...) -> None: ...
+    explain: bool
+    def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., demographics: _Optional[_Union[Demographics, _Mapping]] = ..., budget_ms: _Optional[int] = ..., explain: _Optional[bool] = ...) -> None: ...
+
+class ItemExplanation(_message.Message):
+    __slots__ = ("ranker_score", "rules")
+    RANKER_SCORE_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    ranker_score: float
+    rules: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ranker_score: _Optional[float] = ..., rules: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RecommendedItem(_message.Message):
-    __slots__ = ("item_id", "title", "score", "source", "channel_score")
+    __slots__ = ("item_id", "title", "score", "source", "channel_score", "explanation")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_SCORE_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATION_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     title: str
     score: float
     source: str
     channel_score: float
-    def __init__(self, item_id: _Optional[str] = ..., title: _Optional[str] = ..., score: _Optional[float] = ..., source: _Optional[str] = ..., channel_score: _Optional[float] = ...) -> None: ...
+    explanation: ItemExplanation
+    def __init__(self, item_id: _Optional[str] = ..., title: _Optional[str] = ..., score: _Optional[float] = ..., source: _Optional[str] = ..., channel_score: _Optional[float] = ..., explanation: _Optional[_Union[ItemExplanation, _Mapping]] = ...) -> None: ...
 
 class ModelVersions(_message.Message):
-    __slots__ = ("recall", "index", "ranking")
+    __slots__ = ("recall", "index", "ranking", "rules")
     RECALL_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     RANKING_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
     recall: str
     index: str
     ranking: str
-    def __init__(self, recall: _Optional[str] = ..., index: _Optional[str] = ..., ranking: _Optional[str] = ...) -> None: ...
+    rules: str
+    def __init__(self, recall: _Optional[str] = ..., index: _Optional[str] = ..., ranking: _Optional[str] = ..., rules: _Optional[str] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("request_id", "items", "model_versions", "new_user", "stage_ms", "degraded", "degraded_reasons")
+    __slots__ = ("request_id", "items", "model_versions", "new_user", "stage_ms", "degraded", "degraded_reasons", "removed_by_rule")
     class StageMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +95,13 @@ class RecommendResponse(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class RemovedByRuleEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +109,7 @@ class RecommendResponse(_message.Message):
     STAGE_MS_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_REASONS_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_BY_RULE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
     model_versions: ModelVersions
@@ -95,7 +117,8 @@ class RecommendResponse(_message.Message):
     stage_ms: _containers.ScalarMap[str, float]
     degraded: bool
     degraded_reasons: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, request_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_versions: _Optional[_Union[ModelVersions, _Mapping]] = ..., new_user: _Optional[bool] = ..., stage_ms: _Optional[_Mapping[str, float]] = ..., degraded: _Optional[bool] = ..., degraded_reasons: _Optional[_Iterable[str]] = ...) -> None: ...
+    removed_by_rule: _containers.ScalarMap[str, int]
+    def __init__(self, request_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_versions: _Optional[_Union[ModelVersions, _Mapping]] = ..., new_user: _Optional[bool] = ..., stage_ms: _Optional[_Mapping[str, float]] = ..., degraded: _Optional[bool] = ..., degraded_reasons: _Optional[_Iterable[str]] = ..., removed_by_rule: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class RecordEventRequest(_message.Message):
     __slots__ = ("user_id", "item_id", "event_type", "timestamp", "event_id", "rating")

@@ -1,0 +1,145 @@
+"""Business rules over the real service: a rules file served, explained, hot-reloaded, and a bad one refused
+while the rules before it keep serving."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from cascade.serving.client import CascadeClient
+from cascade.serving.feature_store.redis_store import RedisFeatureStore
+from cascade.serving.server import CascadeServer
+from tests.helpers import USER, item_ids
+
+RULES = """
+version = "test-1"
+
+[[rules]]
+kind = "blocklist"
+name = "no-drama"
+genres = ["Drama"]
+
+[[rules]]
+kind = "pin"
+name = "campaign-7"
+item = "{pinned}"
+position = 1
+"""
+
+
+def write_atomically(path, text: str) -> None:
+    """As an operator's deploy tool should: the server never reads a half-written file."""
+    partial = path.with_suffix(".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def genres_of(dataset, items: list[int]) -> list[str]:
+    catalogue = dataset.items.set_index("item_id")
+    return [catalogue.loc[item, "genres"] for item in items]
+
+
+@pytest.fixture
+def ruled(config, built, server, redis_server, dataset, tmp_path):
+    """A second server on the same models and Redis, with a rules file; and an item the user has not seen,
+    is not Drama, and the pipeline would not put first, to pin."""
+    _, port = server
+    with CascadeClient(f"127.0.0.1:{port}") as plain:
+        ranked = item_ids(plain.recommend(USER, k=40))
+    genres = genres_of(dataset, ranked)
+    pinned = next(item for item, g in zip(ranked[10:], genres[10:]) if "Drama" not in g.split("|"))
+    path = tmp_path / "rules.toml"
+    write_atomically(path, RULES.format(pinned=pinned))
+    cfg = config.model_copy(
+        update={
+            "rerank": config.rerank.model_copy(update={"rules_path": path}),
+            "serving": config.serving.model_copy(update={"metrics_port": None}),
+        }
+    )
+    srv = CascadeServer(cfg, RedisFeatureStore.from_url(redis_server.url))
+    ruled_port = srv.start()
+    srv.load_models()
+    srv.watch_artifacts()  # every reload_interval_s: the artifacts, and the rules file
+    try:
+        with CascadeClient(f"127.0.0.1:{ruled_port}") as client:
+            yield srv, client, path, pinned
+    finally:
+        srv.stop(drain_s=0)
+
+
+def wait_for_rules(client, version: str, timeout_s: float = 10.0):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reply = client.recommend(USER, k=10, explain=True)
+        if reply.model_versions.rules == version or time.monotonic() > deadline:
+            return reply
+        time.sleep(0.1)
+
+
+def test_rules_are_served_and_explained(ruled, dataset):
+    _, client, _, pinned = ruled
+    reply = client.recommend(USER, k=10, explain=True)
+    items = item_ids(reply)
+    assert reply.model_versions.rules == "test-1"
+    assert items[0] == pinned and reply.items[0].source != "pin"  # recalled, then pinned: its channel stays
+    assert list(reply.items[0].explanation.rules) == ["pin:campaign-7@1"]
+    assert not any("Drama" in g.split("|") for g in genres_of(dataset, items))
+    assert reply.removed_by_rule["blocklist:no-drama"] > 0
+    excluded = client.recommend(USER, k=10, explain=True, exclude_item_ids=[items[1]])
+    assert items[1] not in item_ids(excluded) and excluded.removed_by_rule["exclude"] == 1
+    for item in reply.items[1:]:
+        assert item.explanation.ranker_score == item.explanation.ranker_score  # a real score, not NaN
+    # scores on the common scale, ordered, the pin taking its place's score
+    scores = [item.score for item in reply.items]
+    assert scores == sorted(scores, reverse=True) and 0.1 <= scores[-1] <= 1.0
+    quiet = client.recommend(USER, k=10)
+    assert item_ids(quiet) == items
+    assert not any(item.HasField("explanation") for item in quiet.items) and not quiet.removed_by_rule
+
+
+def test_a_changed_rules_file_is_picked_up_and_a_bad_one_refused(ruled, dataset):
+    srv, client, path, _ = ruled
+    failures = srv.metrics.rules_reload_failures
+    write_atomically(path, 'version = "test-2"\n[[rules]]\nkind = "genre_filter"\ninclude = ["Comedy"]\n')
+    reply = wait_for_rules(client, "test-2")
+    assert reply.model_versions.rules == "test-2"
+    assert all("Comedy" in g.split("|") for g in genres_of(dataset, item_ids(reply)))
+    assert "blocklist:no-drama" not in reply.removed_by_rule
+    for bad in (
+        'version = "test-3"\n[[rules]]\nkind = "boost"\nfactor = -1\ngenres = ["Comedy"]\n',  # invalid
+        'version = "test-4"\n[[rules]]\nkind = "boost"\nfactor = 2\ngenres = ["Comedie"]\n',  # unknown genre
+    ):
+        before = failures._value.get()
+        write_atomically(path, bad)
+        deadline = time.monotonic() + 10
+        while failures._value.get() == before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert failures._value.get() == before + 1  # refused once, not at every poll
+        time.sleep(0.5)
+        assert failures._value.get() == before + 1
+        kept = client.recommend(USER, k=10, explain=True)
+        assert kept.model_versions.rules == "test-2"
+        assert all("Comedy" in g.split("|") for g in genres_of(dataset, item_ids(kept)))
+    path.unlink()  # a file that disappears is refused like a bad one
+    time.sleep(0.5)
+    assert client.recommend(USER, k=10).model_versions.rules == "test-2"
+
+
+def test_the_shipped_example_rules_compile_against_movielens_and_serve(ruled):
+    from pathlib import Path
+
+    from cascade.rerank.rules_file import load_rules
+
+    srv, client, _, _ = ruled
+    example = load_rules(Path(__file__).parents[2] / "rules" / "example.toml")
+    engine = srv.service.require_pipeline().use_rules(example)
+    assert len(example.rules) == 10 and engine.has_rules
+    reply = client.recommend(USER, k=20, explain=True)
+    assert reply.model_versions.rules == "example-1" and len(reply.items) == 20
+    assert any(
+        rule.startswith(("boost:", "freshness", "mmr"))
+        for item in reply.items
+        for rule in item.explanation.rules
+    )

@@ -1,0 +1,263 @@
+"""The rules engine over a ranked list: every rule kind, their order, time windows and explanations."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import numpy as np
+import pytest
+
+from cascade.core.errors import ConfigError
+from cascade.rerank.catalogue import ItemAttributes
+from cascade.rerank.config import RerankConfig
+from cascade.rerank.engine import RuleEngine
+from cascade.rerank.rules_file import parse_rules
+
+NOW = datetime(2026, 12, 1, tzinfo=timezone.utc).timestamp()
+GENRES = ("Action", "Comedy", "Drama")
+
+
+@pytest.fixture
+def catalogue() -> ItemAttributes:
+    """Items 1-8: genres, years and qualities chosen per test; item 9 has no year and no ratings."""
+    genres = np.array(
+        [[0, 0], [1, 0], [2, 0], [2, 3], [3, 0], [1, 2], [2, 0], [3, 1], [2, 0], [3, 0]], dtype=np.int64
+    )
+    years = np.array([0, 1995, 2024, 2010, 1980, 2026, 2000, 1999, 2025, 0])
+    quality = np.array([np.nan, 4.1, 2.5, 3.8, 3.2, 4.5, 3.0, 2.9, 4.0, np.nan])
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(9, 4)).astype(np.float32)
+    vectors[6] = vectors[5]  # items 6 and 7 are the same film to the two-tower model
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index_of = {f"m{i}": i for i in range(1, 10)}
+    return ItemAttributes(index_of.get, genres, GENRES, years, quality, vectors)
+
+
+def engine(catalogue, text: str = "", **config) -> RuleEngine:
+    return RuleEngine(RerankConfig(**config), catalogue, parse_rules(text) if text else None)
+
+
+ITEMS = np.arange(1, 10)
+SCORES = np.array([9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0], dtype=np.float32)
+NONE = np.zeros(0, dtype=np.int64)
+
+
+def test_without_rules_it_filters_dedupes_and_keeps_the_top_k_with_the_rankers_scores(catalogue):
+    items = np.array([5, 3, 9, 3, 7, 0, 2])
+    scores = np.array([0.9, 0.2, 0.8, 0.95, 0.7, 1.0, 0.8], dtype=np.float32)
+    out = engine(catalogue).apply(items, scores, np.array([9]), np.array([7]), 3, NOW, explain=True)
+    assert out.items.tolist() == [3, 5, 2]  # 9 seen, 7 excluded, 0 padding, 3 kept once at its best
+    assert out.scores.tolist() == pytest.approx([0.95, 0.9, 0.8])
+    assert items[out.positions].tolist() == out.items.tolist()
+    assert out.removed == {"seen": 1, "exclude": 1}
+    keep_seen = engine(catalogue, filter_seen=False).apply(items, scores, np.array([9]), NONE, 10, NOW)
+    assert 9 in keep_seen.items
+
+
+def test_filters_remove_what_they_name_and_count_it(catalogue):
+    rules = """
+[[rules]]
+kind = "blocklist"
+name = "legal"
+items = ["m1", "not-in-catalogue"]
+genres = ["Drama"]
+[[rules]]
+kind = "min_quality"
+min_mean_rating = 3.5
+"""
+    out = engine(catalogue, rules).apply(ITEMS, SCORES, NONE, NONE, 9, NOW, explain=True)
+    # Drama: 3, 4, 7, 9 and item 1 by id; then quality < 3.5: 2 (2.5), 6 (3.0)
+    assert out.items.tolist() == [5, 8]
+    assert out.removed == {"blocklist:legal": 5, "min_quality": 2}
+    unrated = engine(catalogue, '[[rules]]\nkind = "min_quality"\nmin_mean_rating = 5')
+    assert unrated.apply(ITEMS, SCORES, NONE, NONE, 9, NOW).items.tolist() == [9]  # no ratings: kept
+
+
+def test_genre_filter_and_release_window(catalogue):
+    include = '[[rules]]\nkind = "genre_filter"\ninclude = ["Comedy"]\nexclude = ["Drama"]'
+    assert engine(catalogue, include).apply(ITEMS, SCORES, NONE, NONE, 9, NOW).items.tolist() == [2, 5, 6, 8]
+    window = '[[rules]]\nkind = "release_window"\nmin_year = 1990\nmax_age_years = 20'
+    # 2024, 2010, 2026, 2000... as of 2026-12: at most 20 years old means released 2006 or later; 9 unknown
+    assert engine(catalogue, window).apply(ITEMS, SCORES, NONE, NONE, 9, NOW).items.tolist() == [
+        2,
+        3,
+        5,
+        8,
+        9,
+    ]
+
+
+def test_boosts_multiply_a_common_scale_and_say_so(catalogue):
+    rules = """
+[[rules]]
+kind = "boost"
+name = "action-week"
+genres = ["Action"]
+factor = 3.0
+"""
+    out = engine(catalogue, rules).apply(ITEMS, SCORES, NONE, NONE, 3, NOW, explain=True)
+    # on [0.1, 1]: item 1 (Action) 1.0 x 3; item 5 (Action|Comedy) 0.55 x 3 and item 7 (Drama|Action)
+    # 0.325 x 3 pass item 2 (0.8875)
+    assert out.items.tolist() == [1, 5, 7]
+    assert out.scores.tolist() == pytest.approx([3.0, 1.65, 0.975])
+    assert out.fired == [["boost:action-week x3"]] * 3
+    assert out.base_scores.tolist() == [9.0, 5.0, 3.0]
+    negative = engine(catalogue, rules).apply(ITEMS, SCORES - 100, NONE, NONE, 3, NOW)
+    assert negative.items.tolist() == [1, 5, 7]  # the same whatever the ranker's scale
+
+
+def test_a_rule_outside_its_time_window_does_nothing(catalogue):
+    rules = """
+[[rules]]
+kind = "blocklist"
+items = ["m1"]
+starts = 2026-12-02T00:00:00Z
+"""
+    assert engine(catalogue, rules).apply(ITEMS, SCORES, NONE, NONE, 1, NOW).items.tolist() == [1]
+    later = NOW + 2 * 86400
+    assert engine(catalogue, rules).apply(ITEMS, SCORES, NONE, NONE, 1, later).items.tolist() == [2]
+
+
+def test_freshness_favours_recent_releases_with_a_half_life(catalogue):
+    rules = '[[rules]]\nkind = "freshness"\nhalf_life_years = 1\nweight = 1.0'
+    out = engine(catalogue, rules).apply(ITEMS, SCORES, NONE, NONE, 9, NOW, explain=True)
+    by_item = dict(zip(out.items.tolist(), out.fired))
+    assert by_item[9] == []  # unknown year: no boost
+    factor = {item: float(why[0].split(" x")[1]) for item, why in by_item.items() if why}
+    assert factor[5] > factor[8] > factor[2] > factor[3]  # released 2026, 2025, 2024, 2010
+    assert factor[8] == pytest.approx(1 + 2**-1.42, rel=0.01)  # mid-2025 to December 2026: 1.42 years
+
+
+def test_cap_keeps_at_most_n_of_a_genre_in_the_capped_positions(catalogue):
+    rules = '[[rules]]\nkind = "cap"\nmax_per_value = 1\nwithin = 3'
+    out = engine(catalogue, rules).apply(ITEMS, SCORES, NONE, NONE, 5, NOW, explain=True)
+    # 1 Action; 2 Comedy; 3 Comedy|Drama waits; 4 Drama; past position 3 the cap is off: 3, then 5
+    assert out.items.tolist() == [1, 2, 4, 3, 5]
+    whole = engine(catalogue, '[[rules]]\nkind = "cap"\nmax_per_value = 1').apply(
+        ITEMS, SCORES, NONE, NONE, 5, NOW, explain=True
+    )
+    assert whole.items.tolist() == [1, 2, 4]  # one Action, one Comedy, one Drama; nothing else fits
+    # the list ended short, so every item held back counts, under its first genre that was full: 3, 6, 8
+    # Comedy; 5 (Action|Comedy) Action; 7 (Drama|Action) and 9 Drama
+    assert whole.removed == {"cap:genre=Comedy": 3, "cap:genre=Action": 1, "cap:genre=Drama": 2}
+    assert out.removed == {}  # item 3 only waited
+
+
+def test_mmr_trades_relevance_for_diversity_and_lambda_zero_is_the_ranking(catalogue):
+    plain = engine(catalogue, '[[rules]]\nkind = "mmr"\nlambda = 0.0').apply(
+        ITEMS, SCORES, NONE, NONE, 4, NOW
+    )
+    assert plain.items.tolist() == [1, 2, 3, 4]
+    scores = SCORES.copy()
+    scores[5] = 8.5  # item 6 second best, and item 7 (its twin) third
+    scores[6] = 8.4
+    top = engine(catalogue).apply(ITEMS, scores, NONE, NONE, 3, NOW).items.tolist()
+    assert top == [1, 6, 7]
+    out = engine(catalogue, '[[rules]]\nkind = "mmr"\nlambda = 0.5').apply(
+        ITEMS, scores, NONE, NONE, 3, NOW, explain=True
+    )
+    assert 6 in out.items and 7 not in out.items.tolist()  # the twin is never worth its similarity
+    vectors = catalogue.vectors_of(out.items)
+    similarity = vectors @ vectors.T
+    assert similarity[np.triu_indices(3, 1)].max() < 0.999
+    assert any(why and why[0].startswith("mmr from #") for why in out.fired)
+
+
+def test_pins_put_campaign_items_in_place_unless_filtered(catalogue):
+    rules = """
+[[rules]]
+kind = "pin"
+name = "campaign-7"
+item = "m8"
+position = 2
+[[rules]]
+kind = "blocklist"
+items = ["m9"]
+[[rules]]
+kind = "pin"
+name = "blocked"
+item = "m9"
+position = 1
+"""
+    items = np.array([1, 2, 3])  # m8 was not even a candidate
+    out = engine(catalogue, rules).apply(items, SCORES[:3], NONE, NONE, 3, NOW, explain=True)
+    assert out.items.tolist() == [1, 8, 2]
+    assert out.positions.tolist() == [0, -1, 1]
+    assert out.fired[1] == ["pin:campaign-7@2"]
+    assert out.removed == {"pin:blocked": 1}
+    seen = engine(catalogue, rules).apply(items, SCORES[:3], np.array([8]), NONE, 3, NOW)
+    assert seen.items.tolist() == [1, 2, 3]  # a pinned item the user has seen is not shown
+
+
+def test_compiling_refuses_unknown_genres_and_pinned_items_and_names_the_rule(catalogue):
+    with pytest.raises(ConfigError, match=r"rules\[0\] \(boost:x\)\.genres: unknown genre 'Comdy'"):
+        engine(catalogue, '[[rules]]\nkind = "boost"\nname = "x"\nfactor = 2\ngenres = ["Comdy"]')
+    with pytest.raises(ConfigError, match=r"rules\[0\] \(pin\)\.item: 'nope'"):
+        engine(catalogue, '[[rules]]\nkind = "pin"\nitem = "nope"\nposition = 1')
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            '[[rules]]\nkind = "boost"\nname = "b"\nfactor = 0\ngenres = ["Action"]',
+            r"rules\[0\] \(name 'b', kind 'boost'\)\.factor",
+        ),
+        (
+            '[[rules]]\nkind = "cap"\nmax_per_value = 1\ncolour = "red"',
+            r"rules\[0\] \(kind 'cap'\)\.colour: Extra inputs",
+        ),
+        ('[[rules]]\nkind = "shuffle"', r"rules\[0\] \(kind 'shuffle'\).*does not match"),
+        ('[[rules]]\nkind = "boost"\nfactor = 2', r"a boost needs items or genres"),
+        (
+            '[[rules]]\nkind = "pin"\nitem = "m1"\nposition = 1\n'
+            "starts = 2026-12-02T00:00:00Z\nends = 2026-12-01T00:00:00Z",
+            "ends must be after starts",
+        ),
+        ("rules = [", "not valid TOML"),
+        ('verison = "1"', r"verison: Extra inputs"),
+    ],
+)
+def test_an_invalid_rules_file_is_refused_naming_the_rule_and_field(text, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_rules(text)
+
+
+def test_the_version_is_the_files_own_or_a_content_hash():
+    assert parse_rules('version = "spring-sale"').version == "spring-sale"
+    a, b = (
+        parse_rules('[[rules]]\nkind = "mmr"\nlambda = 0.1'),
+        parse_rules('[[rules]]\nkind = "mmr"\nlambda = 0.2'),
+    )
+    assert a.version.startswith("sha256:") and a.version != b.version
+
+
+def test_every_rule_at_once_on_no_candidates_and_on_short_lists(catalogue):
+    every = """
+[[rules]]
+kind = "blocklist"
+items = ["m1"]
+[[rules]]
+kind = "boost"
+genres = ["Comedy"]
+factor = 1.5
+[[rules]]
+kind = "freshness"
+half_life_years = 5
+[[rules]]
+kind = "cap"
+max_per_value = 2
+[[rules]]
+kind = "mmr"
+lambda = 0.3
+[[rules]]
+kind = "pin"
+item = "m9"
+position = 5
+"""
+    rules = engine(catalogue, every)
+    empty = rules.apply(NONE, np.zeros(0, dtype=np.float32), NONE, NONE, 5, NOW, explain=True)
+    assert empty.items.tolist() == [9] and empty.positions.tolist() == [-1]  # only the pin: position 5 of 1
+    short = rules.apply(ITEMS[:3], SCORES[:3], NONE, NONE, 2, NOW, explain=True)
+    assert len(short.items) == 2 and 9 not in short.items  # the pin's position is past k
+    assert len(short.fired) == 2 and np.isfinite(short.base_scores).all()
