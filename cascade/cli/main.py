@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -365,7 +366,9 @@ def recommend(
     for rank, item in enumerate(reply.items, 1):
         row = [str(rank), item.item_id, item.title, f"{item.score:.4f}", item.source]
         if explain:
-            row += [f"{item.explanation.ranker_score:.4f}", ", ".join(item.explanation.rules)]
+            ranker_score = item.explanation.ranker_score
+            shown = "-" if math.isnan(ranker_score) else f"{ranker_score:.4f}"  # NaN: a pin added it
+            row += [shown, ", ".join(item.explanation.rules)]
         table.add_row(*row)
     console.print(table)
     v = reply.model_versions

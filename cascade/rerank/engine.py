@@ -257,7 +257,9 @@ class RuleEngine:
         chosen = self._select(candidates, final, k, at, fired, removed)
         if fired is not None:
             for position in chosen.tolist():
-                boosts = [f"{name} x{f[position]:.3g}" for name, f in factors if f[position] != 1]
+                # a factor that rounds to 1 (an old film's freshness) did not change anything worth saying
+                shown = ((name, f"{f[position]:.3g}") for name, f in factors)
+                boosts = [f"{name} x{factor}" for name, factor in shown if factor != "1"]
                 fired[position] = boosts + fired.get(position, [])
         out_items, out_scores, out_rows = candidates[chosen], final[chosen], rows[chosen]
         out_fired = [fired[c] for c in chosen.tolist()] if fired is not None else None
@@ -311,8 +313,8 @@ class RuleEngine:
                 removed[reason] = removed.get(reason, 0) + count
         if fired is not None and mmr is not None:
             for position, pick in enumerate(picks):
-                if pick != position:
-                    fired[int(order[pick])] = [f"{mmr[0]} from #{pick + 1} to #{position + 1}"]
+                if pick != position:  # moved by MMR: say where its score alone would have put it
+                    fired[int(order[pick])] = [f"{mmr[0]} (#{pick + 1} by score)"]
         return order[np.asarray(picks, dtype=np.int64)]
 
     def _pin(
