@@ -91,3 +91,42 @@ def logloss(labels: np.ndarray, probabilities: np.ndarray, eps: float = 1e-7) ->
     p = np.clip(np.asarray(probabilities, dtype=np.float64), eps, 1 - eps)
     y = np.asarray(labels, dtype=np.float64)
     return float(-(y * np.log(p) + (1 - y) * np.log1p(-p)).mean())
+
+
+def beyond_accuracy(
+    rankings: Mapping[int, np.ndarray],
+    vectors_of,
+    genres: np.ndarray,
+    popularity: np.ndarray,
+    population: int,
+    k: int = 10,
+) -> dict[str, float]:
+    """What a list offers besides hits, averaged over users' top ``k``:
+
+    - ``intra_list_diversity@k``: mean pairwise cosine distance (1 - cosine) of the items' vectors;
+    - ``genre_entropy@k``: Shannon entropy (bits) of the genres the items carry, each genre of each item once;
+    - ``novelty@k``: mean -log2 of each item's share of ``population`` (users) who interacted with it.
+
+    ``vectors_of``: item indices (C,) -> (C, D) unit vectors; ``genres``: (N, G) genre ids, 0 = none;
+    ``popularity``: (N,) interaction counts."""
+    diversity, entropy, novelty = [], [], []
+    for ranked in rankings.values():
+        top = np.asarray(ranked[:k], dtype=np.int64)
+        if len(top) == 0:
+            continue
+        if len(top) > 1:
+            vectors = vectors_of(top)
+            similarity = vectors @ vectors.T
+            pairs = np.triu_indices(len(top), 1)
+            diversity.append(float(np.mean(1.0 - similarity[pairs])))
+        carried = genres[top].ravel()
+        counts = np.bincount(carried[carried > 0])
+        shares = counts[counts > 0] / max(counts.sum(), 1)
+        entropy.append(float(-(shares * np.log2(shares)).sum()))
+        share = np.maximum(popularity[top], 1.0) / max(population, 1)
+        novelty.append(float(np.mean(-np.log2(np.minimum(share, 1.0)))))
+    return {
+        f"intra_list_diversity@{k}": float(np.mean(diversity)) if diversity else 0.0,
+        f"genre_entropy@{k}": float(np.mean(entropy)) if entropy else 0.0,
+        f"novelty@{k}": float(np.mean(novelty)) if novelty else 0.0,
+    }

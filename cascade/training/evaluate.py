@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from cascade.config import AppConfig
-from cascade.core.metrics import auc, evaluate_rankings, gauc, logloss
+from cascade.core.metrics import auc, beyond_accuracy, evaluate_rankings, gauc, logloss
 from cascade.core.schema import COOCCURRENCE, ITEM_ITEM, TWO_TOWER
 from cascade.core.seeding import seed_everything
 from cascade.data.dataset import Dataset
@@ -51,6 +51,7 @@ from cascade.recall.channels import (
     reciprocal_rank_fusion,
 )
 from cascade.recall.sequential import SASREC_MAX_ITEMS, SASRecParams, SASRecRecommender
+from cascade.rerank.rules_file import load_rules
 from cascade.serving.models import ServingModels
 from cascade.serving.pipeline import RecommendationPipeline, UserContext
 from cascade.training.prepare import Prepared, check_trained_on, compute_threads, prepare
@@ -319,13 +320,17 @@ def evaluate_ranking(config: AppConfig, progress: bool = False) -> dict[str, dic
 def evaluate_pipeline(config: AppConfig) -> dict[str, dict[str, float]]:
     """Popularity, the two-tower channel alone, all recall channels merged (fused by rank, with the
     share of positives anywhere among the candidates) and the whole pipeline on the held-out window, side by
-    side: the served pipeline, replayed offline."""
+    side: the served pipeline, replayed offline. With ``rerank.rules_path`` set, the pipeline also with that
+    rules file (``pipeline_with_rules``). Every row also reports intra-list diversity, genre entropy and
+    novelty of its top 10 (``beyond_accuracy``)."""
     store = config.artifact_store()
     models = ServingModels.load(store, config)
     recall = RecallBundle(store.require(RECALL))
     check_trained_on(recall.dataset_fingerprint, config)
     prep = prepare(config)
     pipeline = RecommendationPipeline(models, config)
+    rules_path = config.rerank.rules_path
+    ruled = RecommendationPipeline(models, config, load_rules(rules_path)) if rules_path else None
     test = RecallTask.of(prep, prep.split, config)
     validation = RecallTask.of(prep, prep.inner_split(config.data.holdout_fraction), config)
     weights = tuned_fusion_weights(config, prep, recall, validation)
@@ -337,6 +342,8 @@ def evaluate_pipeline(config: AppConfig) -> dict[str, dict[str, float]]:
         "recall_channels": {},
         "pipeline": {},
     }
+    if ruled is not None:
+        rankings["pipeline_with_rules"] = {}
     pipeline_seconds = 0.0
     candidate_recall: list[float] = []
     # each user is served as of their last training interaction, as the ranker's examples were
@@ -367,10 +374,18 @@ def evaluate_pipeline(config: AppConfig) -> dict[str, dict[str, float]]:
         started = time.perf_counter()
         rankings["pipeline"][user] = pipeline.recommend(ctx, k, empty).items
         pipeline_seconds += time.perf_counter() - started
+        if ruled is not None:
+            rankings["pipeline_with_rules"][user] = ruled.recommend(ctx, k, empty).items
     report = {
         name: evaluate_rankings(r, test.positives, PIPELINE_KS, (10,), prep.schema.num_items - 1, COVERAGE_K)
         for name, r in rankings.items()
     }
+    attributes = models.attributes
+    population = int(prep.split.train["user_id"].nunique())
+    for name, lists in rankings.items():
+        report[name] |= beyond_accuracy(
+            lists, attributes.vectors_of, attributes.genres, models.popularity, population
+        )
     report["pipeline"]["mean_in_process_ms"] = pipeline_seconds / max(len(test.users), 1) * 1e3
     report["recall_channels"]["candidate_recall"] = float(np.mean(candidate_recall or [0.0]))
     report["recall_channels"] |= {f"fusion_weight_{name}": w for name, w in weights.items()}

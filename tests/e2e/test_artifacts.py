@@ -38,6 +38,23 @@ def test_evaluation_reports_every_system_and_the_model_beats_popularity(config, 
         assert 0.0 <= values["recall@100"] <= 1.0
     assert report["two_tower"]["recall@100"] > report["popularity"]["recall@100"]
     assert np.isfinite(report["pipeline"]["ndcg@10"])
+    for values in report.values():
+        assert 0.0 < values["intra_list_diversity@10"] <= 2.0 and values["genre_entropy@10"] > 0.0
+    # popular items are the least novel list there is
+    assert report["popularity"]["novelty@10"] < report["two_tower"]["novelty@10"]
+
+
+def test_evaluation_with_a_rules_file_adds_the_pipeline_under_those_rules(config, built, tmp_path):
+    """MMR at lambda 0.5 must buy diversity, at a small cost in NDCG@10 at most."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        '[[rules]]\nkind = "mmr"\nlambda = 0.5\n[[rules]]\nkind = "blocklist"\ngenres = ["Horror"]\n'
+    )
+    ruled = config.model_copy(update={"rerank": config.rerank.model_copy(update={"rules_path": rules})})
+    report = evaluate_pipeline(ruled)
+    plain, with_rules = report["pipeline"], report["pipeline_with_rules"]
+    assert with_rules["intra_list_diversity@10"] > plain["intra_list_diversity@10"]
+    assert with_rules["ndcg@10"] <= plain["ndcg@10"] + 0.02
     # the channels are fused by rank with weights picked on validation; their candidates hold the two-tower
     # channel's and more
     channels = report["recall_channels"]
