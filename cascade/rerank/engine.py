@@ -99,7 +99,7 @@ class RuleEngine:
         if attributes is None:
             raise ConfigError("rules need the catalogue's item attributes")
         for position, rule in enumerate(rules.rules):
-            label = f"{rule.kind}:{rule.label}" if rule.name else rule.kind
+            label = rule.label
             where = f"rules[{position}] ({label})"
             if isinstance(rule, BlocklistRule):
                 allowed = ~(self._item_mask(rule.items, where) | self._genre_mask(rule.genres, where))
@@ -185,6 +185,23 @@ class RuleEngine:
             keep &= allowed
         return keep
 
+    def _requested(
+        self, items: np.ndarray, seen: np.ndarray, exclude: np.ndarray, removed: dict[str, int] | None
+    ) -> np.ndarray:
+        """(C,) bool: which of ``items`` are real items the user has not seen (when ``rerank.filter_seen``)
+        and the request does not exclude; counted in ``removed`` under "seen" and "exclude"."""
+        keep = items > 0
+        for label, pool, applies in (
+            ("seen", seen, self.config.filter_seen),
+            ("exclude", exclude, True),
+        ):
+            if applies and len(pool):
+                hit = keep & isin(items, pool)
+                if removed is not None and hit.any():
+                    removed[label] = int(np.count_nonzero(hit))
+                keep &= ~hit
+        return keep
+
     def _release_window(self, rule: ReleaseWindowRule, items: np.ndarray, at: float) -> np.ndarray:
         assert self.attributes is not None
         years = self.attributes.years[items]
@@ -212,16 +229,7 @@ class RuleEngine:
         items = np.asarray(items, dtype=np.int64)
         scores = np.asarray(scores, dtype=np.float32)
         removed: dict[str, int] | None = {} if explain else None
-        keep = items > 0
-        for label, pool, applies in (
-            ("seen", seen, self.config.filter_seen),
-            ("exclude", exclude, True),
-        ):
-            if applies and len(pool):
-                hit = keep & isin(items, pool)
-                if removed is not None and hit.any():
-                    removed[label] = int(np.count_nonzero(hit))
-                keep &= ~hit
+        keep = self._requested(items, seen, exclude, removed)
         if self.filters:
             keep &= self._passes(items, at, removed)
         rows = np.flatnonzero(keep)
@@ -335,8 +343,7 @@ class RuleEngine:
         entries = list(zip(items.tolist(), scores.tolist(), rows.tolist(), fired or [[] for _ in items]))
         for label, rule, item in sorted(active, key=lambda pin: pin[1].position):
             pinned = np.array([item])
-            blocked = (self.config.filter_seen and isin(pinned, seen)[0]) or isin(pinned, exclude)[0]
-            if blocked or not self._passes(pinned, at, None)[0]:
+            if not (self._requested(pinned, seen, exclude, None) & self._passes(pinned, at, None))[0]:
                 if removed is not None:
                     removed[label] = removed.get(label, 0) + 1
                 continue

@@ -50,7 +50,9 @@ class _Rule(BaseModel):
 
     @property
     def label(self) -> str:
-        return self.name or self.kind  # type: ignore[attr-defined]
+        """How explanations and counts name the rule: ``kind:name``, or the kind alone."""
+        kind = self.kind  # type: ignore[attr-defined]
+        return f"{kind}:{self.name}" if self.name else kind
 
     def active(self, at: float) -> bool:
         """Whether the rule applies at unix time ``at``."""

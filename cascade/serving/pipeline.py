@@ -113,7 +113,7 @@ class RecommendationPipeline:
         genre or pinned item the catalogue lacks)."""
         self.models = models
         self.config = config
-        self.rules = RuleEngine(config.rerank, models.attributes, rules)
+        self.rules = self.use_rules(rules)
         self.costs = StageCosts()
 
     def use_rules(self, rules: RulesFile | None) -> RuleEngine:

@@ -12,6 +12,7 @@ from cascade.rerank.rules_file import RulesFile, load_rules
 logger = logging.getLogger(__name__)
 
 _Stamp = tuple[int, int, int]  # (mtime_ns, size, inode): an edit or an atomic rename changes it
+_MISSING: _Stamp = (0, 0, 0)  # the stamp of a file that cannot be read
 
 
 class RulesSource:
@@ -44,9 +45,9 @@ class RulesSource:
         try:
             stamp = self._read_stamp()
         except ConfigError:
-            if self._refused == (0, 0, 0):
+            if self._refused == _MISSING:
                 return None
-            self._refused = (0, 0, 0)
+            self._refused = _MISSING
             raise
         if stamp == self._stamp or stamp == self._refused:
             return None
