@@ -140,6 +140,14 @@ class ServingConfig(ComponentConfig):
     tracing: TracingConfig = Field(default_factory=TracingConfig)
     max_k: int = Field(200, ge=1, description="Largest k a Recommend request may ask for.")
     max_exclude_ids: int = Field(1000, ge=0, description="Most exclude_item_ids one request may carry.")
+    max_paged_items: int = Field(
+        500,
+        ge=1,
+        description="Most items a Recommend request's pages reach in all: the last page ends there.",
+    )
+    page_token_ttl_s: int = Field(
+        600, ge=1, description="How long a Recommend response's next_page_token stays valid, in seconds."
+    )
     redis_url: str | None = Field(
         None, description="Redis to use as the online store; unset starts an embedded redis-server."
     )

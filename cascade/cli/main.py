@@ -330,6 +330,15 @@ def recommend(
     explain: Annotated[
         bool, typer.Option(help="Show the ranker's score and the rules that fired on each item.")
     ] = False,
+    surface: Annotated[str, typer.Option(help="Where the list is shown, e.g. home (rules may ask).")] = "",
+    genre: Annotated[
+        list[str] | None, typer.Option(help="Keep only items of this genre (repeatable).")
+    ] = None,
+    without_genre: Annotated[
+        list[str] | None, typer.Option(help="Drop items of this genre (repeatable).")
+    ] = None,
+    page_size: Annotated[int, typer.Option(help="Items per page (0: no paging; k items).")] = 0,
+    pages: Annotated[int, typer.Option(help="With --page-size: how many pages to fetch.")] = 1,
 ) -> None:
     """Ask a running service for recommendations."""
     import grpc
@@ -339,32 +348,55 @@ def recommend(
 
     cfg = _config()
     target = target or f"{cfg.serving.host}:{cfg.serving.port}"
+    replies = []
     with CascadeClient(target) as client:
-        try:
-            reply = client.recommend(
-                user_id,
-                k=k,
-                exclude_item_ids=exclude or [],
-                gender=gender,
-                age=age,
-                occupation=occupation,
-                zip_code=zip_code,
-                budget_ms=budget_ms,
-                explain=explain,
-            )
-        except grpc.RpcError as exc:
-            _fail(f"{exc.code().name}: {exc.details()}")
+        token = ""
+        for _ in range(max(pages, 1) if page_size else 1):
+            try:
+                reply = client.recommend(
+                    user_id,
+                    k=k,
+                    exclude_item_ids=exclude or [],
+                    gender=gender,
+                    age=age,
+                    occupation=occupation,
+                    zip_code=zip_code,
+                    budget_ms=budget_ms,
+                    explain=explain,
+                    surface=surface,
+                    include_genres=genre or [],
+                    exclude_genres=without_genre or [],
+                    page_size=page_size,
+                    page_token=token,
+                )
+            except grpc.RpcError as exc:
+                _fail(f"{exc.code().name}: {exc.details()}")
+            replies.append(reply)
+            token = reply.next_page_token
+            if not token:
+                break
     if as_json:
-        print(json.dumps(MessageToDict(reply)))
+        for reply in replies:
+            print(json.dumps(MessageToDict(reply)))
         return
+    for reply in replies:
+        _print_recommendations(user_id, reply, explain)
+
+
+def _print_recommendations(user_id: str, reply, explain: bool) -> None:
     table = Table(title=f"user {user_id}" + (" (new user)" if reply.new_user else ""))
     columns = ["#", "item_id", "title", "score", "source"]
+    explored = any(item.propensity < 1 for item in reply.items)
+    if explored:
+        columns.append("propensity")
     if explain:
         columns += ["ranker score", "rules"]
     for col in columns:
         table.add_column(col)
-    for rank, item in enumerate(reply.items, 1):
-        row = [str(rank), item.item_id, item.title, f"{item.score:.4f}", item.source]
+    for item in reply.items:
+        row = [str(item.position), item.item_id, item.title, f"{item.score:.4f}", item.source]
+        if explored:
+            row.append(f"{item.propensity:.3g}")
         if explain:
             ranker_score = item.explanation.ranker_score
             shown = "-" if math.isnan(ranker_score) else f"{ranker_score:.4f}"  # NaN: a pin added it
@@ -655,6 +687,28 @@ def bench_stages(
             cfg, store, serve_load.scenario_user_ids(cfg), serve_stages.StageSettings(requests, k=k), say
         )
     _wrote(serve_stages.write_outputs(report, json_path))
+
+
+@bench_app.command("rules")
+def bench_rules(
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Report path; .png and .md beside it.")
+    ] = None,
+    rules: Annotated[
+        list[Path] | None, typer.Option(help="A rules file to evaluate beside the sweep (repeatable).")
+    ] = None,
+    mmr_sweep: Annotated[bool, typer.Option(help="MMR alone at lambda 0, 0.1, ..., 0.5.")] = True,
+) -> None:
+    """NDCG@10, recall, coverage, intra-list diversity, genre entropy and novelty of the pipeline without
+    rules, with MMR alone at each lambda, and with each rules file, on the configured data set's held-out
+    window and its current artifacts."""
+    from cascade.bench import rules_quality
+
+    cfg = _config()
+    json_path = json_path or Path(f"benchmarks/results/rules-{cfg.data.dataset}.json")
+    report = _run(rules_quality.run, cfg, list(rules or []), mmr_sweep)
+    _wrote(rules_quality.write_outputs(report, json_path))
+    console.print(rules_quality.summary(report))
 
 
 @bench_app.command("faults")

@@ -39,6 +39,9 @@ ITEM_ITEM = "item_item"
 # appended, never reordered: a channel's position is its code in the rankers' features
 RECALL_CHANNELS = (TWO_TOWER, COOCCURRENCE, SEGMENT_POPULAR, POPULAR, ITEM_ITEM)
 
+# event types by name, numbered as in the service's EventType enum and the feature store's history entries
+EVENT_TYPES = {"view": 1, "click": 2, "rate": 3, "purchase": 4}
+
 GENDER_CODES = {"F": 0, "M": 1}
 GENDER_UNKNOWN = 2
 AGE_BUCKET_LOWER_BOUNDS = (1, 18, 25, 35, 45, 50, 56)  # ML-1M's codes are the buckets' lower bounds

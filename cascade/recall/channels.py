@@ -82,6 +82,20 @@ class MergedCandidates:
         """(C,) object array of each candidate's channel name."""
         return np.array(self.channel_names, dtype=object)[self.channels]
 
+    def with_channel(self, extra: ChannelCandidates) -> MergedCandidates:
+        """These candidates, then ``extra``'s that are not among them, tagged with its channel."""
+        names = self.channel_names
+        if extra.channel not in names:
+            names = (*names, extra.channel)
+        new = ~isin(extra.items, self.items) & (extra.items > 0)
+        code = np.full(int(np.count_nonzero(new)), names.index(extra.channel), dtype=np.int64)
+        return MergedCandidates(
+            np.concatenate([self.items, extra.items[new]]).astype(np.int64),
+            np.concatenate([self.channel_scores, extra.scores[new]]).astype(np.float32),
+            np.concatenate([self.channels, code]),
+            names,
+        )
+
 
 def merge_channels(channels: list[ChannelCandidates]) -> MergedCandidates:
     names = tuple(c.channel for c in channels)

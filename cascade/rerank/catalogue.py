@@ -39,6 +39,22 @@ class ItemAttributes:
     def genre_name(self, genre: int) -> str:
         return self.genre_names[genre - 1]
 
+    def values(self, attribute: str, item: int) -> list[int]:
+        """The values of ``attribute`` (genre, year or decade) item index ``item`` has: several genres, one
+        year or decade, none when unknown."""
+        if attribute == "genre":
+            return [g for g in self.genres[item].tolist() if g > 0]
+        year = int(self.years[item])
+        if year <= 0:
+            return []
+        return [year] if attribute == "year" else [year - year % 10]
+
+    def value_label(self, attribute: str, value: int) -> str:
+        """How explanations name a value: ``Comedy``, ``1995``, ``1990s``."""
+        if attribute == "genre":
+            return self.genre_name(value)
+        return f"{value}s" if attribute == "decade" else str(value)
+
     def vectors_of(self, items: np.ndarray) -> np.ndarray:
         """(C,) item indices (none 0) -> their (C, D) vectors."""
         if self.vectors is None:

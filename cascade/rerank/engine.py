@@ -3,21 +3,28 @@
 Stages, each rule applied in the rules file's order within its stage:
 
 1. **filters** remove items: padding and repeats (always), the user's seen items (``rerank.filter_seen``),
-   the request's exclude list, then ``blocklist``, ``genre_filter``, ``min_quality``, ``release_window``.
+   the request's exclude list and genres, then ``seen`` (by event type and age), ``blocklist``,
+   ``genre_filter``, ``min_quality``, ``release_window``.
 2. **scores**: the ranker's scores are put on one scale, min-max over the surviving candidates into
    [0.1, 1] (a ranker's raw scores can be negative, and a multiplier must mean the same for every ranker),
    then ``boost`` and ``freshness`` rules multiply them.
-3. **selection** takes items best first; ``cap`` rules skip an item that would put too many of one genre in
-   the capped positions, and an ``mmr`` rule trades each next item's score against its similarity to the
-   items already taken.
-4. **pins** put campaign items at fixed positions, when they pass the filters.
+3. **selection** takes items best first; ``cap`` and ``spacing`` rules skip an item that would put too many
+   items of one attribute value in the capped positions or in a sliding window, and an ``mmr`` rule trades
+   each next item's score against its similarity to the items already taken.
+4. **exploration** (``explore``) fills a share of the positions by seeded sampling, and says each item's
+   propensity.
+5. **pins** put campaign items at fixed positions, when they pass the filters and their per-user impression
+   cap allows.
 
 Without a rules file the scores are the ranker's own and the list is the top k by score, as before rules
-existed. Rules whose time window does not cover the request's time are skipped.
+existed. A rule applies to a request only within its time window, for its surfaces and for its segments'
+users (``RuleSet.applies``).
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 from dataclasses import dataclass, field
 
@@ -27,10 +34,12 @@ from cascade.core.arrays import isin
 from cascade.core.errors import ConfigError
 from cascade.rerank.catalogue import ItemAttributes
 from cascade.rerank.config import RerankConfig
+from cascade.rerank.request import RerankRequest
 from cascade.rerank.rules_file import (
     BlocklistRule,
     BoostRule,
     CapRule,
+    ExploreRule,
     FreshnessRule,
     GenreFilterRule,
     MinQualityRule,
@@ -38,16 +47,21 @@ from cascade.rerank.rules_file import (
     PinRule,
     ReleaseWindowRule,
     RulesFile,
+    SeenRule,
+    SpacingRule,
+    UserTraits,
 )
 
 logger = logging.getLogger(__name__)
 
 SECONDS_PER_YEAR = 365.2425 * 86400
+SECONDS_PER_DAY = 86400
 SCORE_FLOOR = 0.1  # the lowest candidate's score on the common scale: boosts still move it
 # MMR reorders the best max(MMR_POOL_PER_ITEM * k, MMR_POOL_MIN) candidates
 MMR_POOL_PER_ITEM = 5
 MMR_POOL_MIN = 100
 NO_RULES_VERSION = "none"
+REQUEST_GENRES = "request:genres"  # how explanations count items the request's genre filter removed
 
 
 @dataclass(frozen=True)
@@ -59,13 +73,17 @@ class RerankResult:
     fired: list[list[str]] | None = None
     removed: dict[str, int] = field(default_factory=dict)
     base_scores: np.ndarray | None = None  # (k,) with explain: the ranker's score of each item (NaN: pinned)
+    # (k,) the probability the rules put each item at its position given the ones before: 1 but for
+    # exploration's draws
+    propensities: np.ndarray | None = None
+    shown_pins: tuple[PinRule, ...] = ()  # pins with an impression cap that were placed
 
 
 @dataclass(frozen=True)
 class _Filter:
     label: str
     rule: object
-    allowed: np.ndarray | None  # (N,) bool over the catalogue, for rules that do not depend on time
+    allowed: np.ndarray | None  # (N,) bool over the catalogue, for rules that depend on the item alone
 
 
 @dataclass(frozen=True)
@@ -91,8 +109,9 @@ class RuleEngine:
         self.attributes = attributes
         self.filters: list[_Filter] = []
         self.boosts: list[_Boost] = []
-        self.caps: list[tuple[str, CapRule]] = []
-        self.mmr: tuple[str, MMRRule] | None = None
+        self.gates: list[tuple[str, CapRule | SpacingRule]] = []
+        self.mmrs: list[tuple[str, MMRRule]] = []
+        self.explorers: list[tuple[str, ExploreRule]] = []
         self.pins: list[tuple[str, PinRule, int]] = []
         if rules is None or not rules.rules:
             return
@@ -114,19 +133,21 @@ class RuleEngine:
                 self.filters.append(
                     _Filter(label, rule, np.isnan(quality) | (quality >= rule.min_mean_rating))
                 )
-            elif isinstance(rule, ReleaseWindowRule):
+            elif isinstance(rule, ReleaseWindowRule | SeenRule):
                 self.filters.append(_Filter(label, rule, None))
             elif isinstance(rule, BoostRule):
                 hit = self._item_mask(rule.items, where) | self._genre_mask(rule.genres, where)
                 self.boosts.append(_Boost(label, rule, hit))
             elif isinstance(rule, FreshnessRule):
                 self.boosts.append(_Boost(label, rule, None))
-            elif isinstance(rule, CapRule):
-                self.caps.append((label, rule))
+            elif isinstance(rule, CapRule | SpacingRule):
+                self.gates.append((label, rule))
             elif isinstance(rule, MMRRule):
                 if attributes.vectors is None:
                     raise ConfigError(f"{where}: MMR needs item vectors, and this catalogue has none")
-                self.mmr = (label, rule)
+                self.mmrs.append((label, rule))
+            elif isinstance(rule, ExploreRule):
+                self.explorers.append((label, rule))
             elif isinstance(rule, PinRule):
                 item = attributes.item_index(rule.item)
                 if item is None:
@@ -156,28 +177,49 @@ class RuleEngine:
                 known = ", ".join(self.attributes.genre_names)
                 raise ConfigError(f"{where}.genres: unknown genre {name!r}; the catalogue's genres: {known}")
             ids.append(genre)
+        return self._genre_ids_mask(ids)
+
+    def _genre_ids_mask(self, ids: list[int] | tuple[int, ...]) -> np.ndarray:
+        assert self.attributes is not None
         if not ids:
             return np.zeros(self.attributes.num_items, dtype=bool)
-        return (
-            isin(self.attributes.genres.ravel(), np.array(ids)).reshape(self.attributes.genres.shape).any(1)
-        )
+        genres = self.attributes.genres
+        return isin(genres.ravel(), np.array(ids)).reshape(genres.shape).any(1)
+
+    @property
+    def counted_pins(self) -> list[str]:
+        """Names of the pins with a per-user impression cap: the counters a request reads first."""
+        return [rule.name for _, rule, _ in self.pins if rule.max_impressions is not None]
 
     @property
     def has_rules(self) -> bool:
-        return bool(self.filters or self.boosts or self.caps or self.mmr or self.pins)
+        return bool(self.filters or self.boosts or self.gates or self.mmrs or self.explorers or self.pins)
+
+    def segments_of(self, user: UserTraits) -> frozenset[str]:
+        """The rules file's segments ``user`` is in."""
+        return self.rules.segments_of(user) if self.rules is not None else frozenset()
 
     # -- request time ---------------------------------------------------------------------------------
 
-    def _passes(self, items: np.ndarray, at: float, removed: dict[str, int] | None) -> np.ndarray:
-        """(C,) bool: which of ``items`` every active filter rule keeps."""
+    def _passes(
+        self,
+        items: np.ndarray,
+        request: RerankRequest,
+        segments: frozenset[str],
+        removed: dict[str, int] | None,
+    ) -> np.ndarray:
+        """(C,) bool: which of ``items`` every filter rule that applies keeps."""
         keep = np.ones(len(items), dtype=bool)
         for entry in self.filters:
-            if not entry.rule.active(at):  # type: ignore[attr-defined]
+            rule = entry.rule
+            if not rule.applies(request.at, request.surface, segments):  # type: ignore[attr-defined]
                 continue
             if entry.allowed is not None:
                 allowed = entry.allowed[items]
+            elif isinstance(rule, SeenRule):
+                allowed = ~isin(items, self._seen_by(rule, request))
             else:
-                allowed = self._release_window(entry.rule, items, at)  # type: ignore[arg-type]
+                allowed = self._release_window(rule, items, request.at)  # type: ignore[arg-type]
             if removed is not None:
                 count = int(np.count_nonzero(keep & ~allowed))
                 if count:
@@ -185,21 +227,44 @@ class RuleEngine:
             keep &= allowed
         return keep
 
+    @staticmethod
+    def _seen_by(rule: SeenRule, request: RerankRequest) -> np.ndarray:
+        """(S,) items of the request's recent events that ``rule`` counts."""
+        history = request.history
+        if history is None or not len(history):
+            return np.zeros(0, dtype=np.int64)
+        counted = np.ones(len(history), dtype=bool)
+        if rule.event_types:
+            counted &= isin(history[:, 1], np.array(rule.event_codes))
+        if rule.max_age_days is not None:
+            counted &= history[:, 2] >= request.at - rule.max_age_days * SECONDS_PER_DAY
+        return history[counted, 0]
+
     def _requested(
-        self, items: np.ndarray, seen: np.ndarray, exclude: np.ndarray, removed: dict[str, int] | None
+        self, items: np.ndarray, request: RerankRequest, removed: dict[str, int] | None
     ) -> np.ndarray:
-        """(C,) bool: which of ``items`` are real items the user has not seen (when ``rerank.filter_seen``)
-        and the request does not exclude; counted in ``removed`` under "seen" and "exclude"."""
+        """(C,) bool: which of ``items`` are real items the user has not seen (when ``rerank.filter_seen``),
+        the request does not exclude, and of the genres it asks for; counted in ``removed`` under "seen",
+        "exclude" and "request:genres"."""
         keep = items > 0
         for label, pool, applies in (
-            ("seen", seen, self.config.filter_seen),
-            ("exclude", exclude, True),
+            ("seen", request.seen, self.config.filter_seen),
+            ("exclude", request.exclude, True),
         ):
             if applies and len(pool):
                 hit = keep & isin(items, pool)
                 if removed is not None and hit.any():
                     removed[label] = int(np.count_nonzero(hit))
                 keep &= ~hit
+        if (request.include_genres or request.exclude_genres) and self.attributes is not None:
+            genres = self.attributes.genres[items]
+            allowed = ~isin(genres.ravel(), np.array(request.exclude_genres)).reshape(genres.shape).any(1)
+            if request.include_genres:
+                allowed &= isin(genres.ravel(), np.array(request.include_genres)).reshape(genres.shape).any(1)
+            hit = keep & ~allowed
+            if removed is not None and hit.any():
+                removed[REQUEST_GENRES] = int(np.count_nonzero(hit))
+            keep &= allowed
         return keep
 
     def _release_window(self, rule: ReleaseWindowRule, items: np.ndarray, at: float) -> np.ndarray:
@@ -214,44 +279,53 @@ class RuleEngine:
             keep &= _age_years(years, at) <= rule.max_age_years
         return keep | (years <= 0)
 
-    def apply(
-        self,
-        items: np.ndarray,
-        scores: np.ndarray,
-        seen: np.ndarray,
-        exclude: np.ndarray,
-        k: int,
-        at: float,
-        explain: bool = False,
+    def filter(
+        self, items: np.ndarray, scores: np.ndarray, request: RerankRequest, k: int, explain: bool = False
     ) -> RerankResult:
-        """items, scores: (C,) candidates and their ranker scores; ``at``: the request's unix time. Returns
-        at most k items, best first."""
+        """The filter stage alone: the first k of ``items`` (C,) by ``scores`` that every filter that
+        applies keeps, with their own scores (SimilarItems: neighbours are not re-scored or reordered)."""
         items = np.asarray(items, dtype=np.int64)
         scores = np.asarray(scores, dtype=np.float32)
         removed: dict[str, int] | None = {} if explain else None
-        keep = self._requested(items, seen, exclude, removed)
+        rows, _ = self._surviving(items, scores, request, removed)
+        return _unchanged(items, scores, rows[:k], explain, removed)
+
+    def _surviving(
+        self, items: np.ndarray, scores: np.ndarray, request: RerankRequest, removed: dict[str, int] | None
+    ) -> tuple[np.ndarray, frozenset[str]]:
+        """Rows of the candidates every filter keeps, best score first, each item once; and the segments
+        of the request's user."""
+        segments = self.segments_of(request.user) if self.has_rules else frozenset()
+        keep = self._requested(items, request, removed)
         if self.filters:
-            keep &= self._passes(items, at, removed)
+            keep &= self._passes(items, request, segments, removed)
         rows = np.flatnonzero(keep)
         # best score first, then lowest item index: deterministic order on ties; repeats keep their best
         rows = rows[np.lexsort((items[rows], -scores[rows]))]
         _, first = np.unique(items[rows], return_index=True)
-        rows = rows[np.sort(first)]
+        return rows[np.sort(first)], segments
+
+    def apply(
+        self,
+        items: np.ndarray,
+        scores: np.ndarray,
+        request: RerankRequest,
+        k: int,
+        explain: bool = False,
+    ) -> RerankResult:
+        """items, scores: (C,) candidates and their ranker scores. Returns at most k items, best first."""
+        items = np.asarray(items, dtype=np.int64)
+        scores = np.asarray(scores, dtype=np.float32)
+        removed: dict[str, int] | None = {} if explain else None
+        rows, segments = self._surviving(items, scores, request, removed)
         if not self.has_rules:
-            rows = rows[:k]
-            return RerankResult(
-                items[rows],
-                scores[rows],
-                rows,
-                fired=[[] for _ in rows] if explain else None,
-                removed=removed or {},
-                base_scores=scores[rows] if explain else None,
-            )
+            return _unchanged(items, scores, rows[:k], explain, removed)
+        at, surface = request.at, request.surface
         candidates = items[rows]
         final = _common_scale(scores[rows])
         factors: list[tuple[str, np.ndarray]] = []  # with explain: each boost that fired, per candidate
         for boost in self.boosts:
-            if not boost.rule.active(at):
+            if not boost.rule.applies(at, surface, segments):
                 continue
             if boost.hit is not None:
                 factor = np.where(boost.hit[candidates], np.float32(boost.rule.factor), np.float32(1.0))
@@ -262,24 +336,42 @@ class RuleEngine:
                 factors.append((boost.label, factor))
         # explanations are written for the items returned only: a few strings, not one per candidate
         fired: dict[int, list[str]] | None = {} if explain else None
-        chosen = self._select(candidates, final, k, at, fired, removed)
+        chosen = self._select(candidates, final, k, request, segments, fired, removed)
+        explore = next((e for e in self.explorers if e[1].applies(at, surface, segments)), None)
+        if explore is not None:
+            chosen, propensities = _explore(chosen, final, explore, request.seed, fired)
+        else:
+            propensities = np.ones(len(chosen), dtype=np.float32)
         if fired is not None:
             for position in chosen.tolist():
                 # a factor that rounds to 1 (an old film's freshness) did not change anything worth saying
                 shown = ((name, f"{f[position]:.3g}") for name, f in factors)
                 boosts = [f"{name} x{factor}" for name, factor in shown if factor != "1"]
                 fired[position] = boosts + fired.get(position, [])
-        out_items, out_scores, out_rows = candidates[chosen], final[chosen], rows[chosen]
-        out_fired = [fired[c] for c in chosen.tolist()] if fired is not None else None
-        out_items, out_scores, out_rows, out_fired = self._pin(
-            out_items, out_scores, out_rows, out_fired, seen, exclude, k, at, removed
+        listed = _Listed(
+            candidates[chosen].tolist(),
+            final[chosen].tolist(),
+            rows[chosen].tolist(),
+            propensities.tolist(),
+            [fired[c] for c in chosen.tolist()] if fired is not None else [[] for _ in chosen.tolist()],
         )
+        shown_pins = self._pin(listed, request, segments, k, removed)
         base = None
+        out_rows = np.array(listed.rows, dtype=np.int64)
         if explain:
             base = np.full(len(out_rows), np.nan, dtype=np.float32)
             proposed = out_rows >= 0
             base[proposed] = scores[out_rows[proposed]]
-        return RerankResult(out_items, out_scores, out_rows, out_fired, removed or {}, base)
+        return RerankResult(
+            np.array(listed.items, dtype=np.int64),
+            np.array(listed.scores, dtype=np.float32),
+            out_rows,
+            listed.fired if explain else None,
+            removed or {},
+            base,
+            np.array(listed.propensities, dtype=np.float32),
+            shown_pins,
+        )
 
     def _freshness(self, rule: FreshnessRule, items: np.ndarray, at: float) -> np.ndarray:
         assert self.attributes is not None
@@ -293,23 +385,25 @@ class RuleEngine:
         candidates: np.ndarray,
         final: np.ndarray,
         k: int,
-        at: float,
+        request: RerankRequest,
+        segments: frozenset[str],
         fired: dict[int, list[str]] | None,
         removed: dict[str, int] | None,
     ) -> np.ndarray:
         """Positions into ``candidates`` of the items taken, in order: best first, or by MMR's trade-off
-        among the best ``mmr_pool(k)``; an item a cap blocks at a position waits, and may be taken past the
-        positions the cap covers."""
-        caps = [(label, rule) for label, rule in self.caps if rule.active(at)]
-        mmr = self.mmr if self.mmr is not None and self.mmr[1].active(at) else None
+        among the best ``mmr_pool(k)``; an item a cap or spacing rule blocks at a position waits, and may be
+        taken at a later position they allow."""
+        at, surface = request.at, request.surface
+        gates = [(label, rule) for label, rule in self.gates if rule.applies(at, surface, segments)]
+        mmr = next((m for m in self.mmrs if m[1].applies(at, surface, segments)), None)
         order = np.argsort(-final, kind="stable")
-        if (not caps and mmr is None) or not len(order):
+        if (not gates and mmr is None) or not len(order):
             return order[:k]
         assert self.attributes is not None
         if mmr is not None:
             # MMR reorders the best few: an item far down the list would need a relevance it does not have
             order = order[: mmr_pool(k)]
-        gate = _CapGate(caps, candidates[order], self.attributes)
+        gate = _Gate(gates, candidates[order], self.attributes)
         if mmr is None:
             picks = gate.take_in_order(len(order), k)
         else:
@@ -319,49 +413,95 @@ class RuleEngine:
         if removed is not None:
             for reason, count in gate.held_back(picks, k).items():
                 removed[reason] = removed.get(reason, 0) + count
-        if fired is not None and mmr is not None:
+        if fired is not None:
             for position, pick in enumerate(picks):
-                if pick != position:  # moved by MMR: say where its score alone would have put it
+                # held back by a cap or spacing rule, or moved by MMR: say where its score alone put it
+                if pick in gate.waited:
+                    fired[int(order[pick])] = [f"{gate.waited[pick]} (#{pick + 1} by score)"]
+                elif mmr is not None and pick != position:
                     fired[int(order[pick])] = [f"{mmr[0]} (#{pick + 1} by score)"]
         return order[np.asarray(picks, dtype=np.int64)]
 
     def _pin(
         self,
-        items: np.ndarray,
-        scores: np.ndarray,
-        rows: np.ndarray,
-        fired: list[list[str]] | None,
-        seen: np.ndarray,
-        exclude: np.ndarray,
+        listed: _Listed,
+        request: RerankRequest,
+        segments: frozenset[str],
         k: int,
-        at: float,
         removed: dict[str, int] | None,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[list[str]] | None]:
-        active = [(label, rule, item) for label, rule, item in self.pins if rule.active(at)]
-        if not active:
-            return items, scores, rows, fired
-        entries = list(zip(items.tolist(), scores.tolist(), rows.tolist(), fired or [[] for _ in items]))
+    ) -> tuple[PinRule, ...]:
+        """Put the pins that apply into ``listed``, in place; returns those with an impression cap."""
+        first, last = request.offset + 1, request.offset + k  # the positions this list covers
+        active = [
+            (label, rule, item)
+            for label, rule, item in self.pins
+            if first <= rule.position <= last and rule.applies(request.at, request.surface, segments)
+        ]
+        shown: list[PinRule] = []
         for label, rule, item in sorted(active, key=lambda pin: pin[1].position):
             pinned = np.array([item])
-            if not (self._requested(pinned, seen, exclude, None) & self._passes(pinned, at, None))[0]:
+            capped = (
+                rule.max_impressions is not None
+                and request.impressions.get(rule.name, 0) >= rule.max_impressions
+            )
+            passes = self._requested(pinned, request, None) & self._passes(pinned, request, segments, None)
+            if capped or not passes[0]:
                 if removed is not None:
                     removed[label] = removed.get(label, 0) + 1
                 continue
-            existing = next((entry for entry in entries if entry[0] == item), None)
-            if existing is not None:
-                entries.remove(existing)
-            slot = min(rule.position - 1, len(entries))
-            # a pinned item takes the score of the place it is put in, so the list's scores stay ordered
-            score = entries[slot][1] if slot < len(entries) else (entries[-1][1] if entries else 1.0)
-            why = [*(existing[3] if existing is not None else []), f"{label}@{rule.position}"]
-            entries.insert(slot, (item, score, existing[2] if existing is not None else -1, why))
-        entries = entries[:k]
-        return (
-            np.array([e[0] for e in entries], dtype=np.int64),
-            np.array([e[1] for e in entries], dtype=np.float32),
-            np.array([e[2] for e in entries], dtype=np.int64),
-            [e[3] for e in entries] if fired is not None else None,
-        )
+            listed.insert(item, rule.position - request.offset - 1, f"{label}@{rule.position}")
+            if rule.max_impressions is not None:
+                shown.append(rule)
+        listed.cut(k)
+        return tuple(shown)
+
+
+@dataclass
+class _Listed:
+    """The list being built, one entry per position; pins are inserted into it."""
+
+    items: list[int]
+    scores: list[float]
+    rows: list[int]
+    propensities: list[float]
+    fired: list[list[str]]
+
+    def insert(self, item: int, slot: int, why: str) -> None:
+        """Put ``item`` at ``slot`` (moving it there when listed already), with the score of the place it
+        is put in, so that the list's scores stay ordered."""
+        row, reasons = -1, []
+        if item in self.items:
+            at = self.items.index(item)
+            row, reasons = self.rows[at], self.fired[at]
+            for column in (self.items, self.scores, self.rows, self.propensities, self.fired):
+                del column[at]
+        slot = min(slot, len(self.items))
+        last = self.scores[-1] if self.scores else 1.0
+        score = self.scores[slot] if slot < len(self.scores) else last
+        self.items.insert(slot, item)
+        self.scores.insert(slot, score)
+        self.rows.insert(slot, row)
+        self.propensities.insert(slot, 1.0)
+        self.fired.insert(slot, [*reasons, why])
+
+    def cut(self, k: int) -> None:
+        for column in (self.items, self.scores, self.rows, self.propensities, self.fired):
+            del column[k:]
+
+
+def _unchanged(
+    items: np.ndarray, scores: np.ndarray, rows: np.ndarray, explain: bool, removed: dict[str, int] | None
+) -> RerankResult:
+    """The candidates at ``rows``, in that order, with their own scores: no rule changed them."""
+    return RerankResult(
+        items[rows],
+        scores[rows],
+        rows,
+        fired=[[] for _ in rows] if explain else None,
+        removed=removed or {},
+        base_scores=scores[rows] if explain else None,
+        propensities=np.ones(len(rows), dtype=np.float32),
+    )
 
 
 def mmr_pool(k: int) -> int:
@@ -369,35 +509,106 @@ def mmr_pool(k: int) -> int:
     return max(MMR_POOL_PER_ITEM * k, MMR_POOL_MIN)
 
 
-class _CapGate:
-    """The cap rules' bookkeeping while a list is filled: whether the item at a position of the
+def _explore(
+    chosen: np.ndarray,
+    final: np.ndarray,
+    explore: tuple[str, ExploreRule],
+    seed: int,
+    fired: dict[int, list[str]] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``chosen``: positions into the candidates of the list the other rules built; each of its positions is,
+    with probability ``share``, filled instead by a draw from the best ``pool`` candidates not yet placed,
+    softmax(final / temperature). Returns the new list and each entry's propensity: share x its softmax
+    probability, plus (1 - share) when it is the item the list had next.
+
+    Plain Python over the best pool + k candidates (whatever is placed, the best ``pool`` left are among
+    them): a list of a few dozen floats per position, cheaper than any array operation's overhead."""
+    label, rule = explore
+    planned = chosen.tolist()
+    if not planned:
+        return chosen, np.ones(0, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    coins = rng.random(len(planned)).tolist()
+    draws = rng.random(len(planned)).tolist()
+    best = np.argsort(-final, kind="stable")[: rule.pool + len(planned)]
+    logits = final[best].astype(np.float64) / rule.temperature
+    # the candidates not placed yet, best first, and their softmax weights, kept aligned
+    rows_left = best.tolist()
+    weights_left = np.exp(logits - logits.max()).tolist()
+    placed: set[int] = set()
+    next_planned = 0
+    picks: list[int] = []
+    propensities: list[float] = []
+    for slot in range(len(planned)):
+        while next_planned < len(planned) and planned[next_planned] in placed:
+            next_planned += 1
+        if next_planned == len(planned):
+            break
+        planned_pick = planned[next_planned]
+        pool_rows, pool_weights = rows_left[: rule.pool], weights_left[: rule.pool]
+        cumulative = list(itertools.accumulate(pool_weights))
+        total = cumulative[-1]
+        if coins[slot] < rule.share:
+            drawn = min(bisect.bisect_left(cumulative, draws[slot] * total), len(pool_rows) - 1)
+            pick = pool_rows[drawn]
+        else:
+            pick = planned_pick
+        chance = pool_weights[pool_rows.index(pick)] / total if pick in pool_rows else 0.0
+        propensity = rule.share * chance + (1 - rule.share if pick == planned_pick else 0.0)
+        placed.add(pick)
+        if pick in rows_left:
+            at = rows_left.index(pick)
+            del rows_left[at], weights_left[at]
+        picks.append(pick)
+        propensities.append(propensity)
+        if fired is not None and pick != planned_pick:
+            fired[pick] = [*fired.get(pick, []), f"{label} (p={propensity:.3g})"]
+    return np.array(picks, dtype=np.int64), np.array(propensities, dtype=np.float32)
+
+
+class _Gate:
+    """The cap and spacing rules' bookkeeping while a list is filled: whether the item at a position of the
     candidates' order may be taken at the list's next position, and which items waited and why.
 
-    ``items[p]``: the item at position p. Plain Python, each item's genres read when it is first checked: a
-    list takes a few dozen checks of a few genres each, cheaper than any array operation's overhead."""
+    ``items[p]``: the item at position p. Plain Python, each item's values read when it is first checked: a
+    list takes a few dozen checks of a few values each, cheaper than any array operation's overhead."""
 
-    def __init__(self, caps: list[tuple[str, CapRule]], items: np.ndarray, attributes: ItemAttributes):
-        self.caps, self.items, self.attributes = caps, items, attributes
-        self._genres: dict[int, list[int]] = {}
-        self.counts: list[dict[int, int]] = [{} for _ in caps]
-        self.waited: dict[int, str] = {}  # position -> the first cap that held it back
+    def __init__(
+        self, rules: list[tuple[str, CapRule | SpacingRule]], items: np.ndarray, attributes: ItemAttributes
+    ):
+        self.rules, self.items, self.attributes = rules, items, attributes
+        self.attributes_used = sorted({rule.attribute for _, rule in rules})
+        self._values: dict[tuple[str, int], list[int]] = {}
+        self.counts: list[dict[int, int]] = [{} for _ in rules]  # caps: taken items per value
+        self.recent: list[int] = []  # positions taken, in order (spacing looks at the last few)
+        self.waited: dict[int, str] = {}  # position -> the first rule that held it back
         self.taken = 0
+        self.spacing = any(isinstance(rule, SpacingRule) for _, rule in rules)
 
-    def genres(self, position: int) -> list[int]:
-        genres = self._genres.get(position)
-        if genres is None:
-            genres = [g for g in self.attributes.genres[self.items[position]].tolist() if g > 0]
-            self._genres[position] = genres
-        return genres
+    def values(self, attribute: str, position: int) -> list[int]:
+        key = (attribute, position)
+        values = self._values.get(key)
+        if values is None:
+            values = self.attributes.values(attribute, int(self.items[position]))
+            self._values[key] = values
+        return values
 
     def blocking(self, position: int) -> str | None:
         """Why the item at ``position`` cannot be taken next (``cap:genre=Comedy``), or None."""
-        for (label, rule), count in zip(self.caps, self.counts):
+        for (label, rule), count in zip(self.rules, self.counts):
+            attribute = rule.attribute
+            if isinstance(rule, SpacingRule):
+                window = self.recent[-(rule.window - 1) :]
+                for value in self.values(attribute, position):
+                    within = sum(value in self.values(attribute, taken) for taken in window)
+                    if within >= rule.max_per_value:
+                        return f"{label}:{attribute}={self.attributes.value_label(attribute, value)}"
+                continue
             if rule.within is not None and self.taken >= rule.within:
                 continue
-            for genre in self.genres(position):
-                if count.get(genre, 0) >= rule.max_per_value:
-                    return f"{label}:genre={self.attributes.genre_name(genre)}"
+            for value in self.values(attribute, position):
+                if count.get(value, 0) >= rule.max_per_value:
+                    return f"{label}:{attribute}={self.attributes.value_label(attribute, value)}"
         return None
 
     def allows(self, position: int) -> bool:
@@ -408,22 +619,29 @@ class _CapGate:
         return False
 
     def take(self, position: int) -> None:
-        for (_, rule), count in zip(self.caps, self.counts):
-            if rule.within is None or self.taken < rule.within:
-                for genre in self.genres(position):
-                    count[genre] = count.get(genre, 0) + 1
+        for (_, rule), count in zip(self.rules, self.counts):
+            if isinstance(rule, CapRule) and (rule.within is None or self.taken < rule.within):
+                for value in self.values(rule.attribute, position):
+                    count[value] = count.get(value, 0) + 1
+        self.recent.append(position)
         self.taken += 1
 
+    def reopens(self) -> bool:
+        """Whether an item held back before may be allowed now: a spacing window moved on, or a cap's
+        positions just ended."""
+        return self.spacing or any(
+            isinstance(rule, CapRule) and rule.within == self.taken for _, rule in self.rules
+        )
+
     def take_in_order(self, available: int, k: int) -> list[int]:
-        """Best first: the earliest position each cap allows; waiting items come back when a cap's
-        positions end."""
+        """Best first: the earliest position the rules allow; waiting items come back when they allow it."""
         picks: list[int] = []
         waiting: list[int] = []
         cursor = 0
+        recheck = False
         while len(picks) < k:
             pick = None
-            reopened = any(rule.within is not None and rule.within <= self.taken for _, rule in self.caps)
-            if waiting and reopened:
+            if waiting and recheck:
                 pick = next((p for p in waiting if self.allows(p)), None)
                 if pick is not None:
                     waiting.remove(pick)
@@ -437,38 +655,45 @@ class _CapGate:
                 break
             self.take(pick)
             picks.append(pick)
+            recheck = recheck or self.reopens()
         return picks
 
     def take_by_mmr(self, relevance: np.ndarray, similarity: np.ndarray, weight: float, k: int) -> list[int]:
         """MMR over positions 0..P-1: relevance (P,) in [0, 1], similarity (P, P) cosine."""
         base = ((1 - weight) * relevance).astype(np.float32)
         penalty = np.full(len(relevance), -1.0, dtype=np.float32)  # highest similarity to the items taken
-        closed = np.zeros(len(relevance), dtype=bool)  # taken, or waiting on a cap
+        closed = np.zeros(len(relevance), dtype=bool)  # taken, or waiting on a rule
         value = np.empty_like(base)
         picks: list[int] = []
+        stale = True  # value must be recomputed: an item was taken
         while len(picks) < k:
-            # value = (1 - weight) * relevance - weight * penalty, closed positions at -inf
-            np.multiply(penalty, -weight, out=value)
-            value += base
-            np.putmask(value, closed, -np.inf)
+            if stale:
+                # value = (1 - weight) * relevance - weight * penalty, closed positions at -inf
+                np.multiply(penalty, -weight, out=value)
+                value += base
+                np.putmask(value, closed, -np.inf)
+                stale = False
             pick = int(value.argmax())
             if value[pick] == -np.inf:
                 break
             closed[pick] = True
             if not self.allows(pick):
+                value[pick] = -np.inf  # the others' values still hold: nothing was taken
                 continue
             self.take(pick)
             picks.append(pick)
             np.maximum(penalty, similarity[pick], out=penalty)
-            if any(rule.within == self.taken for _, rule in self.caps):
+            stale = True
+            if self.reopens():
+                taken = set(picks)
                 for position in self.waited:
-                    if position not in picks:
+                    if position not in taken:
                         closed[position] = False
         return picks
 
     def held_back(self, picks: list[int], k: int) -> dict[str, int]:
-        """Items a cap held back and that were never taken, though they outranked an item taken (or the
-        list ended short of k): each under the cap that first held it back."""
+        """Items a rule held back and that were never taken, though they outranked an item taken (or the
+        list ended short of k): each under the rule that first held it back."""
         taken = set(picks)
         lowest = max(picks) if picks and len(picks) == k else None
         reasons: dict[str, int] = {}

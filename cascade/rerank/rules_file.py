@@ -1,9 +1,16 @@
 """The rules file: business rules an operator declares in TOML and changes without a deploy.
 
 Each ``[[rules]]`` table is one rule, chosen by its ``kind`` and applied in the file's order (filters
-first, then boosts, then the selection rules: caps and MMR, then pins; see ``engine.py``)::
+first, then boosts, then the selection rules: caps, spacing and MMR, then exploration, then pins; see
+``engine.py``). A rule may be limited to a time window (``starts``, ``ends``), to requests from some
+surfaces (``surfaces = ["home"]``) and to users of some segments (``segments = ["new"]``), each declared in
+a ``[[segments]]`` table: the rules of one segment are its rule set, chosen per request::
 
     version = "2026-12-01"            # optional; else a hash of the file's content
+
+    [[segments]]
+    name = "new"
+    new_user = true
 
     [[rules]]
     kind = "blocklist"
@@ -18,6 +25,7 @@ first, then boosts, then the selection rules: caps and MMR, then pins; see ``eng
     factor = 1.2
     starts = 2026-12-01T00:00:00Z
     ends = 2026-12-08T00:00:00Z
+    segments = ["new"]
 
 Unknown keys and kinds are refused, with the rule's position, name and field in the message.
 """
@@ -25,6 +33,7 @@ Unknown keys and kinds are refused, with the rule's position, name and field in 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Literal
@@ -33,6 +42,53 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from cascade.core.config import tomllib  # the standard library's parser, or tomli before Python 3.11
 from cascade.core.errors import ConfigError
+from cascade.core.schema import EVENT_TYPES
+
+EventTypeName = Literal["view", "click", "rate", "purchase"]
+# the item attributes caps and spacing rules group items by: a film's genres (several per film), its
+# release year, or its release decade
+Attribute = Literal["genre", "year", "decade"]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+@dataclass(frozen=True)
+class UserTraits:
+    """What segments can test of the user a request is for. ``new_user``: no recorded behaviour yet (None:
+    unknown, in no segment that asks); ``age``: years, -1 unknown; ``gender``: "F", "M" or ""; ``tier``:
+    the customer-value tier in the user's profile ("" when it has none)."""
+
+    new_user: bool | None = None
+    gender: str = ""
+    age: int = -1
+    tier: str = ""
+
+
+class Segment(BaseModel):
+    """Users a rule set is for: every condition given must hold (none given: every user)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=NAME_PATTERN, description="Referred to by rules' ``segments``.")
+    new_user: bool | None = Field(
+        None, description="true: users with no recorded behaviour yet; false: returning users."
+    )
+    genders: tuple[Literal["F", "M"], ...] = Field((), description="Users of these genders.")
+    min_age: int | None = Field(None, ge=0, description="Users at least this old (unknown age: not in).")
+    max_age: int | None = Field(None, ge=0, description="Users at most this old (unknown age: not in).")
+    tiers: tuple[str, ...] = Field(
+        (), description="Users whose profile's customer-value tier (e.g. A-D) is one of these."
+    )
+
+    def matches(self, user: UserTraits) -> bool:
+        if self.new_user is not None and user.new_user != self.new_user:
+            return False
+        if self.genders and user.gender not in self.genders:
+            return False
+        if self.min_age is not None and not (user.age >= 0 and user.age >= self.min_age):
+            return False
+        if self.max_age is not None and not (user.age >= 0 and user.age <= self.max_age):
+            return False
+        return not self.tiers or user.tier in self.tiers
 
 
 class _Rule(BaseModel):
@@ -41,6 +97,12 @@ class _Rule(BaseModel):
     name: str = Field("", description="Shown in explanations and logs; defaults to the rule's kind.")
     starts: datetime | None = Field(None, description="Active from this time on (inclusive); unset: always.")
     ends: datetime | None = Field(None, description="Active until this time (exclusive); unset: forever.")
+    surfaces: tuple[str, ...] = Field(
+        (), description="Applies only to requests from these surfaces (e.g. home, item_page); empty: all."
+    )
+    segments: tuple[str, ...] = Field(
+        (), description="Applies only to users in one of these segments ([[segments]]); empty: everyone."
+    )
 
     @model_validator(mode="after")
     def _window(self):
@@ -55,15 +117,42 @@ class _Rule(BaseModel):
         return f"{kind}:{self.name}" if self.name else kind
 
     def active(self, at: float) -> bool:
-        """Whether the rule applies at unix time ``at``."""
+        """Whether the rule's time window covers unix time ``at``."""
         if self.starts is not None and at < _utc(self.starts).timestamp():
             return False
         return self.ends is None or at < _utc(self.ends).timestamp()
+
+    def applies(self, at: float, surface: str, segments: frozenset[str]) -> bool:
+        """Whether the rule applies to a request at unix time ``at`` from ``surface`` for a user in
+        ``segments``."""
+        if self.surfaces and surface not in self.surfaces:
+            return False
+        if self.segments and segments.isdisjoint(self.segments):
+            return False
+        return self.active(at)
 
 
 def _utc(moment: datetime) -> datetime:
     # a TOML local date-time has no zone: read it as UTC, the zone the service logs in
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
+class SeenRule(_Rule):
+    """Drop items the user had events of these types with, at most ``max_age_days`` ago, among the recent
+    events the feature store keeps (``features.history_length``); ``rerank.filter_seen`` drops every item
+    ever seen, of any type and age."""
+
+    kind: Literal["seen"]
+    event_types: tuple[EventTypeName, ...] = Field(
+        (), description="Event types that count (view, click, rate, purchase); empty: all."
+    )
+    max_age_days: float | None = Field(
+        None, gt=0, description="Only events at most this many days before the request; unset: any age."
+    )
+
+    @property
+    def event_codes(self) -> tuple[int, ...]:
+        return tuple(EVENT_TYPES[name] for name in self.event_types)
 
 
 class BlocklistRule(_Rule):
@@ -125,12 +214,29 @@ class FreshnessRule(_Rule):
 
 
 class CapRule(_Rule):
-    """At most ``max_per_value`` items sharing a genre among the first ``within`` positions."""
+    """At most ``max_per_value`` items sharing a value of ``attribute`` (a genre, a year, a decade) among
+    the first ``within`` positions."""
 
     kind: Literal["cap"]
-    attribute: Literal["genre"] = Field("genre", description="The item attribute capped.")
+    attribute: Attribute = Field("genre", description="The item attribute capped: genre, year or decade.")
     max_per_value: int = Field(ge=1, description="Most items with one value of the attribute.")
     within: int | None = Field(None, ge=1, description="Positions the cap covers; unset: the whole list.")
+
+
+class SpacingRule(_Rule):
+    """Spread items that share a value of ``attribute``: at most ``max_per_value`` of them in any
+    ``window`` consecutive positions (window 3, max 1: two films of one genre are at least 3 apart)."""
+
+    kind: Literal["spacing"]
+    attribute: Attribute = Field("genre", description="The item attribute spaced: genre, year or decade.")
+    window: int = Field(ge=2, description="Length of the sliding window of positions.")
+    max_per_value: int = Field(1, ge=1, description="Most items with one value in any window.")
+
+    @model_validator(mode="after")
+    def _fits(self):
+        if self.max_per_value >= self.window:
+            raise ValueError("max_per_value must be below window, or the rule never acts")
+        return self
 
 
 class MMRRule(_Rule):
@@ -141,23 +247,58 @@ class MMRRule(_Rule):
     lambda_: float = Field(alias="lambda", ge=0, le=1, description="Weight of diversity against relevance.")
 
 
+class ExploreRule(_Rule):
+    """Fill a share of the positions by sampling: each position is, with probability ``share``, filled by an
+    item drawn from the best ``pool`` candidates not yet placed, with probability softmax(score /
+    temperature). Seeded by the request id, so a request can be replayed. Each item's propensity (the
+    probability this policy put it at its position, given the positions before) is returned, for off-policy
+    evaluation of the logged traffic."""
+
+    kind: Literal["explore"]
+    share: float = Field(gt=0, le=1, description="Probability that a position is an exploration slot.")
+    temperature: float = Field(
+        0.1, gt=0, description="Softmax temperature over the scores' common scale [0.1, 1]; higher: flatter."
+    )
+    pool: int = Field(50, ge=2, description="Exploration draws from this many of the best candidates left.")
+
+
 class PinRule(_Rule):
-    """Put ``item`` at ``position`` (1-based) while the rule is active, unless a filter removed it."""
+    """Put ``item`` at ``position`` (1-based) while the rule is active, unless a filter removed it; with
+    ``max_impressions``, at most that many times per user within ``impression_window_days`` (impressions
+    counted in the feature store's Redis)."""
 
     kind: Literal["pin"]
+    name: str = Field(
+        "", pattern=r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,63})?$", description="Names its impression counter too."
+    )
     item: str = Field(description="External item id.")
     position: int = Field(ge=1, description="1-based position in the returned list.")
+    max_impressions: int | None = Field(
+        None, ge=1, description="Most times one user is shown the pin within the window; unset: no cap."
+    )
+    impression_window_days: float = Field(
+        1.0, gt=0, description="How long an impression counts against max_impressions."
+    )
+
+    @model_validator(mode="after")
+    def _counted(self):
+        if self.max_impressions is not None and not self.name:
+            raise ValueError("a pin with max_impressions needs a name: it names the impression counter")
+        return self
 
 
 Rule = Annotated[
-    BlocklistRule
+    SeenRule
+    | BlocklistRule
     | GenreFilterRule
     | MinQualityRule
     | ReleaseWindowRule
     | BoostRule
     | FreshnessRule
     | CapRule
+    | SpacingRule
     | MMRRule
+    | ExploreRule
     | PinRule,
     Field(discriminator="kind"),
 ]
@@ -167,13 +308,30 @@ class RulesFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     version: str = Field("", description="Shown in responses' model_versions; default: a content hash.")
-    rules: tuple[Rule, ...] = Field((), description="The rules, applied in order within their stage.")
+    segments: tuple[Segment, ...] = Field((), description="User segments rules may be limited to.")
+    rules: tuple[Rule, ...] = Field(
+        (),
+        description="The rules, applied in order within their stage; of several mmr or explore rules that "
+        "apply to a request, the first.",
+    )
 
     @model_validator(mode="after")
-    def _one_mmr(self):
-        if sum(isinstance(rule, MMRRule) for rule in self.rules) > 1:
-            raise ValueError("at most one mmr rule")
+    def _segments_declared(self):
+        names = [segment.name for segment in self.segments]
+        if len(set(names)) != len(names):
+            raise ValueError(f"segments: a name is declared twice: {names}")
+        for position, rule in enumerate(self.rules):
+            unknown = sorted(set(rule.segments) - set(names))
+            if unknown:
+                raise ValueError(
+                    f"rules[{position}] ({rule.label}).segments: undeclared segment(s) {unknown}; "
+                    f"declared: {names}"
+                )
         return self
+
+    def segments_of(self, user: UserTraits) -> frozenset[str]:
+        """The names of the segments ``user`` is in."""
+        return frozenset(segment.name for segment in self.segments if segment.matches(user))
 
 
 def parse_rules(text: str, source: str = "rules file") -> RulesFile:

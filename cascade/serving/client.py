@@ -40,9 +40,16 @@ class CascadeClient:
         budget_ms: int = 0,
         timeout_s: float | None = None,
         explain: bool = False,
+        surface: str = "",
+        timestamp: int = 0,
+        include_genres: list[str] | tuple = (),
+        exclude_genres: list[str] | tuple = (),
+        page_size: int = 0,
+        page_token: str = "",
     ) -> pb.RecommendResponse:
         """``timeout_s``: this call's deadline (default: the client's); ``explain``: ask why each item is
-        where it is."""
+        where it is; ``page_size`` and ``page_token``: one page of a paged list (the response's
+        next_page_token asks for the next)."""
         request = pb.RecommendRequest(
             user_id=str(user_id),
             k=k,
@@ -51,11 +58,36 @@ class CascadeClient:
             demographics=pb.Demographics(gender=gender, age=age, occupation=occupation, zip_code=zip_code),
             budget_ms=budget_ms,
             explain=explain,
+            surface=surface,
+            timestamp=timestamp,
+            include_genres=list(include_genres),
+            exclude_genres=list(exclude_genres),
+            page_size=page_size,
+            page_token=page_token,
         )
         return self._stub.Recommend(request, timeout=self.timeout_s if timeout_s is None else timeout_s)
 
-    def similar_items(self, item_id: str | int, k: int = 10, request_id: str = "") -> pb.SimilarItemsResponse:
-        request = pb.SimilarItemsRequest(item_id=str(item_id), k=k, request_id=request_id)
+    def similar_items(
+        self,
+        item_id: str | int,
+        k: int = 10,
+        request_id: str = "",
+        exclude_item_ids: list[str | int] | tuple = (),
+        include_genres: list[str] | tuple = (),
+        exclude_genres: list[str] | tuple = (),
+        surface: str = "",
+        explain: bool = False,
+    ) -> pb.SimilarItemsResponse:
+        request = pb.SimilarItemsRequest(
+            item_id=str(item_id),
+            k=k,
+            request_id=request_id,
+            exclude_item_ids=[str(i) for i in exclude_item_ids],
+            include_genres=list(include_genres),
+            exclude_genres=list(exclude_genres),
+            surface=surface,
+            explain=explain,
+        )
         return self._stub.SimilarItems(request, timeout=self.timeout_s)
 
     def record_event(

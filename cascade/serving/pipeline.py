@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,8 +21,9 @@ from cascade.recall.channels import (
     merge_channels,
     two_tower_order,
 )
-from cascade.rerank.engine import RuleEngine
-from cascade.rerank.rules_file import RulesFile
+from cascade.rerank.engine import RerankResult, RuleEngine
+from cascade.rerank.request import RerankRequest
+from cascade.rerank.rules_file import PinRule, RulesFile, UserTraits
 from cascade.serving.models import ServingModels
 
 
@@ -34,6 +36,11 @@ class UserContext:
     seen: np.ndarray  # (S,)
     has_profile: bool  # demographics known, from the feature store or the request
     at: float | None = None  # unix time the request is answered as of; None = now
+    # what rule segments test (None: a returning user, or a new one when the history is empty, of unknown
+    # demographics), and the recent events with their types and times, (H, 3) rows (item index, event
+    # type, unix time), most recent first, for the seen rules
+    traits: UserTraits | None = None
+    events: np.ndarray | None = None
 
     @property
     def anonymous(self) -> bool:
@@ -52,6 +59,8 @@ class Plan(enum.Enum):
 
 # REDUCED's share of the two-tower quota; the ranking stage's time is about proportional to its candidates
 REDUCED_SHARE = 0.25
+# a request that keeps only some genres adds num_candidates / this many popular items of them
+GENRE_CANDIDATE_SHARE = 4
 
 
 class StageCosts:
@@ -102,9 +111,46 @@ class Recommendation:
     ranker_scores: np.ndarray | None = None
     fired: list[list[str]] | None = None
     removed: dict[str, int] = field(default_factory=dict)
+    # (k,) the probability the rules put each item at its position (below 1 only for exploration's draws),
+    # and the impression-capped pins shown, whose impressions the caller counts
+    propensities: np.ndarray | None = None
+    shown_pins: tuple[PinRule, ...] = ()
+
+    @classmethod
+    def empty(cls) -> Recommendation:
+        none = np.zeros(0, dtype=np.int64)
+        return cls(none, np.zeros(0, dtype=np.float32), [], np.zeros(0, dtype=np.float32))
 
 
 PINNED = "pin"  # the channel reported for an item a pin rule added
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """The ranked candidates of one request: items (C,), each one's channel as a position into
+    ``merged.channel_names`` (C,), its channel score (C,) and its ranker score (C,); milliseconds per
+    stage."""
+
+    merged: MergedCandidates
+    items: np.ndarray
+    channels: np.ndarray
+    channel_scores: np.ndarray
+    scores: np.ndarray
+    stage_ms: dict[str, float]
+
+
+@dataclass(frozen=True)
+class RecommendOptions:
+    """What a request asks of the rules beyond its user: the surface it is shown on, genres to keep
+    (include) or drop (exclude) as genre ids, the exploration seed, pin impressions so far (pin name ->
+    count), and the positions earlier pages served (``offset``)."""
+
+    surface: str = ""
+    include_genres: tuple[int, ...] = ()
+    exclude_genres: tuple[int, ...] = ()
+    seed: int = 0
+    impressions: Mapping[str, int] = field(default_factory=dict)
+    offset: int = 0
 
 
 class RecommendationPipeline:
@@ -115,6 +161,8 @@ class RecommendationPipeline:
         self.config = config
         self.rules = self.use_rules(rules)
         self.costs = StageCosts()
+        # genre id -> its items, most popular first: built at a request's first use of the genre
+        self._genre_popular: dict[int, np.ndarray] = {}
 
     def use_rules(self, rules: RulesFile | None) -> RuleEngine:
         """Compile ``rules`` against the served catalogue and swap them in (a single assignment: a request
@@ -158,6 +206,29 @@ class RecommendationPipeline:
         pop = self.models.popularity[pool]
         return ChannelCandidates(pool, (pop / max(pop.max(initial=0.0), 1.0)).astype(np.float32), POPULAR)
 
+    def popular_in_genres(
+        self, genres: tuple[int, ...], blocked: np.ndarray, count: int
+    ) -> ChannelCandidates:
+        """The ``count`` most popular items of any of ``genres`` (ids) not in ``blocked``: a request that
+        keeps only some genres gets candidates of them even when the personal channels found few."""
+        attributes = self.models.attributes
+        if attributes is None or not genres:
+            return ChannelCandidates.empty(POPULAR)
+        lists = []
+        for genre in genres:
+            ordered = self._genre_popular.get(genre)
+            if ordered is None:  # a benign race: two threads may both build it, and either's is right
+                order = self.models.popular_order
+                ordered = order[(attributes.genres[order] == genre).any(1)]
+                self._genre_popular[genre] = ordered
+            lists.append(ordered[: count + len(blocked)])
+        pool = lists[0] if len(lists) == 1 else np.unique(np.concatenate(lists))
+        if len(lists) > 1:  # most popular first again, across the genres
+            pool = pool[np.argsort(-self.models.popularity[pool], kind="stable")]
+        pool = pool[keep_unblocked(pool, blocked, count)]
+        pop = self.models.popularity[pool]
+        return ChannelCandidates(pool, (pop / max(pop.max(initial=0.0), 1.0)).astype(np.float32), POPULAR)
+
     def two_tower(self, query: np.ndarray, blocked: np.ndarray, count: int) -> ChannelCandidates:
         """Up to ``count`` nearest items to ``query`` (D,) from the ANN index, ``blocked`` removed."""
         scores, items = self.models.index.search(query[None, :], count + len(blocked))
@@ -190,14 +261,58 @@ class RecommendationPipeline:
         exclude: np.ndarray,
         plan: Plan = Plan.FULL,
         explain: bool = False,
+        options: RecommendOptions | None = None,
     ) -> Recommendation:
         """Excluded items are removed after ranking, from a candidate list widened by their number, so
         excluding an item never changes the features, and so the scores, of the others. A ``plan`` short
         of FULL does less work (see ``Plan``) to answer within a deadline. ``explain``: say why each item
-        is where it is (``Recommendation.fired``)."""
+        is where it is (``Recommendation.fired``). ``options``: the request's surface, genres, exploration
+        seed, pin impressions and page offset, for the rules."""
+        ranked = self.rank(ctx, k, exclude, plan, options)
+        timings = ranked.stage_ms
+        started = time.perf_counter()
+        request = self.rerank_request(ctx, exclude, options)
+        result = self.rules.apply(ranked.items, ranked.scores, request, k, explain)
+        timings["rerank"] = (time.perf_counter() - started) * 1e3
+        channels, channel_scores, merged = ranked.channels, ranked.channel_scores, ranked.merged
+        rows = result.positions
+        proposed = rows >= 0  # False: an item a pin added, which no channel proposed
+        names = [PINNED] * len(rows)
+        item_channel_scores = np.zeros(len(rows), dtype=np.float32)
+        for slot in np.flatnonzero(proposed).tolist():
+            names[slot] = merged.channel_names[channels[rows[slot]]]
+            item_channel_scores[slot] = channel_scores[rows[slot]]
+        return Recommendation(
+            result.items,
+            result.scores,
+            names,
+            item_channel_scores,
+            timings,
+            plan,
+            ranker_scores=result.base_scores,
+            fired=result.fired,
+            removed=result.removed,
+            propensities=result.propensities,
+            shown_pins=result.shown_pins,
+        )
+
+    def rank(
+        self,
+        ctx: UserContext,
+        k: int,
+        exclude: np.ndarray,
+        plan: Plan = Plan.FULL,
+        options: RecommendOptions | None = None,
+    ) -> Ranked:
+        """Recall and ranking: the candidates and their ranker scores, before any rule (``recommend``'s
+        first two stages; the offline evaluation applies several rule sets to one ranking)."""
         timings: dict[str, float] = {}
         start = time.perf_counter()
         merged, query = self.recall(ctx, extra=len(exclude), plan=plan)
+        if options is not None and options.include_genres:
+            blocked = np.concatenate([ctx.seen, exclude])
+            count = max(self.models.num_candidates // GENRE_CANDIDATE_SHARE, k)
+            merged = merged.with_channel(self.popular_in_genres(options.include_genres, blocked, count))
         after_recall = time.perf_counter()
         timings["recall"] = (after_recall - start) * 1e3
         items, channels, channel_scores = merged.items, merged.channels, merged.channel_scores
@@ -216,30 +331,56 @@ class RecommendationPipeline:
         after_ranking = time.perf_counter()
         timings["ranking_features"] = (features_built - after_recall) * 1e3
         timings["ranking"] = (after_ranking - features_built) * 1e3
-        at = ctx.at if ctx.at is not None else time.time()
-        result = self.rules.apply(items, scores, ctx.seen, exclude, k, at, explain)
-        timings["rerank"] = (time.perf_counter() - after_ranking) * 1e3
         if plan is Plan.FULL and query is not None:
             self.costs.observe(timings["recall"], timings["ranking_features"] + timings["ranking"])
-        rows = result.positions
-        proposed = rows >= 0  # False: an item a pin added, which no channel proposed
-        names = [PINNED] * len(rows)
-        item_channel_scores = np.zeros(len(rows), dtype=np.float32)
-        for slot in np.flatnonzero(proposed).tolist():
-            names[slot] = merged.channel_names[channels[rows[slot]]]
-            item_channel_scores[slot] = channel_scores[rows[slot]]
-        return Recommendation(
-            result.items,
-            result.scores,
-            names,
-            item_channel_scores,
-            timings,
-            plan,
-            ranker_scores=result.base_scores,
-            fired=result.fired,
-            removed=result.removed,
+        return Ranked(merged, items, channels, channel_scores, scores, timings)
+
+    @staticmethod
+    def rerank_request(
+        ctx: UserContext, exclude: np.ndarray, options: RecommendOptions | None = None
+    ) -> RerankRequest:
+        options = options or RecommendOptions()
+        traits = ctx.traits if ctx.traits is not None else UserTraits(new_user=not len(ctx.history))
+        return RerankRequest(
+            seen=ctx.seen,
+            exclude=exclude,
+            at=ctx.at if ctx.at is not None else time.time(),
+            surface=options.surface,
+            user=traits,
+            history=ctx.events,
+            include_genres=options.include_genres,
+            exclude_genres=options.exclude_genres,
+            seed=options.seed,
+            impressions=options.impressions,
+            offset=options.offset,
         )
 
-    def similar_items(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The k items nearest to item index ``item`` in the two-tower space, from the same ANN index."""
-        return self.models.index.similar(item, k)
+    def similar_items(
+        self,
+        item: int,
+        k: int,
+        exclude: np.ndarray | None = None,
+        options: RecommendOptions | None = None,
+        explain: bool = False,
+    ) -> RerankResult:
+        """The k items nearest to item index ``item`` in the two-tower space, from the same ANN index, that
+        pass the request's exclude list and genres and the rules file's filters (``RuleEngine.filter``).
+        Filters may remove many neighbours: the search widens until k pass or the catalogue is done."""
+        exclude = np.zeros(0, dtype=np.int64) if exclude is None else exclude
+        options = options or RecommendOptions()
+        request = RerankRequest(
+            exclude=np.append(exclude, item),
+            at=time.time(),
+            surface=options.surface,
+            include_genres=options.include_genres,
+            exclude_genres=options.exclude_genres,
+        )
+        total = self.models.index.size
+        filtering = self.rules.filters or options.include_genres or options.exclude_genres or len(exclude)
+        fetch = k + len(exclude) + (k if filtering else 0)
+        while True:
+            items, scores = self.models.index.similar(item, min(fetch, total))
+            result = self.rules.filter(items, scores, request, k, explain)
+            if len(result.items) >= k or fetch >= total:
+                return result
+            fetch *= 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import logging
 import socket
 import threading
@@ -29,6 +30,8 @@ from cascade.core.logs import request_id_var
 from cascade.core.schema import encode_age, encode_gender
 from cascade.ranking.bundle import RANKING
 from cascade.ranking.features import UserRow
+from cascade.rerank.engine import SECONDS_PER_DAY
+from cascade.rerank.rules_file import UserTraits
 from cascade.serving.admission import MethodExecutor
 from cascade.serving.api import recommender_pb2 as pb
 from cascade.serving.api import recommender_pb2_grpc as pb_grpc
@@ -40,7 +43,14 @@ from cascade.serving.feature_store.resilient import ResilientFeatureStore
 from cascade.serving.interceptors import MethodPoolRouter, ServiceInterceptor
 from cascade.serving.metrics import ServerMetrics
 from cascade.serving.models import ServingModels, served_versions
-from cascade.serving.pipeline import Plan, RecommendationPipeline, UserContext
+from cascade.serving.paging import PageCursor, decode_token, encode_token, request_digest
+from cascade.serving.pipeline import (
+    Plan,
+    Recommendation,
+    RecommendationPipeline,
+    RecommendOptions,
+    UserContext,
+)
 from cascade.serving.rules_source import RulesSource
 from cascade.serving.tracing import Tracing
 from cascade.serving.validation import (
@@ -48,10 +58,14 @@ from cascade.serving.validation import (
     check_demographics,
     check_event_id,
     check_k,
+    check_page_size,
     check_rating,
     check_request_id,
+    check_request_time,
+    check_surface,
     check_timestamp,
     parse_exclude_ids,
+    parse_genres,
     parse_id,
 )
 
@@ -171,10 +185,12 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         user_id: int,
         state: UserState,
         demographics: tuple[str, int, str, str],
+        at: float | None = None,
     ) -> UserContext:
         schema = pipeline.models.schema
         history = schema.item_index(state.history_items)
         seen = schema.item_index(state.seen)
+        tier = ""
         if state.features is not None:
             profile = state.features
             gender, age, occupation, zip_code = (
@@ -183,6 +199,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                 profile.get("occupation", ""),
                 profile.get("zip_code", ""),
             )
+            tier = profile.get("tier", "")
             has_profile = True
         else:
             gender, age, occupation, zip_code = demographics
@@ -195,9 +212,25 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             occupation=int(schema.encode_occupation([occupation])[0]),
             zip=int(schema.encode_zip([zip_code])[0]),
         )
+        known = history > 0
+        events = np.column_stack([history, state.history[:, 1], state.history[:, 2]])[known]
         return UserContext(
-            row=row, history=history[history > 0], seen=seen[seen > 0], has_profile=has_profile
+            row=row,
+            history=history[known],
+            seen=seen[seen > 0],
+            has_profile=has_profile,
+            at=at,
+            traits=UserTraits(new_user=not len(state.history), gender=gender, age=age, tier=tier),
+            events=events,
         )
+
+    def _filters(
+        self, pipeline: RecommendationPipeline, include: list[str], exclude: list[str]
+    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The request's include_genres and exclude_genres as the catalogue's genre ids."""
+        attributes = pipeline.models.attributes
+        known = attributes.genre_names if attributes is not None else ()
+        return parse_genres("include_genres", include, known), parse_genres("exclude_genres", exclude, known)
 
     def _deadline(self, context: grpc.ServicerContext | None, budget_ms: int, method: str) -> Deadline:
         """The call's deadline; a call whose deadline has already passed is dropped before any work."""
@@ -214,44 +247,98 @@ class RecommenderService(pb_grpc.RecommenderServicer):
     def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> pb.RecommendResponse:
         started = time.perf_counter()
         started_ns = time.time_ns()
+        serving = self.config.serving
         deadline = self._deadline(context, check_budget_ms(request.budget_ms), "Recommend")
         user_id = parse_id("user_id", request.user_id)
-        k = check_k(request.k, self.config.serving.max_k)
-        exclude_ids = parse_exclude_ids(list(request.exclude_item_ids), self.config.serving.max_exclude_ids)
+        page_size = check_page_size(request.page_size, serving.max_k)
+        k = page_size or check_k(request.k, serving.max_k)
+        exclude_ids = parse_exclude_ids(list(request.exclude_item_ids), serving.max_exclude_ids)
         request_id = check_request_id(request.request_id) or _current_request_id()
         demo = request.demographics
         demographics = check_demographics(demo.gender, demo.age, demo.occupation, demo.zip_code)
+        surface = check_surface(request.surface)
+        at = check_request_time(request.timestamp)
+        if request.page_token and not page_size:
+            raise InvalidArgumentError("page_token", "needs the page_size it was issued with")
         pipeline = self.require_pipeline()
         models = pipeline.models
+        include, exclude_genres = self._filters(
+            pipeline, list(request.include_genres), list(request.exclude_genres)
+        )
+        cursor = None
+        digest = ""
+        if page_size:
+            digest = request_digest(
+                user_id, surface, list(request.include_genres), list(request.exclude_genres), exclude_ids
+            )
+        if request.page_token:
+            cursor = decode_token(
+                request.page_token,
+                digest,
+                time.time(),
+                serving.page_token_ttl_s,
+                max_chars=256 + 200 * serving.max_paged_items,
+            )
+            at = cursor.at  # every page is answered as of the first one's time
+        served = [parse_id("page_token", item) for item in cursor.served] if cursor is not None else []
+        offset = len(served)
+        if page_size:
+            k = min(page_size, serving.max_paged_items - offset)
+        seed = cursor.seed if cursor is not None else _seed_of(request_id)
         reasons: list[str] = []
-        share = self.config.serving.feature_store.read_share
+        share = serving.feature_store.read_share
         lookup = self.store.read_user(user_id, models.history_length, deadline.remaining_s() * share)
         if lookup.degraded_reason is not None:
             reasons.append(lookup.degraded_reason)
         state = lookup.state if lookup.state is not None else _NOBODY
-        ctx = self.user_context(pipeline, user_id, state, demographics)
-        exclude = models.schema.item_index(exclude_ids)
+        ctx = self.user_context(pipeline, user_id, state, demographics, at)
+        exclude = models.schema.item_index(exclude_ids + served)
+        counters = pipeline.rules.counted_pins
+        impressions = self.store.impressions(user_id, counters) if counters else {}
+        if impressions is None:  # the store cannot say: every capped pin counts as spent
+            impressions = {name: 2**31 for name in counters}
+        options = RecommendOptions(surface, include, exclude_genres, seed + offset, impressions, offset)
         features_done = time.perf_counter()
         plan = pipeline.costs.plan(deadline.remaining_s() * 1e3)
         if plan is not Plan.FULL:
             reasons.append(DEADLINE_SHRUNK)
         self._drop_if_late(deadline, "Recommend")
-        result = pipeline.recommend(ctx, k, exclude[exclude > 0], plan, request.explain)
+        if k > 0:
+            result = pipeline.recommend(ctx, k, exclude[exclude > 0], plan, request.explain, options)
+        else:  # the pages reached serving.max_paged_items
+            result = Recommendation.empty()
         self._drop_if_late(deadline, "Recommend")
+        if result.shown_pins:
+            self.store.count_impressions(
+                user_id,
+                [(pin.name, pin.impression_window_days * SECONDS_PER_DAY) for pin in result.shown_pins],
+            )
         serialise_start = time.perf_counter()
         item_ids = models.schema.item_id_of(result.items)
+        propensities = (
+            result.propensities.tolist() if result.propensities is not None else [1.0] * len(result.items)
+        )
         response = pb.RecommendResponse(
             request_id=request_id,
             items=[
                 pb.RecommendedItem(
-                    item_id=str(i), title=models.titles[idx], score=s, source=channel, channel_score=cs
+                    item_id=str(i),
+                    title=models.titles[idx],
+                    score=s,
+                    source=channel,
+                    channel_score=cs,
+                    propensity=p,
+                    position=offset + position + 1,
                 )
-                for i, idx, s, channel, cs in zip(
-                    item_ids.tolist(),
-                    result.items.tolist(),
-                    result.scores.tolist(),
-                    result.channels,
-                    result.channel_scores.tolist(),
+                for position, (i, idx, s, channel, cs, p) in enumerate(
+                    zip(
+                        item_ids.tolist(),
+                        result.items.tolist(),
+                        result.scores.tolist(),
+                        result.channels,
+                        result.channel_scores.tolist(),
+                        propensities,
+                    )
                 )
             ],
             model_versions=self.versions(pipeline),
@@ -259,12 +346,18 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             degraded=bool(reasons),
             degraded_reasons=reasons,
         )
+        if page_size and k > 0 and len(result.items) == k and offset + k < serving.max_paged_items:
+            response.next_page_token = encode_token(
+                PageCursor(
+                    at=ctx.at if ctx.at is not None else time.time(),
+                    seed=seed,
+                    served=(*map(str, served), *map(str, item_ids.tolist())),
+                    issued=time.time(),
+                    digest=digest,
+                )
+            )
         if request.explain:
-            for item, ranker_score, rules in zip(
-                response.items, result.ranker_scores.tolist(), result.fired or [[] for _ in result.items]
-            ):
-                item.explanation.ranker_score = ranker_score
-                item.explanation.rules.extend(rules)
+            _explain(response.items, result.ranker_scores, result.fired)
             response.removed_by_rule.update(result.removed)
         stage_ms = {"features": (features_done - started) * 1e3, **result.stage_ms}
         stage_ms["serialise"] = (time.perf_counter() - serialise_start) * 1e3
@@ -293,22 +386,40 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         item_id = parse_id("item_id", request.item_id)
         k = check_k(request.k, self.config.serving.max_similar_k)
         request_id = check_request_id(request.request_id) or _current_request_id()
+        exclude_ids = parse_exclude_ids(list(request.exclude_item_ids), self.config.serving.max_exclude_ids)
+        surface = check_surface(request.surface)
         pipeline = self.require_pipeline()
         models = pipeline.models
+        include, exclude_genres = self._filters(
+            pipeline, list(request.include_genres), list(request.exclude_genres)
+        )
         item = int(models.schema.item_index([item_id])[0])
         if item == 0:
             raise NotFoundError(f"item_id: no item {item_id} in the catalogue")
-        items, scores = pipeline.similar_items(item, k)
-        return pb.SimilarItemsResponse(
+        exclude = models.schema.item_index(exclude_ids)
+        result = pipeline.similar_items(
+            item,
+            k,
+            exclude[exclude > 0],
+            RecommendOptions(surface=surface, include_genres=include, exclude_genres=exclude_genres),
+            request.explain,
+        )
+        response = pb.SimilarItemsResponse(
             request_id=request_id,
             items=[
                 pb.SimilarItem(item_id=str(i), title=models.titles[idx], score=s)
                 for i, idx, s in zip(
-                    models.schema.item_id_of(items).tolist(), items.tolist(), scores.tolist()
+                    models.schema.item_id_of(result.items).tolist(),
+                    result.items.tolist(),
+                    result.scores.tolist(),
                 )
             ],
             model_versions=self.versions(pipeline),
         )
+        if request.explain:
+            _explain(response.items, result.base_scores, result.fired)
+            response.removed_by_rule.update(result.removed)
+        return response
 
     def RecordEvent(
         self, request: pb.RecordEventRequest, context: grpc.ServicerContext
@@ -338,6 +449,19 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             self.config.serving.event_dedupe_window_s,
         )
         return pb.RecordEventResponse(history_length=result.history_length, duplicate=result.duplicate)
+
+
+def _explain(items, ranker_scores: np.ndarray | None, fired: list[list[str]] | None) -> None:
+    """Fill each response item's explanation: its score before rules and the rules that fired on it."""
+    scores = ranker_scores.tolist() if ranker_scores is not None else [float("nan")] * len(items)
+    for item, score, rules in zip(items, scores, fired or [[] for _ in items]):
+        item.explanation.ranker_score = score
+        item.explanation.rules.extend(rules)
+
+
+def _seed_of(request_id: str) -> int:
+    """The exploration seed of a request: its id's hash, so that a logged request can be replayed."""
+    return int.from_bytes(hashlib.blake2b(request_id.encode(), digest_size=8).digest(), "big") >> 1
 
 
 def _current_request_id() -> str:

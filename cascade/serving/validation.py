@@ -105,3 +105,43 @@ def check_rating(rating: float, is_rating_event: bool, rating_range: tuple[float
             "rating", f"a RATE event needs a rating from {low:g} to {high:g}, got {rating}"
         )
     return float(rating)
+
+
+_SURFACE = re.compile(r"[A-Za-z0-9_.-]{0,64}")
+MAX_REQUEST_SKEW_S = 86_400
+
+
+def check_surface(value: str) -> str:
+    if not _SURFACE.fullmatch(value):
+        raise InvalidArgumentError("surface", "must be at most 64 letters, digits, '_', '-' or '.'")
+    return value
+
+
+def check_request_time(timestamp: int, now: float | None = None) -> float | None:
+    """The unix time a request is answered as of, None for now; at most a day from the server's clock."""
+    if timestamp == 0:
+        return None
+    now = time.time() if now is None else now
+    if abs(timestamp - now) > MAX_REQUEST_SKEW_S:
+        raise InvalidArgumentError(
+            "timestamp", f"must be within a day of the server's clock, got {timestamp}"
+        )
+    return float(timestamp)
+
+
+def parse_genres(field: str, names: list[str], known: tuple[str, ...]) -> tuple[int, ...]:
+    """Genre names -> the catalogue's genre ids (1-based positions in ``known``)."""
+    ids = []
+    for position, name in enumerate(names):
+        if name not in known:
+            raise InvalidArgumentError(
+                f"{field}[{position}]", f"unknown genre {name[:40]!r}; the catalogue's: {', '.join(known)}"
+            )
+        ids.append(known.index(name) + 1)
+    return tuple(ids)
+
+
+def check_page_size(page_size: int, max_k: int) -> int:
+    if not 0 <= page_size <= max_k:
+        raise InvalidArgumentError("page_size", f"must be 0 (no paging) to {max_k}, got {page_size}")
+    return page_size

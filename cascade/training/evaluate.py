@@ -51,7 +51,8 @@ from cascade.recall.channels import (
     reciprocal_rank_fusion,
 )
 from cascade.recall.sequential import SASREC_MAX_ITEMS, SASRecParams, SASRecRecommender
-from cascade.rerank.rules_file import load_rules
+from cascade.rerank.engine import RuleEngine
+from cascade.rerank.rules_file import RulesFile, load_rules
 from cascade.serving.models import ServingModels
 from cascade.serving.pipeline import RecommendationPipeline, UserContext
 from cascade.training.prepare import Prepared, check_trained_on, compute_threads, prepare
@@ -323,30 +324,46 @@ def evaluate_pipeline(config: AppConfig) -> dict[str, dict[str, float]]:
     side: the served pipeline, replayed offline. With ``rerank.rules_path`` set, the pipeline also with that
     rules file (``pipeline_with_rules``). Every row also reports intra-list diversity, genre entropy and
     novelty of its top 10 (``beyond_accuracy``)."""
+    rules_path = config.rerank.rules_path
+    rule_sets = {"pipeline_with_rules": load_rules(rules_path)} if rules_path else {}
+    return _replay(config, rule_sets, baselines=True)
+
+
+def evaluate_rule_sets(config: AppConfig, rule_sets: dict[str, RulesFile | None]) -> dict[str, dict]:
+    """The pipeline under each of ``rule_sets`` (name -> rules; None: no rules) on the held-out window:
+    NDCG@10, Recall@k, coverage, intra-list diversity, genre entropy and novelty of each. Recall and ranking
+    run once per user; every rule set reorders the same ranked candidates."""
+    return _replay(config, rule_sets, baselines=False)
+
+
+def _replay(
+    config: AppConfig, rule_sets: dict[str, RulesFile | None], baselines: bool
+) -> dict[str, dict[str, float]]:
+    """Replay the served pipeline for every held-out user, as of their last training interaction (as the
+    ranker's examples were): the pipeline without rules (``pipeline``), under each rule set, and with
+    ``baselines`` popularity, the two-tower alone and the fused recall channels."""
     store = config.artifact_store()
     models = ServingModels.load(store, config)
     recall = RecallBundle(store.require(RECALL))
     check_trained_on(recall.dataset_fingerprint, config)
     prep = prepare(config)
     pipeline = RecommendationPipeline(models, config)
-    rules_path = config.rerank.rules_path
-    ruled = RecommendationPipeline(models, config, load_rules(rules_path)) if rules_path else None
+    engines = {"pipeline": pipeline.rules}
+    engines |= {
+        name: RuleEngine(config.rerank, models.attributes, rules) for name, rules in rule_sets.items()
+    }
     test = RecallTask.of(prep, prep.split, config)
-    validation = RecallTask.of(prep, prep.inner_split(config.data.holdout_fraction), config)
-    weights = tuned_fusion_weights(config, prep, recall, validation)
     k = max(PIPELINE_KS)
     empty = np.zeros(0, dtype=np.int64)
-    rankings: dict[str, dict[int, np.ndarray]] = {
-        "popularity": {},
-        "two_tower": {},
-        "recall_channels": {},
-        "pipeline": {},
-    }
-    if ruled is not None:
-        rankings["pipeline_with_rules"] = {}
+    rankings: dict[str, dict[int, np.ndarray]] = {}
+    weights: dict[str, float] = {}
+    if baselines:
+        validation = RecallTask.of(prep, prep.inner_split(config.data.holdout_fraction), config)
+        weights = tuned_fusion_weights(config, prep, recall, validation)
+        rankings |= {"popularity": {}, "two_tower": {}, "recall_channels": {}}
+    rankings |= {name: {} for name in engines}
     pipeline_seconds = 0.0
     candidate_recall: list[float] = []
-    # each user is served as of their last training interaction, as the ranker's examples were
     last_seen = prep.split.train.groupby("user_id")["timestamp"].max()
     for user, row, history in zip(test.users.tolist(), test.rows.tolist(), test.history):
         ctx = UserContext(
@@ -356,26 +373,30 @@ def evaluate_pipeline(config: AppConfig) -> dict[str, dict[str, float]]:
             has_profile=True,
             at=float(last_seen[user]),
         )
-        rankings["popularity"][user] = pipeline.popular(ctx.seen, k).items
-        query = pipeline.user_embedding(ctx)
-        rankings["two_tower"][user] = pipeline.two_tower(query, ctx.seen, k).items
-        lists = models.channels.lists(
-            pipeline.two_tower(query, ctx.seen, models.num_candidates),
-            ctx.history,
-            ctx.seen,
-            ctx.row.gender,
-            ctx.row.age,
-        )
-        # fused by rank with validation-picked channel weights: in two-tower order the two-tower channel's
-        # own candidates would always come first and the other channels would never show in the top 100
-        fused = reciprocal_rank_fusion(lists, weights)
-        rankings["recall_channels"][user] = fused
-        candidate_recall.append(_share_found(fused, test.positives.get(user, empty)))
+        if baselines:
+            rankings["popularity"][user] = pipeline.popular(ctx.seen, k).items
+            query = pipeline.user_embedding(ctx)
+            rankings["two_tower"][user] = pipeline.two_tower(query, ctx.seen, k).items
+            lists = models.channels.lists(
+                pipeline.two_tower(query, ctx.seen, models.num_candidates),
+                ctx.history,
+                ctx.seen,
+                ctx.row.gender,
+                ctx.row.age,
+            )
+            # fused by rank with validation-picked channel weights: in two-tower order the two-tower
+            # channel's own candidates would always come first and the other channels would never show
+            fused = reciprocal_rank_fusion(lists, weights)
+            rankings["recall_channels"][user] = fused
+            candidate_recall.append(_share_found(fused, test.positives.get(user, empty)))
         started = time.perf_counter()
-        rankings["pipeline"][user] = pipeline.recommend(ctx, k, empty).items
+        ranked = pipeline.rank(ctx, k, empty)
+        request = pipeline.rerank_request(ctx, empty)
+        rankings["pipeline"][user] = engines["pipeline"].apply(ranked.items, ranked.scores, request, k).items
         pipeline_seconds += time.perf_counter() - started
-        if ruled is not None:
-            rankings["pipeline_with_rules"][user] = ruled.recommend(ctx, k, empty).items
+        for name, engine in engines.items():
+            if name != "pipeline":
+                rankings[name][user] = engine.apply(ranked.items, ranked.scores, request, k).items
     report = {
         name: evaluate_rankings(r, test.positives, PIPELINE_KS, (10,), prep.schema.num_items - 1, COVERAGE_K)
         for name, r in rankings.items()
@@ -387,8 +408,9 @@ def evaluate_pipeline(config: AppConfig) -> dict[str, dict[str, float]]:
             lists, attributes.vectors_of, attributes.genres, models.popularity, population
         )
     report["pipeline"]["mean_in_process_ms"] = pipeline_seconds / max(len(test.users), 1) * 1e3
-    report["recall_channels"]["candidate_recall"] = float(np.mean(candidate_recall or [0.0]))
-    report["recall_channels"] |= {f"fusion_weight_{name}": w for name, w in weights.items()}
+    if baselines:
+        report["recall_channels"]["candidate_recall"] = float(np.mean(candidate_recall or [0.0]))
+        report["recall_channels"] |= {f"fusion_weight_{name}": w for name, w in weights.items()}
     return report
 
 

@@ -117,6 +117,13 @@ def test_unknown_users_get_new_user_recommendations(config, client):
         ({"user_id": "1", "k": 5, "age": -1}, "demographics.age"),
         ({"user_id": "424242", "k": 5, "zip_code": "9" * 20}, "demographics.zip_code"),
         ({"user_id": "424242", "k": 5, "zip_code": "12;34"}, "demographics.zip_code"),
+        ({"user_id": "1", "k": 5, "surface": "home page"}, "surface"),
+        ({"user_id": "1", "k": 5, "timestamp": 1}, "timestamp"),
+        ({"user_id": "1", "k": 5, "include_genres": ["Comedy", "Comedie"]}, "include_genres[1]"),
+        ({"user_id": "1", "k": 5, "exclude_genres": ["drama"]}, "exclude_genres[0]"),
+        ({"user_id": "1", "k": 5, "page_size": 51}, "page_size"),
+        ({"user_id": "1", "k": 5, "page_token": "abc"}, "page_token"),
+        ({"user_id": "1", "k": 5, "page_size": 5, "page_token": "abc"}, "page_token"),
     ],
 )
 def test_bad_recommend_requests_are_invalid_argument_naming_the_field(client, kwargs, field):

@@ -62,6 +62,17 @@ def test_evaluation_with_a_rules_file_adds_the_pipeline_under_those_rules(config
     assert channels["candidate_recall"] >= report["two_tower"]["recall@100"]
     store = ArtifactStore(config.artifacts_dir)
     assert store.require("ranking").manifest["metrics"]["validation_auc"] > 0.5
+    # `cascade bench rules` replays the same pipeline: the same file, the same figures, and its outputs
+    from cascade.bench import rules_quality
+
+    bench = rules_quality.run(config, [rules], mmr_sweep=False)
+    row = bench["rows"][f"file {rules}"]
+    assert row["ndcg@10"] == pytest.approx(with_rules["ndcg@10"])
+    assert row["intra_list_diversity@10"] == pytest.approx(with_rules["intra_list_diversity@10"])
+    assert row["ndcg@10_change"] == pytest.approx(with_rules["ndcg@10"] / plain["ndcg@10"] - 1)
+    written = rules_quality.write_outputs(bench, tmp_path / "rules.json")
+    assert all(path.stat().st_size > 0 for path in written.values())
+    assert f"file {rules}" in written["markdown"].read_text()
 
 
 def test_ranking_examples_see_nothing_of_their_evaluation_window(config, built):

@@ -127,19 +127,90 @@ def test_a_changed_rules_file_is_picked_up_and_a_bad_one_refused(ruled, dataset)
     assert client.recommend(USER, k=10).model_versions.rules == "test-2"
 
 
-def test_the_shipped_example_rules_compile_against_movielens_and_serve(ruled):
+def test_the_shipped_rules_files_compile_against_movielens_and_serve(ruled):
     from pathlib import Path
 
     from cascade.rerank.rules_file import load_rules
 
     srv, client, _, _ = ruled
-    example = load_rules(Path(__file__).parents[2] / "rules" / "example.toml")
-    engine = srv.service.require_pipeline().use_rules(example)
-    assert len(example.rules) == 10 and engine.has_rules
+    shipped = Path(__file__).parents[2] / "rules"
+    default = load_rules(shipped / "default.toml")
+    srv.service.require_pipeline().use_rules(default)
     reply = client.recommend(USER, k=20, explain=True)
-    assert reply.model_versions.rules == "example-1" and len(reply.items) == 20
-    assert any(
-        rule.startswith(("boost:", "freshness", "mmr"))
-        for item in reply.items
-        for rule in item.explanation.rules
-    )
+    assert reply.model_versions.rules == default.version and len(reply.items) == 20
+    example = load_rules(shipped / "example.toml")
+    engine = srv.service.require_pipeline().use_rules(example)
+    kinds = {rule.kind for rule in example.rules}
+    assert engine.has_rules and kinds == {  # one rule of every kind
+        "seen", "blocklist", "genre_filter", "min_quality", "release_window", "boost", "freshness", "cap",
+        "spacing", "mmr", "explore", "pin",
+    }  # fmt: skip
+    for surface in ("", "home"):
+        reply = client.recommend(USER, k=20, explain=True, surface=surface)
+        assert reply.model_versions.rules == example.version and len(reply.items) == 20
+        assert any(
+            rule.startswith(("boost:", "freshness", "mmr"))
+            for item in reply.items
+            for rule in item.explanation.rules
+        )
+    new_user = client.recommend(424242, k=20, explain=True)
+    assert len(new_user.items) == 20
+
+
+CONTEXT_RULES = """
+version = "context-1"
+
+[[segments]]
+name = "returning"
+new_user = false
+
+[[rules]]
+kind = "genre_filter"
+name = "home-comedies"
+include = ["Comedy"]
+surfaces = ["home"]
+
+[[rules]]
+kind = "explore"
+share = 0.5
+temperature = 1.0
+surfaces = ["discover"]
+
+[[rules]]
+kind = "pin"
+name = "c9"
+item = "{pinned}"
+position = 2
+max_impressions = 2
+segments = ["returning"]
+"""
+
+
+def test_surfaces_segments_exploration_and_capped_pins_over_grpc(ruled, dataset, redis_server):
+    from cascade.rerank.rules_file import parse_rules
+
+    srv, client, _, pinned = ruled
+    srv.service.require_pipeline().use_rules(parse_rules(CONTEXT_RULES.format(pinned=pinned)))
+    store = RedisFeatureStore.from_url(redis_server.url)
+    home = client.recommend(USER, k=10, surface="home")
+    assert all("Comedy" in g.split("|") for g in genres_of(dataset, item_ids(home)) if g)
+    # the pin is for returning users, twice each: USER is one, a new user is not
+    assert int(pinned) not in item_ids(client.recommend(424242, k=10))
+    for shown in (1, 2):
+        reply = client.recommend(USER, k=10, explain=True)
+        assert item_ids(reply)[1] == int(pinned)
+        assert "pin:c9@2" in reply.items[1].explanation.rules
+        deadline = time.monotonic() + 5  # counted after the answer, off the request's path
+        while store.impressions(USER, ["c9"])["c9"] < shown and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert store.impressions(USER, ["c9"]) == {"c9": shown}
+    capped = client.recommend(USER, k=10, explain=True)
+    assert int(pinned) not in item_ids(capped)[:2] and capped.removed_by_rule["pin:c9"] == 1
+    # exploration on one surface: seeded by the request id, with propensities below 1 for its draws
+    draws = [client.recommend(USER, k=10, surface="discover", request_id=f"r{i}") for i in range(8)]
+    again = client.recommend(USER, k=10, surface="discover", request_id="r0")
+    assert item_ids(again) == item_ids(draws[0])
+    propensities = [item.propensity for reply in draws for item in reply.items]
+    assert all(0 < p <= 1 for p in propensities) and min(propensities) < 0.5
+    assert len({tuple(item_ids(reply)) for reply in draws}) > 1
+    store.close()

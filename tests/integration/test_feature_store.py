@@ -22,6 +22,7 @@ def test_key_schema_golden_bytes():
     current = keys.Keyspace.for_layout(50)
     assert current.history_key(42) == b"cascade:v1:h50:{u:42}:history"
     assert current.event_key(42, "e") == b"cascade:v1:h50:{u:42}:event:e"
+    assert current.impressions_key(42, "c7") == b"cascade:v1:h50:{u:42}:shown:c7"
     assert keys.Keyspace.from_pointer(current.to_pointer()) == current
     assert keys.Keyspace.from_pointer(None) == legacy
     assert keys.user_of_key(b"cascade:v1:h50:{u:-7}:seen") == -7
@@ -183,6 +184,8 @@ def test_switching_keyspace_moves_every_user_and_loses_no_event(redis_client):
         1, HistoryEvent(20, 3, 50, rating=4.0), history_length=2, event_id="e-1", dedupe_window_s=60
     )
     loader.record_event(5, HistoryEvent(21, 2, 60), history_length=2)  # a user only seen online
+    for _ in range(2):
+        loader.count_impressions(1, [("campaign-7", 600)])
     target = keys.Keyspace.for_layout(4)
     loaded = []
 
@@ -224,6 +227,21 @@ def test_switching_keyspace_moves_every_user_and_loses_no_event(redis_client):
     )
     assert retried.duplicate  # the idempotency key moved with its TTL
     assert 0 < redis_client.ttl(target.event_key(1, "e-1")) <= 60
+    assert lagging.impressions(1, ["campaign-7"]) == {"campaign-7": 2}  # and so did pin impressions
+    assert 0 < redis_client.ttl(target.impressions_key(1, "campaign-7")) <= 600
+
+
+def test_pin_impressions_count_within_a_window_that_the_first_one_opens(redis_client):
+    store = RedisFeatureStore(redis_client)
+    assert store.impressions(9, ["a", "b"]) == {"a": 0, "b": 0}
+    store.count_impressions(9, [("a", 1), ("b", 600)])
+    store.count_impressions(9, [("a", 1)])
+    assert store.impressions(9, ["a", "b"]) == {"a": 2, "b": 1}
+    assert store.impressions(10, ["a"]) == {"a": 0}  # per user
+    # later impressions do not push the window's end: it closes a second after the first
+    _wait_for(lambda: store.impressions(9, ["a"])["a"] == 0, timeout_s=3.0)
+    assert store.impressions(9, ["b"]) == {"b": 1}
+    assert 0 < redis_client.ttl(store.keyspace.impressions_key(9, "b")) <= 600
 
 
 def test_a_newer_key_layout_is_not_followed(redis_client, caplog):

@@ -49,6 +49,9 @@ def test_an_outage_degrades_reads_refuses_writes_retryably_and_heals_by_itself(r
             store.record_event(1, HistoryEvent(11, 1, 101), 50, "e-2", 3600)
         assert refused.value.status == "UNAVAILABLE" and refused.value.retry_after_s > 0
         assert store.breaker.state is BreakerState.OPEN
+        # pin impressions cannot be read: None, so the server shows no capped pin; counting them fails quietly
+        assert store.impressions(1, ["campaign-7"]) is None
+        store.count_impressions(1, [("campaign-7", 60)])
         started = time.perf_counter()
         for _ in range(100):  # an open breaker answers from the cache without touching Redis
             assert store.read_user(1, 50, wait_s=1.0).degraded_reason == STALE_FEATURES
@@ -64,6 +67,11 @@ def test_an_outage_degrades_reads_refuses_writes_retryably_and_heals_by_itself(r
         assert back.degraded_reason is None and back.state.history_items.tolist() == [10]  # not lost
         retried = store.record_event(1, HistoryEvent(10, 1, 100), 50, "e-1", 3600)
         assert retried.duplicate  # the idempotency key survived the restart too
+        store.count_impressions(1, [("campaign-7", 60)])
+        deadline = time.monotonic() + 5  # counted on the read pool, after the answer
+        while store.impressions(1, ["campaign-7"]) != {"campaign-7": 1}:
+            assert time.monotonic() < deadline, "an impression was not counted after Redis returned"
+            time.sleep(0.05)
     finally:
         store.close()
 

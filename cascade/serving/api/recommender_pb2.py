@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11recommender.proto\x12\ncascade.v1\"Q\n\x0c\x44\x65mographics\x12\x0e\n\x06gender\x18\x01 \x01(\t\x12\x0b\n\x03\x61ge\x18\x02 \x01(\x05\x12\x12\n\noccupation\x18\x03 \x01(\t\x12\x10\n\x08zip_code\x18\x04 \x01(\t\"\xb0\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x03 \x03(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12.\n\x0c\x64\x65mographics\x18\x05 \x01(\x0b\x32\x18.cascade.v1.Demographics\x12\x11\n\tbudget_ms\x18\x06 \x01(\x05\x12\x0f\n\x07\x65xplain\x18\x07 \x01(\x08\"6\n\x0fItemExplanation\x12\x14\n\x0cranker_score\x18\x01 \x01(\x02\x12\r\n\x05rules\x18\x02 \x03(\t\"\x99\x01\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x15\n\rchannel_score\x18\x05 \x01(\x02\x12\x30\n\x0b\x65xplanation\x18\x06 \x01(\x0b\x32\x1b.cascade.v1.ItemExplanation\"N\n\rModelVersions\x12\x0e\n\x06recall\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\t\x12\x0f\n\x07ranking\x18\x03 \x01(\t\x12\r\n\x05rules\x18\x04 \x01(\t\"\xb3\x03\n\x11RecommendResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\x05items\x18\x02 \x03(\x0b\x32\x1b.cascade.v1.RecommendedItem\x12\x31\n\x0emodel_versions\x18\x03 \x01(\x0b\x32\x19.cascade.v1.ModelVersions\x12\x10\n\x08new_user\x18\x04 \x01(\x08\x12<\n\x08stage_ms\x18\x05 \x03(\x0b\x32*.cascade.v1.RecommendResponse.StageMsEntry\x12\x10\n\x08\x64\x65graded\x18\x06 \x01(\x08\x12\x18\n\x10\x64\x65graded_reasons\x18\x07 \x03(\t\x12I\n\x0fremoved_by_rule\x18\x08 \x03(\x0b\x32\x30.cascade.v1.RecommendResponse.RemovedByRuleEntry\x1a.\n\x0cStageMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x34\n\x12RemovedByRuleEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\x96\x01\n\x12RecordEventRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12)\n\nevent_type\x18\x03 \x01(\x0e\x32\x15.cascade.v1.EventType\x12\x11\n\ttimestamp\x18\x04 \x01(\x03\x12\x10\n\x08\x65vent_id\x18\x05 \x01(\t\x12\x0e\n\x06rating\x18\x06 \x01(\x02\"@\n\x13RecordEventResponse\x12\x16\n\x0ehistory_length\x18\x01 \x01(\x05\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"E\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"<\n\x0bSimilarItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\"\x85\x01\n\x14SimilarItemsResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12&\n\x05items\x18\x02 \x03(\x0b\x32\x17.cascade.v1.SimilarItem\x12\x31\n\x0emodel_versions\x18\x03 \x01(\x0b\x32\x19.cascade.v1.ModelVersions*\x80\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x45VENT_TYPE_VIEW\x10\x01\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x02\x12\x13\n\x0f\x45VENT_TYPE_RATE\x10\x03\x12\x17\n\x13\x45VENT_TYPE_PURCHASE\x10\x04\x32\xfa\x01\n\x0bRecommender\x12H\n\tRecommend\x12\x1c.cascade.v1.RecommendRequest\x1a\x1d.cascade.v1.RecommendResponse\x12N\n\x0bRecordEvent\x12\x1e.cascade.v1.RecordEventRequest\x1a\x1f.cascade.v1.RecordEventResponse\x12Q\n\x0cSimilarItems\x12\x1f.cascade.v1.SimilarItemsRequest\x1a .cascade.v1.SimilarItemsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11recommender.proto\x12\ncascade.v1\"Q\n\x0c\x44\x65mographics\x12\x0e\n\x06gender\x18\x01 \x01(\t\x12\x0b\n\x03\x61ge\x18\x02 \x01(\x05\x12\x12\n\noccupation\x18\x03 \x01(\t\x12\x10\n\x08zip_code\x18\x04 \x01(\t\"\xab\x02\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x03 \x03(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12.\n\x0c\x64\x65mographics\x18\x05 \x01(\x0b\x32\x18.cascade.v1.Demographics\x12\x11\n\tbudget_ms\x18\x06 \x01(\x05\x12\x0f\n\x07\x65xplain\x18\x07 \x01(\x08\x12\x0f\n\x07surface\x18\x08 \x01(\t\x12\x11\n\ttimestamp\x18\t \x01(\x03\x12\x16\n\x0einclude_genres\x18\n \x03(\t\x12\x16\n\x0e\x65xclude_genres\x18\x0b \x03(\t\x12\x11\n\tpage_size\x18\x0c \x01(\x05\x12\x12\n\npage_token\x18\r \x01(\t\"6\n\x0fItemExplanation\x12\x14\n\x0cranker_score\x18\x01 \x01(\x02\x12\r\n\x05rules\x18\x02 \x03(\t\"\xbf\x01\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x15\n\rchannel_score\x18\x05 \x01(\x02\x12\x30\n\x0b\x65xplanation\x18\x06 \x01(\x0b\x32\x1b.cascade.v1.ItemExplanation\x12\x12\n\npropensity\x18\x07 \x01(\x02\x12\x10\n\x08position\x18\x08 \x01(\x05\"N\n\rModelVersions\x12\x0e\n\x06recall\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\t\x12\x0f\n\x07ranking\x18\x03 \x01(\t\x12\r\n\x05rules\x18\x04 \x01(\t\"\xcc\x03\n\x11RecommendResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\x05items\x18\x02 \x03(\x0b\x32\x1b.cascade.v1.RecommendedItem\x12\x31\n\x0emodel_versions\x18\x03 \x01(\x0b\x32\x19.cascade.v1.ModelVersions\x12\x10\n\x08new_user\x18\x04 \x01(\x08\x12<\n\x08stage_ms\x18\x05 \x03(\x0b\x32*.cascade.v1.RecommendResponse.StageMsEntry\x12\x10\n\x08\x64\x65graded\x18\x06 \x01(\x08\x12\x18\n\x10\x64\x65graded_reasons\x18\x07 \x03(\t\x12I\n\x0fremoved_by_rule\x18\x08 \x03(\x0b\x32\x30.cascade.v1.RecommendResponse.RemovedByRuleEntry\x12\x17\n\x0fnext_page_token\x18\t \x01(\t\x1a.\n\x0cStageMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x34\n\x12RemovedByRuleEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\x96\x01\n\x12RecordEventRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12)\n\nevent_type\x18\x03 \x01(\x0e\x32\x15.cascade.v1.EventType\x12\x11\n\ttimestamp\x18\x04 \x01(\x03\x12\x10\n\x08\x65vent_id\x18\x05 \x01(\t\x12\x0e\n\x06rating\x18\x06 \x01(\x02\"@\n\x13RecordEventResponse\x12\x16\n\x0ehistory_length\x18\x01 \x01(\x05\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"\xb1\x01\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12\x16\n\x0einclude_genres\x18\x05 \x03(\t\x12\x16\n\x0e\x65xclude_genres\x18\x06 \x03(\t\x12\x0f\n\x07surface\x18\x07 \x01(\t\x12\x0f\n\x07\x65xplain\x18\x08 \x01(\x08\"n\n\x0bSimilarItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x30\n\x0b\x65xplanation\x18\x04 \x01(\x0b\x32\x1b.cascade.v1.ItemExplanation\"\x89\x02\n\x14SimilarItemsResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12&\n\x05items\x18\x02 \x03(\x0b\x32\x17.cascade.v1.SimilarItem\x12\x31\n\x0emodel_versions\x18\x03 \x01(\x0b\x32\x19.cascade.v1.ModelVersions\x12L\n\x0fremoved_by_rule\x18\x04 \x03(\x0b\x32\x33.cascade.v1.SimilarItemsResponse.RemovedByRuleEntry\x1a\x34\n\x12RemovedByRuleEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01*\x80\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x45VENT_TYPE_VIEW\x10\x01\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x02\x12\x13\n\x0f\x45VENT_TYPE_RATE\x10\x03\x12\x17\n\x13\x45VENT_TYPE_PURCHASE\x10\x04\x32\xfa\x01\n\x0bRecommender\x12H\n\tRecommend\x12\x1c.cascade.v1.RecommendRequest\x1a\x1d.cascade.v1.RecommendResponse\x12N\n\x0bRecordEvent\x12\x1e.cascade.v1.RecordEventRequest\x1a\x1f.cascade.v1.RecordEventResponse\x12Q\n\x0cSimilarItems\x12\x1f.cascade.v1.SimilarItemsRequest\x1a .cascade.v1.SimilarItemsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,34 +35,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECOMMENDRESPONSE_STAGEMSENTRY']._serialized_options = b'8\001'
   _globals['_RECOMMENDRESPONSE_REMOVEDBYRULEENTRY']._loaded_options = None
   _globals['_RECOMMENDRESPONSE_REMOVEDBYRULEENTRY']._serialized_options = b'8\001'
-  _globals['_EVENTTYPE']._serialized_start=1514
-  _globals['_EVENTTYPE']._serialized_end=1642
+  _globals['_SIMILARITEMSRESPONSE_REMOVEDBYRULEENTRY']._loaded_options = None
+  _globals['_SIMILARITEMSRESPONSE_REMOVEDBYRULEENTRY']._serialized_options = b'8\001'
+  _globals['_EVENTTYPE']._serialized_start=1991
+  _globals['_EVENTTYPE']._serialized_end=2119
   _globals['_DEMOGRAPHICS']._serialized_start=33
   _globals['_DEMOGRAPHICS']._serialized_end=114
   _globals['_RECOMMENDREQUEST']._serialized_start=117
-  _globals['_RECOMMENDREQUEST']._serialized_end=293
-  _globals['_ITEMEXPLANATION']._serialized_start=295
-  _globals['_ITEMEXPLANATION']._serialized_end=349
-  _globals['_RECOMMENDEDITEM']._serialized_start=352
-  _globals['_RECOMMENDEDITEM']._serialized_end=505
-  _globals['_MODELVERSIONS']._serialized_start=507
-  _globals['_MODELVERSIONS']._serialized_end=585
-  _globals['_RECOMMENDRESPONSE']._serialized_start=588
-  _globals['_RECOMMENDRESPONSE']._serialized_end=1023
-  _globals['_RECOMMENDRESPONSE_STAGEMSENTRY']._serialized_start=923
-  _globals['_RECOMMENDRESPONSE_STAGEMSENTRY']._serialized_end=969
-  _globals['_RECOMMENDRESPONSE_REMOVEDBYRULEENTRY']._serialized_start=971
-  _globals['_RECOMMENDRESPONSE_REMOVEDBYRULEENTRY']._serialized_end=1023
-  _globals['_RECORDEVENTREQUEST']._serialized_start=1026
-  _globals['_RECORDEVENTREQUEST']._serialized_end=1176
-  _globals['_RECORDEVENTRESPONSE']._serialized_start=1178
-  _globals['_RECORDEVENTRESPONSE']._serialized_end=1242
-  _globals['_SIMILARITEMSREQUEST']._serialized_start=1244
-  _globals['_SIMILARITEMSREQUEST']._serialized_end=1313
-  _globals['_SIMILARITEM']._serialized_start=1315
-  _globals['_SIMILARITEM']._serialized_end=1375
-  _globals['_SIMILARITEMSRESPONSE']._serialized_start=1378
-  _globals['_SIMILARITEMSRESPONSE']._serialized_end=1511
-  _globals['_RECOMMENDER']._serialized_start=1645
-  _globals['_RECOMMENDER']._serialized_end=1895
+  _globals['_RECOMMENDREQUEST']._serialized_end=416
+  _globals['_ITEMEXPLANATION']._serialized_start=418
+  _globals['_ITEMEXPLANATION']._serialized_end=472
+  _globals['_RECOMMENDEDITEM']._serialized_start=475
+  _globals['_RECOMMENDEDITEM']._serialized_end=666
+  _globals['_MODELVERSIONS']._serialized_start=668
+  _globals['_MODELVERSIONS']._serialized_end=746
+  _globals['_RECOMMENDRESPONSE']._serialized_start=749
+  _globals['_RECOMMENDRESPONSE']._serialized_end=1209
+  _globals['_RECOMMENDRESPONSE_STAGEMSENTRY']._serialized_start=1109
+  _globals['_RECOMMENDRESPONSE_STAGEMSENTRY']._serialized_end=1155
+  _globals['_RECOMMENDRESPONSE_REMOVEDBYRULEENTRY']._serialized_start=1157
+  _globals['_RECOMMENDRESPONSE_REMOVEDBYRULEENTRY']._serialized_end=1209
+  _globals['_RECORDEVENTREQUEST']._serialized_start=1212
+  _globals['_RECORDEVENTREQUEST']._serialized_end=1362
+  _globals['_RECORDEVENTRESPONSE']._serialized_start=1364
+  _globals['_RECORDEVENTRESPONSE']._serialized_end=1428
+  _globals['_SIMILARITEMSREQUEST']._serialized_start=1431
+  _globals['_SIMILARITEMSREQUEST']._serialized_end=1608
+  _globals['_SIMILARITEM']._serialized_start=1610
+  _globals['_SIMILARITEM']._serialized_end=1720
+  _globals['_SIMILARITEMSRESPONSE']._serialized_start=1723
+  _globals['_SIMILARITEMSRESPONSE']._serialized_end=1988
+  _globals['_SIMILARITEMSRESPONSE_REMOVEDBYRULEENTRY']._serialized_start=1157
+  _globals['_SIMILARITEMSRESPONSE_REMOVEDBYRULEENTRY']._serialized_end=1209
+  _globals['_RECOMMENDER']._serialized_start=2122
+  _globals['_RECOMMENDER']._serialized_end=2372
 # @@protoc_insertion_point(module_scope)

@@ -33,7 +33,7 @@ class Demographics(_message.Message):
     def __init__(self, gender: _Optional[str] = ..., age: _Optional[int] = ..., occupation: _Optional[str] = ..., zip_code: _Optional[str] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("user_id", "k", "exclude_item_ids", "request_id", "demographics", "budget_ms", "explain")
+    __slots__ = ("user_id", "k", "exclude_item_ids", "request_id", "demographics", "budget_ms", "explain", "surface", "timestamp", "include_genres", "exclude_genres", "page_size", "page_token")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,12 @@ class RecommendRequest(_message.Message):
     DEMOGRAPHICS_FIELD_NUMBER: _ClassVar[int]
     BUDGET_MS_FIELD_NUMBER: _ClassVar[int]
     EXPLAIN_FIELD_NUMBER: _ClassVar[int]
+    SURFACE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_GENRES_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_GENRES_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     k: int
     exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
@@ -48,7 +54,13 @@ class RecommendRequest(_message.Message):
     demographics: Demographics
     budget_ms: int
     explain: bool
-    def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., demographics: _Optional[_Union[Demographics, _Mapping]] = ..., budget_ms: _Optional[int] = ..., explain: _Optional[bool] = ...) -> None: ...
+    surface: str
+    timestamp: int
+    include_genres: _containers.RepeatedScalarFieldContainer[str]
+    exclude_genres: _containers.RepeatedScalarFieldContainer[str]
+    page_size: int
+    page_token: str
+    def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., demographics: _Optional[_Union[Demographics, _Mapping]] = ..., budget_ms: _Optional[int] = ..., explain: _Optional[bool] = ..., surface: _Optional[str] = ..., timestamp: _Optional[int] = ..., include_genres: _Optional[_Iterable[str]] = ..., exclude_genres: _Optional[_Iterable[str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ItemExplanation(_message.Message):
     __slots__ = ("ranker_score", "rules")
@@ -59,20 +71,24 @@ class ItemExplanation(_message.Message):
     def __init__(self, ranker_score: _Optional[float] = ..., rules: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RecommendedItem(_message.Message):
-    __slots__ = ("item_id", "title", "score", "source", "channel_score", "explanation")
+    __slots__ = ("item_id", "title", "score", "source", "channel_score", "explanation", "propensity", "position")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_SCORE_FIELD_NUMBER: _ClassVar[int]
     EXPLANATION_FIELD_NUMBER: _ClassVar[int]
+    PROPENSITY_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     title: str
     score: float
     source: str
     channel_score: float
     explanation: ItemExplanation
-    def __init__(self, item_id: _Optional[str] = ..., title: _Optional[str] = ..., score: _Optional[float] = ..., source: _Optional[str] = ..., channel_score: _Optional[float] = ..., explanation: _Optional[_Union[ItemExplanation, _Mapping]] = ...) -> None: ...
+    propensity: float
+    position: int
+    def __init__(self, item_id: _Optional[str] = ..., title: _Optional[str] = ..., score: _Optional[float] = ..., source: _Optional[str] = ..., channel_score: _Optional[float] = ..., explanation: _Optional[_Union[ItemExplanation, _Mapping]] = ..., propensity: _Optional[float] = ..., position: _Optional[int] = ...) -> None: ...
 
 class ModelVersions(_message.Message):
     __slots__ = ("recall", "index", "ranking", "rules")
@@ -87,7 +103,7 @@ class ModelVersions(_message.Message):
     def __init__(self, recall: _Optional[str] = ..., index: _Optional[str] = ..., ranking: _Optional[str] = ..., rules: _Optional[str] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("request_id", "items", "model_versions", "new_user", "stage_ms", "degraded", "degraded_reasons", "removed_by_rule")
+    __slots__ = ("request_id", "items", "model_versions", "new_user", "stage_ms", "degraded", "degraded_reasons", "removed_by_rule", "next_page_token")
     class StageMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +126,7 @@ class RecommendResponse(_message.Message):
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_REASONS_FIELD_NUMBER: _ClassVar[int]
     REMOVED_BY_RULE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
     model_versions: ModelVersions
@@ -118,7 +135,8 @@ class RecommendResponse(_message.Message):
     degraded: bool
     degraded_reasons: _containers.RepeatedScalarFieldContainer[str]
     removed_by_rule: _containers.ScalarMap[str, int]
-    def __init__(self, request_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_versions: _Optional[_Union[ModelVersions, _Mapping]] = ..., new_user: _Optional[bool] = ..., stage_ms: _Optional[_Mapping[str, float]] = ..., degraded: _Optional[bool] = ..., degraded_reasons: _Optional[_Iterable[str]] = ..., removed_by_rule: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, request_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_versions: _Optional[_Union[ModelVersions, _Mapping]] = ..., new_user: _Optional[bool] = ..., stage_ms: _Optional[_Mapping[str, float]] = ..., degraded: _Optional[bool] = ..., degraded_reasons: _Optional[_Iterable[str]] = ..., removed_by_rule: _Optional[_Mapping[str, int]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class RecordEventRequest(_message.Message):
     __slots__ = ("user_id", "item_id", "event_type", "timestamp", "event_id", "rating")
@@ -145,31 +163,52 @@ class RecordEventResponse(_message.Message):
     def __init__(self, history_length: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class SimilarItemsRequest(_message.Message):
-    __slots__ = ("item_id", "k", "request_id")
+    __slots__ = ("item_id", "k", "request_id", "exclude_item_ids", "include_genres", "exclude_genres", "surface", "explain")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_GENRES_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_GENRES_FIELD_NUMBER: _ClassVar[int]
+    SURFACE_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     k: int
     request_id: str
-    def __init__(self, item_id: _Optional[str] = ..., k: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    include_genres: _containers.RepeatedScalarFieldContainer[str]
+    exclude_genres: _containers.RepeatedScalarFieldContainer[str]
+    surface: str
+    explain: bool
+    def __init__(self, item_id: _Optional[str] = ..., k: _Optional[int] = ..., request_id: _Optional[str] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., include_genres: _Optional[_Iterable[str]] = ..., exclude_genres: _Optional[_Iterable[str]] = ..., surface: _Optional[str] = ..., explain: _Optional[bool] = ...) -> None: ...
 
 class SimilarItem(_message.Message):
-    __slots__ = ("item_id", "title", "score")
+    __slots__ = ("item_id", "title", "score", "explanation")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATION_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     title: str
     score: float
-    def __init__(self, item_id: _Optional[str] = ..., title: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+    explanation: ItemExplanation
+    def __init__(self, item_id: _Optional[str] = ..., title: _Optional[str] = ..., score: _Optional[float] = ..., explanation: _Optional[_Union[ItemExplanation, _Mapping]] = ...) -> None: ...
 
 class SimilarItemsResponse(_message.Message):
-    __slots__ = ("request_id", "items", "model_versions")
+    __slots__ = ("request_id", "items", "model_versions", "removed_by_rule")
+    class RemovedByRuleEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_BY_RULE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     items: _containers.RepeatedCompositeFieldContainer[SimilarItem]
     model_versions: ModelVersions
-    def __init__(self, request_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[SimilarItem, _Mapping]]] = ..., model_versions: _Optional[_Union[ModelVersions, _Mapping]] = ...) -> None: ...
+    removed_by_rule: _containers.ScalarMap[str, int]
+    def __init__(self, request_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[SimilarItem, _Mapping]]] = ..., model_versions: _Optional[_Union[ModelVersions, _Mapping]] = ..., removed_by_rule: _Optional[_Mapping[str, int]] = ...) -> None: ...

@@ -74,6 +74,15 @@ class OnlineFeatureStore(ABC):
         and optionally event_type. The marker is written last, so an interrupted load is redone."""
 
     @abstractmethod
+    def impressions(self, user_id: int, counters: list[str]) -> dict[str, int]:
+        """How many impressions each of the named counters holds for the user (0 when none or expired)."""
+
+    @abstractmethod
+    def count_impressions(self, user_id: int, counters: list[tuple[str, float]]) -> None:
+        """Add one impression to each (name, window seconds) counter of the user. A counter's window starts
+        at its first impression: it expires that long after, and counts from zero again."""
+
+    @abstractmethod
     def loaded_marker(self) -> str | None:
         """The marker of the last complete bulk load, if any."""
 

@@ -11,6 +11,8 @@ that record an event or move a user to a new keyspace stay valid there. Under a 
     <prefix>:{u:42}:ratings   hash  item id -> the rating of the user's latest RATE event on it
     <prefix>:{u:42}:event:<event_id>   str  an acknowledged event's idempotency key, expiring after the
                                             dedupe window
+    <prefix>:{u:42}:shown:<counter>    str  impressions of a rules file's capped pin, expiring at the end
+                                            of the window its first impression opened
     <prefix>:meta:load        str   marker of the last complete bulk load into this keyspace
 
 Outside any keyspace:
@@ -85,6 +87,9 @@ class Keyspace:
     def event_key(self, user_id: int, event_id: str) -> bytes:
         """The idempotency key of one event: in the user's slot, so the recording script may touch it."""
         return self._user(user_id, f"event:{event_id}")
+
+    def impressions_key(self, user_id: int, counter: str) -> bytes:
+        return self._user(user_id, f"shown:{counter}")
 
     @property
     def load_marker_key(self) -> bytes:

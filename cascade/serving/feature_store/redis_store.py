@@ -212,6 +212,25 @@ class RedisFeatureStore(OnlineFeatureStore):
         raw = self.client.hgetall(self.keyspace.ratings_key(user_id))
         return {int(item): float(value) for item, value in raw.items()}
 
+    def impressions(self, user_id: int, counters: list[str]) -> dict[str, int]:
+        if not counters:
+            return {}
+        keyspace = self.keyspace
+        values = self.client.mget([keyspace.impressions_key(user_id, name) for name in counters])
+        return {name: int(value) if value is not None else 0 for name, value in zip(counters, values)}
+
+    def count_impressions(self, user_id: int, counters: list[tuple[str, float]]) -> None:
+        if not counters:
+            return
+        keyspace = self.keyspace
+        pipe = self.client.pipeline(transaction=False)
+        for name, window_s in counters:
+            key = keyspace.impressions_key(user_id, name)
+            # only the first impression of a window creates the key and so sets when it ends; INCR keeps it
+            pipe.set(key, 0, ex=max(int(window_s), 1), nx=True)
+            pipe.incr(key)
+        pipe.execute()
+
     def bulk_load(
         self,
         users: pd.DataFrame,
@@ -349,14 +368,14 @@ class RedisFeatureStore(OnlineFeatureStore):
         self, source: keys.Keyspace, target: keys.Keyspace, first_pass: bool, chunk_keys: int
     ) -> int:
         users: set[int] = set()
-        events: list[bytes] = []
+        copied: list[bytes] = []  # idempotency keys and impression counters, copied with their TTL
         for key in self.client.scan_iter(match=source.user_key_pattern, count=chunk_keys):
             user = keys.user_of_key(key)
             if user is None:
                 continue
             users.add(user)
-            if b":event:" in key:
-                events.append(key)
+            if b":event:" in key or b":shown:" in key:
+                copied.append(key)
         length = target.history_length or 0
         ordered = sorted(users)
         for begin in range(0, len(ordered), chunk_keys):
@@ -372,9 +391,9 @@ class RedisFeatureStore(OnlineFeatureStore):
                     client=pipe,
                 )  # fmt: skip
             pipe.execute()
-        for begin in range(0, len(events), chunk_keys):
+        for begin in range(0, len(copied), chunk_keys):
             pipe = self.client.pipeline(transaction=False)
-            for key in events[begin : begin + chunk_keys]:
+            for key in copied[begin : begin + chunk_keys]:
                 pipe.copy(key, source.moved_key(key, target))  # keeps the TTL; an existing copy stays
             pipe.execute()
         return len(users)

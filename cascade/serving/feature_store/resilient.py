@@ -9,6 +9,7 @@ client's timeout) because an acknowledgement must mean the event is stored.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import threading
@@ -173,6 +174,36 @@ class ResilientFeatureStore:
         if not result.duplicate:
             self._cache.update(user_id, lambda cached: _with_event(*cached, event))
         return result
+
+    def impressions(self, user_id: int, counters: list[str]) -> dict[str, int] | None:
+        """The user's impression counters (``OnlineFeatureStore.impressions``), None when the store cannot
+        say: the caller then treats each capped pin as spent, rather than show it past its cap."""
+        if not counters:
+            return {}
+        if not self.breaker.allow():
+            return None
+        try:
+            counts = self.backend.impressions(user_id, counters)
+        except _STORE_FAILURES:
+            self.breaker.failed()
+            return None
+        self.breaker.succeeded()
+        return counts
+
+    def count_impressions(self, user_id: int, counters: list[tuple[str, float]]) -> None:
+        """Count the impressions on the read pool, after the answer: a lost count lets a pin show once more
+        than its cap, which does not justify failing or slowing the request that showed it."""
+        if not counters:
+            return
+
+        def count() -> None:
+            try:
+                self.backend.count_impressions(user_id, counters)
+            except _STORE_FAILURES as exc:  # the breaker is the reads' business: it is not touched here
+                logger.warning("pin impressions not counted: %s", type(exc).__name__)
+
+        with contextlib.suppress(RuntimeError):  # the pool is shut down: the server is stopping
+            self._reads.submit(contextvars.copy_context().run, count)
 
     def probe(self) -> bool:
         """Ping the store when the breaker allows a call (and follow its keyspace pointer); True when it

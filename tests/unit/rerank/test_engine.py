@@ -11,7 +11,8 @@ from cascade.core.errors import ConfigError
 from cascade.rerank.catalogue import ItemAttributes
 from cascade.rerank.config import RerankConfig
 from cascade.rerank.engine import RuleEngine
-from cascade.rerank.rules_file import parse_rules
+from cascade.rerank.request import RerankRequest
+from cascade.rerank.rules_file import UserTraits, parse_rules
 
 NOW = datetime(2026, 12, 1, tzinfo=timezone.utc).timestamp()
 GENRES = ("Action", "Comedy", "Drama")
@@ -40,17 +41,22 @@ def engine(catalogue, text: str = "", **config) -> RuleEngine:
 ITEMS = np.arange(1, 10)
 SCORES = np.array([9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0], dtype=np.float32)
 NONE = np.zeros(0, dtype=np.int64)
+AT_NOW = RerankRequest(at=NOW)
 
 
 def test_without_rules_it_filters_dedupes_and_keeps_the_top_k_with_the_rankers_scores(catalogue):
     items = np.array([5, 3, 9, 3, 7, 0, 2])
     scores = np.array([0.9, 0.2, 0.8, 0.95, 0.7, 1.0, 0.8], dtype=np.float32)
-    out = engine(catalogue).apply(items, scores, np.array([9]), np.array([7]), 3, NOW, explain=True)
+    out = engine(catalogue).apply(
+        items, scores, RerankRequest(np.array([9]), np.array([7]), NOW), 3, explain=True
+    )
     assert out.items.tolist() == [3, 5, 2]  # 9 seen, 7 excluded, 0 padding, 3 kept once at its best
     assert out.scores.tolist() == pytest.approx([0.95, 0.9, 0.8])
     assert items[out.positions].tolist() == out.items.tolist()
     assert out.removed == {"seen": 1, "exclude": 1}
-    keep_seen = engine(catalogue, filter_seen=False).apply(items, scores, np.array([9]), NONE, 10, NOW)
+    keep_seen = engine(catalogue, filter_seen=False).apply(
+        items, scores, RerankRequest(np.array([9]), NONE, NOW), 10
+    )
     assert 9 in keep_seen.items
 
 
@@ -65,20 +71,20 @@ genres = ["Drama"]
 kind = "min_quality"
 min_mean_rating = 3.5
 """
-    out = engine(catalogue, rules).apply(ITEMS, SCORES, NONE, NONE, 9, NOW, explain=True)
+    out = engine(catalogue, rules).apply(ITEMS, SCORES, AT_NOW, 9, explain=True)
     # Drama: 3, 4, 7, 9 and item 1 by id; then quality < 3.5: 2 (2.5), 6 (3.0)
     assert out.items.tolist() == [5, 8]
     assert out.removed == {"blocklist:legal": 5, "min_quality": 2}
     unrated = engine(catalogue, '[[rules]]\nkind = "min_quality"\nmin_mean_rating = 5')
-    assert unrated.apply(ITEMS, SCORES, NONE, NONE, 9, NOW).items.tolist() == [9]  # no ratings: kept
+    assert unrated.apply(ITEMS, SCORES, AT_NOW, 9).items.tolist() == [9]  # no ratings: kept
 
 
 def test_genre_filter_and_release_window(catalogue):
     include = '[[rules]]\nkind = "genre_filter"\ninclude = ["Comedy"]\nexclude = ["Drama"]'
-    assert engine(catalogue, include).apply(ITEMS, SCORES, NONE, NONE, 9, NOW).items.tolist() == [2, 5, 6, 8]
+    assert engine(catalogue, include).apply(ITEMS, SCORES, AT_NOW, 9).items.tolist() == [2, 5, 6, 8]
     window = '[[rules]]\nkind = "release_window"\nmin_year = 1990\nmax_age_years = 20'
     # 2024, 2010, 2026, 2000... as of 2026-12: at most 20 years old means released 2006 or later; 9 unknown
-    assert engine(catalogue, window).apply(ITEMS, SCORES, NONE, NONE, 9, NOW).items.tolist() == [
+    assert engine(catalogue, window).apply(ITEMS, SCORES, AT_NOW, 9).items.tolist() == [
         2,
         3,
         5,
@@ -95,14 +101,14 @@ name = "action-week"
 genres = ["Action"]
 factor = 3.0
 """
-    out = engine(catalogue, rules).apply(ITEMS, SCORES, NONE, NONE, 3, NOW, explain=True)
+    out = engine(catalogue, rules).apply(ITEMS, SCORES, AT_NOW, 3, explain=True)
     # on [0.1, 1]: item 1 (Action) 1.0 x 3; item 5 (Action|Comedy) 0.55 x 3 and item 7 (Drama|Action)
     # 0.325 x 3 pass item 2 (0.8875)
     assert out.items.tolist() == [1, 5, 7]
     assert out.scores.tolist() == pytest.approx([3.0, 1.65, 0.975])
     assert out.fired == [["boost:action-week x3"]] * 3
     assert out.base_scores.tolist() == [9.0, 5.0, 3.0]
-    negative = engine(catalogue, rules).apply(ITEMS, SCORES - 100, NONE, NONE, 3, NOW)
+    negative = engine(catalogue, rules).apply(ITEMS, SCORES - 100, AT_NOW, 3)
     assert negative.items.tolist() == [1, 5, 7]  # the same whatever the ranker's scale
 
 
@@ -113,14 +119,14 @@ kind = "blocklist"
 items = ["m1"]
 starts = 2026-12-02T00:00:00Z
 """
-    assert engine(catalogue, rules).apply(ITEMS, SCORES, NONE, NONE, 1, NOW).items.tolist() == [1]
+    assert engine(catalogue, rules).apply(ITEMS, SCORES, AT_NOW, 1).items.tolist() == [1]
     later = NOW + 2 * 86400
-    assert engine(catalogue, rules).apply(ITEMS, SCORES, NONE, NONE, 1, later).items.tolist() == [2]
+    assert engine(catalogue, rules).apply(ITEMS, SCORES, RerankRequest(at=later), 1).items.tolist() == [2]
 
 
 def test_freshness_favours_recent_releases_with_a_half_life(catalogue):
     rules = '[[rules]]\nkind = "freshness"\nhalf_life_years = 1\nweight = 1.0'
-    out = engine(catalogue, rules).apply(ITEMS, SCORES, NONE, NONE, 9, NOW, explain=True)
+    out = engine(catalogue, rules).apply(ITEMS, SCORES, AT_NOW, 9, explain=True)
     by_item = dict(zip(out.items.tolist(), out.fired))
     assert by_item[9] == []  # unknown year: no boost
     factor = {item: float(why[0].split(" x")[1]) for item, why in by_item.items() if why}
@@ -131,11 +137,11 @@ def test_freshness_favours_recent_releases_with_a_half_life(catalogue):
 
 def test_cap_keeps_at_most_n_of_a_genre_in_the_capped_positions(catalogue):
     rules = '[[rules]]\nkind = "cap"\nmax_per_value = 1\nwithin = 3'
-    out = engine(catalogue, rules).apply(ITEMS, SCORES, NONE, NONE, 5, NOW, explain=True)
+    out = engine(catalogue, rules).apply(ITEMS, SCORES, AT_NOW, 5, explain=True)
     # 1 Action; 2 Comedy; 3 Comedy|Drama waits; 4 Drama; past position 3 the cap is off: 3, then 5
     assert out.items.tolist() == [1, 2, 4, 3, 5]
     whole = engine(catalogue, '[[rules]]\nkind = "cap"\nmax_per_value = 1').apply(
-        ITEMS, SCORES, NONE, NONE, 5, NOW, explain=True
+        ITEMS, SCORES, AT_NOW, 5, explain=True
     )
     assert whole.items.tolist() == [1, 2, 4]  # one Action, one Comedy, one Drama; nothing else fits
     # the list ended short, so every item held back counts, under its first genre that was full: 3, 6, 8
@@ -145,17 +151,15 @@ def test_cap_keeps_at_most_n_of_a_genre_in_the_capped_positions(catalogue):
 
 
 def test_mmr_trades_relevance_for_diversity_and_lambda_zero_is_the_ranking(catalogue):
-    plain = engine(catalogue, '[[rules]]\nkind = "mmr"\nlambda = 0.0').apply(
-        ITEMS, SCORES, NONE, NONE, 4, NOW
-    )
+    plain = engine(catalogue, '[[rules]]\nkind = "mmr"\nlambda = 0.0').apply(ITEMS, SCORES, AT_NOW, 4)
     assert plain.items.tolist() == [1, 2, 3, 4]
     scores = SCORES.copy()
     scores[5] = 8.5  # item 6 second best, and item 7 (its twin) third
     scores[6] = 8.4
-    top = engine(catalogue).apply(ITEMS, scores, NONE, NONE, 3, NOW).items.tolist()
+    top = engine(catalogue).apply(ITEMS, scores, AT_NOW, 3).items.tolist()
     assert top == [1, 6, 7]
     out = engine(catalogue, '[[rules]]\nkind = "mmr"\nlambda = 0.5').apply(
-        ITEMS, scores, NONE, NONE, 3, NOW, explain=True
+        ITEMS, scores, AT_NOW, 3, explain=True
     )
     assert 6 in out.items and 7 not in out.items.tolist()  # the twin is never worth its similarity
     vectors = catalogue.vectors_of(out.items)
@@ -181,12 +185,12 @@ item = "m9"
 position = 1
 """
     items = np.array([1, 2, 3])  # m8 was not even a candidate
-    out = engine(catalogue, rules).apply(items, SCORES[:3], NONE, NONE, 3, NOW, explain=True)
+    out = engine(catalogue, rules).apply(items, SCORES[:3], AT_NOW, 3, explain=True)
     assert out.items.tolist() == [1, 8, 2]
     assert out.positions.tolist() == [0, -1, 1]
     assert out.fired[1] == ["pin:campaign-7@2"]
     assert out.removed == {"pin:blocked": 1}
-    seen = engine(catalogue, rules).apply(items, SCORES[:3], np.array([8]), NONE, 3, NOW)
+    seen = engine(catalogue, rules).apply(items, SCORES[:3], RerankRequest(np.array([8]), NONE, NOW), 3)
     assert seen.items.tolist() == [1, 2, 3]  # a pinned item the user has seen is not shown
 
 
@@ -257,8 +261,176 @@ item = "m9"
 position = 5
 """
     rules = engine(catalogue, every)
-    empty = rules.apply(NONE, np.zeros(0, dtype=np.float32), NONE, NONE, 5, NOW, explain=True)
+    empty = rules.apply(NONE, np.zeros(0, dtype=np.float32), AT_NOW, 5, explain=True)
     assert empty.items.tolist() == [9] and empty.positions.tolist() == [-1]  # only the pin: position 5 of 1
-    short = rules.apply(ITEMS[:3], SCORES[:3], NONE, NONE, 2, NOW, explain=True)
+    short = rules.apply(ITEMS[:3], SCORES[:3], AT_NOW, 2, explain=True)
     assert len(short.items) == 2 and 9 not in short.items  # the pin's position is past k
     assert len(short.fired) == 2 and np.isfinite(short.base_scores).all()
+
+
+SEGMENTED = """
+[[segments]]
+name = "new"
+new_user = true
+[[segments]]
+name = "young-women"
+genders = ["F"]
+max_age = 30
+[[segments]]
+name = "gold"
+tiers = ["A"]
+[[rules]]
+kind = "blocklist"
+name = "new-users"
+items = ["m1"]
+segments = ["new"]
+[[rules]]
+kind = "genre_filter"
+name = "home"
+exclude = ["Drama"]
+surfaces = ["home"]
+[[rules]]
+kind = "boost"
+name = "comedy"
+genres = ["Comedy"]
+factor = 100
+segments = ["young-women", "gold"]
+"""
+
+
+def test_segments_and_surfaces_choose_each_requests_rules(catalogue):
+    rules = engine(catalogue, SEGMENTED)
+
+    def top(k=3, **request):
+        return rules.apply(ITEMS, SCORES, RerankRequest(at=NOW, **request), k).items.tolist()
+
+    returning = UserTraits(new_user=False, gender="M", age=40)
+    assert top(user=returning) == [1, 2, 3]
+    assert top(user=UserTraits(new_user=True)) == [2, 3, 4]  # the new users' blocklist
+    assert top(user=returning, surface="home") == [1, 2, 5]  # no Drama on the home surface
+    assert top(user=UserTraits(new_user=False, gender="F", age=25)) == [2, 3, 5]  # comedies first
+    assert top(user=UserTraits(new_user=False, gender="F", age=40)) == [1, 2, 3]
+    assert top(user=UserTraits(new_user=False, gender="F", age=-1)) == [1, 2, 3]  # unknown age: not in
+    assert top(user=UserTraits(new_user=False, tier="A")) == [2, 3, 5]
+    assert rules.segments_of(UserTraits(new_user=True, gender="F", age=20, tier="A")) == {
+        "new",
+        "young-women",
+        "gold",
+    }
+
+
+def test_the_requests_genres_filter_the_list_with_or_without_rules(catalogue):
+    request = RerankRequest(  # Comedy, no Drama
+        at=NOW, include_genres=(2,), exclude_genres=(3,), user=UserTraits(new_user=False)
+    )
+    for rules in (engine(catalogue), engine(catalogue, SEGMENTED)):
+        out = rules.apply(ITEMS, SCORES, request, 9, explain=True)
+        assert out.items.tolist() == [2, 5, 6, 8]
+        assert out.removed == {"request:genres": 5}
+
+
+def test_the_seen_rule_removes_items_by_event_type_and_age(catalogue):
+    day = 86400
+    history = np.array([[1, 1, NOW - day], [2, 4, NOW - 100 * day], [3, 1, NOW - 30 * day]], dtype=np.int64)
+    request = RerankRequest(at=NOW, history=history)
+    recent_views = '[[rules]]\nkind = "seen"\nevent_types = ["view"]\nmax_age_days = 7'
+    out = engine(catalogue, recent_views).apply(ITEMS, SCORES, request, 3, explain=True)
+    assert out.items.tolist() == [2, 3, 4] and out.removed == {"seen": 1}
+    purchases = '[[rules]]\nkind = "seen"\nname = "bought"\nevent_types = ["purchase"]'
+    out = engine(catalogue, purchases).apply(ITEMS, SCORES, request, 3, explain=True)
+    assert out.items.tolist() == [1, 3, 4] and out.removed == {"seen:bought": 1}
+    anything = engine(catalogue, '[[rules]]\nkind = "seen"').apply(ITEMS, SCORES, request, 3)
+    assert anything.items.tolist() == [4, 5, 6]
+    assert engine(catalogue, recent_views).apply(ITEMS, SCORES, AT_NOW, 3).items.tolist() == [1, 2, 3]
+
+
+# decades: 1 1990s, 2 2020s, 3 2010s, 4 1980s, 5 2020s, 6 2000s, 7 1990s, 8 2020s, 9 unknown
+BY_DECADE = np.array([8.0, 9.0, 7.0, 6.0, 8.9, 5.0, 4.0, 8.8, 3.0], dtype=np.float32)  # 2, 5, 8 first
+
+
+def test_spacing_keeps_items_of_one_value_apart_in_a_sliding_window(catalogue):
+    rules = '[[rules]]\nkind = "spacing"\nattribute = "decade"\nwindow = 3'
+    out = engine(catalogue, rules).apply(ITEMS, BY_DECADE, AT_NOW, 7, explain=True)
+    # 2; 5 and 8 (2020s) wait two positions; 1, 3; then 5; 4, 6; then 8
+    assert out.items.tolist() == [2, 1, 3, 5, 4, 6, 8]
+    decades = [catalogue.values("decade", item) for item in out.items.tolist()]
+    assert all(decades[i] != decades[j] for i in range(7) for j in range(i + 1, min(i + 3, 7)))
+    assert out.fired[3] == ["spacing:decade=2020s (#2 by score)"]
+    assert out.removed == {}  # everything held back was placed later
+
+
+def test_a_cap_on_another_attribute(catalogue):
+    rules = '[[rules]]\nkind = "cap"\nattribute = "decade"\nmax_per_value = 1'
+    out = engine(catalogue, rules).apply(ITEMS, BY_DECADE, AT_NOW, 6, explain=True)
+    assert out.items.tolist() == [2, 1, 3, 4, 6, 9]  # 9 has no year: no decade to cap
+    assert out.removed == {"cap:decade=2020s": 2, "cap:decade=1990s": 1}
+
+
+EXPLORE = '[[rules]]\nkind = "explore"\nshare = 0.5\ntemperature = 0.5\npool = 5'
+
+
+def test_exploration_is_seeded_and_its_propensities_are_the_draws_frequencies(catalogue):
+    rules = engine(catalogue, EXPLORE)
+    first = rules.apply(ITEMS, SCORES, RerankRequest(at=NOW, seed=7), 5, explain=True)
+    again = rules.apply(ITEMS, SCORES, RerankRequest(at=NOW, seed=7), 5, explain=True)
+    assert first.items.tolist() == again.items.tolist()
+    assert first.propensities.tolist() == again.propensities.tolist()
+    assert ((first.propensities > 0) & (first.propensities <= 1)).all()
+    explored = [why for why in first.fired if any(w.startswith("explore (p=") for w in why)]
+    assert (
+        len(explored) == sum(item != planned for item, planned in zip(first.items.tolist(), [1, 2, 3, 4, 5]))
+        or explored
+    )
+    # at the first position, P(item) = share x softmax(item) + (1 - share) x [item is the best]
+    draws = 4000
+    counts: dict[int, int] = {}
+    propensity: dict[int, float] = {}
+    for seed in range(draws):
+        out = rules.apply(ITEMS, SCORES, RerankRequest(at=NOW, seed=seed), 3)
+        head = int(out.items[0])
+        counts[head] = counts.get(head, 0) + 1
+        propensity[head] = float(out.propensities[0])
+        assert len(set(out.items.tolist())) == 3
+    assert set(counts) <= {1, 2, 3, 4, 5}  # drawn from the best 5 only
+    for item, count in counts.items():
+        assert count / draws == pytest.approx(propensity[item], abs=0.03)
+    assert counts[1] / draws > 0.5  # the best item keeps its place unless drawn over
+    plain = engine(catalogue).apply(ITEMS, SCORES, AT_NOW, 3)
+    assert plain.propensities.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_a_pin_is_capped_per_user_and_placed_once_across_pages(catalogue):
+    rules = engine(
+        catalogue,
+        '[[rules]]\nkind = "pin"\nname = "c7"\nitem = "m8"\nposition = 4\nmax_impressions = 2',
+    )
+    shown = rules.apply(ITEMS[:3], SCORES[:3], RerankRequest(at=NOW, impressions={"c7": 1}), 5)
+    assert shown.items.tolist() == [1, 2, 3, 8] and [p.name for p in shown.shown_pins] == ["c7"]
+    capped = rules.apply(ITEMS[:3], SCORES[:3], RerankRequest(at=NOW, impressions={"c7": 2}), 5, True)
+    assert capped.items.tolist() == [1, 2, 3] and capped.shown_pins == ()
+    assert capped.removed == {"pin:c7": 1}
+    # a second page of 3 after 3 items: position 4 is its first
+    page_two = rules.apply(ITEMS[3:6], SCORES[3:6], RerankRequest(at=NOW, offset=3), 3)
+    assert page_two.items.tolist() == [8, 4, 5]
+    served = np.array([1, 2, 3, 8, 4, 5])  # pages leave out what earlier pages served
+    page_three = rules.apply(ITEMS, SCORES, RerankRequest(exclude=served, at=NOW, offset=6), 3)
+    assert page_three.items.tolist() == [6, 7, 9]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[[rules]]\nkind = "mmr"\nlambda = 0.1\nsegments = ["vip"]', r"undeclared segment\(s\) \['vip'\]"),
+        ('[[rules]]\nkind = "spacing"\nwindow = 2\nmax_per_value = 2', "max_per_value must be below window"),
+        (
+            '[[rules]]\nkind = "pin"\nitem = "m1"\nposition = 1\nmax_impressions = 3',
+            "a pin with max_impressions needs a name",
+        ),
+        ('[[rules]]\nkind = "seen"\nevent_types = ["like"]', r"rules\[0\] \(kind 'seen'\)\.event_types\.0"),
+        ('[[segments]]\nname = "a"\n[[segments]]\nname = "a"', "a name is declared twice"),
+        ('[[rules]]\nkind = "explore"\nshare = 0', r"rules\[0\] \(kind 'explore'\)\.share"),
+    ],
+)
+def test_new_kinds_validate(text, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_rules(text)

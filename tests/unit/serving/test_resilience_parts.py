@@ -14,7 +14,15 @@ from cascade.serving.breaker import BreakerState, CircuitBreaker
 from cascade.serving.deadline import Deadline
 from cascade.serving.interceptors import ShedLog
 from cascade.serving.pipeline import Plan, StageCosts
-from cascade.serving.validation import check_budget_ms, check_event_id, check_rating
+from cascade.serving.validation import (
+    check_budget_ms,
+    check_event_id,
+    check_page_size,
+    check_rating,
+    check_request_time,
+    check_surface,
+    parse_genres,
+)
 
 
 class Clock:
@@ -176,3 +184,22 @@ def test_request_checks_name_their_field():
         check_rating(0.25, True, half_stars)
     with pytest.raises(InvalidArgumentError, match="rating"):
         check_rating(3.0, False, whole_stars)
+
+
+def test_request_context_checks_name_their_field():
+    assert check_surface("item_page") == "item_page" and check_surface("") == ""
+    for bad in ("home page", "x" * 65, "café"):
+        with pytest.raises(InvalidArgumentError, match=r"^surface:"):
+            check_surface(bad)
+    now = 1_780_000_000
+    assert check_request_time(0, now) is None and check_request_time(now - 3600, now) == now - 3600
+    for bad in (now - 90_000, now + 90_000, 1):
+        with pytest.raises(InvalidArgumentError, match=r"^timestamp:"):
+            check_request_time(bad, now)
+    assert parse_genres("include_genres", ["Drama", "Action"], ("Action", "Drama")) == (2, 1)
+    with pytest.raises(InvalidArgumentError, match=r"^include_genres\[1\]: unknown genre 'drama'"):
+        parse_genres("include_genres", ["Drama", "drama"], ("Action", "Drama"))
+    assert check_page_size(0, 50) == 0 and check_page_size(50, 50) == 50
+    for bad in (-1, 51):
+        with pytest.raises(InvalidArgumentError, match=r"^page_size:"):
+            check_page_size(bad, 50)
