@@ -691,7 +691,7 @@ def _invalid_event(rng: random.Random) -> pb.RecordEventRequest:
     )
     broken = rng.randrange(5)
     if broken == 0:
-        request.user_id = rng.choice(("", "abc", "-1", "1" * 30))
+        request.user_id = rng.choice(("", "u" * 257, "ü" * 129))  # empty, or longer than MAX_ID_BYTES
     elif broken == 1:
         request.item_id = rng.choice(("", "99999999", "x"))
     elif broken == 2:

@@ -288,7 +288,7 @@ def run_rate(
 def make_requests(user_ids: np.ndarray, count: int, k: int, rng: np.random.Generator) -> list:
     """``count`` Recommend requests for users drawn uniformly (with replacement) from ``user_ids``."""
     picked = rng.choice(user_ids, size=count)
-    return [pb.RecommendRequest(user_id=str(int(u)), k=k) for u in picked]
+    return [pb.RecommendRequest(user_id=str(u), k=k) for u in picked]
 
 
 def sweep(

@@ -120,6 +120,9 @@ def data_synth(
     interactions: Annotated[int, typer.Option(help="Approximate number of interactions.")] = 500_000,
     seed: Annotated[int | None, typer.Option(help="Seed (default: the config's).")] = None,
     min_interactions: Annotated[int, typer.Option(help="Fewest interactions of any user.")] = 5,
+    string_ids: Annotated[
+        bool, typer.Option(help="Opaque string ids: UUIDs for users, SKU-like codes for items.")
+    ] = False,
 ) -> None:
     """Generate a seeded synthetic MovieLens-shaped dataset."""
     from cascade.data.synthetic import generate
@@ -132,6 +135,7 @@ def data_synth(
         seed=cfg.seed if seed is None else seed,
         name=name,
         min_interactions=min_interactions,
+        string_ids=string_ids,
     )
     path = dataset.save(Path(cfg.data.data_dir) / name)
     console.print(f"synthetic dataset ({len(dataset.interactions)} interactions) at [bold]{path}[/]")

@@ -3,6 +3,9 @@
 Encoding rules (index 0 is always padding or "unknown" unless stated):
     user id       -> 1..U in ascending id order; 0 for an id unseen at fit time
     item id       -> 1..I in ascending id order; 0 is padding
+                     Ids are integers when every id of the data set is one (MovieLens), else opaque strings
+                     (SKUs, UUIDs: any non-empty UTF-8 of at most MAX_ID_BYTES bytes), ordered by code point;
+                     the schema holds both vocabularies, and ``parse_ids`` reads ids arriving as text
     gender        -> F 0, M 1, unknown 2
     age           -> 7 ordered buckets matching ML-1M's codes (1, 18, 25, 35, 45, 50, 56), so raw ML-100K
                      ages and ML-1M codes land in the same bucket; 7 when unknown
@@ -39,6 +42,9 @@ ITEM_ITEM = "item_item"
 # appended, never reordered: a channel's position is its code in the rankers' features
 RECALL_CHANNELS = (TWO_TOWER, COOCCURRENCE, SEGMENT_POPULAR, POPULAR, ITEM_ITEM)
 
+# the longest external user or item id, in UTF-8 bytes
+MAX_ID_BYTES = 256
+
 # event types by name, numbered as in the service's EventType enum and the feature store's history entries
 EVENT_TYPES = {"view": 1, "click": 2, "rate": 3, "purchase": 4}
 
@@ -53,6 +59,63 @@ DEFAULT_RATING_RANGE = (1.0, 5.0)
 
 _TITLE_YEAR = re.compile(r"\(\d{4}\)\s*$")
 _WORD = re.compile(r"[a-z0-9']+")
+
+
+def is_numeric(ids: np.ndarray) -> bool:
+    return ids.dtype.kind in "iu"
+
+
+def id_array(values: Any) -> np.ndarray:
+    """A column of ids as int64 when every id is an integer, else as an object array of str."""
+    arr = np.asarray(values)
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64)
+    return np.array([str(v) for v in arr.tolist()], dtype=object)
+
+
+def parse_ids(values: Any, numeric: bool) -> np.ndarray:
+    """Ids as text (or already of the kind) -> int64 for a numeric vocabulary, where text that is not a
+    decimal int64 becomes -1 (found nowhere); object str otherwise."""
+    arr = values if isinstance(values, np.ndarray) else np.asarray(_as_list(values), dtype=object)
+    if not numeric:
+        return np.array([_text(v) for v in arr.tolist()], dtype=object)
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64)
+    try:  # every id decimal: one conversion
+        return arr.astype(np.int64)
+    except (ValueError, OverflowError, TypeError):
+        return np.array([_int_or_missing(v) for v in arr.tolist()], dtype=np.int64)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _int_or_missing(value: Any) -> int:
+    text = _text(value)
+    if not text or not (text.isascii() and (text.isdigit() or (text[0] == "-" and text[1:].isdigit()))):
+        return -1
+    number = int(text)
+    return number if -(2**63) <= number < 2**63 else -1
+
+
+def native_id(value: Any) -> int | str:
+    """A numpy id scalar as the Python int or str it holds (dict keys, JSON)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _as_list(values: Any) -> list:
+    return values.tolist() if isinstance(values, np.ndarray) else list(values)
+
+
+def _kind(ids: np.ndarray) -> str:
+    return "int" if is_numeric(ids) else "str"
+
+
+def _from_kind(values: list, kind: str) -> np.ndarray:
+    if kind == "int":
+        return np.asarray(values, dtype=np.int64)
+    return np.array([str(v) for v in values], dtype=object)
 
 
 def encode_gender(values: Any) -> np.ndarray:
@@ -198,8 +261,8 @@ class FeatureSchema:
         words = sorted({w for t in items["title"] for w in title_words(t)})
         prefixes = {zip_prefix(z, zip_prefix_length) for z in users["zip_code"]} - {""}
         return cls(
-            user_ids=np.sort(users["user_id"].to_numpy(dtype=np.int64)),
-            item_ids=np.sort(items["item_id"].to_numpy(dtype=np.int64)),
+            user_ids=np.sort(id_array(users["user_id"].to_numpy())),
+            item_ids=np.sort(id_array(items["item_id"].to_numpy())),
             occupations=tuple(sorted({o for o in users["occupation"] if o})),
             genres=tuple(sorted({g for gs in items["genres"] for g in split_genres(gs)})),
             title_vocab=(PAD, UNK, *words),
@@ -212,9 +275,18 @@ class FeatureSchema:
 
     # --- id mapping ---------------------------------------------------------------------------------
     @staticmethod
-    def lookup_ids(sorted_ids: np.ndarray, ids: Any, table: np.ndarray | None = None) -> np.ndarray:
+    def lookup_ids(sorted_ids: np.ndarray, ids: Any, table: np.ndarray | dict | None = None) -> np.ndarray:
         """ids -> their indices (1-based position in ``sorted_ids``, 0 when absent), through ``table`` (a
-        ``dense_id_table``) when given, else by binary search."""
+        ``dense_id_table``, or for string ids a dict) when given, else by binary search. ``ids`` must be of
+        the vocabulary's kind (``parse_ids`` turns text into it)."""
+        if isinstance(table, dict):
+            return np.fromiter((table.get(i, 0) for i in _as_list(ids)), dtype=np.int64)
+        if not is_numeric(sorted_ids):
+            ids = np.asarray(_as_list(ids), dtype=object)
+            pos = np.searchsorted(sorted_ids, ids) if len(ids) else np.zeros(0, dtype=np.int64)
+            pos_clipped = np.minimum(pos, max(len(sorted_ids) - 1, 0))
+            found = (pos < len(sorted_ids)) & (sorted_ids[pos_clipped] == ids) if len(sorted_ids) else pos < 0
+            return np.where(found, pos + 1, 0).astype(np.int64)
         ids = np.asarray(ids, dtype=np.int64)
         if table is not None:
             inside = (ids >= 0) & (ids < len(table))
@@ -225,10 +297,13 @@ class FeatureSchema:
         return np.where(found, pos + 1, 0).astype(np.int64)
 
     @staticmethod
-    def dense_id_table(sorted_ids: np.ndarray) -> np.ndarray | None:
+    def dense_id_table(sorted_ids: np.ndarray) -> np.ndarray | dict | None:
         """id -> index as one array when the ids are non-negative and dense (at most 4 slots per id): a
         lookup is then one gather, where a binary search over a million ids makes ~20 probes that each miss
-        the cache. None for sparse ids."""
+        the cache. None for sparse ids. String ids: a dict, one hash per lookup instead of ~20 string
+        comparisons."""
+        if not is_numeric(sorted_ids):
+            return {item: position + 1 for position, item in enumerate(sorted_ids.tolist())}
         if len(sorted_ids) == 0 or sorted_ids[0] < 0 or sorted_ids[-1] >= 4 * len(sorted_ids) + 1024:
             return None
         table = np.zeros(int(sorted_ids[-1]) + 1, dtype=np.int32)
@@ -236,12 +311,25 @@ class FeatureSchema:
         return table
 
     @cached_property
-    def _user_table(self) -> np.ndarray | None:
+    def _user_table(self) -> np.ndarray | dict | None:
         return self.dense_id_table(self.user_ids)
 
     @cached_property
-    def _item_table(self) -> np.ndarray | None:
+    def _item_table(self) -> np.ndarray | dict | None:
         return self.dense_id_table(self.item_ids)
+
+    @property
+    def numeric_ids(self) -> bool:
+        """Whether the data set's ids are integers (else opaque strings)."""
+        return is_numeric(self.item_ids) and is_numeric(self.user_ids)
+
+    def parse_user_ids(self, ids: Any) -> np.ndarray:
+        """Ids as text (a request's, the feature store's) -> the user vocabulary's kind (``parse_ids``)."""
+        return parse_ids(ids, is_numeric(self.user_ids))
+
+    def parse_item_ids(self, ids: Any) -> np.ndarray:
+        """Ids as text -> the item vocabulary's kind (``parse_ids``)."""
+        return parse_ids(ids, is_numeric(self.item_ids))
 
     def user_index(self, user_ids: Any) -> np.ndarray:
         """External user ids (N,) -> indices (N,); 0 for unknown users."""
@@ -335,6 +423,7 @@ class FeatureSchema:
         return json.dumps(
             {
                 "version": self.version,
+                "id_kinds": {"user": _kind(self.user_ids), "item": _kind(self.item_ids)},
                 "user_ids": self.user_ids.tolist(),
                 "item_ids": self.item_ids.tolist(),
                 "occupations": list(self.occupations),
@@ -354,8 +443,9 @@ class FeatureSchema:
         if raw.get("version") != SCHEMA_VERSION:
             raise ArtifactError(f"feature schema version {raw.get('version')} != supported {SCHEMA_VERSION}")
         return cls(
-            user_ids=np.asarray(raw["user_ids"], dtype=np.int64),
-            item_ids=np.asarray(raw["item_ids"], dtype=np.int64),
+            # schemas saved before string ids existed record no kinds: their ids are integers
+            user_ids=_from_kind(raw["user_ids"], raw.get("id_kinds", {}).get("user", "int")),
+            item_ids=_from_kind(raw["item_ids"], raw.get("id_kinds", {}).get("item", "int")),
             occupations=tuple(raw["occupations"]),
             genres=tuple(raw["genres"]),
             title_vocab=tuple(raw["title_vocab"]),

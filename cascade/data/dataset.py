@@ -1,10 +1,13 @@
 """The canonical in-memory dataset every loader produces and every stage consumes.
 
 Columns:
-    interactions: user_id int64, item_id int64, rating float32, timestamp int64 (unix seconds)
-    users:        user_id int64, gender str ("F", "M" or "" unknown), age int64 (-1 unknown),
+    interactions: user_id id, item_id id, rating float32, timestamp int64 (unix seconds)
+    users:        user_id id, gender str ("F", "M" or "" unknown), age int64 (-1 unknown),
                   occupation str ("" unknown), zip_code str ("" unknown)
-    items:        item_id int64, title str, genres str (pipe-separated names), year int64 (0 unknown)
+    items:        item_id id, title str, genres str (pipe-separated names), year int64 (0 unknown)
+
+An id column is int64 when every id of its kind (users, or items) is an integer, as in MovieLens, else
+str: any non-empty UTF-8 of at most MAX_ID_BYTES bytes (SKUs, UUIDs).
 """
 
 from __future__ import annotations
@@ -21,12 +24,13 @@ import pandas as pd
 
 from cascade.core.artifacts import atomic_write_bytes, sha256_file
 from cascade.core.errors import DataError
+from cascade.core.schema import MAX_ID_BYTES, id_array
 
 logger = logging.getLogger(__name__)
 
-INTERACTION_COLUMNS = {"user_id": "int64", "item_id": "int64", "rating": "float32", "timestamp": "int64"}
-USER_COLUMNS = {"user_id": "int64", "gender": "str", "age": "int64", "occupation": "str", "zip_code": "str"}
-ITEM_COLUMNS = {"item_id": "int64", "title": "str", "genres": "str", "year": "int64"}
+INTERACTION_COLUMNS = {"user_id": "id", "item_id": "id", "rating": "float32", "timestamp": "int64"}
+USER_COLUMNS = {"user_id": "id", "gender": "str", "age": "int64", "occupation": "str", "zip_code": "str"}
+ITEM_COLUMNS = {"item_id": "id", "title": "str", "genres": "str", "year": "int64"}
 _FILES = ("interactions", "users", "items")
 
 
@@ -39,9 +43,28 @@ def _conform(frame: pd.DataFrame, columns: dict[str, str], table: str) -> pd.Dat
         col = frame[name].reset_index(drop=True)
         if dtype == "str":
             out[name] = col.fillna("").astype(str).to_numpy(dtype=object)
+        elif dtype == "id":
+            out[name] = _ids(col, f"{table}.{name}")
         else:
             out[name] = col.to_numpy().astype(dtype)
     return out
+
+
+def _ids(column: pd.Series, where: str) -> np.ndarray:
+    """An id column: int64 when its values are integers, else str, each non-empty and at most MAX_ID_BYTES
+    bytes of UTF-8."""
+    values = column.to_numpy()
+    if not len(values):
+        return np.zeros(0, dtype=np.int64)
+    if values.dtype.kind in "iu":
+        return values.astype(np.int64)
+    if values.dtype.kind == "f":
+        raise DataError(f"{where}: ids must be integers or strings, not floats (a missing id?)")
+    texts = [str(v) for v in values.tolist()]
+    bad = next((t for t in texts if not t or len(t.encode()) > MAX_ID_BYTES), None)
+    if bad is not None:
+        raise DataError(f"{where}: ids must be 1-{MAX_ID_BYTES} bytes of UTF-8, got {bad[:40]!r}")
+    return id_array(np.array(texts, dtype=object))
 
 
 @dataclass(frozen=True)
@@ -59,6 +82,13 @@ class Dataset:
         interactions = _conform(interactions, INTERACTION_COLUMNS, "interactions")
         users = _conform(users, USER_COLUMNS, "users")
         items = _conform(items, ITEM_COLUMNS, "items")
+        for column, table, frame in (("user_id", "users", users), ("item_id", "items", items)):
+            ours, theirs = interactions[column], frame[column]
+            integer = pd.api.types.is_integer_dtype
+            if len(ours) and len(theirs) and integer(ours.dtype) != integer(theirs.dtype):
+                raise DataError(
+                    f"interactions.{column} and {table}.{column}: one has integer ids, one strings"
+                )
         if users["user_id"].duplicated().any():
             raise DataError("users table has duplicate user_id values")
         if items["item_id"].duplicated().any():

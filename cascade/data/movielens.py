@@ -109,7 +109,10 @@ def load_ml100k(src: _Source) -> Dataset:
     return Dataset.create(
         "movielens-100k",
         ratings.astype({"user_id": "int64", "item_id": "int64", "rating": "float32", "timestamp": "int64"}),
-        users.assign(age=pd.to_numeric(users["age"], errors="coerce").fillna(-1).astype("int64")),
+        users.assign(
+            user_id=users["user_id"].astype("int64"),
+            age=pd.to_numeric(users["age"], errors="coerce").fillna(-1).astype("int64"),
+        ),
         items_out,
     )
 
@@ -127,13 +130,16 @@ def load_ml1m(src: _Source) -> Dataset:
     users = _read_table(src.read("users.dat"), "::", ["user_id", "gender", "age", "occupation", "zip_code"])
     occupation = pd.to_numeric(users["occupation"], errors="coerce")
     users = users.assign(
+        user_id=users["user_id"].astype("int64"),
         age=_age_from_ml1m(users["age"]),
         occupation=[
             ML1M_OCCUPATIONS[int(c)] if c == c and 0 <= int(c) < len(ML1M_OCCUPATIONS) else ""
             for c in occupation
         ],
     )
-    movies = movies.assign(year=[year_from_title(t) for t in movies["title"]])
+    movies = movies.assign(
+        item_id=movies["item_id"].astype("int64"), year=[year_from_title(t) for t in movies["title"]]
+    )
     return Dataset.create(
         "movielens-1m",
         ratings.astype({"user_id": "int64", "item_id": "int64", "rating": "float32", "timestamp": "int64"}),

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from cascade.core.schema import native_id
+
 
 @dataclass(frozen=True)
 class TemporalSplit:
@@ -21,7 +23,7 @@ class TemporalSplit:
     def positives(self, min_rating: float) -> dict[int, np.ndarray]:
         """user_id -> held-out item ids rated at least ``min_rating`` (users without any are absent)."""
         liked = self.test[self.test["rating"] >= min_rating]
-        return {int(u): g.to_numpy() for u, g in liked.groupby("user_id")["item_id"]}
+        return {native_id(u): g.to_numpy() for u, g in liked.groupby("user_id")["item_id"]}
 
 
 def temporal_split(interactions: pd.DataFrame, holdout_fraction: float) -> TemporalSplit:

@@ -9,6 +9,8 @@ higher when the item's topic is strong in the user's mixture. Everything is vect
 
 from __future__ import annotations
 
+import uuid
+
 import numpy as np
 import pandas as pd
 
@@ -26,6 +28,22 @@ def _word_list(rng: np.random.Generator, count: int) -> np.ndarray:
     return np.array(sorted(words), dtype=object)
 
 
+def string_item_ids(count: int) -> np.ndarray:
+    """SKU-like ids with the characters that break naive parsers: a colon, a slash, a space, braces and
+    non-ASCII letters; none is a number, and their sorted order is not their numeric one."""
+    return np.array(
+        [f"sku:{(i * 2654435761) % 2**32:08x}/{{ü}} {i}" for i in range(1, count + 1)], dtype=object
+    )
+
+
+def string_user_ids(count: int) -> np.ndarray:
+    """UUID-shaped user ids, the same for the same count."""
+    return np.array(
+        [str(uuid.UUID(int=(i * 0x9E3779B97F4A7C15F39CC0605CEDC835) % 2**128)) for i in range(1, count + 1)],
+        dtype=object,
+    )
+
+
 def generate(
     num_users: int = 1000,
     num_items: int = 2000,
@@ -35,7 +53,10 @@ def generate(
     popularity_exponent: float = 1.1,
     name: str = "synthetic",
     min_interactions: int = 5,
+    string_ids: bool = False,
 ) -> Dataset:
+    """``string_ids``: opaque string ids, as a shop's catalogue has (``string_user_ids``,
+    ``string_item_ids``), instead of 1..N; everything else is the same data set."""
     if min(num_users, num_items, num_interactions, num_topics, min_interactions) <= 0:
         raise ValueError("sizes must be positive")
     rng = np.random.default_rng(seed)
@@ -57,6 +78,8 @@ def generate(
     )
     years = rng.integers(1930, 2024, size=num_items)
     item_ids = np.arange(1, num_items + 1, dtype=np.int64)
+    if string_ids:
+        item_ids = string_item_ids(num_items)
     items = pd.DataFrame(
         {
             "item_id": item_ids,
@@ -75,6 +98,8 @@ def generate(
     concentration = 0.5 * num_topics * group_prior[group] + 0.05
     user_mix = np.stack([rng.dirichlet(c) for c in concentration])
     user_ids = np.arange(1, num_users + 1, dtype=np.int64)
+    if string_ids:
+        user_ids = string_user_ids(num_users)
     users = pd.DataFrame(
         {
             "user_id": user_ids,

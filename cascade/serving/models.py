@@ -124,10 +124,7 @@ def _item_attributes(
     years[0] = 0
 
     def lookup(item_id: str) -> int | None:
-        try:
-            index = int(schema.item_index([int(item_id)])[0])
-        except (TypeError, ValueError, OverflowError):
-            return None
+        index = int(schema.item_index(schema.parse_item_ids([item_id]))[0])
         return index or None
 
     return ItemAttributes(

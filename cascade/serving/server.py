@@ -27,7 +27,7 @@ from cascade.core.errors import (
     NotReadyError,
 )
 from cascade.core.logs import request_id_var
-from cascade.core.schema import encode_age, encode_gender
+from cascade.core.schema import FeatureSchema, encode_age, encode_gender, native_id
 from cascade.ranking.bundle import RANKING
 from cascade.ranking.features import UserRow
 from cascade.rerank.engine import SECONDS_PER_DAY
@@ -80,7 +80,7 @@ _EVENT_TYPES = frozenset(v.number for v in pb.EventType.DESCRIPTOR.values) - {pb
 _RESERVE_THREADS = 4
 # Threads that answer calls beyond a method's queue, each with an immediate RESOURCE_EXHAUSTED
 _REFUSAL_THREADS = 2
-_NOBODY = UserState(features=None, history=np.zeros((0, 3), dtype=np.int64), seen=np.zeros(0, dtype=np.int64))
+_NOBODY = UserState.nobody()
 DEADLINE_SHRUNK = "deadline_shrunk"
 
 
@@ -182,14 +182,14 @@ class RecommenderService(pb_grpc.RecommenderServicer):
     def user_context(
         self,
         pipeline: RecommendationPipeline,
-        user_id: int,
+        user_id: str,
         state: UserState,
         demographics: tuple[str, int, str, str],
         at: float | None = None,
     ) -> UserContext:
         schema = pipeline.models.schema
-        history = schema.item_index(state.history_items)
-        seen = schema.item_index(state.seen)
+        history = schema.item_index(schema.parse_item_ids(state.history_items))
+        seen = schema.item_index(schema.parse_item_ids(state.seen))
         tier = ""
         if state.features is not None:
             profile = state.features
@@ -206,21 +206,21 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             has_profile = bool(gender or age or occupation or zip_code)
             age = age if age > 0 else -1
         row = UserRow(
-            user=int(schema.user_index([user_id])[0]),
+            user=int(schema.user_index(schema.parse_user_ids([user_id]))[0]),
             gender=int(encode_gender([gender])[0]),
             age=int(encode_age([age])[0]),
             occupation=int(schema.encode_occupation([occupation])[0]),
             zip=int(schema.encode_zip([zip_code])[0]),
         )
         known = history > 0
-        events = np.column_stack([history, state.history[:, 1], state.history[:, 2]])[known]
+        events = np.column_stack([history, state.history_events])[known]
         return UserContext(
             row=row,
             history=history[known],
             seen=seen[seen > 0],
             has_profile=has_profile,
             at=at,
-            traits=UserTraits(new_user=not len(state.history), gender=gender, age=age, tier=tier),
+            traits=UserTraits(new_user=not len(state.history_items), gender=gender, age=age, tier=tier),
             events=events,
         )
 
@@ -280,21 +280,22 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                 max_chars=256 + 200 * serving.max_paged_items,
             )
             at = cursor.at  # every page is answered as of the first one's time
-        served = [parse_id("page_token", item) for item in cursor.served] if cursor is not None else []
+        served = list(cursor.served) if cursor is not None else []
         offset = len(served)
         if page_size:
             k = min(page_size, serving.max_paged_items - offset)
         seed = cursor.seed if cursor is not None else _seed_of(request_id)
         reasons: list[str] = []
         share = serving.feature_store.read_share
-        lookup = self.store.read_user(user_id, models.history_length, deadline.remaining_s() * share)
+        store_user = _store_user(models.schema, user_id)
+        lookup = self.store.read_user(store_user, models.history_length, deadline.remaining_s() * share)
         if lookup.degraded_reason is not None:
             reasons.append(lookup.degraded_reason)
         state = lookup.state if lookup.state is not None else _NOBODY
         ctx = self.user_context(pipeline, user_id, state, demographics, at)
-        exclude = models.schema.item_index(exclude_ids + served)
+        exclude = models.schema.item_index(models.schema.parse_item_ids(exclude_ids + served))
         counters = pipeline.rules.counted_pins
-        impressions = self.store.impressions(user_id, counters) if counters else {}
+        impressions = self.store.impressions(store_user, counters) if counters else {}
         if impressions is None:  # the store cannot say: every capped pin counts as spent
             impressions = {name: 2**31 for name in counters}
         options = RecommendOptions(surface, include, exclude_genres, seed + offset, impressions, offset)
@@ -310,7 +311,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         self._drop_if_late(deadline, "Recommend")
         if result.shown_pins:
             self.store.count_impressions(
-                user_id,
+                store_user,
                 [(pin.name, pin.impression_window_days * SECONDS_PER_DAY) for pin in result.shown_pins],
             )
         serialise_start = time.perf_counter()
@@ -393,10 +394,10 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         include, exclude_genres = self._filters(
             pipeline, list(request.include_genres), list(request.exclude_genres)
         )
-        item = int(models.schema.item_index([item_id])[0])
+        item = int(models.schema.item_index(models.schema.parse_item_ids([item_id]))[0])
         if item == 0:
-            raise NotFoundError(f"item_id: no item {item_id} in the catalogue")
-        exclude = models.schema.item_index(exclude_ids)
+            raise NotFoundError(f"item_id: no item {item_id[:64]!r} in the catalogue")
+        exclude = models.schema.item_index(models.schema.parse_item_ids(exclude_ids))
         result = pipeline.similar_items(
             item,
             k,
@@ -439,16 +440,30 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         )
         event_id = check_event_id(request.event_id)
         timestamp = check_timestamp(request.timestamp)
-        if pipeline.models.schema.item_index([item_id])[0] == 0:
-            raise InvalidArgumentError("item_id", f"no item {item_id} in the catalogue")
+        schema = pipeline.models.schema
+        item = int(schema.item_index(schema.parse_item_ids([item_id]))[0])
+        if item == 0:
+            raise InvalidArgumentError("item_id", "no such item in the catalogue")
+        # stored as the catalogue spells the id: "042" and "42" are one item of a numeric catalogue
+        canonical = native_id(schema.item_id_of([item])[0])
         result = self.store.record_event(
-            user_id,
-            HistoryEvent(item_id, int(request.event_type), timestamp, rating),
+            _store_user(schema, user_id),
+            HistoryEvent(canonical, int(request.event_type), timestamp, rating),
             self.config.features.history_length,
             event_id or None,
             self.config.serving.event_dedupe_window_s,
         )
         return pb.RecordEventResponse(history_length=result.history_length, duplicate=result.duplicate)
+
+
+def _store_user(schema: FeatureSchema, user_id: str) -> int | str:
+    """The user's key in the feature store: an integer id as the integer (so "042" is user 42), anything else
+    as sent, in a catalogue of integer user ids as in one of string ids."""
+    if schema.numeric_ids:
+        parsed = int(schema.parse_user_ids([user_id])[0])
+        if parsed >= 0:
+            return parsed
+    return user_id
 
 
 def _explain(items, ranker_scores: np.ndarray | None, fired: list[list[str]] | None) -> None:

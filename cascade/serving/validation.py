@@ -6,8 +6,8 @@ import re
 import time
 
 from cascade.core.errors import InvalidArgumentError
+from cascade.core.schema import MAX_ID_BYTES
 
-_ID = re.compile(r"[0-9]{1,18}")
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")  # printable ASCII, no spaces
 MAX_FUTURE_SKEW_S = 86_400
 MAX_AGE_YEARS = 130
@@ -16,12 +16,14 @@ GENDERS = ("", "F", "M")
 _ZIP = re.compile(r"[0-9A-Za-z -]{0,12}")
 
 
-def parse_id(field: str, value: str) -> int:
+def parse_id(field: str, value: str) -> str:
+    """A user or item id: any non-empty UTF-8 (the wire format guarantees UTF-8) of at most MAX_ID_BYTES
+    bytes. Whether the catalogue knows it is the schema's business (``FeatureSchema.parse_item_ids``)."""
     if not value:
         raise InvalidArgumentError(field, "must not be empty")
-    if not _ID.fullmatch(value):
-        raise InvalidArgumentError(field, f"must be a decimal id of at most 18 digits, got {value[:40]!r}")
-    return int(value)
+    if len(value) > MAX_ID_BYTES or len(value.encode()) > MAX_ID_BYTES:
+        raise InvalidArgumentError(field, f"must be at most {MAX_ID_BYTES} bytes of UTF-8")
+    return value
 
 
 def check_k(k: int, max_k: int) -> int:
@@ -32,7 +34,7 @@ def check_k(k: int, max_k: int) -> int:
     return k
 
 
-def parse_exclude_ids(values: list[str], max_count: int) -> list[int]:
+def parse_exclude_ids(values: list[str], max_count: int) -> list[str]:
     if len(values) > max_count:
         raise InvalidArgumentError("exclude_item_ids", f"at most {max_count} ids allowed, got {len(values)}")
     return [parse_id(f"exclude_item_ids[{i}]", v) for i, v in enumerate(values)]

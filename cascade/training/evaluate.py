@@ -15,7 +15,7 @@ import torch
 
 from cascade.config import AppConfig
 from cascade.core.metrics import auc, beyond_accuracy, evaluate_rankings, gauc, logloss
-from cascade.core.schema import COOCCURRENCE, ITEM_ITEM, TWO_TOWER
+from cascade.core.schema import COOCCURRENCE, ITEM_ITEM, TWO_TOWER, native_id
 from cascade.core.seeding import seed_everything
 from cascade.data.dataset import Dataset
 from cascade.ranking.features import UserRow
@@ -112,7 +112,9 @@ def evaluate_recall(config: AppConfig) -> dict[str, dict[str, float]]:
     nothing = np.zeros(0, dtype=np.int64)
     report["popularity"] = test.evaluate(
         {
-            int(u): popular_order[keep_unblocked(popular_order, test.seen.get(int(u), nothing), k)]
+            native_id(u): popular_order[
+                keep_unblocked(popular_order, test.seen.get(native_id(u), nothing), k)
+            ]
             for u in test.users
         },
         prep.schema.num_items,

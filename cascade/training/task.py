@@ -9,7 +9,7 @@ import pandas as pd
 
 from cascade.config import AppConfig
 from cascade.core.metrics import evaluate_rankings
-from cascade.core.schema import FeatureSchema
+from cascade.core.schema import FeatureSchema, id_array, native_id
 from cascade.data.split import TemporalSplit
 from cascade.recall.channels import keep_unblocked
 from cascade.recall.index import exact_search
@@ -43,10 +43,10 @@ class RecallTask:
     ) -> RecallTask:
         schema = prep.schema
         positives = _positive_indices(schema, split, config.data.positive_min_rating)
-        users = np.fromiter(positives, dtype=np.int64, count=len(positives))
+        users = id_array(list(positives))
         if max_users is not None and len(users) > max_users:
             users = np.sort(np.random.default_rng(config.seed).choice(users, max_users, replace=False))
-            positives = {int(u): positives[int(u)] for u in users}
+            positives = {native_id(u): positives[native_id(u)] for u in users}
         sequences = prep.sequences(split.train)
         rows = schema.user_index(users)
         return cls(
@@ -74,7 +74,7 @@ class RecallTask:
         for begin in range(0, len(self.users), chunk):
             users = self.users[begin : begin + chunk]
             # widen by the longest seen list in this chunk, so k unseen items remain for everyone
-            longest = max((len(self.seen.get(int(u), ())) for u in users), default=0)
+            longest = max((len(self.seen.get(native_id(u), ())) for u in users), default=0)
             scores, found = exact_search(item_embeddings, queries[begin : begin + chunk], k + longest)
             for user, ranked, ranked_scores in zip(users.tolist(), found, scores):
                 keep = keep_unblocked(ranked, self.seen.get(user, nothing), k)
@@ -94,7 +94,7 @@ class RecallTask:
 def _seen_indices(schema: FeatureSchema, interactions: pd.DataFrame) -> dict[int, np.ndarray]:
     idx = schema.item_index(interactions["item_id"].to_numpy())
     frame = pd.DataFrame({"user_id": interactions["user_id"].to_numpy(), "item": idx})
-    return {int(u): g.to_numpy() for u, g in frame.groupby("user_id")["item"]}
+    return {native_id(u): g.to_numpy() for u, g in frame.groupby("user_id")["item"]}
 
 
 def _positive_indices(

@@ -97,20 +97,26 @@ def test_unknown_users_get_new_user_recommendations(config, client):
     # an unknown user's events are recorded and filtered like anyone's
     client.record_event(999_997, item_ids(popular)[0], "view")
     assert item_ids(popular)[0] not in item_ids(client.recommend(999_997, k=10))
+    # ids are text: "0999997" is the same user of this integer catalogue, "alice" is a new one, and an
+    # item id with leading zeros is the catalogue's item
+    assert item_ids(popular)[0] not in item_ids(client.recommend("0999997", k=10))
+    alice = client.recommend("alice", k=10)
+    assert alice.new_user and len(alice.items) == 10
+    client.record_event("alice", "0" + str(item_ids(alice)[0]), "view")
+    assert item_ids(alice)[0] not in item_ids(client.recommend("alice", k=10))
 
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
         ({"user_id": "", "k": 5}, "user_id"),
-        ({"user_id": "abc", "k": 5}, "user_id"),
-        ({"user_id": "-3", "k": 5}, "user_id"),
-        ({"user_id": "1" * 30, "k": 5}, "user_id"),
+        ({"user_id": "u" * 257, "k": 5}, "user_id"),
+        ({"user_id": "ü" * 129, "k": 5}, "user_id"),  # 258 bytes of UTF-8
         ({"user_id": "1", "k": 0}, "k"),
         ({"user_id": "1", "k": -2}, "k"),
         ({"user_id": "1", "k": 51}, "k"),
         ({"user_id": "1", "k": 5, "exclude_item_ids": ["1"] * 6}, "exclude_item_ids"),
-        ({"user_id": "1", "k": 5, "exclude_item_ids": ["1", "x"]}, "exclude_item_ids[1]"),
+        ({"user_id": "1", "k": 5, "exclude_item_ids": ["1", "x" * 257]}, "exclude_item_ids[1]"),
         ({"user_id": "1", "k": 5, "request_id": "has space"}, "request_id"),
         ({"user_id": "424242", "k": 5, "gender": "Q"}, "demographics.gender"),
         ({"user_id": "424242", "k": 5, "age": 500}, "demographics.age"),
@@ -222,7 +228,16 @@ def test_cli_recommend_queries_the_running_server(server):
     )
     assert nobody.returncode == 1 and "UNAVAILABLE" in nobody.stderr
     bad = subprocess.run(
-        [sys.executable, "-m", "cascade.cli", "recommend", "--user-id", "x", "--target", f"127.0.0.1:{port}"],
+        [
+            sys.executable,
+            "-m",
+            "cascade.cli",
+            "recommend",
+            "--user-id",
+            "x" * 257,
+            "--target",
+            f"127.0.0.1:{port}",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -277,7 +292,8 @@ def test_similar_items_come_from_the_index_and_exclude_the_item(client, server):
     ("item_id", "k", "code", "field"),
     [
         ("", 5, grpc.StatusCode.INVALID_ARGUMENT, "item_id"),
-        ("abc", 5, grpc.StatusCode.INVALID_ARGUMENT, "item_id"),
+        ("x" * 257, 5, grpc.StatusCode.INVALID_ARGUMENT, "item_id"),
+        ("abc", 5, grpc.StatusCode.NOT_FOUND, "item_id"),
         ("50", 0, grpc.StatusCode.INVALID_ARGUMENT, "k"),
         ("50", 100_000, grpc.StatusCode.INVALID_ARGUMENT, "k"),
         ("99999999", 5, grpc.StatusCode.NOT_FOUND, "item_id"),

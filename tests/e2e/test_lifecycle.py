@@ -171,7 +171,7 @@ def test_acknowledged_events_survive_kills_reloads_a_new_history_length_and_two_
         store = RedisFeatureStore.from_url(redis_process.url)
         assert store.keyspace.history_length == cfg.features.history_length + 10
         assert len(acknowledged) > 50
-        lost = [user for user in acknowledged if len(store.get_user_state(user, 10).history) != 1]
+        lost = [user for user in acknowledged if len(store.get_user_state(user, 10).history_items) != 1]
         assert lost == []
         history = store.get_user_state(USER, 1000).history_items.tolist()
         assert {item for _, item, _ in events} <= set(history)

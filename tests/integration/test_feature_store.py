@@ -25,11 +25,22 @@ def test_key_schema_golden_bytes():
     assert current.impressions_key(42, "c7") == b"cascade:v1:h50:{u:42}:shown:c7"
     assert keys.Keyspace.from_pointer(current.to_pointer()) == current
     assert keys.Keyspace.from_pointer(None) == legacy
-    assert keys.user_of_key(b"cascade:v1:h50:{u:-7}:seen") == -7
+    assert keys.user_of_key(b"cascade:v1:h50:{u:-7}:seen") == "-7"
+    # an id that is not plain is a token no key or entry can be broken by, and comes back whole
+    odd = "sku:9/{ü} 1"
+    token = keys.id_token(odd)
+    assert token.startswith("~") and not set(token) & set(":{} ") and keys.id_of_token(token) == odd
+    assert keys.id_token("~plain") != "~plain" and keys.id_of_token(keys.id_token("~plain")) == "~plain"
+    assert keys.user_of_key(current.seen_key(odd)) == odd
+    assert keys.id_token(42) == "42" and keys.id_token("a-b_c.d") == "a-b_c.d"
     assert keys.encode_history_entry(7, 2, 1700000000) == b"7:2:1700000000"
-    decoded = keys.decode_history_entries([b"7:2:1700000000", b"12:1:5"])
-    assert decoded.dtype == np.int64 and decoded.tolist() == [[7, 2, 1700000000], [12, 1, 5]]
-    assert keys.decode_history_entries([]).shape == (0, 3)
+    items, events = keys.decode_history_entries([b"7:2:1700000000", b"12:1:5"])
+    assert items.dtype == np.int64 and items.tolist() == [7, 12]
+    assert events.dtype == np.int64 and events.tolist() == [[2, 1700000000], [1, 5]]
+    items, events = keys.decode_history_entries([keys.encode_history_entry(odd, 3, 9), b"12:1:5"])
+    assert items.dtype == object and items.tolist() == [odd, "12"] and events.tolist() == [[3, 9], [1, 5]]
+    items, events = keys.decode_history_entries([])
+    assert items.shape == (0,) and events.shape == (0, 2)
     for malformed in ([b"7:2"], [b"7:2:1:4"], [b"7:x:1"]):
         with pytest.raises(ValueError):
             keys.decode_history_entries(malformed)
@@ -64,12 +75,12 @@ def test_bulk_load_then_read_in_one_round_trip(redis_client):
     state = store.get_user_state(1, history_length=10)
     assert state.features == {"gender": "F", "age": "30", "occupation": "writer", "zip_code": "1"}
     assert state.history_items.tolist() == [11, 12]  # most recent first, trimmed to 2
-    assert state.history.shape == (2, 3) and state.history.dtype == np.int64
+    assert state.history_events.shape == (2, 2) and state.history_events.dtype == np.int64
     assert sorted(state.seen.tolist()) == [10, 11, 12] and state.seen.dtype == np.int64
     no_profile = store.get_user_state(3, history_length=10)  # interactions but no profile row
     assert no_profile.features is None and no_profile.seen.tolist() == [10]
     unknown = store.get_user_state(99, history_length=10)
-    assert unknown.features is None and unknown.history.shape == (0, 3) and len(unknown.seen) == 0
+    assert unknown.features is None and unknown.history_events.shape == (0, 2) and len(unknown.seen) == 0
 
 
 def test_record_event_is_atomic_and_trims(redis_client):
@@ -79,7 +90,7 @@ def test_record_event_is_atomic_and_trims(redis_client):
     assert result.history_length == 2 and not result.duplicate
     state = store.get_user_state(1, history_length=10)
     assert state.history_items.tolist() == [13, 11]
-    assert state.history[0].tolist() == [13, 1, 100]
+    assert state.history_events[0].tolist() == [1, 100]
     assert 13 in state.seen.tolist()
 
     # concurrent writers: every event lands in both the history and the seen set
@@ -93,7 +104,7 @@ def test_record_event_is_atomic_and_trims(redis_client):
     for t in threads:
         t.join()
     state = store.get_user_state(7, history_length=1000)
-    assert len(state.history) == 200 and len(state.seen) == 200
+    assert len(state.history_items) == 200 and len(state.seen) == 200
     assert sorted(state.seen.tolist()) == sorted(state.history_items.tolist())
 
 
@@ -255,3 +266,24 @@ def test_a_newer_key_layout_is_not_followed(redis_client, caplog):
     assert running.keyspace == keys.LEGACY_KEYSPACE and caplog.text.count("not following") == 1
     with pytest.raises(RuntimeError, match="newer"):
         RedisFeatureStore(redis_client).get_user_state(1, history_length=5)
+
+
+def test_string_ids_are_stored_and_read_back_whole(redis_client):
+    """Opaque ids, with the characters that break naive keys and entries, load, record and read back."""
+    store = RedisFeatureStore(redis_client)
+    user, items = "6f1c-ü {x}", ["sku:1/{a} b", "sku:2", "plain-3"]
+    users = pd.DataFrame(
+        {"user_id": [user], "gender": ["F"], "age": [30], "occupation": [""], "zip_code": [""]}
+    )
+    interactions = pd.DataFrame(
+        {"user_id": [user] * 3, "item_id": items, "rating": [5, 4, 3], "timestamp": [1, 2, 3]}
+    )
+    store.bulk_load(users, interactions, history_length=5, marker="strings")
+    store.record_event(user, HistoryEvent("sku:4 ü", 4, 10, None), history_length=5)
+    state = store.get_user_state(user, history_length=5)
+    assert state.features["gender"] == "F"
+    assert state.history_items.tolist() == ["sku:4 ü", "plain-3", "sku:2", "sku:1/{a} b"]
+    assert state.history_events[:, 0].tolist() == [4, 3, 3, 3]
+    assert sorted(state.seen.tolist()) == sorted([*items, "sku:4 ü"])
+    assert store.ratings(user) == {"sku:1/{a} b": 5.0, "sku:2": 4.0, "plain-3": 3.0}
+    assert store.get_user_state("6f1c-ü {y}", history_length=5).features is None  # another user

@@ -13,7 +13,7 @@ USER_FEATURE_FIELDS = ("gender", "age", "occupation", "zip_code")
 
 @dataclass(frozen=True)
 class HistoryEvent:
-    item_id: int
+    item_id: int | str  # the item's external id (canonical: as the served schema spells it)
     event_type: int
     timestamp: int
     rating: float | None = None  # the value of a RATE event
@@ -29,29 +29,31 @@ class RecordResult:
 class UserState:
     """What serving knows about a user. ``features`` is None when the store has no profile for them.
 
-    Arrays, not lists of events, because serving uses them as arrays: ``history`` (H, 3) int64 rows
-    (item_id, event_type, timestamp), most recent first; ``seen`` (S,) int64, every item the user has
-    interacted with, each once, in no particular order."""
+    Arrays, not lists of events, because serving uses them as arrays. Item ids are int64 when every one
+    read is an integer, else object str (``keys.ids_of_tokens``): ``history_items`` (H,) most recent first,
+    ``history_events`` (H, 2) int64 rows (event_type, timestamp) beside them; ``seen`` (S,) every item the
+    user has interacted with, each once, in no particular order."""
 
     features: dict[str, str] | None
-    history: np.ndarray
+    history_items: np.ndarray
+    history_events: np.ndarray
     seen: np.ndarray
 
-    @property
-    def history_items(self) -> np.ndarray:
-        """(H,) item ids of the history, most recent first."""
-        return self.history[:, 0]
+    @classmethod
+    def nobody(cls) -> UserState:
+        none = np.zeros(0, dtype=np.int64)
+        return cls(None, none, np.zeros((0, 2), dtype=np.int64), none)
 
 
 class OnlineFeatureStore(ABC):
     @abstractmethod
-    def get_user_state(self, user_id: int, history_length: int) -> UserState:
+    def get_user_state(self, user_id: int | str, history_length: int) -> UserState:
         """Profile, the latest ``history_length`` events and the seen set, in one round trip."""
 
     @abstractmethod
     def record_event(
         self,
-        event_user_id: int,
+        event_user_id: int | str,
         event: HistoryEvent,
         history_length: int,
         event_id: str | None = None,
@@ -74,11 +76,11 @@ class OnlineFeatureStore(ABC):
         and optionally event_type. The marker is written last, so an interrupted load is redone."""
 
     @abstractmethod
-    def impressions(self, user_id: int, counters: list[str]) -> dict[str, int]:
+    def impressions(self, user_id: int | str, counters: list[str]) -> dict[str, int]:
         """How many impressions each of the named counters holds for the user (0 when none or expired)."""
 
     @abstractmethod
-    def count_impressions(self, user_id: int, counters: list[tuple[str, float]]) -> None:
+    def count_impressions(self, user_id: int | str, counters: list[tuple[str, float]]) -> None:
         """Add one impression to each (name, window seconds) counter of the user. A counter's window starts
         at its first impression: it expires that long after, and counts from zero again."""
 

@@ -1,14 +1,16 @@
 """Redis key schema: a keyspace per key layout and history length, switched atomically.
 
 Each user's keys share the hash tag ``{u:<id>}``: on Redis Cluster they land in one slot, so the scripts
-that record an event or move a user to a new keyspace stay valid there. Under a keyspace's prefix, e.g.
-``cascade:v1:h50``:
+that record an event or move a user to a new keyspace stay valid there. Ids appear in keys and history
+entries as tokens (``id_token``): as they are when made of letters, digits, ".", "_" and "-" (every
+integer id, so MovieLens keys are the ids), else "~" and their UTF-8 in unpadded base64url, so that no id
+can break a key's hash tag or an entry's fields. Under a keyspace's prefix, e.g. ``cascade:v1:h50``:
 
     <prefix>:{u:42}:profile   hash  gender, age, occupation, zip_code
-    <prefix>:{u:42}:history   list  "<item_id>:<event_type>:<timestamp>", most recent first, at most the
+    <prefix>:{u:42}:history   list  "<item token>:<event_type>:<timestamp>", most recent first, at most the
                                     keyspace's history length
-    <prefix>:{u:42}:seen      set   item ids the user has interacted with
-    <prefix>:{u:42}:ratings   hash  item id -> the rating of the user's latest RATE event on it
+    <prefix>:{u:42}:seen      set   item tokens of the items the user has interacted with
+    <prefix>:{u:42}:ratings   hash  item token -> the rating of the user's latest RATE event on it
     <prefix>:{u:42}:event:<event_id>   str  an acknowledged event's idempotency key, expiring after the
                                             dedupe window
     <prefix>:{u:42}:shown:<counter>    str  impressions of a rules file's capped pin, expiring at the end
@@ -27,16 +29,20 @@ set, then points ``cascade:keyspace`` at it in one SET; servers follow the point
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 KEY_SCHEMA_VERSION = 1
 KEYSPACE_POINTER_KEY = b"cascade:keyspace"
 LOAD_LOCK_KEY = b"cascade:v1:meta:load-lock"
-_USER_TAG = re.compile(rb"\{u:(-?\d+)\}")
+_USER_TAG = re.compile(rb"\{u:([^}]+)\}")
+_PLAIN_ID = re.compile(r"[A-Za-z0-9._-]+")
+ENCODED = "~"  # starts the token of an id that is not plain
 
 
 @dataclass(frozen=True)
@@ -69,26 +75,26 @@ class Keyspace:
             }
         ).encode()
 
-    def _user(self, user_id: int, name: str) -> bytes:
-        return f"{self.prefix}:{{u:{user_id}}}:{name}".encode()
+    def _user(self, user_id: int | str, name: str) -> bytes:
+        return f"{self.prefix}:{{u:{id_token(user_id)}}}:{name}".encode()
 
-    def profile_key(self, user_id: int) -> bytes:
+    def profile_key(self, user_id: int | str) -> bytes:
         return self._user(user_id, "profile")
 
-    def history_key(self, user_id: int) -> bytes:
+    def history_key(self, user_id: int | str) -> bytes:
         return self._user(user_id, "history")
 
-    def seen_key(self, user_id: int) -> bytes:
+    def seen_key(self, user_id: int | str) -> bytes:
         return self._user(user_id, "seen")
 
-    def ratings_key(self, user_id: int) -> bytes:
+    def ratings_key(self, user_id: int | str) -> bytes:
         return self._user(user_id, "ratings")
 
-    def event_key(self, user_id: int, event_id: str) -> bytes:
+    def event_key(self, user_id: int | str, event_id: str) -> bytes:
         """The idempotency key of one event: in the user's slot, so the recording script may touch it."""
         return self._user(user_id, f"event:{event_id}")
 
-    def impressions_key(self, user_id: int, counter: str) -> bytes:
+    def impressions_key(self, user_id: int | str, counter: str) -> bytes:
         return self._user(user_id, f"shown:{counter}")
 
     @property
@@ -108,19 +114,48 @@ class Keyspace:
 LEGACY_KEYSPACE = Keyspace("cascade:v1", 1, None)
 
 
-def user_of_key(key: bytes) -> int | None:
+def id_token(value: Any) -> str:
+    """How an id appears in keys and entries: itself when plain, else "~" + base64url of its UTF-8."""
+    text = value.decode() if isinstance(value, bytes) else str(value)
+    if _PLAIN_ID.fullmatch(text):
+        return text
+    return ENCODED + base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def id_of_token(token: bytes | str) -> str:
+    """The id a token stands for, as text."""
+    text = token.decode() if isinstance(token, bytes) else token
+    if not text.startswith(ENCODED):
+        return text
+    body = text[1:]
+    return base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode()
+
+
+def ids_of_tokens(tokens: list[bytes]) -> np.ndarray:
+    """Tokens -> int64 ids when every token is an integer (one conversion), else their ids as object str."""
+    if not tokens:
+        return np.zeros(0, dtype=np.int64)
+    try:
+        return np.array(tokens, dtype=np.int64)
+    except ValueError:
+        return np.array([id_of_token(token) for token in tokens], dtype=object)
+
+
+def user_of_key(key: bytes) -> str | None:
     match = _USER_TAG.search(key)
-    return int(match.group(1)) if match else None
+    return id_of_token(match.group(1)) if match else None
 
 
-def encode_history_entry(item_id: int, event_type: int, timestamp: int) -> bytes:
-    return f"{item_id}:{event_type}:{timestamp}".encode()
+def encode_history_entry(item_id: int | str, event_type: int, timestamp: int) -> bytes:
+    return f"{id_token(item_id)}:{event_type}:{timestamp}".encode()
 
 
-def decode_history_entries(raw: list[bytes]) -> np.ndarray:
-    """Stored entries -> (H, 3) int64 rows (item_id, event_type, timestamp), in their order. One parse for
-    the whole list, not a split, three int() calls and an object per entry, fifty times a request."""
+def decode_history_entries(raw: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Stored entries -> their item ids (H,) (int64 when all are integers, else object str) and (H, 2)
+    int64 rows (event_type, timestamp), in their order. Integer items take one parse for the whole list, not
+    a split, three int() calls and an object per entry, fifty times a request."""
     fields = b":".join(raw).split(b":") if raw else []
     if len(fields) != 3 * len(raw):
-        raise ValueError(f"history entries must be item_id:event_type:timestamp, got {raw[:3]!r}...")
-    return np.array(fields, dtype=np.int64).reshape(len(raw), 3)
+        raise ValueError(f"history entries must be item:event_type:timestamp, got {raw[:3]!r}...")
+    events = np.array(fields[1::3] + fields[2::3], dtype=np.int64).reshape(2, len(raw)).T
+    return ids_of_tokens(fields[0::3]), np.ascontiguousarray(events)

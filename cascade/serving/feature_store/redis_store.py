@@ -17,6 +17,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from cascade.core.schema import native_id
 from cascade.serving.feature_store import keys
 from cascade.serving.feature_store.base import (
     USER_FEATURE_FIELDS,
@@ -157,7 +158,7 @@ class RedisFeatureStore(OnlineFeatureStore):
         )
         return cls(client, cache_size, cache_ttl_s, url)
 
-    def get_user_state(self, user_id: int, history_length: int) -> UserState:
+    def get_user_state(self, user_id: int | str, history_length: int) -> UserState:
         keyspace = self.keyspace
         cached = self._profiles.get(user_id)
         pipe = self.client.pipeline(transaction=False)
@@ -173,14 +174,14 @@ class RedisFeatureStore(OnlineFeatureStore):
         else:
             profile = cached  # type: ignore[assignment]
         raw_history, raw_seen = replies
-        history = keys.decode_history_entries(raw_history)
+        items, events = keys.decode_history_entries(raw_history)
         # a set's members are distinct, so the array needs no de-duplication
-        seen = np.array(list(raw_seen), dtype=np.int64) if raw_seen else np.zeros(0, dtype=np.int64)
-        return UserState(features=profile, history=history, seen=seen)
+        seen = keys.ids_of_tokens(list(raw_seen))
+        return UserState(features=profile, history_items=items, history_events=events, seen=seen)
 
     def record_event(
         self,
-        event_user_id: int,
+        event_user_id: int | str,
         event: HistoryEvent,
         history_length: int,
         event_id: str | None = None,
@@ -200,26 +201,27 @@ class RedisFeatureStore(OnlineFeatureStore):
                 keys.encode_history_entry(event.item_id, event.event_type, event.timestamp),
                 # the keyspace's own length: a server configured shorter must not cut what others keep
                 keyspace.history_length or history_length,
-                event.item_id,
+                keys.id_token(event.item_id),
                 "" if event.rating is None else repr(float(event.rating)),
                 int(dedupe_window_s) if dedupe else 0,
             ],
         )
         return RecordResult(history_length=min(int(length), history_length), duplicate=bool(duplicate))
 
-    def ratings(self, user_id: int) -> dict[int, float]:
+    def ratings(self, user_id: int | str) -> dict[int | str, float]:
         """The user's latest rating of each item rated through RecordEvent or a bulk load."""
         raw = self.client.hgetall(self.keyspace.ratings_key(user_id))
-        return {int(item): float(value) for item, value in raw.items()}
+        items = keys.ids_of_tokens(list(raw))
+        return {native_id(item): float(value) for item, value in zip(items, raw.values())}
 
-    def impressions(self, user_id: int, counters: list[str]) -> dict[str, int]:
+    def impressions(self, user_id: int | str, counters: list[str]) -> dict[str, int]:
         if not counters:
             return {}
         keyspace = self.keyspace
         values = self.client.mget([keyspace.impressions_key(user_id, name) for name in counters])
         return {name: int(value) if value is not None else 0 for name, value in zip(counters, values)}
 
-    def count_impressions(self, user_id: int, counters: list[tuple[str, float]]) -> None:
+    def count_impressions(self, user_id: int | str, counters: list[tuple[str, float]]) -> None:
         if not counters:
             return
         keyspace = self.keyspace
@@ -255,13 +257,13 @@ class RedisFeatureStore(OnlineFeatureStore):
         user_col = ordered["user_id"].to_numpy()
         uniq, starts = np.unique(user_col, return_index=True)
         ends = np.append(starts[1:], len(user_col))
-        spans = {int(u): (int(s), int(e)) for u, s, e in zip(uniq, starts, ends)}
+        spans = {native_id(u): (int(s), int(e)) for u, s, e in zip(uniq, starts, ends)}
         item_col = ordered["item_id"].to_numpy()
         ts_col = ordered["timestamp"].to_numpy()
         user_ids = users["user_id"].to_numpy()
         profiles = users[list(USER_FEATURE_FIELDS)].astype(str).to_numpy()
         all_user_ids = np.union1d(user_ids, uniq)
-        profile_of = {int(u): row for u, row in zip(user_ids, profiles)}
+        profile_of = {native_id(u): row for u, row in zip(user_ids, profiles)}
         for begin in range(0, len(all_user_ids), chunk_users):
             pipe = self.client.pipeline(transaction=False)
             for user_id in all_user_ids[begin : begin + chunk_users].tolist():
@@ -273,7 +275,7 @@ class RedisFeatureStore(OnlineFeatureStore):
                 if user_id in spans:
                     s, e = spans[user_id]
                     recent = [
-                        keys.encode_history_entry(int(i), int(t), int(ts))
+                        keys.encode_history_entry(native_id(i), int(t), int(ts))
                         for i, t, ts in zip(
                             item_col[s:e][:history_length],
                             event_types[s:e][:history_length],
@@ -283,10 +285,11 @@ class RedisFeatureStore(OnlineFeatureStore):
                     self._merge_history(
                         keys=[keyspace.history_key(user_id)], args=[history_length, *recent], client=pipe
                     )
-                    pipe.sadd(keyspace.seen_key(user_id), *item_col[s:e].tolist())
+                    tokens = [keys.id_token(item) for item in item_col[s:e].tolist()]
+                    pipe.sadd(keyspace.seen_key(user_id), *tokens)
                     if ratings is not None:
                         # latest first in the data set: the oldest rating of an item is overwritten
-                        rated = dict(zip(item_col[s:e][::-1].tolist(), ratings[s:e][::-1].tolist()))
+                        rated = dict(zip(tokens[::-1], ratings[s:e][::-1].tolist()))
                         pipe.hset(keyspace.ratings_key(user_id), mapping=rated)
             pipe.execute()
         self.client.set(keyspace.load_marker_key, marker)
@@ -367,7 +370,7 @@ class RedisFeatureStore(OnlineFeatureStore):
     def _move_users(
         self, source: keys.Keyspace, target: keys.Keyspace, first_pass: bool, chunk_keys: int
     ) -> int:
-        users: set[int] = set()
+        users: set[str] = set()
         copied: list[bytes] = []  # idempotency keys and impression counters, copied with their TTL
         for key in self.client.scan_iter(match=source.user_key_pattern, count=chunk_keys):
             user = keys.user_of_key(key)

@@ -23,6 +23,7 @@ import redis
 
 from cascade.core.errors import DependencyUnavailableError
 from cascade.serving.breaker import BreakerState, CircuitBreaker
+from cascade.serving.feature_store import keys
 from cascade.serving.feature_store.base import HistoryEvent, OnlineFeatureStore, RecordResult, UserState
 from cascade.serving.feature_store.cache import MISSING, TTLCache
 
@@ -48,10 +49,22 @@ class UserLookup:
 def _with_event(history_length: int, state: UserState, event: HistoryEvent) -> tuple[int, UserState]:
     """A cached state with an event just stored put in too, so that an answer from the cache never misses
     an acknowledged event."""
-    row = np.array([[event.item_id, event.event_type, event.timestamp]], dtype=np.int64)
-    history = np.concatenate([row, state.history])[:history_length]
-    seen = state.seen if event.item_id in state.seen else np.append(state.seen, event.item_id)
-    return history_length, UserState(state.features, history, seen)
+    item = keys.ids_of_tokens([keys.id_token(event.item_id).encode()])  # as a read would give it
+    items = _joined(item, state.history_items)[:history_length]
+    row = np.array([[event.event_type, event.timestamp]], dtype=np.int64)
+    events = np.concatenate([row, state.history_events])[:history_length]
+    known = {str(seen) for seen in state.seen.tolist()}
+    seen = state.seen if str(item[0]) in known else _joined(state.seen, item)
+    return history_length, UserState(state.features, items, events, seen)
+
+
+def _joined(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Two id arrays end to end: int64 when both are (or one is empty), else object str."""
+    if first.dtype == second.dtype or not len(second):
+        return np.concatenate([first, second.astype(first.dtype)])
+    if not len(first):
+        return second.copy()
+    return np.array([str(i) for i in [*first.tolist(), *second.tolist()]], dtype=object)
 
 
 class ResilientFeatureStore:
@@ -81,7 +94,7 @@ class ResilientFeatureStore:
         self._cache = TTLCache(stale_cache_size, stale_max_age_s)
         self._on_lookup = on_lookup
 
-    def read_user(self, user_id: int, history_length: int, wait_s: float) -> UserLookup:
+    def read_user(self, user_id: int | str, history_length: int, wait_s: float) -> UserLookup:
         """The user's state, waiting at most ``wait_s`` (and the store's timeout) for Redis; else their
         cached state if recent enough, else None. Never raises for a store failure.
 
@@ -113,7 +126,7 @@ class ResilientFeatureStore:
         self._count("miss")
         return UserLookup(None, FEATURE_STORE_UNAVAILABLE)
 
-    def _submit_read(self, user_id: int, history_length: int) -> Future | None:
+    def _submit_read(self, user_id: int | str, history_length: int) -> Future | None:
         """Start a read on the read pool; None (and the breaker's trial slot given back) when too many are
         in flight already."""
         if not self._pending.acquire(blocking=False):
@@ -127,14 +140,14 @@ class ResilientFeatureStore:
             self._pending.release()
             return None
 
-    def _read(self, user_id: int, history_length: int) -> UserState:
+    def _read(self, user_id: int | str, history_length: int) -> UserState:
         """A read on the read pool: gives its pending slot back whatever happens."""
         try:
             return self._read_now(user_id, history_length)
         finally:
             self._pending.release()
 
-    def _read_now(self, user_id: int, history_length: int) -> UserState:
+    def _read_now(self, user_id: int | str, history_length: int) -> UserState:
         try:
             state = self.backend.get_user_state(user_id, history_length)
         except _STORE_FAILURES:
@@ -149,7 +162,7 @@ class ResilientFeatureStore:
 
     def record_event(
         self,
-        user_id: int,
+        user_id: int | str,
         event: HistoryEvent,
         history_length: int,
         event_id: str | None,
@@ -175,7 +188,7 @@ class ResilientFeatureStore:
             self._cache.update(user_id, lambda cached: _with_event(*cached, event))
         return result
 
-    def impressions(self, user_id: int, counters: list[str]) -> dict[str, int] | None:
+    def impressions(self, user_id: int | str, counters: list[str]) -> dict[str, int] | None:
         """The user's impression counters (``OnlineFeatureStore.impressions``), None when the store cannot
         say: the caller then treats each capped pin as spent, rather than show it past its cap."""
         if not counters:
@@ -190,7 +203,7 @@ class ResilientFeatureStore:
         self.breaker.succeeded()
         return counts
 
-    def count_impressions(self, user_id: int, counters: list[tuple[str, float]]) -> None:
+    def count_impressions(self, user_id: int | str, counters: list[tuple[str, float]]) -> None:
         """Count the impressions on the read pool, after the answer: a lost count lets a pin show once more
         than its cap, which does not justify failing or slowing the request that showed it."""
         if not counters:
