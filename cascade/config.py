@@ -162,6 +162,11 @@ class ServingConfig(ComponentConfig):
     )
     user_cache_size: int = Field(100_000, ge=0, description="User feature rows cached in-process.")
     user_cache_ttl_s: float = Field(60.0, ge=0, description="Seconds a cached user feature row stays valid.")
+    admin_enabled: bool = Field(
+        True,
+        description="Serve the CatalogueAdmin service (DeleteItem) beside Recommender on the same port; "
+        "route it to the catalogue's owner only.",
+    )
     reload_interval_s: float = Field(
         5.0,
         ge=0,

@@ -34,6 +34,8 @@ config_app = typer.Typer(no_args_is_help=True, help="The configuration.")
 app.add_typer(bench_app, name="bench")
 app.add_typer(features_app, name="features")
 app.add_typer(config_app, name="config")
+catalogue_app = typer.Typer(no_args_is_help=True, help="Change the served catalogue between trainings.")
+app.add_typer(catalogue_app, name="catalogue")
 
 console = Console()
 error_console = Console(stderr=True)
@@ -414,6 +416,27 @@ def _print_recommendations(user_id: str, reply, explain: bool) -> None:
         console.print(f"removed: {removed}")
     if reply.degraded:
         console.print(f"[yellow]degraded answer:[/] {', '.join(reply.degraded_reasons)}")
+
+
+@catalogue_app.command("delete")
+def catalogue_delete(
+    item_id: Annotated[str, typer.Option(help="The item never to serve again.")],
+    target: Annotated[str | None, typer.Option(help="HOST:PORT of the service.")] = None,
+) -> None:
+    """Delete an item from the served catalogue (CatalogueAdmin.DeleteItem): durable, and in force on every
+    server within serving.reload_interval_s."""
+    import grpc
+
+    from cascade.serving.client import CascadeClient
+
+    cfg = _config()
+    with CascadeClient(target or f"{cfg.serving.host}:{cfg.serving.port}") as client:
+        try:
+            reply = client.delete_item(item_id)
+        except grpc.RpcError as exc:
+            _fail(f"{exc.code().name}: {exc.details()}")
+    said = "deleted" if reply.deleted else "was deleted already"
+    console.print(f"item {item_id} {said}; catalogue version {reply.catalogue_version}")
 
 
 JsonOption = Annotated[Path | None, typer.Option("--json", help="Also write the report here.")]

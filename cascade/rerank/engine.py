@@ -62,6 +62,7 @@ MMR_POOL_PER_ITEM = 5
 MMR_POOL_MIN = 100
 NO_RULES_VERSION = "none"
 REQUEST_GENRES = "request:genres"  # how explanations count items the request's genre filter removed
+DELETED = "deleted"  # ... and items deleted from the catalogue (CatalogueAdmin.DeleteItem)
 
 
 @dataclass(frozen=True)
@@ -101,10 +102,16 @@ class RuleEngine:
     are logged and skipped (they may arrive later)."""
 
     def __init__(
-        self, config: RerankConfig, attributes: ItemAttributes | None, rules: RulesFile | None = None
+        self,
+        config: RerankConfig,
+        attributes: ItemAttributes | None,
+        rules: RulesFile | None = None,
+        deleted: np.ndarray | None = None,
     ):
+        """``deleted``: (N,) bool, the catalogue's deleted items, never served whatever the rules say."""
         self.config = config
         self.rules = rules
+        self.deleted = deleted if deleted is not None and deleted.any() else None
         self.version = rules.version if rules is not None else NO_RULES_VERSION
         self.attributes = attributes
         self.filters: list[_Filter] = []
@@ -243,10 +250,16 @@ class RuleEngine:
     def _requested(
         self, items: np.ndarray, request: RerankRequest, removed: dict[str, int] | None
     ) -> np.ndarray:
-        """(C,) bool: which of ``items`` are real items the user has not seen (when ``rerank.filter_seen``),
-        the request does not exclude, and of the genres it asks for; counted in ``removed`` under "seen",
-        "exclude" and "request:genres"."""
+        """(C,) bool: which of ``items`` are real items, not deleted from the catalogue, the user has not seen
+        (when ``rerank.filter_seen``), the request does not exclude, and of the genres it asks for; counted
+        in ``removed`` under "deleted", "seen", "exclude" and "request:genres"."""
         keep = items > 0
+        if self.deleted is not None:
+            inside = items < len(self.deleted)
+            hit = keep & inside & self.deleted[np.where(inside, items, 0)]
+            if removed is not None and hit.any():
+                removed[DELETED] = int(np.count_nonzero(hit))
+            keep &= ~hit
         for label, pool, applies in (
             ("seen", request.seen, self.config.filter_seen),
             ("exclude", request.exclude, True),

@@ -25,6 +25,7 @@ class CascadeClient:
         self.timeout_s = timeout_s
         self._channel = grpc.insecure_channel(target)
         self._stub = pb_grpc.RecommenderStub(self._channel)
+        self._admin = pb_grpc.CatalogueAdminStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def recommend(
@@ -110,6 +111,11 @@ class CascadeClient:
             rating=rating,
         )
         return self._stub.RecordEvent(request, timeout=self.timeout_s)
+
+    def delete_item(self, item_id: str | int, request_id: str = "") -> pb.DeleteItemResponse:
+        """CatalogueAdmin.DeleteItem: never serve the item again."""
+        request = pb.DeleteItemRequest(item_id=str(item_id), request_id=request_id)
+        return self._admin.DeleteItem(request, timeout=self.timeout_s)
 
     def health(self, service: str = "") -> str:
         reply = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout_s)

@@ -159,6 +159,9 @@ class RecommendationPipeline:
         genre or pinned item the catalogue lacks)."""
         self.models = models
         self.config = config
+        self.deleted: np.ndarray | None = None  # (N,) bool: the catalogue's deleted items
+        self._compiling = threading.Lock()  # a rules reload and a deletion at once: neither is lost
+        self.rules_file = rules
         self.rules = self.use_rules(rules)
         self.costs = StageCosts()
         # genre id -> its items, most popular first: built at a request's first use of the genre
@@ -168,9 +171,22 @@ class RecommendationPipeline:
         """Compile ``rules`` against the served catalogue and swap them in (a single assignment: a request
         applies either the old rules or the new ones); raises ConfigError and keeps the old ones when
         they do not compile."""
-        engine = RuleEngine(self.config.rerank, self.models.attributes, rules)
-        self.rules = engine
+        with self._compiling:
+            engine = RuleEngine(self.config.rerank, self.models.attributes, rules, self.deleted)
+            self.rules, self.rules_file = engine, rules
         return engine
+
+    def use_deleted(self, item_ids: tuple[str, ...]) -> int:
+        """Never serve these items (ids as text; ones the catalogue lacks are ignored) from now on: the
+        rules recompiled with them, swapped in one assignment. Returns how many the catalogue holds."""
+        schema = self.models.schema
+        indices = schema.item_index(schema.parse_item_ids(list(item_ids)))
+        deleted = np.zeros(schema.num_items, dtype=bool)
+        deleted[indices[indices > 0]] = True
+        with self._compiling:
+            self.rules = RuleEngine(self.config.rerank, self.models.attributes, self.rules_file, deleted)
+            self.deleted = deleted
+        return int(deleted.sum())
 
     def warm_up(self) -> float:
         """Answer one request for an unknown user whose history is the most popular items, before any real

@@ -22,6 +22,7 @@ from cascade.core.errors import (
     ArtifactError,
     ConfigError,
     DeadlineExceededError,
+    DependencyUnavailableError,
     InvalidArgumentError,
     NotFoundError,
     NotReadyError,
@@ -37,6 +38,7 @@ from cascade.serving.api import recommender_pb2 as pb
 from cascade.serving.api import recommender_pb2_grpc as pb_grpc
 from cascade.serving.artifact_check import check_in_child
 from cascade.serving.breaker import BreakerState
+from cascade.serving.catalogue_changes import CatalogueChanges, CatalogueState
 from cascade.serving.deadline import Deadline
 from cascade.serving.feature_store import HistoryEvent, OnlineFeatureStore, UserState
 from cascade.serving.feature_store.resilient import ResilientFeatureStore
@@ -72,6 +74,7 @@ from cascade.serving.validation import (
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
+ADMIN_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CatalogueAdmin"].full_name
 # Readiness of the service's dependencies, apart from its liveness: NOT_SERVING while the feature store's
 # breaker is open. The service itself stays SERVING then (it answers, degraded).
 FEATURE_STORE_HEALTH = "cascade.feature_store"
@@ -123,6 +126,10 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         self._pipeline: RecommendationPipeline | None = None
         # read now: a server never starts on a rules file that does not validate
         self.rules = RulesSource(config.rerank.rules_path)
+        client = getattr(self.store.backend, "client", None)
+        self.catalogue = CatalogueChanges(client) if isinstance(client, redis.Redis) else None
+        self._catalogue_applied: CatalogueState | None = None  # what the installed pipeline applies
+        self._catalogue_lock = threading.Lock()
 
     @property
     def ready(self) -> bool:
@@ -137,8 +144,46 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         """Swap in a loaded set of models, warmed up by one request first; requests in flight finish on the
         ones they started with."""
         pipeline = RecommendationPipeline(models, self.config, self.rules.current)
-        logger.info("models warmed up in %.2f s", pipeline.warm_up())
-        self._pipeline = pipeline
+        with self._catalogue_lock:
+            state = self._read_catalogue() or self._catalogue_applied
+            if state is not None:  # new models keep the catalogue's deletions from their first request
+                pipeline.use_deleted(state.deleted)
+            logger.info("models warmed up in %.2f s", pipeline.warm_up())
+            self._pipeline = pipeline
+            self._catalogue_applied = state
+
+    def _read_catalogue(self) -> CatalogueState | None:
+        """The catalogue's changes, None when there is no Redis to read them from or it cannot be read (the
+        changes applied already stay; the watcher reads again)."""
+        if self.catalogue is None:
+            return None
+        try:
+            return self.catalogue.state()
+        except (redis.RedisError, OSError) as exc:
+            logger.warning("catalogue changes not read (%s); reading again later", type(exc).__name__)
+            return None
+
+    def refresh_catalogue(self) -> bool:
+        """Apply the catalogue's changes when its version moved since the installed pipeline's; True when
+        it did. Cheap when nothing changed: one GET."""
+        if self.catalogue is None or self._pipeline is None:
+            return False
+        try:
+            version = self.catalogue.version()
+        except (redis.RedisError, OSError):
+            return False
+        applied = self._catalogue_applied
+        if applied is not None and applied.version == version:
+            return False
+        with self._catalogue_lock:
+            state = self._read_catalogue()
+            pipeline = self._pipeline
+            if state is None or pipeline is None:
+                return False
+            held = pipeline.use_deleted(state.deleted)
+            self._catalogue_applied = state
+        logger.info("catalogue version %d in force: %d items deleted", state.version, held)
+        return True
 
     def reload_rules_if_changed(self) -> bool:
         """Swap in the rules file's new content, if it changed; True when a swap happened. A file that does
@@ -456,6 +501,36 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         return pb.RecordEventResponse(history_length=result.history_length, duplicate=result.duplicate)
 
 
+class CatalogueAdminService(pb_grpc.CatalogueAdminServicer):
+    """Catalogue changes between trainings (``CatalogueChanges``), applied by ``service`` at once."""
+
+    def __init__(self, service: RecommenderService):
+        self.service = service
+
+    def DeleteItem(
+        self, request: pb.DeleteItemRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteItemResponse:
+        item_id = parse_id("item_id", request.item_id)
+        request_id = check_request_id(request.request_id) or _current_request_id()
+        pipeline = self.service.require_pipeline()
+        schema = pipeline.models.schema
+        item = int(schema.item_index(schema.parse_item_ids([item_id]))[0])
+        if item == 0:
+            raise NotFoundError(f"item_id: no item {item_id[:64]!r} in the catalogue")
+        catalogue = self.service.catalogue
+        if catalogue is None:
+            raise NotReadyError("catalogue changes need the feature store's Redis, which this server lacks")
+        try:
+            deleted, version = catalogue.delete(native_id(schema.item_id_of([item])[0]))
+        except (redis.RedisError, OSError) as exc:
+            raise DependencyUnavailableError(
+                f"feature store unavailable ({type(exc).__name__}); item not deleted, retry later"
+            ) from None
+        # in force on this server before the answer; the others follow within reload_interval_s
+        self.service.refresh_catalogue()
+        return pb.DeleteItemResponse(request_id=request_id, deleted=deleted, catalogue_version=version)
+
+
 def _store_user(schema: FeatureSchema, user_id: str) -> int | str:
     """The user's key in the feature store: an integer id as the integer (so "042" is user 42), anything else
     as sent, in a catalogue of integer user ids as in one of string ids."""
@@ -539,7 +614,9 @@ class CascadeServer:
         # Several processes share one port only when asked to; otherwise binding a taken port must fail.
         reuse_port = int(serving.processes > 1)
         interceptors: list[grpc.ServerInterceptor] = [
-            ServiceInterceptor(SERVICE_NAME, self.executors, self.metrics)
+            ServiceInterceptor(SERVICE_NAME, self.executors, self.metrics),
+            # the admin service: errors mapped and counted the same way, on the server's own pool
+            ServiceInterceptor(ADMIN_SERVICE_NAME, {}, self.metrics),
         ]
         if self.tracing.enabled:  # outside admission, so that shed and refused calls have spans too
             interceptors.insert(0, self.tracing.server_interceptor())
@@ -554,9 +631,12 @@ class CascadeServer:
             maximum_concurrent_rpcs=2 * admitted + _RESERVE_THREADS,
         )
         pb_grpc.add_RecommenderServicer_to_server(self.service, self._server)
+        if config.serving.admin_enabled:
+            pb_grpc.add_CatalogueAdminServicer_to_server(CatalogueAdminService(self.service), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        served = (SERVICE_NAME, *((ADMIN_SERVICE_NAME,) if config.serving.admin_enabled else ()))
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+            (*served, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
         self.port: int | None = None
         self.process_port: int | None = None  # serving.process_ports + process_index, when configured
@@ -717,6 +797,7 @@ class CascadeServer:
                 try:
                     self.reload_if_published()
                     self.service.reload_rules_if_changed()
+                    self.service.refresh_catalogue()
                 except Exception:  # the watcher must outlive any one bad publication
                     logger.exception("artifact watcher failed; retrying in %.1f s", interval)
 

@@ -20,6 +20,24 @@ EVENT_TYPE_CLICK: EventType
 EVENT_TYPE_RATE: EventType
 EVENT_TYPE_PURCHASE: EventType
 
+class DeleteItemRequest(_message.Message):
+    __slots__ = ("item_id", "request_id")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    request_id: str
+    def __init__(self, item_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class DeleteItemResponse(_message.Message):
+    __slots__ = ("request_id", "deleted", "catalogue_version")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    CATALOGUE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    deleted: bool
+    catalogue_version: int
+    def __init__(self, request_id: _Optional[str] = ..., deleted: _Optional[bool] = ..., catalogue_version: _Optional[int] = ...) -> None: ...
+
 class Demographics(_message.Message):
     __slots__ = ("gender", "age", "occupation", "zip_code")
     GENDER_FIELD_NUMBER: _ClassVar[int]

@@ -187,3 +187,89 @@ class Recommender:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class CatalogueAdminStub:
+    """Changes to the served catalogue between trainings, for the catalogue's owner rather than app back-ends
+    (route it apart, e.g. at the balancer; it is off with serving.admin_enabled = false). Changes are
+    durable in the feature store's Redis, in force on the server that acknowledged them at once and on
+    every other within serving.reload_interval_s, and kept across restarts and new models.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.DeleteItem = channel.unary_unary(
+                '/cascade.v1.CatalogueAdmin/DeleteItem',
+                request_serializer=recommender__pb2.DeleteItemRequest.SerializeToString,
+                response_deserializer=recommender__pb2.DeleteItemResponse.FromString,
+                _registered_method=True)
+
+
+class CatalogueAdminServicer:
+    """Changes to the served catalogue between trainings, for the catalogue's owner rather than app back-ends
+    (route it apart, e.g. at the balancer; it is off with serving.admin_enabled = false). Changes are
+    durable in the feature store's Redis, in force on the server that acknowledged them at once and on
+    every other within serving.reload_interval_s, and kept across restarts and new models.
+    """
+
+    def DeleteItem(self, request, context):
+        """Never serve this item again: not in Recommend, SimilarItems or a pin. Deleting a deleted item is
+        acknowledged again (deleted = false). An item the catalogue does not hold is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_CatalogueAdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'DeleteItem': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteItem,
+                    request_deserializer=recommender__pb2.DeleteItemRequest.FromString,
+                    response_serializer=recommender__pb2.DeleteItemResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'cascade.v1.CatalogueAdmin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('cascade.v1.CatalogueAdmin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class CatalogueAdmin:
+    """Changes to the served catalogue between trainings, for the catalogue's owner rather than app back-ends
+    (route it apart, e.g. at the balancer; it is off with serving.admin_enabled = false). Changes are
+    durable in the feature store's Redis, in force on the server that acknowledged them at once and on
+    every other within serving.reload_interval_s, and kept across restarts and new models.
+    """
+
+    @staticmethod
+    def DeleteItem(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.v1.CatalogueAdmin/DeleteItem',
+            recommender__pb2.DeleteItemRequest.SerializeToString,
+            recommender__pb2.DeleteItemResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

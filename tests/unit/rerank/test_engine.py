@@ -434,3 +434,16 @@ def test_a_pin_is_capped_per_user_and_placed_once_across_pages(catalogue):
 def test_new_kinds_validate(text, message):
     with pytest.raises(ConfigError, match=message):
         parse_rules(text)
+
+
+def test_deleted_items_are_never_served_with_or_without_rules(catalogue):
+    deleted = np.zeros(catalogue.num_items, dtype=bool)
+    deleted[[1, 8]] = True
+    pin = '[[rules]]\nkind = "pin"\nitem = "m8"\nposition = 1'
+    for text in ("", pin):
+        rules = RuleEngine(RerankConfig(), catalogue, parse_rules(text) if text else None, deleted)
+        out = rules.apply(ITEMS, SCORES, AT_NOW, 9, explain=True)
+        assert 1 not in out.items and 8 not in out.items and len(out.items) == 7
+        assert out.removed["deleted"] == 2
+        similar = rules.filter(ITEMS, SCORES, AT_NOW, 3, explain=True)
+        assert similar.items.tolist() == [2, 3, 4] and similar.removed == {"deleted": 2}
