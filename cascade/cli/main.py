@@ -418,6 +418,30 @@ def _print_recommendations(user_id: str, reply, explain: bool) -> None:
         console.print(f"[yellow]degraded answer:[/] {', '.join(reply.degraded_reasons)}")
 
 
+@catalogue_app.command("upsert")
+def catalogue_upsert(
+    item_id: Annotated[str, typer.Option(help="The item to add, or whose content to replace.")],
+    title: Annotated[str, typer.Option(help="Its title.")] = "",
+    genre: Annotated[list[str] | None, typer.Option(help="A genre of the catalogue's (repeatable).")] = None,
+    year: Annotated[int, typer.Option(help="Release year (0: unknown).")] = 0,
+    target: Annotated[str | None, typer.Option(help="HOST:PORT of the service.")] = None,
+) -> None:
+    """Add an item to the served catalogue, embedded from its content, or replace an item's content
+    (CatalogueAdmin.UpsertItem): durable, and in force on every server within serving.reload_interval_s."""
+    import grpc
+
+    from cascade.serving.client import CascadeClient
+
+    cfg = _config()
+    with CascadeClient(target or f"{cfg.serving.host}:{cfg.serving.port}") as client:
+        try:
+            reply = client.upsert_item(item_id, title=title, genres=genre or [], year=year)
+        except grpc.RpcError as exc:
+            _fail(f"{exc.code().name}: {exc.details()}")
+    said = "added" if reply.created else "replaced"
+    console.print(f"item {item_id} {said}; catalogue version {reply.catalogue_version}")
+
+
 @catalogue_app.command("delete")
 def catalogue_delete(
     item_id: Annotated[str, typer.Option(help="The item never to serve again.")],

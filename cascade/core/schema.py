@@ -191,6 +191,9 @@ class FeatureSchema:
     # the data set's rating scale: ML-100K rates 1-5 in whole stars, later MovieLens releases 0.5-5 in halves
     rating_range: tuple[float, float] = DEFAULT_RATING_RANGE
     version: int = SCHEMA_VERSION
+    # items added while serving (CatalogueAdmin.UpsertItem), indices num_items, num_items + 1, ...: never
+    # saved, unknown to every model (``num_items`` counts the trained catalogue only)
+    added_item_ids: tuple = ()
 
     # --- sizes of every categorical feature, for embedding tables -------------------------------------
     @property
@@ -336,11 +339,34 @@ class FeatureSchema:
         return self.lookup_ids(self.user_ids, user_ids, self._user_table)
 
     def item_index(self, item_ids: Any) -> np.ndarray:
-        """External item ids (N,) -> indices (N,); 0 for unknown items."""
-        return self.lookup_ids(self.item_ids, item_ids, self._item_table)
+        """External item ids (N,) -> indices (N,); 0 for unknown items. Items added while serving too."""
+        found = self.lookup_ids(self.item_ids, item_ids, self._item_table)
+        if self.added_item_ids and not found.all():
+            table = self._added_table
+            ids = _as_list(item_ids)
+            for row in np.flatnonzero(found == 0).tolist():
+                found[row] = table.get(ids[row], 0)
+        return found
+
+    @cached_property
+    def _added_table(self) -> dict:
+        return {item: self.num_items + position for position, item in enumerate(self.added_item_ids)}
+
+    @property
+    def num_served_items(self) -> int:
+        """The trained catalogue and the items added while serving, with the padding row."""
+        return self.num_items + len(self.added_item_ids)
 
     def item_id_of(self, indices: Any) -> np.ndarray:
-        return self.item_ids[np.asarray(indices, dtype=np.int64) - 1]
+        indices = np.asarray(indices, dtype=np.int64)
+        if not self.added_item_ids or not (indices >= self.num_items).any():
+            return self.item_ids[indices - 1]
+        added = np.array(self.added_item_ids, dtype=self.item_ids.dtype)
+        trained = indices < self.num_items
+        out = np.empty(len(indices), dtype=self.item_ids.dtype)
+        out[trained] = self.item_ids[indices[trained] - 1]
+        out[~trained] = added[indices[~trained] - self.num_items]
+        return out
 
     # --- encoding -----------------------------------------------------------------------------------
     @cached_property

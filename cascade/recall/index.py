@@ -178,3 +178,51 @@ class ItemIndex:
         if index.ntotal != len(embeddings) or index.d != meta["dim"]:
             raise ValueError(f"index in {folder} does not match its embeddings")
         return cls(index, embeddings, meta["factory"], meta.get("search_params", {}))
+
+
+class GrowingIndex:
+    """A built ``ItemIndex`` plus items added since, searched exactly beside it: the index of a catalogue
+    that grows between trainings (``CatalogueAdmin.UpsertItem``). Item indices 1..base.size are the base's,
+    base.size + 1.. the added ones, in order. The added items are few (until the next rebuild), so exact
+    search over them costs less than keeping a second FAISS index in step."""
+
+    def __init__(self, base: ItemIndex, added: np.ndarray):
+        """added: (M, D) unit vectors of the new items."""
+        self.base = base
+        self.added = np.ascontiguousarray(added, dtype=np.float32).reshape(-1, base.dim)
+        self.embeddings = np.concatenate([base.embeddings, self.added])
+
+    @property
+    def size(self) -> int:
+        return self.base.size + len(self.added)
+
+    @property
+    def dim(self) -> int:
+        return self.base.dim
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """queries (Q, D) -> scores (Q, k), item indices (Q, k): the base index's and the added items' best,
+        merged; missing results have index 0."""
+        scores, items = self.base.search(queries, k)
+        if not len(self.added):
+            return scores, items
+        queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        added_scores = queries @ self.added.T  # (Q, M)
+        added_items = np.broadcast_to(
+            np.arange(self.base.size + 1, self.size + 1, dtype=items.dtype), added_scores.shape
+        )
+        merged_scores = np.concatenate([np.where(items > 0, scores, -np.inf), added_scores], axis=1)
+        merged_items = np.concatenate([items, added_items], axis=1)
+        k = min(k, merged_items.shape[1])
+        best = np.argsort(-merged_scores, axis=1, kind="stable")[:, :k]
+        top_scores = np.take_along_axis(merged_scores, best, axis=1)
+        top_items = np.take_along_axis(merged_items, best, axis=1)
+        return np.where(np.isfinite(top_scores), top_scores, 0).astype(np.float32), np.where(
+            np.isfinite(top_scores), top_items, 0
+        )
+
+    def similar(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k items nearest to item index ``item`` (itself excluded) -> items (k,), scores."""
+        scores, items = self.search(self.embeddings[item - 1 : item], k + 1)
+        keep = (items[0] != item) & (items[0] > 0)
+        return items[0][keep][:k], scores[0][keep][:k]

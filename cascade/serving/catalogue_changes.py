@@ -2,6 +2,9 @@
 process, a restarted one and one on new models apply the same catalogue.
 
     cascade:catalogue:v1:deleted   set  id tokens (``keys.id_token``) of the items never to serve again
+    cascade:catalogue:v1:items     hash id token -> JSON of an upserted item: id, title, genres, year,
+                                        attributes, and ``seq``, the order items were first upserted in
+    cascade:catalogue:v1:seq       str  the last ``seq`` given
     cascade:catalogue:v1:version   str  a counter of the changes: servers poll it, and read the rest when it
                                         moved
 
@@ -10,14 +13,35 @@ Outside the users' keyspaces: a keyspace switch (a new history length) does not 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 
 import redis
 
 from cascade.serving.feature_store import keys
 
 DELETED_KEY = b"cascade:catalogue:v1:deleted"
+ITEMS_KEY = b"cascade:catalogue:v1:items"
+SEQ_KEY = b"cascade:catalogue:v1:seq"
 VERSION_KEY = b"cascade:catalogue:v1:version"
+
+# Upsert one item: its record (keeping the seq of its first upsert), out of the deleted set, and the
+# version, together. KEYS: items, deleted, seq, version. ARGV: item token, the record's JSON without seq.
+# Returns {created (0/1), version}.
+_UPSERT_SCRIPT = """
+local record = cjson.decode(ARGV[2])
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+local created = 0
+if old then
+  record['seq'] = cjson.decode(old)['seq']
+else
+  record['seq'] = redis.call('INCR', KEYS[3])
+  created = 1
+end
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(record))
+redis.call('SREM', KEYS[2], ARGV[1])
+return {created, redis.call('INCR', KEYS[4])}
+"""
 
 # Delete one item: the set and the version change together, and a repeat changes neither.
 # KEYS: deleted set, version. ARGV: item token. Returns {added (0/1), version}.
@@ -31,9 +55,40 @@ return {added, tonumber(redis.call('GET', KEYS[2]) or '0')}
 
 
 @dataclass(frozen=True)
+class ItemRecord:
+    """An upserted item's content, as UpsertItem gave it."""
+
+    item_id: str
+    title: str
+    genres: tuple[str, ...]
+    year: int
+    attributes: dict[str, str] = field(default_factory=dict)
+    seq: int = 0  # the order items were first upserted in
+
+    def to_json(self) -> str:
+        fields = {"item_id": self.item_id, "title": self.title, "genres": list(self.genres)}
+        # cjson turns an empty object into an empty array: the attributes travel as pairs
+        fields |= {"year": self.year, "attributes": sorted(self.attributes.items())}
+        return json.dumps(fields)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ItemRecord:
+        raw = json.loads(text)
+        return cls(
+            str(raw["item_id"]),
+            str(raw["title"]),
+            tuple(raw["genres"]),
+            int(raw["year"]),
+            {str(k): str(v) for k, v in raw.get("attributes") or []},
+            int(raw["seq"]),
+        )
+
+
+@dataclass(frozen=True)
 class CatalogueState:
     version: int  # 0: no change was ever made
     deleted: tuple[str, ...]  # ids (as text) of the deleted items
+    items: tuple[ItemRecord, ...] = ()  # upserted items, in the order they were first upserted
 
 
 class CatalogueChanges:
@@ -42,11 +97,20 @@ class CatalogueChanges:
     def __init__(self, client: redis.Redis):
         self.client = client
         self._delete = client.register_script(_DELETE_SCRIPT)
+        self._upsert = client.register_script(_UPSERT_SCRIPT)
 
     def delete(self, item_id: int | str) -> tuple[bool, int]:
         """Record ``item_id`` (as the catalogue spells it) deleted -> (newly deleted, catalogue version)."""
         added, version = self._delete(keys=[DELETED_KEY, VERSION_KEY], args=[keys.id_token(item_id)])
         return bool(added), int(version)
+
+    def upsert(self, record: ItemRecord) -> tuple[bool, int]:
+        """Record an item's content -> (a new item, catalogue version)."""
+        created, version = self._upsert(
+            keys=[ITEMS_KEY, DELETED_KEY, SEQ_KEY, VERSION_KEY],
+            args=[keys.id_token(record.item_id), record.to_json()],
+        )
+        return bool(created), int(version)
 
     def version(self) -> int:
         raw = self.client.get(VERSION_KEY)
@@ -57,6 +121,8 @@ class CatalogueChanges:
         pipe = self.client.pipeline(transaction=True)
         pipe.get(VERSION_KEY)
         pipe.smembers(DELETED_KEY)
-        raw_version, members = pipe.execute()
+        pipe.hvals(ITEMS_KEY)
+        raw_version, members, records = pipe.execute()
         deleted = tuple(sorted(keys.id_of_token(member) for member in members))
-        return CatalogueState(int(raw_version) if raw_version is not None else 0, deleted)
+        items = tuple(sorted((ItemRecord.from_json(raw) for raw in records), key=lambda r: r.seq))
+        return CatalogueState(int(raw_version) if raw_version is not None else 0, deleted, items)

@@ -112,6 +112,26 @@ class CascadeClient:
         )
         return self._stub.RecordEvent(request, timeout=self.timeout_s)
 
+    def upsert_item(
+        self,
+        item_id: str | int,
+        title: str = "",
+        genres: list[str] | tuple = (),
+        year: int = 0,
+        attributes: dict[str, str] | None = None,
+        request_id: str = "",
+    ) -> pb.UpsertItemResponse:
+        """CatalogueAdmin.UpsertItem: add an item, or replace an item's content."""
+        request = pb.UpsertItemRequest(
+            item_id=str(item_id),
+            title=title,
+            genres=list(genres),
+            year=year,
+            attributes=attributes or {},
+            request_id=request_id,
+        )
+        return self._admin.UpsertItem(request, timeout=self.timeout_s)
+
     def delete_item(self, item_id: str | int, request_id: str = "") -> pb.DeleteItemResponse:
         """CatalogueAdmin.DeleteItem: never serve the item again."""
         request = pb.DeleteItemRequest(item_id=str(item_id), request_id=request_id)

@@ -4,6 +4,7 @@ and put in its serving form."""
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,7 +20,8 @@ from cascade.ranking.ranker import Ranker
 from cascade.ranking.statistics import ItemStatistics
 from cascade.recall.bundle import INDEX, RECALL, IndexBundle, RecallBundle
 from cascade.recall.channels import RecallChannels
-from cascade.recall.index import ItemIndex
+from cascade.recall.index import GrowingIndex, ItemIndex
+from cascade.recall.training import embed_items
 from cascade.recall.user_query import UserQueryEncoder
 from cascade.rerank.catalogue import ItemAttributes
 
@@ -36,7 +38,7 @@ class ServingModels:
     popularity: np.ndarray  # (num_items,) training interaction counts
     popular_order: np.ndarray  # item indices, most popular first
     user_query: UserQueryEncoder  # the two-tower model's user tower for one served user
-    index: ItemIndex
+    index: ItemIndex | GrowingIndex
     channels: RecallChannels
     ranker: Ranker
     score: Callable[[RankingBatch], np.ndarray]  # the ranker's serving form: one request -> (B,) scores
@@ -45,6 +47,15 @@ class ServingModels:
     num_candidates: int  # the two-tower channel's quota: what the index's search knob was tuned for
     versions: dict[str, str]
     attributes: ItemAttributes  # what business rules see of each item
+    # (M,) item-table rows -> (M, D) unit vectors from content alone (the item tower, loaded at first use):
+    # how items added while serving are embedded
+    embed_content: Callable[[ItemFeatures], np.ndarray] | None = None
+
+    @property
+    def trained_items(self) -> int:
+        """Item indices below this are the trained catalogue's; the others were added while serving and are
+        unknown to every model."""
+        return self.schema.num_items
 
     @classmethod
     def load(
@@ -108,7 +119,29 @@ class ServingModels:
             num_candidates=index_bundle.tuned_for or config.recall.num_candidates,
             versions={RECALL: recall.version, INDEX: index_bundle.version, RANKING: ranking.version},
             attributes=_item_attributes(recall, schema, items, statistics, index.embeddings),
+            embed_content=_content_embedder(recall),
         )
+
+
+def _content_embedder(recall: RecallBundle) -> Callable[[ItemFeatures], np.ndarray]:
+    """Embeds item-table rows from their content with the recall artifact's item tower, loaded at the first
+    call (most servers never add an item; the model's id tables are large)."""
+    loaded: list = []
+    lock = threading.Lock()
+
+    def embed(rows: ItemFeatures) -> np.ndarray:
+        with lock:
+            if not loaded:
+                loaded.append(recall.two_tower())
+        padded = ItemFeatures(  # row 0 is padding, as in every item table
+            item=np.zeros(len(rows.item) + 1, dtype=np.int64),
+            genres=np.vstack([np.zeros((1, rows.genres.shape[1]), dtype=np.int64), rows.genres]),
+            title=np.vstack([np.zeros((1, rows.title.shape[1]), dtype=np.int64), rows.title]),
+            year=np.concatenate([[0], rows.year]).astype(np.int64),
+        )
+        return embed_items(loaded[0], padded, known=np.zeros(len(padded.item), dtype=bool))
+
+    return embed
 
 
 def _item_attributes(

@@ -212,7 +212,7 @@ class RecommendationPipeline:
     def user_embedding(self, ctx: UserContext) -> np.ndarray:
         """(D,) float32 query vector from the user's features and recent history."""
         row = ctx.row
-        recent = ctx.history[: self.models.history_length]
+        recent = self._trained(ctx.history)[: self.models.history_length]
         return self.models.user_query(row.user, row.gender, row.age, row.occupation, row.zip, recent)
 
     def popular(self, blocked: np.ndarray, count: int) -> ChannelCandidates:
@@ -268,7 +268,14 @@ class RecommendationPipeline:
         """The personal channels for a user with two-tower ``query`` (D,): the ANN, plus co-occurrence
         from recent items, or popular-in-segment for a user with no history."""
         two_tower = self.two_tower(query, ctx.seen, self.models.num_candidates + extra)
-        return self.models.channels.merge(two_tower, ctx.history, ctx.seen, ctx.row.gender, ctx.row.age)
+        # the other channels start from what the user did: items the models know (they propose no others)
+        history, seen = self._trained(ctx.history), self._trained(ctx.seen)
+        return self.models.channels.merge(two_tower, history, seen, ctx.row.gender, ctx.row.age)
+
+    def _trained(self, items: np.ndarray) -> np.ndarray:
+        """``items`` without those added while serving, which no model knows."""
+        trained = self.models.trained_items
+        return items if not len(items) or items.max() < trained else items[items < trained]
 
     def recommend(
         self,
@@ -339,8 +346,11 @@ class RecommendationPipeline:
             order, tt_scores, vectors = two_tower_order(items, self.models.index.embeddings, query)
             items, channels, channel_scores = items[order], channels[order], channel_scores[order]
             codes = encode_channels(merged.channel_names)[channels]
+            # the rankers see an item added while serving as the unknown item, beside its real vector
+            trained = self.models.trained_items
+            known = items if items.max() < trained else np.where(items < trained, items, 0)
             batch = self.models.ranking_features.build(
-                ctx.row, ctx.history, items, tt_scores, codes, ctx.at, vectors
+                ctx.row, self._trained(ctx.history), known, tt_scores, codes, ctx.at, vectors
             )
             features_built = time.perf_counter()
             scores = self.models.score(batch)

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent import futures
 
 import grpc
@@ -38,7 +39,8 @@ from cascade.serving.api import recommender_pb2 as pb
 from cascade.serving.api import recommender_pb2_grpc as pb_grpc
 from cascade.serving.artifact_check import check_in_child
 from cascade.serving.breaker import BreakerState
-from cascade.serving.catalogue_changes import CatalogueChanges, CatalogueState
+from cascade.serving.catalogue_changes import CatalogueChanges, CatalogueState, ItemRecord
+from cascade.serving.catalogue_overlay import with_catalogue
 from cascade.serving.deadline import Deadline
 from cascade.serving.feature_store import HistoryEvent, OnlineFeatureStore, UserState
 from cascade.serving.feature_store.resilient import ResilientFeatureStore
@@ -56,6 +58,7 @@ from cascade.serving.pipeline import (
 from cascade.serving.rules_source import RulesSource
 from cascade.serving.tracing import Tracing
 from cascade.serving.validation import (
+    check_attributes,
     check_budget_ms,
     check_demographics,
     check_event_id,
@@ -66,6 +69,8 @@ from cascade.serving.validation import (
     check_request_time,
     check_surface,
     check_timestamp,
+    check_title,
+    check_year,
     parse_exclude_ids,
     parse_genres,
     parse_id,
@@ -129,6 +134,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         client = getattr(self.store.backend, "client", None)
         self.catalogue = CatalogueChanges(client) if isinstance(client, redis.Redis) else None
         self._catalogue_applied: CatalogueState | None = None  # what the installed pipeline applies
+        self._base_models: ServingModels | None = None  # the installed models as loaded, no change applied
         self._catalogue_lock = threading.Lock()
 
     @property
@@ -141,16 +147,26 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         return self._pipeline
 
     def install(self, models: ServingModels) -> None:
-        """Swap in a loaded set of models, warmed up by one request first; requests in flight finish on the
-        ones they started with."""
-        pipeline = RecommendationPipeline(models, self.config, self.rules.current)
+        """Swap in a loaded set of models, with the catalogue's changes applied and warmed up by one request
+        first; requests in flight finish on the ones they started with."""
         with self._catalogue_lock:
             state = self._read_catalogue() or self._catalogue_applied
-            if state is not None:  # new models keep the catalogue's deletions from their first request
-                pipeline.use_deleted(state.deleted)
+            # new models keep the catalogue's changes from their first request
+            pipeline = self._pipeline_for(models, state)
             logger.info("models warmed up in %.2f s", pipeline.warm_up())
+            self._base_models = models
             self._pipeline = pipeline
             self._catalogue_applied = state
+
+    def _pipeline_for(self, models: ServingModels, state: CatalogueState | None) -> RecommendationPipeline:
+        """A pipeline on ``models`` (as loaded) with the catalogue's added and replaced items and its
+        deletions."""
+        if state is not None and state.items:
+            models = with_catalogue(models, state.items)
+        pipeline = RecommendationPipeline(models, self.config, self.rules.current)
+        if state is not None:
+            pipeline.use_deleted(state.deleted)
+        return pipeline
 
     def _read_catalogue(self) -> CatalogueState | None:
         """The catalogue's changes, None when there is no Redis to read them from or it cannot be read (the
@@ -177,12 +193,21 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             return False
         with self._catalogue_lock:
             state = self._read_catalogue()
-            pipeline = self._pipeline
-            if state is None or pipeline is None:
+            pipeline, base = self._pipeline, self._base_models
+            if state is None or pipeline is None or base is None:
                 return False
-            held = pipeline.use_deleted(state.deleted)
+            if applied is not None and applied.items == state.items:
+                pipeline.use_deleted(state.deleted)  # deletions only: the rules recompiled, nothing else
+            else:  # items added or replaced: the catalogue's tables and index grow; a new pipeline
+                fresh = self._pipeline_for(base, state)
+                fresh.costs = pipeline.costs
+                fresh.warm_up()
+                self._pipeline = fresh
             self._catalogue_applied = state
-        logger.info("catalogue version %d in force: %d items deleted", state.version, held)
+        logger.info(
+            "catalogue version %d in force: %d items added or replaced, %d deleted",
+            state.version, len(state.items), len(state.deleted),
+        )  # fmt: skip
         return True
 
     def reload_rules_if_changed(self) -> bool:
@@ -507,27 +532,56 @@ class CatalogueAdminService(pb_grpc.CatalogueAdminServicer):
     def __init__(self, service: RecommenderService):
         self.service = service
 
-    def DeleteItem(
-        self, request: pb.DeleteItemRequest, context: grpc.ServicerContext
-    ) -> pb.DeleteItemResponse:
+    def UpsertItem(
+        self, request: pb.UpsertItemRequest, context: grpc.ServicerContext
+    ) -> pb.UpsertItemResponse:
+        item_id, request_id, schema = self._parse(request)
+        parsed = schema.parse_item_ids([item_id])[0]
+        served = int(schema.item_index(np.array([parsed], dtype=schema.item_ids.dtype))[0]) > 0
+        if schema.numeric_ids and int(parsed) < 0:
+            raise InvalidArgumentError("item_id", "this catalogue's item ids are integers")
+        genres = parse_genres("genres", list(request.genres), schema.genres)
+        record = ItemRecord(
+            item_id=str(native_id(parsed)),
+            title=check_title(request.title),
+            genres=tuple(schema.genres[genre - 1] for genre in genres),
+            year=check_year(request.year),
+            attributes=check_attributes(dict(request.attributes)),
+        )
+        first_upsert, version = self._change(lambda catalogue: catalogue.upsert(record), "changed")
+        created = first_upsert and not served  # a trained item's first upsert replaces its content
+        return pb.UpsertItemResponse(request_id=request_id, created=created, catalogue_version=version)
+
+    def _parse(self, request: pb.UpsertItemRequest | pb.DeleteItemRequest) -> tuple[str, str, FeatureSchema]:
+        """The request's item id and request id, and the served catalogue's schema."""
         item_id = parse_id("item_id", request.item_id)
         request_id = check_request_id(request.request_id) or _current_request_id()
-        pipeline = self.service.require_pipeline()
-        schema = pipeline.models.schema
-        item = int(schema.item_index(schema.parse_item_ids([item_id]))[0])
-        if item == 0:
-            raise NotFoundError(f"item_id: no item {item_id[:64]!r} in the catalogue")
+        return item_id, request_id, self.service.require_pipeline().models.schema
+
+    def _change(self, write: Callable[[CatalogueChanges], tuple[bool, int]], what: str) -> tuple[bool, int]:
+        """Write a change to the catalogue in Redis (UNAVAILABLE when it cannot be), then put it in force on
+        this server before the answer; the others follow within reload_interval_s."""
         catalogue = self.service.catalogue
         if catalogue is None:
             raise NotReadyError("catalogue changes need the feature store's Redis, which this server lacks")
         try:
-            deleted, version = catalogue.delete(native_id(schema.item_id_of([item])[0]))
+            outcome = write(catalogue)
         except (redis.RedisError, OSError) as exc:
             raise DependencyUnavailableError(
-                f"feature store unavailable ({type(exc).__name__}); item not deleted, retry later"
+                f"feature store unavailable ({type(exc).__name__}); item not {what}, retry later"
             ) from None
-        # in force on this server before the answer; the others follow within reload_interval_s
         self.service.refresh_catalogue()
+        return outcome
+
+    def DeleteItem(
+        self, request: pb.DeleteItemRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteItemResponse:
+        item_id, request_id, schema = self._parse(request)
+        item = int(schema.item_index(schema.parse_item_ids([item_id]))[0])
+        if item == 0:
+            raise NotFoundError(f"item_id: no item {item_id[:64]!r} in the catalogue")
+        canonical = native_id(schema.item_id_of([item])[0])
+        deleted, version = self._change(lambda catalogue: catalogue.delete(canonical), "deleted")
         return pb.DeleteItemResponse(request_id=request_id, deleted=deleted, catalogue_version=version)
 
 

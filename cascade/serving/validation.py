@@ -147,3 +147,33 @@ def check_page_size(page_size: int, max_k: int) -> int:
     if not 0 <= page_size <= max_k:
         raise InvalidArgumentError("page_size", f"must be 0 (no paging) to {max_k}, got {page_size}")
     return page_size
+
+
+MAX_TITLE_CHARS = 512
+MAX_ATTRIBUTES = 32
+MAX_ATTRIBUTE_KEY_CHARS, MAX_ATTRIBUTE_VALUE_CHARS = 64, 256
+
+
+def check_title(title: str) -> str:
+    if len(title) > MAX_TITLE_CHARS:
+        raise InvalidArgumentError("title", f"at most {MAX_TITLE_CHARS} characters")
+    return title
+
+
+def check_year(year: int) -> int:
+    if year != 0 and not 1800 <= year <= 2200:
+        raise InvalidArgumentError("year", f"must be 0 (unknown) or 1800-2200, got {year}")
+    return year
+
+
+def check_attributes(attributes: dict[str, str]) -> dict[str, str]:
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise InvalidArgumentError("attributes", f"at most {MAX_ATTRIBUTES} entries")
+    for key, value in attributes.items():
+        if not key or len(key) > MAX_ATTRIBUTE_KEY_CHARS:
+            raise InvalidArgumentError("attributes", f"keys must be 1-{MAX_ATTRIBUTE_KEY_CHARS} characters")
+        if len(value) > MAX_ATTRIBUTE_VALUE_CHARS:
+            raise InvalidArgumentError(
+                f"attributes[{key[:40]!r}]", f"at most {MAX_ATTRIBUTE_VALUE_CHARS} characters"
+            )
+    return attributes

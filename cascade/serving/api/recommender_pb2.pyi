@@ -20,6 +20,39 @@ EVENT_TYPE_CLICK: EventType
 EVENT_TYPE_RATE: EventType
 EVENT_TYPE_PURCHASE: EventType
 
+class UpsertItemRequest(_message.Message):
+    __slots__ = ("item_id", "title", "genres", "year", "attributes", "request_id")
+    class AttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    GENRES_FIELD_NUMBER: _ClassVar[int]
+    YEAR_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    title: str
+    genres: _containers.RepeatedScalarFieldContainer[str]
+    year: int
+    attributes: _containers.ScalarMap[str, str]
+    request_id: str
+    def __init__(self, item_id: _Optional[str] = ..., title: _Optional[str] = ..., genres: _Optional[_Iterable[str]] = ..., year: _Optional[int] = ..., attributes: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class UpsertItemResponse(_message.Message):
+    __slots__ = ("request_id", "created", "catalogue_version")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    CATALOGUE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    created: bool
+    catalogue_version: int
+    def __init__(self, request_id: _Optional[str] = ..., created: _Optional[bool] = ..., catalogue_version: _Optional[int] = ...) -> None: ...
+
 class DeleteItemRequest(_message.Message):
     __slots__ = ("item_id", "request_id")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]

@@ -202,6 +202,11 @@ class CatalogueAdminStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.UpsertItem = channel.unary_unary(
+                '/cascade.v1.CatalogueAdmin/UpsertItem',
+                request_serializer=recommender__pb2.UpsertItemRequest.SerializeToString,
+                response_deserializer=recommender__pb2.UpsertItemResponse.FromString,
+                _registered_method=True)
         self.DeleteItem = channel.unary_unary(
                 '/cascade.v1.CatalogueAdmin/DeleteItem',
                 request_serializer=recommender__pb2.DeleteItemRequest.SerializeToString,
@@ -216,6 +221,17 @@ class CatalogueAdminServicer:
     every other within serving.reload_interval_s, and kept across restarts and new models.
     """
 
+    def UpsertItem(self, request, context):
+        """Add an item to the served catalogue, or replace an item's content. A new item is embedded by the item
+        tower from its content (the cold-start path: title words, genres, year), added to the live index
+        beside the trained catalogue and recommendable at once; the rankers see it as an item they were not
+        trained on. A known item keeps its learned vector and takes the new title, genres and year (what the
+        rules see). A deleted item is served again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteItem(self, request, context):
         """Never serve this item again: not in Recommend, SimilarItems or a pin. Deleting a deleted item is
         acknowledged again (deleted = false). An item the catalogue does not hold is NOT_FOUND.
@@ -227,6 +243,11 @@ class CatalogueAdminServicer:
 
 def add_CatalogueAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'UpsertItem': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertItem,
+                    request_deserializer=recommender__pb2.UpsertItemRequest.FromString,
+                    response_serializer=recommender__pb2.UpsertItemResponse.SerializeToString,
+            ),
             'DeleteItem': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteItem,
                     request_deserializer=recommender__pb2.DeleteItemRequest.FromString,
@@ -246,6 +267,33 @@ class CatalogueAdmin:
     durable in the feature store's Redis, in force on the server that acknowledged them at once and on
     every other within serving.reload_interval_s, and kept across restarts and new models.
     """
+
+    @staticmethod
+    def UpsertItem(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.v1.CatalogueAdmin/UpsertItem',
+            recommender__pb2.UpsertItemRequest.SerializeToString,
+            recommender__pb2.UpsertItemResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def DeleteItem(request,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cascade.recall.index import ItemIndex, exact_search
+from cascade.recall.index import GrowingIndex, ItemIndex, exact_search
 
 
 def _unit(rng, n, d):
@@ -70,3 +70,27 @@ def test_similar_items_excludes_the_item_itself():
     assert 7 not in found and len(found) == 5
     brute = np.argsort(-(items @ items[6]))[1:6] + 1
     assert found.tolist() == brute.tolist()
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF16,Flat"])
+def test_a_growing_index_finds_added_items_as_exact_search_over_both(factory):
+    rng = np.random.default_rng(4)
+    base_vectors, added = _unit(rng, 600, 16), _unit(rng, 7, 16)
+    base = ItemIndex.build(base_vectors, factory, seed=0)
+    if factory != "Flat":
+        base.set_search_parameter("nprobe", 16)  # every list: the base's own search is exact too
+    grown = GrowingIndex(base, added)
+    assert grown.size == 607 and grown.embeddings.shape == (607, 16)
+    queries = _unit(rng, 20, 16)
+    scores, items = grown.search(queries, 10)
+    exact_scores, exact_rows = exact_search(grown.embeddings, queries, 10)
+    np.testing.assert_array_equal(items, exact_rows)
+    np.testing.assert_allclose(scores, exact_scores, rtol=1e-5, atol=1e-6)
+    # an added item is found by its own vector, and its neighbours exclude it
+    assert grown.search(added[2:3], 1)[1][0, 0] == 603
+    neighbours, _ = grown.similar(603, 5)
+    assert len(neighbours) == 5 and 603 not in neighbours
+    assert (
+        GrowingIndex(base, np.zeros((0, 16))).search(queries, 10)[1].tolist()
+        == base.search(queries, 10)[1].tolist()
+    )
