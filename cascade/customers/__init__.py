@@ -1,0 +1,1 @@
+"""Customers: value from recency, frequency and monetary scores, and the tiers built on it."""

@@ -1,0 +1,96 @@
+"""Purchases with money in them: the data customer value is learned from.
+
+One table, ``transactions``: customer_id id (int64 when every id is an integer, else str), timestamp int64
+(unix seconds), quantity int64 (units bought), amount float64 (money spent). Saved like a data set
+(``dataset.json`` of kind "transactions" beside a parquet file), and loaded from CDNOW's master file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cascade.core.errors import DataError
+from cascade.data.dataset import _ids, publish_tables
+
+KIND = "transactions"
+_EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
+COLUMNS = ("customer_id", "timestamp", "quantity", "amount")
+
+
+@dataclass(frozen=True)
+class Transactions:
+    name: str
+    table: pd.DataFrame  # COLUMNS, ordered by customer_id, then timestamp
+
+    @classmethod
+    def create(cls, name: str, table: pd.DataFrame) -> Transactions:
+        """Validate and normalise to the canonical columns, dtypes and order."""
+        missing = [c for c in COLUMNS if c not in table.columns]
+        if missing:
+            raise DataError(f"transactions table lacks column(s) {missing}")
+        out = pd.DataFrame(
+            {
+                "customer_id": _ids(table["customer_id"].reset_index(drop=True), "transactions.customer_id"),
+                "timestamp": table["timestamp"].to_numpy().astype(np.int64),
+                "quantity": table["quantity"].to_numpy().astype(np.int64),
+                "amount": table["amount"].to_numpy().astype(np.float64),
+            }
+        )
+        if (out["quantity"] < 0).any() or not np.isfinite(out["amount"]).all() or (out["amount"] < 0).any():
+            raise DataError("transactions: quantities and amounts must be finite and non-negative")
+        out = out.sort_values(["customer_id", "timestamp"], kind="mergesort", ignore_index=True)
+        return cls(name, out)
+
+    def save(self, folder: Path | str) -> Path:
+        return publish_tables(Path(folder), self.name, {KIND: self.table}, kind=KIND)
+
+    @classmethod
+    def load(cls, folder: Path | str) -> Transactions:
+        folder = Path(folder)
+        meta_path = folder / "dataset.json"
+        if not meta_path.is_file():
+            raise DataError(
+                f"no prepared transactions at {folder}: `cascade data fetch cdnow` prepares CDNOW"
+            )
+        meta = json.loads(meta_path.read_text())
+        if meta.get("kind") != KIND:
+            raise DataError(
+                f"{folder} holds a data set of kind {meta.get('kind', 'interactions')!r}, not {KIND}"
+            )
+        return cls.create(meta["name"], pd.read_parquet(folder / f"{KIND}.parquet"))
+
+    @property
+    def customers(self) -> np.ndarray:
+        """(C,) the distinct customer ids, sorted."""
+        return np.unique(self.table["customer_id"].to_numpy())
+
+
+def load_cdnow(text: str, name: str = "cdnow") -> Transactions:
+    """CDNOW's master file: whitespace-separated customer id, date (YYYYMMDD), number of CDs and dollar
+    value, one purchase per line, after a header line. Dates become midnight UTC."""
+    rows = [line.split() for line in text.splitlines() if line.strip()]
+    if rows and not rows[0][1].isdigit():  # the header
+        rows = rows[1:]
+    bad = next((i for i, row in enumerate(rows) if len(row) != 4), None)
+    if bad is not None:
+        raise DataError(f"CDNOW line {bad + 2}: expected 4 fields, got {rows[bad]!r}")
+    frame = pd.DataFrame(rows, columns=["customer", "date", "cds", "dollars"])
+    dates = pd.to_datetime(frame["date"], format="%Y%m%d", utc=True, errors="coerce")
+    if dates.isna().any():
+        raise DataError(f"CDNOW: unreadable date {frame['date'][dates.isna()].iloc[0]!r}")
+    return Transactions.create(
+        name,
+        pd.DataFrame(
+            {
+                "customer_id": frame["customer"].astype("int64"),
+                "timestamp": ((dates - _EPOCH) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64),
+                "quantity": frame["cds"].astype("int64"),
+                "amount": frame["dollars"].astype("float64"),
+            }
+        ),
+    )
