@@ -513,6 +513,34 @@ def evaluate_pipeline(json_path: JsonOption = None) -> None:
     _report(_run(run, _config()), json_path, "held-out temporal split: pipeline")
 
 
+@evaluate_app.command("value")
+def evaluate_value(
+    json_path: JsonOption = None,
+    dataset: Annotated[
+        str, typer.Option(help="A prepared purchase log (cascade data fetch cdnow).")
+    ] = "cdnow",
+) -> None:
+    """Customer value in the next period: weighted RFM, the BP 14-29-1 network and LightGBM, by Spearman with
+    the realised spend and the share of it each quartile tier holds."""
+    from cascade.training.value import evaluate_value as run
+
+    report = _run(run, _config(), dataset)
+    rows = {
+        name: {
+            "spearman": r["spearman"],
+            "tier_a_share": r["value_share_by_tier"]["A"],
+            "tier_a_lift": r["tier_a_lift"],
+        }
+        for name, r in report.items()
+        if not name.startswith("_")
+    }
+    _report(rows, None, f"customer value, {dataset}: next-period spend")
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2))
+        console.print(f"wrote {json_path}")
+
+
 @evaluate_app.command("recall")
 def evaluate_recall(json_path: JsonOption = None) -> None:
     """The served recall stage and the two-tower alone vs popularity and validation-tuned ALS, EASE and

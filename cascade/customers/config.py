@@ -25,3 +25,10 @@ class CustomersConfig(ComponentConfig):
     rfm_window_days: float | None = Field(
         None, gt=0, description="RFM over purchases this many days before the cut-off; unset: all before it."
     )
+    value_period_days: float = Field(
+        182.0,
+        gt=0,
+        description="The period whose spend the value models predict. Evaluation: trained on the indicators "
+        "as of two periods before the data ends against the spend of the period after, tested on the "
+        "indicators as of one period before the end against the last period's spend.",
+    )

@@ -39,3 +39,20 @@ def test_cdnow_is_fetched_from_its_wheel_and_scored(tmp_path):
         assert score.min() >= 1 and score.max() <= 5
     bands = value_bands(scores.current_value((0.221, 0.341, 0.439)))
     assert set(np.unique(bands).tolist()) == {1, 2, 3, 4, 5}
+
+
+def test_the_value_models_find_next_periods_spenders_on_cdnow(tmp_path):
+    from cascade.config import AppConfig
+    from cascade.data.fetch import fetch
+    from cascade.training.value import evaluate_value
+
+    fetch("cdnow", tmp_path)
+    report = evaluate_value(AppConfig.model_validate({"data": {"data_dir": str(tmp_path)}}))
+    split = report.pop("_split")
+    assert split["test_customers"] == 23_570 and 0.1 < split["test_buyers_share"] < 0.5
+    assert set(report) == {"weighted RFM", "BP 14-29-1", "LightGBM"}
+    for name, result in report.items():
+        # the bar for tier A: at least 60% of the next period's spend from the best quarter
+        assert result["value_share_by_tier"]["A"] >= 0.6, name
+        assert result["spearman"] > 0.35, name
+        assert np.array(result["confusion_predicted_by_realised"]).sum() == 23_570

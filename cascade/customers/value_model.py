@@ -1,0 +1,110 @@
+"""Models of a customer's value in the next period, from the indicators as of a cut-off: the method's
+weighted RFM and its BP network 14-29-1, and a LightGBM regressor beside them. Each returns a score whose
+order is what tiers are cut from; the BP network's is the method's K in [0, 1]."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from cascade.customers.rfm import RFM, RFMScores
+
+
+class ValueModel(ABC):
+    name: str
+
+    @abstractmethod
+    def fit(self, indicators: pd.DataFrame, value: np.ndarray) -> ValueModel:
+        """indicators (C, 14) as of a cut-off; value (C,) money spent in the period after it."""
+
+    @abstractmethod
+    def predict(self, indicators: pd.DataFrame) -> np.ndarray:
+        """(C,) scores, higher for more valuable customers."""
+
+
+class WeightedRFM(ValueModel):
+    """The method's current value C = R x W_R + F x W_F + M x W_M over 1-5 scores; nothing to fit."""
+
+    name = "weighted RFM"
+
+    def __init__(self, weights: tuple[float, float, float]):
+        self.weights = weights
+
+    def fit(self, indicators: pd.DataFrame, value: np.ndarray) -> WeightedRFM:
+        return self
+
+    def predict(self, indicators: pd.DataFrame) -> np.ndarray:
+        rfm = RFM(
+            customers=indicators.index.to_numpy(),
+            recency_days=indicators["recency_days"].to_numpy(),
+            frequency=indicators["frequency"].to_numpy(),
+            monetary=indicators["monetary"].to_numpy(),
+            as_of=0.0,
+        )
+        return RFMScores.of(rfm).current_value(self.weights)
+
+
+class BPNetwork(ValueModel):
+    """The method's back-propagation network: 14 inputs min-max normalised to [0, 1], 29 sigmoid hidden
+    units, one sigmoid output K in [0, 1], trained with squared error on the next period's value put on
+    [0, 1] (log1p of the spend over its largest in training: spend is heavy-tailed)."""
+
+    name = "BP 14-29-1"
+
+    def __init__(self, seed: int, hidden: int = 29, epochs: int = 400, learning_rate: float = 0.02):
+        self.seed, self.hidden, self.epochs, self.learning_rate = seed, hidden, epochs, learning_rate
+
+    def _inputs(self, indicators: pd.DataFrame) -> torch.Tensor:
+        x = (indicators.to_numpy(dtype=np.float64) - self.low) / self.span
+        return torch.from_numpy(np.clip(x, 0.0, 1.0).astype(np.float32))
+
+    def fit(self, indicators: pd.DataFrame, value: np.ndarray) -> BPNetwork:
+        x = indicators.to_numpy(dtype=np.float64)
+        self.low, high = x.min(axis=0), x.max(axis=0)
+        self.span = np.where(high > self.low, high - self.low, 1.0)
+        target = np.log1p(np.maximum(value, 0.0))
+        target = target / max(float(target.max()), 1e-12)
+        torch.manual_seed(self.seed)
+        self.network = nn.Sequential(
+            nn.Linear(x.shape[1], self.hidden), nn.Sigmoid(), nn.Linear(self.hidden, 1), nn.Sigmoid()
+        )
+        inputs, goal = self._inputs(indicators), torch.from_numpy(target.astype(np.float32))[:, None]
+        optimizer = torch.optim.Adam(self.network.parameters(), lr=self.learning_rate)
+        for _ in range(self.epochs):  # full batch: tens of thousands of rows of 14 numbers
+            optimizer.zero_grad()
+            loss = nn.functional.mse_loss(self.network(inputs), goal)
+            loss.backward()
+            optimizer.step()
+        return self
+
+    @torch.inference_mode()
+    def predict(self, indicators: pd.DataFrame) -> np.ndarray:
+        return self.network(self._inputs(indicators))[:, 0].numpy().astype(np.float64)
+
+
+class LightGBMValue(ValueModel):
+    """Gradient-boosted trees on log1p of the next period's spend."""
+
+    name = "LightGBM"
+
+    def __init__(self, seed: int, rounds: int = 300):
+        self.seed, self.rounds = seed, rounds
+
+    def fit(self, indicators: pd.DataFrame, value: np.ndarray) -> LightGBMValue:
+        import lightgbm
+
+        params = {
+            "objective": "regression", "learning_rate": 0.05, "num_leaves": 31, "min_data_in_leaf": 50,
+            "bagging_fraction": 0.8, "bagging_freq": 1, "feature_fraction": 0.8, "seed": self.seed,
+            "deterministic": True, "num_threads": 1, "verbose": -1,
+        }  # fmt: skip
+        train = lightgbm.Dataset(indicators.to_numpy(dtype=np.float64), np.log1p(np.maximum(value, 0.0)))
+        self.model = lightgbm.train(params, train, num_boost_round=self.rounds)
+        return self
+
+    def predict(self, indicators: pd.DataFrame) -> np.ndarray:
+        return np.asarray(self.model.predict(indicators.to_numpy(dtype=np.float64)), dtype=np.float64)

@@ -1,0 +1,51 @@
+"""Tiers from value scores, and the report of how much realised value each tier holds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cascade.customers.indicators import INDICATORS, customer_indicators, future_value
+from cascade.customers.tiers import k_tiers, quartile_tiers, tiering_report
+from cascade.customers.value_model import BPNetwork, LightGBMValue, WeightedRFM
+
+DAY = 86_400
+
+
+def test_quartile_tiers_hold_a_quarter_each_and_the_method_thresholds_k():
+    tiers = quartile_tiers(np.arange(100.0))
+    assert np.bincount(tiers).tolist() == [25, 25, 25, 25] and tiers[99] == 0 and tiers[0] == 3
+    assert k_tiers(np.array([1.0, 0.75, 0.74, 0.5, 0.3, 0.1])).tolist() == [0, 0, 1, 1, 2, 3]
+    perfect = tiering_report(np.arange(8.0), np.arange(8.0))
+    assert perfect["spearman"] == pytest.approx(1.0)
+    assert perfect["value_share_by_tier"]["A"] == pytest.approx(13 / 28)  # 6 + 7 of 0 + ... + 7
+    assert np.trace(np.array(perfect["confusion_predicted_by_realised"])) == 8
+
+
+def synthetic_shop(customers: int = 600, seed: int = 0) -> pd.DataFrame:
+    """Customers buying at their own latent rate for a year: the rate is what next year's spend follows."""
+    rng = np.random.default_rng(seed)
+    rate = rng.gamma(0.7, 3.0, customers)  # orders per half year
+    rows = []
+    for customer, r in enumerate(rate):
+        for _ in range(rng.poisson(r * 2) + 1):
+            rows.append((customer, int(rng.integers(0, 365 * DAY)), 1, float(rng.gamma(2.0, 15.0))))
+    return pd.DataFrame(rows, columns=["customer_id", "timestamp", "quantity", "amount"])
+
+
+def test_every_value_model_learns_who_buys_next_from_purchases_before_the_cut_off():
+    table = synthetic_shop()
+    train_cut, test_cut, end = 182 * DAY, 273 * DAY, 365 * DAY
+    train_x = customer_indicators(table, train_cut)
+    assert list(train_x.columns) == list(INDICATORS)
+    train_y = future_value(table, train_cut, test_cut, train_x.index.to_numpy())
+    test_x = customer_indicators(table, test_cut)
+    test_y = future_value(table, test_cut, end, test_x.index.to_numpy())
+    for model in (WeightedRFM((0.221, 0.341, 0.439)), BPNetwork(seed=0, epochs=200), LightGBMValue(seed=0)):
+        scores = model.fit(train_x, train_y).predict(test_x)
+        report = tiering_report(scores, test_y)
+        assert report["spearman"] > 0.3, model.name
+        assert report["tier_a_lift"] > 1.5, model.name
+    k = BPNetwork(seed=0, epochs=50).fit(train_x, train_y).predict(test_x)
+    assert ((k >= 0) & (k <= 1)).all()  # the method's K
