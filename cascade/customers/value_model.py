@@ -108,3 +108,41 @@ class LightGBMValue(ValueModel):
 
     def predict(self, indicators: pd.DataFrame) -> np.ndarray:
         return np.asarray(self.model.predict(indicators.to_numpy(dtype=np.float64)), dtype=np.float64)
+
+
+class KMeansSegments(ValueModel):
+    """The other method the material names: k-means over the indicators (log1p, then min-max to [0, 1],
+    as fitted on the training customers), each segment valued at its training customers' mean next-period
+    spend. A customer's score is their nearest segment's value, so the segments are ordered tiers."""
+
+    name = "k-means segments"
+
+    def __init__(self, seed: int, segments: int = 4, iterations: int = 50):
+        self.seed, self.segments, self.iterations = seed, segments, iterations
+
+    def _points(self, indicators: pd.DataFrame) -> np.ndarray:
+        x = np.log1p(np.maximum(indicators.to_numpy(dtype=np.float64), 0.0))
+        return np.ascontiguousarray(np.clip((x - self.low) / self.span, 0.0, 1.0), dtype=np.float32)
+
+    def fit(self, indicators: pd.DataFrame, value: np.ndarray) -> KMeansSegments:
+        import faiss  # its k-means: already a dependency, seeded, and fast
+
+        x = np.log1p(np.maximum(indicators.to_numpy(dtype=np.float64), 0.0))
+        self.low, high = x.min(axis=0), x.max(axis=0)
+        self.span = np.where(high > self.low, high - self.low, 1.0)
+        points = self._points(indicators)
+        self.kmeans = faiss.Kmeans(points.shape[1], self.segments, niter=self.iterations, seed=self.seed)
+        self.kmeans.train(points)
+        labels = self.assign(indicators)
+        self.segment_value = np.array(
+            [value[labels == s].mean() if (labels == s).any() else 0.0 for s in range(self.segments)]
+        )
+        return self
+
+    def assign(self, indicators: pd.DataFrame) -> np.ndarray:
+        """(C,) each customer's segment."""
+        _, labels = self.kmeans.index.search(self._points(indicators), 1)
+        return labels[:, 0].astype(np.int64)
+
+    def predict(self, indicators: pd.DataFrame) -> np.ndarray:
+        return self.segment_value[self.assign(indicators)]

@@ -9,12 +9,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from cascade.config import AppConfig
 from cascade.core.seeding import seed_everything
 from cascade.customers.indicators import customer_indicators, future_value
 from cascade.customers.rfm import SECONDS_PER_DAY
 from cascade.customers.tiers import tiering_report
-from cascade.customers.value_model import BPNetwork, LightGBMValue, WeightedRFM
+from cascade.customers.value_model import BPNetwork, KMeansSegments, LightGBMValue, WeightedRFM
 from cascade.data.transactions import Transactions
 
 logger = logging.getLogger(__name__)
@@ -47,9 +49,22 @@ def evaluate_value(config: AppConfig, dataset: str = "cdnow") -> dict[str, dict]
         WeightedRFM(config.customers.rfm_weights.as_tuple()),
         BPNetwork(config.seed),
         LightGBMValue(config.seed),
+        KMeansSegments(config.seed),
     )
     for model in models:
         scores = model.fit(train_x, train_y).predict(test_x)
         report[model.name] = tiering_report(scores, test_y)
         logger.info("%s: Spearman %.3f", model.name, report[model.name]["spearman"])
+        if isinstance(model, KMeansSegments):  # the segments themselves, best first, beside the tiers
+            labels = model.assign(test_x)
+            order = np.argsort(-model.segment_value)
+            total = max(float(test_y.sum()), 1e-12)
+            report[model.name]["segments"] = [
+                {
+                    "customers_share": float((labels == s).mean()),
+                    "value_share": float(test_y[labels == s].sum() / total),
+                    "training_mean_value": float(model.segment_value[s]),
+                }
+                for s in order.tolist()
+            ]
     return report

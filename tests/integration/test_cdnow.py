@@ -50,9 +50,13 @@ def test_the_value_models_find_next_periods_spenders_on_cdnow(tmp_path):
     report = evaluate_value(AppConfig.model_validate({"data": {"data_dir": str(tmp_path)}}))
     split = report.pop("_split")
     assert split["test_customers"] == 23_570 and 0.1 < split["test_buyers_share"] < 0.5
-    assert set(report) == {"weighted RFM", "BP 14-29-1", "LightGBM"}
+    assert set(report) == {"weighted RFM", "BP 14-29-1", "LightGBM", "k-means segments"}
     for name, result in report.items():
         # the bar for tier A: at least 60% of the next period's spend from the best quarter
         assert result["value_share_by_tier"]["A"] >= 0.6, name
         assert result["spearman"] > 0.35, name
         assert np.array(result["confusion_predicted_by_realised"]).sum() == 23_570
+    segments = report["k-means segments"]["segments"]
+    assert sum(s["customers_share"] for s in segments) == pytest.approx(1.0)
+    best = segments[0]  # the segment worth most in training holds far more than its share of what followed
+    assert best["value_share"] > 2 * best["customers_share"]

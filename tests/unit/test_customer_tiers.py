@@ -8,7 +8,7 @@ import pytest
 
 from cascade.customers.indicators import INDICATORS, customer_indicators, future_value
 from cascade.customers.tiers import k_tiers, quartile_tiers, tiering_report
-from cascade.customers.value_model import BPNetwork, LightGBMValue, WeightedRFM
+from cascade.customers.value_model import BPNetwork, KMeansSegments, LightGBMValue, WeightedRFM
 
 DAY = 86_400
 
@@ -42,7 +42,13 @@ def test_every_value_model_learns_who_buys_next_from_purchases_before_the_cut_of
     train_y = future_value(table, train_cut, test_cut, train_x.index.to_numpy())
     test_x = customer_indicators(table, test_cut)
     test_y = future_value(table, test_cut, end, test_x.index.to_numpy())
-    for model in (WeightedRFM((0.221, 0.341, 0.439)), BPNetwork(seed=0, epochs=200), LightGBMValue(seed=0)):
+    models = (
+        WeightedRFM((0.221, 0.341, 0.439)),
+        BPNetwork(seed=0, epochs=200),
+        LightGBMValue(seed=0),
+        KMeansSegments(seed=0),
+    )
+    for model in models:
         scores = model.fit(train_x, train_y).predict(test_x)
         report = tiering_report(scores, test_y)
         assert report["spearman"] > 0.3, model.name
