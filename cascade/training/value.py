@@ -10,9 +10,11 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from cascade.config import AppConfig
 from cascade.core.seeding import seed_everything
+from cascade.customers.clv import SECONDS_PER_WEEK, expected_spend
 from cascade.customers.indicators import customer_indicators, future_value
 from cascade.customers.rfm import SECONDS_PER_DAY
 from cascade.customers.tiers import tiering_report
@@ -20,6 +22,8 @@ from cascade.customers.value_model import BPNetwork, KMeansSegments, LightGBMVal
 from cascade.data.transactions import Transactions
 
 logger = logging.getLogger(__name__)
+
+CLV = "BG/NBD + Gamma-Gamma CLV"
 
 
 def evaluate_value(config: AppConfig, dataset: str = "cdnow") -> dict[str, dict]:
@@ -67,4 +71,8 @@ def evaluate_value(config: AppConfig, dataset: str = "cdnow") -> dict[str, dict]
                 }
                 for s in order.tolist()
             ]
+    # the CRM analyst's anchor: fitted on the purchases before the test cut-off, no labels needed
+    customers, spend = expected_spend(transactions, test_cut, period / SECONDS_PER_WEEK)
+    clv = pd.Series(spend, index=customers).reindex(test_x.index, fill_value=0.0).to_numpy()
+    report[CLV] = tiering_report(clv, test_y)
     return report

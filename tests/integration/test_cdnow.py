@@ -50,7 +50,13 @@ def test_the_value_models_find_next_periods_spenders_on_cdnow(tmp_path):
     report = evaluate_value(AppConfig.model_validate({"data": {"data_dir": str(tmp_path)}}))
     split = report.pop("_split")
     assert split["test_customers"] == 23_570 and 0.1 < split["test_buyers_share"] < 0.5
-    assert set(report) == {"weighted RFM", "BP 14-29-1", "LightGBM", "k-means segments"}
+    assert set(report) == {
+        "weighted RFM",
+        "BP 14-29-1",
+        "LightGBM",
+        "k-means segments",
+        "BG/NBD + Gamma-Gamma CLV",
+    }
     for name, result in report.items():
         # the issue's bar for tier A: at least 60% of the next period's spend from the best quarter
         assert result["value_share_by_tier"]["A"] >= 0.6, name
@@ -60,3 +66,35 @@ def test_the_value_models_find_next_periods_spenders_on_cdnow(tmp_path):
     assert sum(s["customers_share"] for s in segments) == pytest.approx(1.0)
     best = segments[0]  # the segment worth most in training holds far more than its share of what followed
     assert best["value_share"] > 2 * best["customers_share"]
+
+
+def test_bg_nbd_and_gamma_gamma_reproduce_the_papers_estimates_on_their_cdnow_sample(tmp_path):
+    """Fader, Hardie and Lee fitted both models on a 1-in-10 sample of CDNOW's customers (2,357), over the
+    39 weeks to 30 September 1997: r 0.243, alpha 4.414, a 0.793, b 2.426; p 6.25, q 3.74, gamma 15.44.
+    The sample's ids travel in the same wheel."""
+    import zipfile
+
+    from cascade.customers.clv import BGNBD, CLVSummary, GammaGamma
+    from cascade.data.fetch import download_lifetimes_wheel, fetch
+
+    with zipfile.ZipFile(download_lifetimes_wheel()) as wheel:
+        sample = wheel.read("lifetimes/datasets/CDNOW_sample.txt").decode("ascii")
+    ids = {int(line.split()[0]) for line in sample.splitlines() if line.strip()}
+    assert len(ids) == 2_357
+    table = Transactions.load(fetch("cdnow", tmp_path)).table
+    summary = CLVSummary.of(
+        table[table["customer_id"].isin(ids)], pd.Timestamp("1997-10-01", tz="UTC").timestamp()
+    )
+    bg = BGNBD.fit(summary)
+    # the papers count time in whole weeks from the week of the first purchase, this code in days / 7
+    assert (bg.r, bg.alpha, bg.a, bg.b) == pytest.approx((0.243, 4.414, 0.793, 2.426), rel=0.05)
+    gg = GammaGamma.fit(summary)
+    assert (gg.p, gg.q, gg.gamma) == pytest.approx((6.25, 3.74, 15.44), rel=0.01)
+    expected = bg.expected_purchases(summary, 39.0)
+    assert np.isfinite(expected).all() and (expected >= 0).all()
+    # the 39 weeks after: these customers bought on 1,882 occasions; the forecast is 1,631 (13% short)
+    sample_table = table[table["customer_id"].isin(ids)]
+    after = sample_table[sample_table["timestamp"] >= pd.Timestamp("1997-10-01", tz="UTC").timestamp()]
+    occasions = len(after.groupby(["customer_id", after["timestamp"] // 86_400]).size())
+    assert occasions == 1_882
+    assert expected.sum() == pytest.approx(occasions, rel=0.2)
