@@ -36,6 +36,8 @@ app.add_typer(features_app, name="features")
 app.add_typer(config_app, name="config")
 catalogue_app = typer.Typer(no_args_is_help=True, help="Change the served catalogue between trainings.")
 app.add_typer(catalogue_app, name="catalogue")
+segments_app = typer.Typer(no_args_is_help=True, help="Customer value: tiers and segments.")
+app.add_typer(segments_app, name="segments")
 
 console = Console()
 error_console = Console(stderr=True)
@@ -421,6 +423,26 @@ def _print_recommendations(user_id: str, reply, explain: bool) -> None:
         console.print(f"removed: {removed}")
     if reply.degraded:
         console.print(f"[yellow]degraded answer:[/] {', '.join(reply.degraded_reasons)}")
+
+
+@segments_app.command("report")
+def segments_report(
+    dataset: Annotated[
+        str, typer.Option(help="A prepared purchase log (cascade data fetch cdnow).")
+    ] = "cdnow",
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Report path; .png and .md beside it.")
+    ] = None,
+) -> None:
+    """Tier sizes and the share of the next period's spend each holds, every value model's gain curve, and
+    tier migration between two cut-offs: markdown + PNG."""
+    from cascade.bench import segments_report as report_module
+
+    report = _run(report_module.run, _config(), dataset)
+    _wrote(
+        report_module.write_outputs(report, json_path or Path(f"benchmarks/results/segments-{dataset}.json"))
+    )
+    console.print(report_module.summary(report))
 
 
 @catalogue_app.command("upsert")

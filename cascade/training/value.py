@@ -7,6 +7,7 @@ spend of the last period. Customers are those with a purchase before the cut-off
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +27,22 @@ logger = logging.getLogger(__name__)
 CLV = "BG/NBD + Gamma-Gamma CLV"
 
 
-def evaluate_value(config: AppConfig, dataset: str = "cdnow") -> dict[str, dict]:
-    """Per model: Spearman with the test period's realised spend, each quartile tier's share of it (tier
-    A's lift), and the confusion of predicted against realised tiers; plus the split's figures."""
+@dataclass(frozen=True)
+class ValueSplit:
+    """The time split and every model's scores of the test customers: indicators (C, 14) as of each
+    cut-off, the spend of the period after it (C,), and per model the scores of the test customers."""
+
+    train_x: pd.DataFrame
+    train_y: np.ndarray
+    test_x: pd.DataFrame
+    test_y: np.ndarray
+    cut_offs: tuple[float, float, float]  # train cut-off, test cut-off, end
+    scores: dict[str, np.ndarray]
+    segments: dict[str, list[dict]]  # k-means: its segments on the test customers, best first
+
+
+def value_split(config: AppConfig, dataset: str = "cdnow") -> ValueSplit:
+    """Fit every value model on the first cut-off and score the test customers as of the second."""
     seed_everything(config.seed)
     transactions = Transactions.load(Path(config.data.data_dir) / dataset).table
     period = config.customers.value_period_days * SECONDS_PER_DAY
@@ -38,41 +52,52 @@ def evaluate_value(config: AppConfig, dataset: str = "cdnow") -> dict[str, dict]
     train_y = future_value(transactions, train_cut, test_cut, train_x.index.to_numpy())
     test_x = customer_indicators(transactions, test_cut)
     test_y = future_value(transactions, test_cut, end, test_x.index.to_numpy())
-    report: dict[str, dict] = {
-        "_split": {
-            "train_cut_off": train_cut,
-            "test_cut_off": test_cut,
-            "end": end,
-            "train_customers": len(train_x),
-            "test_customers": len(test_x),
-            "test_buyers_share": float((test_y > 0).mean()),
-            "test_spend": float(test_y.sum()),
-        }
-    }
     models = (
         WeightedRFM(config.customers.rfm_weights.as_tuple()),
         BPNetwork(config.seed),
         LightGBMValue(config.seed),
         KMeansSegments(config.seed),
     )
+    scores: dict[str, np.ndarray] = {}
+    segments: dict[str, list[dict]] = {}
     for model in models:
-        scores = model.fit(train_x, train_y).predict(test_x)
-        report[model.name] = tiering_report(scores, test_y)
-        logger.info("%s: Spearman %.3f", model.name, report[model.name]["spearman"])
+        scores[model.name] = model.fit(train_x, train_y).predict(test_x)
         if isinstance(model, KMeansSegments):  # the segments themselves, best first, beside the tiers
             labels = model.assign(test_x)
-            order = np.argsort(-model.segment_value)
             total = max(float(test_y.sum()), 1e-12)
-            report[model.name]["segments"] = [
+            segments[model.name] = [
                 {
                     "customers_share": float((labels == s).mean()),
                     "value_share": float(test_y[labels == s].sum() / total),
                     "training_mean_value": float(model.segment_value[s]),
                 }
-                for s in order.tolist()
+                for s in np.argsort(-model.segment_value).tolist()
             ]
     # the CRM analyst's anchor: fitted on the purchases before the test cut-off, no labels needed
     customers, spend = expected_spend(transactions, test_cut, period / SECONDS_PER_WEEK)
-    clv = pd.Series(spend, index=customers).reindex(test_x.index, fill_value=0.0).to_numpy()
-    report[CLV] = tiering_report(clv, test_y)
+    scores[CLV] = pd.Series(spend, index=customers).reindex(test_x.index, fill_value=0.0).to_numpy()
+    return ValueSplit(train_x, train_y, test_x, test_y, (train_cut, test_cut, end), scores, segments)
+
+
+def evaluate_value(config: AppConfig, dataset: str = "cdnow") -> dict[str, dict]:
+    """Per model: Spearman with the test period's realised spend, each quartile tier's share of it (tier
+    A's lift), and the confusion of predicted against realised tiers; plus the split's figures."""
+    split = value_split(config, dataset)
+    train_cut, test_cut, end = split.cut_offs
+    report: dict[str, dict] = {
+        "_split": {
+            "train_cut_off": train_cut,
+            "test_cut_off": test_cut,
+            "end": end,
+            "train_customers": len(split.train_x),
+            "test_customers": len(split.test_x),
+            "test_buyers_share": float((split.test_y > 0).mean()),
+            "test_spend": float(split.test_y.sum()),
+        }
+    }
+    for name, scores in split.scores.items():
+        report[name] = tiering_report(scores, split.test_y)
+        if name in split.segments:
+            report[name]["segments"] = split.segments[name]
+        logger.info("%s: Spearman %.3f", name, report[name]["spearman"])
     return report

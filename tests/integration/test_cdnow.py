@@ -98,3 +98,22 @@ def test_bg_nbd_and_gamma_gamma_reproduce_the_papers_estimates_on_their_cdnow_sa
     occasions = len(after.groupby(["customer_id", after["timestamp"] // 86_400]).size())
     assert occasions == 1_882
     assert expected.sum() == pytest.approx(occasions, rel=0.2)
+
+
+def test_the_segments_report_is_written_with_tiers_gains_and_migration(tmp_path):
+    from cascade.bench import segments_report
+    from cascade.config import AppConfig
+    from cascade.data.fetch import fetch
+
+    fetch("cdnow", tmp_path)
+    report = segments_report.run(AppConfig.model_validate({"data": {"data_dir": str(tmp_path)}}))
+    assert sum(row["customers"] for row in report["tiers"]) == 23_570
+    assert sum(row["value_share"] for row in report["tiers"]) == pytest.approx(1.0)
+    shares = [row["value_share"] for row in report["tiers"]]
+    assert shares == sorted(shares, reverse=True)  # A holds most, D least
+    for curve in report["gains"].values():
+        assert curve[0] == 0.0 and curve[-1] == pytest.approx(1.0) and np.all(np.diff(curve) >= -1e-12)
+    assert np.array(report["migration_before_by_after"]).sum() == 23_570  # everyone is known at both
+    written = segments_report.write_outputs(report, tmp_path / "segments.json")
+    assert all(path.stat().st_size > 0 for path in written.values())
+    assert "| A |" in written["markdown"].read_text()
