@@ -397,7 +397,8 @@ def recommend(
 
 
 def _print_recommendations(user_id: str, reply, explain: bool) -> None:
-    table = Table(title=f"user {user_id}" + (" (new user)" if reply.new_user else ""))
+    about = [*(["new user"] if reply.new_user else []), *([f"tier {reply.tier}"] if reply.tier else [])]
+    table = Table(title=f"user {user_id}" + (f" ({', '.join(about)})" if about else ""))
     columns = ["#", "item_id", "title", "score", "source"]
     explored = any(item.propensity < 1 for item in reply.items)
     if explored:

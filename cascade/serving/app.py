@@ -20,6 +20,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 from cascade.config import AppConfig
 from cascade.core.artifacts import fingerprint
 from cascade.core.logs import configure_logging
+from cascade.customers.profiles import value_profiles
 from cascade.data.dataset import Dataset
 from cascade.serving.feature_store import keys
 from cascade.serving.feature_store.embedded import EmbeddedRedis
@@ -54,14 +55,20 @@ def open_feature_store(config: AppConfig, timeout_s: float | None = None) -> Ite
             embedded.stop()
 
 
+# bumped when what a load writes into profiles changes: stores loaded before are loaded again
+VALUE_PROFILE_VERSION = 1
+
+
 def features_marker(config: AppConfig) -> str:
     """What a load of the configured data set writes when it completes: the key layout, the data set's
-    fingerprint and the history length."""
+    fingerprint, the history length, and what the value profiles are computed with."""
     return fingerprint(
         "feature-load",
         keys.KEY_SCHEMA_VERSION,
         Dataset.fingerprint_of(config.data.path),
         config.features.history_length,
+        VALUE_PROFILE_VERSION,
+        config.customers.rfm_weights.as_tuple(),
     )
 
 
@@ -100,10 +107,13 @@ def load_features(
             logger.info("another process loaded this data set's features (marker %s)", marker)
             return False
         dataset = Dataset.load(config.data.path)
+        # every user's value tier and RFM scores beside their demographics (cascade/customers/profiles.py)
+        values = value_profiles(dataset.interactions, config.customers.rfm_weights.as_tuple())
+        users = dataset.users.merge(values, on="user_id", how="outer")
 
         def load(keyspace: keys.Keyspace) -> None:
             store.bulk_load(
-                dataset.users, dataset.interactions, config.features.history_length, marker, keyspace=keyspace
+                users, dataset.interactions, config.features.history_length, marker, keyspace=keyspace
             )
 
         if store.keyspace == target:

@@ -416,6 +416,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             new_user=lookup.state is not None and state.features is None,
             degraded=bool(reasons),
             degraded_reasons=reasons,
+            tier=ctx.traits.tier if ctx.traits is not None else "",
         )
         if page_size and k > 0 and len(result.items) == k and offset + k < serving.max_paged_items:
             response.next_page_token = encode_token(

@@ -214,3 +214,29 @@ def test_surfaces_segments_exploration_and_capped_pins_over_grpc(ruled, dataset,
     assert all(0 < p <= 1 for p in propensities) and min(propensities) < 0.5
     assert len({tuple(item_ids(reply)) for reply in draws}) > 1
     store.close()
+
+
+def test_the_customer_value_tier_is_served_and_chooses_a_rule_set(ruled, dataset):
+    from cascade.rerank.rules_file import parse_rules
+
+    srv, client, _, _ = ruled
+    tiers = {user: client.recommend(user, k=5).tier for user in range(1, 60)}
+    assert set(tiers.values()) <= {"A", "B", "C", "D"} and len(set(tiers.values())) >= 3
+    assert client.recommend(424242, k=5).tier == ""  # a user the feature load did not know
+    ours = tiers[USER]
+    other = next(user for user, tier in tiers.items() if tier != ours)
+    rules = f"""
+[[segments]]
+name = "tier-{ours}"
+tiers = ["{ours}"]
+
+[[rules]]
+kind = "genre_filter"
+name = "tier-rule-set"
+include = ["Comedy"]
+segments = ["tier-{ours}"]
+"""
+    srv.service.require_pipeline().use_rules(parse_rules(rules))
+    assert all("Comedy" in g.split("|") for g in genres_of(dataset, item_ids(client.recommend(USER, k=10))))
+    others = genres_of(dataset, item_ids(client.recommend(other, k=10)))
+    assert not all("Comedy" in g.split("|") for g in others)  # another tier's users keep every genre

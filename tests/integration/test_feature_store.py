@@ -287,3 +287,22 @@ def test_string_ids_are_stored_and_read_back_whole(redis_client):
     assert sorted(state.seen.tolist()) == sorted([*items, "sku:4 ü"])
     assert store.ratings(user) == {"sku:1/{a} b": 5.0, "sku:2": 4.0, "plain-3": 3.0}
     assert store.get_user_state("6f1c-ü {y}", history_length=5).features is None  # another user
+
+
+def test_further_profile_columns_are_loaded_beside_the_demographics(redis_client):
+    store = RedisFeatureStore(redis_client)
+    users = pd.DataFrame(
+        {
+            "user_id": [1, 2],
+            "gender": ["F", "M"],
+            "age": [30, 40],
+            "occupation": ["", ""],
+            "zip_code": ["", ""],
+            "tier": ["A", None],  # user 2 has no tier: nothing is written for it
+        }
+    )
+    interactions = pd.DataFrame({"user_id": [1], "item_id": [10], "rating": [5], "timestamp": [1]})
+    store.bulk_load(users, interactions, history_length=5, marker="tiers")
+    assert store.get_user_state(1, 5).features["tier"] == "A"
+    assert "tier" not in store.get_user_state(2, 5).features
+    assert store.get_user_state(2, 5).features["zip_code"] == ""  # demographics are written empty or not

@@ -55,3 +55,23 @@ def test_every_value_model_learns_who_buys_next_from_purchases_before_the_cut_of
         assert report["tier_a_lift"] > 1.5, model.name
     k = BPNetwork(seed=0, epochs=50).fit(train_x, train_y).predict(test_x)
     assert ((k >= 0) & (k <= 1)).all()  # the method's K
+
+
+def test_value_profiles_put_every_user_with_interactions_in_a_tier():
+    from cascade.customers.profiles import VALUE_FIELDS, value_profiles
+
+    rng = np.random.default_rng(1)
+    interactions = pd.DataFrame(
+        {
+            "user_id": rng.integers(1, 41, 400),
+            "timestamp": rng.integers(0, 100 * DAY, 400),
+            "rating": rng.integers(1, 6, 400).astype(float),
+        }
+    )
+    profiles = value_profiles(interactions, (0.221, 0.341, 0.439))
+    assert list(profiles.columns) == ["user_id", *VALUE_FIELDS]
+    assert sorted(profiles["user_id"]) == sorted(interactions["user_id"].unique())
+    assert profiles["tier"].value_counts().to_dict() == {"A": 10, "B": 10, "C": 10, "D": 10}
+    best = profiles.loc[profiles["current_value"].astype(float).idxmax()]
+    assert best["tier"] == "A" and best["value_band"] in {"4", "5"}
+    assert value_profiles(interactions.iloc[:0], (1, 1, 1)).empty

@@ -154,7 +154,7 @@ class ModelVersions(_message.Message):
     def __init__(self, recall: _Optional[str] = ..., index: _Optional[str] = ..., ranking: _Optional[str] = ..., rules: _Optional[str] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("request_id", "items", "model_versions", "new_user", "stage_ms", "degraded", "degraded_reasons", "removed_by_rule", "next_page_token")
+    __slots__ = ("request_id", "items", "model_versions", "new_user", "stage_ms", "degraded", "degraded_reasons", "removed_by_rule", "next_page_token", "tier")
     class StageMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -178,6 +178,7 @@ class RecommendResponse(_message.Message):
     DEGRADED_REASONS_FIELD_NUMBER: _ClassVar[int]
     REMOVED_BY_RULE_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
     model_versions: ModelVersions
@@ -187,7 +188,8 @@ class RecommendResponse(_message.Message):
     degraded_reasons: _containers.RepeatedScalarFieldContainer[str]
     removed_by_rule: _containers.ScalarMap[str, int]
     next_page_token: str
-    def __init__(self, request_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_versions: _Optional[_Union[ModelVersions, _Mapping]] = ..., new_user: _Optional[bool] = ..., stage_ms: _Optional[_Mapping[str, float]] = ..., degraded: _Optional[bool] = ..., degraded_reasons: _Optional[_Iterable[str]] = ..., removed_by_rule: _Optional[_Mapping[str, int]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    tier: str
+    def __init__(self, request_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_versions: _Optional[_Union[ModelVersions, _Mapping]] = ..., new_user: _Optional[bool] = ..., stage_ms: _Optional[_Mapping[str, float]] = ..., degraded: _Optional[bool] = ..., degraded_reasons: _Optional[_Iterable[str]] = ..., removed_by_rule: _Optional[_Mapping[str, int]] = ..., next_page_token: _Optional[str] = ..., tier: _Optional[str] = ...) -> None: ...
 
 class RecordEventRequest(_message.Message):
     __slots__ = ("user_id", "item_id", "event_type", "timestamp", "event_id", "rating")

@@ -261,17 +261,20 @@ class RedisFeatureStore(OnlineFeatureStore):
         item_col = ordered["item_id"].to_numpy()
         ts_col = ordered["timestamp"].to_numpy()
         user_ids = users["user_id"].to_numpy()
-        profiles = users[list(USER_FEATURE_FIELDS)].astype(str).to_numpy()
+        # the demographics, and any further profile columns (the customer-value fields) the caller joined
+        extra = [c for c in users.columns if c != "user_id" and c not in USER_FEATURE_FIELDS]
+        fields = (*USER_FEATURE_FIELDS, *extra)
+        profiles = users[list(fields)].fillna("").astype(str).to_numpy()
         all_user_ids = np.union1d(user_ids, uniq)
         profile_of = {native_id(u): row for u, row in zip(user_ids, profiles)}
         for begin in range(0, len(all_user_ids), chunk_users):
             pipe = self.client.pipeline(transaction=False)
             for user_id in all_user_ids[begin : begin + chunk_users].tolist():
                 if user_id in profile_of:
-                    pipe.hset(
-                        keyspace.profile_key(user_id),
-                        mapping=dict(zip(USER_FEATURE_FIELDS, profile_of[user_id])),
-                    )
+                    row = profile_of[user_id]
+                    mapping = dict(zip(USER_FEATURE_FIELDS, row))  # demographics, empty or not
+                    mapping |= {f: v for f, v in zip(extra, row[len(USER_FEATURE_FIELDS) :]) if v}
+                    pipe.hset(keyspace.profile_key(user_id), mapping=mapping)
                 if user_id in spans:
                     s, e = spans[user_id]
                     recent = [
