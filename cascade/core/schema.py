@@ -327,7 +327,8 @@ class FeatureSchema:
         return is_numeric(self.item_ids) and is_numeric(self.user_ids)
 
     def parse_user_ids(self, ids: Any) -> np.ndarray:
-        """Ids as text (a request's, the feature store's) -> the user vocabulary's kind (``parse_ids``)."""
+        """Ids as text (a request's, the feature store's) -> the user vocabulary's kind (``parse_ids``);
+        ``user_index`` parses its ids with it."""
         return parse_ids(ids, is_numeric(self.user_ids))
 
     def parse_item_ids(self, ids: Any) -> np.ndarray:
@@ -335,15 +336,18 @@ class FeatureSchema:
         return parse_ids(ids, is_numeric(self.item_ids))
 
     def user_index(self, user_ids: Any) -> np.ndarray:
-        """External user ids (N,) -> indices (N,); 0 for unknown users."""
-        return self.lookup_ids(self.user_ids, user_ids, self._user_table)
+        """External user ids (N,), of the vocabulary's kind or as text, -> indices (N,); 0 for unknown
+        users."""
+        return self.lookup_ids(self.user_ids, self.parse_user_ids(user_ids), self._user_table)
 
     def item_index(self, item_ids: Any) -> np.ndarray:
-        """External item ids (N,) -> indices (N,); 0 for unknown items. Items added while serving too."""
-        found = self.lookup_ids(self.item_ids, item_ids, self._item_table)
+        """External item ids (N,), of the vocabulary's kind or as text, -> indices (N,); 0 for unknown items.
+        Items added while serving too."""
+        parsed = self.parse_item_ids(item_ids)
+        found = self.lookup_ids(self.item_ids, parsed, self._item_table)
         if self.added_item_ids and not found.all():
             table = self._added_table
-            ids = _as_list(item_ids)
+            ids = parsed.tolist()
             for row in np.flatnonzero(found == 0).tolist():
                 found[row] = table.get(ids[row], 0)
         return found

@@ -15,7 +15,7 @@ from cascade.core.schema import FeatureSchema
 from cascade.recall.index import GrowingIndex
 from cascade.rerank.catalogue import ItemAttributes
 from cascade.serving.catalogue_changes import ItemRecord
-from cascade.serving.models import ServingModels
+from cascade.serving.models import ServingModels, item_lookup
 
 # lookups a schema builds at first use, carried over to the schema with the added items: rebuilding them
 # would cost the first request after every change (a dict of a million string ids takes about a second)
@@ -58,10 +58,6 @@ def with_catalogue(models: ServingModels, records: tuple[ItemRecord, ...]) -> Se
     years = np.concatenate([years, np.array([record.year for record in added], dtype=years.dtype)])
     titles = np.concatenate([titles, np.array([record.title for record in added], dtype=object)])
 
-    def lookup(item_id: str) -> int | None:
-        found = int(extended.item_index(extended.parse_item_ids([item_id]))[0])
-        return found or None
-
     return dataclasses.replace(
         models,
         schema=extended,
@@ -69,7 +65,7 @@ def with_catalogue(models: ServingModels, records: tuple[ItemRecord, ...]) -> Se
         popularity=np.concatenate([models.popularity, np.zeros(len(added), dtype=models.popularity.dtype)]),
         index=index,
         attributes=ItemAttributes(
-            item_lookup=lookup,
+            item_lookup=item_lookup(extended),
             genres=genres,
             genre_names=attributes.genre_names,
             years=years,

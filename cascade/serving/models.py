@@ -144,6 +144,15 @@ def _content_embedder(recall: RecallBundle) -> Callable[[ItemFeatures], np.ndarr
     return embed
 
 
+def item_lookup(schema: FeatureSchema) -> Callable[[str], int | None]:
+    """What rules resolve an item id with: its index in ``schema``'s catalogue, None when it has none."""
+
+    def lookup(item_id: str) -> int | None:
+        return int(schema.item_index([item_id])[0]) or None
+
+    return lookup
+
+
 def _item_attributes(
     recall: RecallBundle,
     schema: FeatureSchema,
@@ -156,12 +165,8 @@ def _item_attributes(
     years[schema.item_index(catalogue["item_id"].to_numpy())] = catalogue["year"].fillna(0).to_numpy()
     years[0] = 0
 
-    def lookup(item_id: str) -> int | None:
-        index = int(schema.item_index(schema.parse_item_ids([item_id]))[0])
-        return index or None
-
     return ItemAttributes(
-        item_lookup=lookup,
+        item_lookup=item_lookup(schema),
         genres=items.genres,
         genre_names=schema.genres,
         years=years,

@@ -123,6 +123,7 @@ class Recommendation:
 
 
 PINNED = "pin"  # the channel reported for an item a pin rule added
+_IN_FORCE = object()  # RecommendationPipeline._compile: the rules in force
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,29 @@ class RecommendOptions:
     impressions: Mapping[str, int] = field(default_factory=dict)
     offset: int = 0
 
+    def request(
+        self,
+        seen: np.ndarray,
+        exclude: np.ndarray,
+        at: float,
+        user: UserTraits | None = None,
+        history: np.ndarray | None = None,
+    ) -> RerankRequest:
+        """These options with what the rules know of the user, as one request to the rules engine."""
+        return RerankRequest(
+            seen=seen,
+            exclude=exclude,
+            at=at,
+            surface=self.surface,
+            user=user if user is not None else UserTraits(),
+            history=history,
+            include_genres=self.include_genres,
+            exclude_genres=self.exclude_genres,
+            seed=self.seed,
+            impressions=self.impressions,
+            offset=self.offset,
+        )
+
 
 class RecommendationPipeline:
     def __init__(self, models: ServingModels, config: AppConfig, rules: RulesFile | None = None):
@@ -161,7 +185,7 @@ class RecommendationPipeline:
         self.config = config
         self.deleted: np.ndarray | None = None  # (N,) bool: the catalogue's deleted items
         self._compiling = threading.Lock()  # a rules reload and a deletion at once: neither is lost
-        self.rules_file = rules
+        self.rules_file: RulesFile | None = None
         self.rules = self.use_rules(rules)
         self.costs = StageCosts()
         # genre id -> its items, most popular first: built at a request's first use of the genre
@@ -171,21 +195,28 @@ class RecommendationPipeline:
         """Compile ``rules`` against the served catalogue and swap them in (a single assignment: a request
         applies either the old rules or the new ones); raises ConfigError and keeps the old ones when
         they do not compile."""
+        return self._compile(rules=rules)
+
+    def _compile(
+        self, rules: RulesFile | object | None = _IN_FORCE, deleted: np.ndarray | None = None
+    ) -> RuleEngine:
+        """Compile ``rules`` (default: those in force) with ``deleted`` (default: the deletions in force) and
+        swap the engine in with both, under one lock: a rules reload and a deletion at once lose neither."""
         with self._compiling:
-            engine = RuleEngine(self.config.rerank, self.models.attributes, rules, self.deleted)
-            self.rules, self.rules_file = engine, rules
+            deleted = self.deleted if deleted is None else deleted
+            rules = self.rules_file if rules is _IN_FORCE else rules
+            engine = RuleEngine(self.config.rerank, self.models.attributes, rules, deleted)  # type: ignore[arg-type]
+            self.rules, self.rules_file, self.deleted = engine, rules, deleted
         return engine
 
     def use_deleted(self, item_ids: tuple[str, ...]) -> int:
         """Never serve these items (ids as text; ones the catalogue lacks are ignored) from now on: the
         rules recompiled with them, swapped in one assignment. Returns how many the catalogue holds."""
         schema = self.models.schema
-        indices = schema.item_index(schema.parse_item_ids(list(item_ids)))
+        indices = schema.item_index(list(item_ids))
         deleted = np.zeros(schema.num_items, dtype=bool)
         deleted[indices[indices > 0]] = True
-        with self._compiling:
-            self.rules = RuleEngine(self.config.rerank, self.models.attributes, self.rules_file, deleted)
-            self.deleted = deleted
+        self._compile(deleted=deleted)
         return int(deleted.sum())
 
     def warm_up(self) -> float:
@@ -217,7 +248,11 @@ class RecommendationPipeline:
 
     def popular(self, blocked: np.ndarray, count: int) -> ChannelCandidates:
         """The ``count`` most popular items not in ``blocked``, scored relative to the most popular."""
-        pool = self.models.popular_order[: count + len(blocked)]
+        return self._popular_candidates(self.models.popular_order[: count + len(blocked)], blocked, count)
+
+    def _popular_candidates(self, pool: np.ndarray, blocked: np.ndarray, count: int) -> ChannelCandidates:
+        """The first ``count`` of ``pool`` (most popular first) not in ``blocked``, scored relative to the
+        most popular of them."""
         pool = pool[keep_unblocked(pool, blocked, count)]
         pop = self.models.popularity[pool]
         return ChannelCandidates(pool, (pop / max(pop.max(initial=0.0), 1.0)).astype(np.float32), POPULAR)
@@ -241,9 +276,7 @@ class RecommendationPipeline:
         pool = lists[0] if len(lists) == 1 else np.unique(np.concatenate(lists))
         if len(lists) > 1:  # most popular first again, across the genres
             pool = pool[np.argsort(-self.models.popularity[pool], kind="stable")]
-        pool = pool[keep_unblocked(pool, blocked, count)]
-        pop = self.models.popularity[pool]
-        return ChannelCandidates(pool, (pop / max(pop.max(initial=0.0), 1.0)).astype(np.float32), POPULAR)
+        return self._popular_candidates(pool, blocked, count)
 
     def two_tower(self, query: np.ndarray, blocked: np.ndarray, count: int) -> ChannelCandidates:
         """Up to ``count`` nearest items to ``query`` (D,) from the ANN index, ``blocked`` removed."""
@@ -365,21 +398,9 @@ class RecommendationPipeline:
     def rerank_request(
         ctx: UserContext, exclude: np.ndarray, options: RecommendOptions | None = None
     ) -> RerankRequest:
-        options = options or RecommendOptions()
         traits = ctx.traits if ctx.traits is not None else UserTraits(new_user=not len(ctx.history))
-        return RerankRequest(
-            seen=ctx.seen,
-            exclude=exclude,
-            at=ctx.at if ctx.at is not None else time.time(),
-            surface=options.surface,
-            user=traits,
-            history=ctx.events,
-            include_genres=options.include_genres,
-            exclude_genres=options.exclude_genres,
-            seed=options.seed,
-            impressions=options.impressions,
-            offset=options.offset,
-        )
+        at = ctx.at if ctx.at is not None else time.time()
+        return (options or RecommendOptions()).request(ctx.seen, exclude, at, traits, ctx.events)
 
     def similar_items(
         self,
@@ -394,13 +415,7 @@ class RecommendationPipeline:
         Filters may remove many neighbours: the search widens until k pass or the catalogue is done."""
         exclude = np.zeros(0, dtype=np.int64) if exclude is None else exclude
         options = options or RecommendOptions()
-        request = RerankRequest(
-            exclude=np.append(exclude, item),
-            at=time.time(),
-            surface=options.surface,
-            include_genres=options.include_genres,
-            exclude_genres=options.exclude_genres,
-        )
+        request = options.request(np.zeros(0, dtype=np.int64), np.append(exclude, item), time.time())
         total = self.models.index.size
         filtering = self.rules.filters or options.include_genres or options.exclude_genres or len(exclude)
         fetch = k + len(exclude) + (k if filtering else 0)

@@ -258,8 +258,8 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         at: float | None = None,
     ) -> UserContext:
         schema = pipeline.models.schema
-        history = schema.item_index(schema.parse_item_ids(state.history_items))
-        seen = schema.item_index(schema.parse_item_ids(state.seen))
+        history = schema.item_index(state.history_items)
+        seen = schema.item_index(state.seen)
         tier = ""
         if state.features is not None:
             profile = state.features
@@ -276,7 +276,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             has_profile = bool(gender or age or occupation or zip_code)
             age = age if age > 0 else -1
         row = UserRow(
-            user=int(schema.user_index(schema.parse_user_ids([user_id]))[0]),
+            user=int(schema.user_index([user_id])[0]),
             gender=int(encode_gender([gender])[0]),
             age=int(encode_age([age])[0]),
             occupation=int(schema.encode_occupation([occupation])[0]),
@@ -363,7 +363,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             reasons.append(lookup.degraded_reason)
         state = lookup.state if lookup.state is not None else _NOBODY
         ctx = self.user_context(pipeline, user_id, state, demographics, at)
-        exclude = models.schema.item_index(models.schema.parse_item_ids(exclude_ids + served))
+        exclude = models.schema.item_index(exclude_ids + served)
         counters = pipeline.rules.counted_pins
         impressions = self.store.impressions(store_user, counters) if counters else {}
         if impressions is None:  # the store cannot say: every capped pin counts as spent
@@ -465,10 +465,10 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         include, exclude_genres = self._filters(
             pipeline, list(request.include_genres), list(request.exclude_genres)
         )
-        item = int(models.schema.item_index(models.schema.parse_item_ids([item_id]))[0])
+        item = int(models.schema.item_index([item_id])[0])
         if item == 0:
             raise NotFoundError(f"item_id: no item {item_id[:64]!r} in the catalogue")
-        exclude = models.schema.item_index(models.schema.parse_item_ids(exclude_ids))
+        exclude = models.schema.item_index(exclude_ids)
         result = pipeline.similar_items(
             item,
             k,
@@ -512,7 +512,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         event_id = check_event_id(request.event_id)
         timestamp = check_timestamp(request.timestamp)
         schema = pipeline.models.schema
-        item = int(schema.item_index(schema.parse_item_ids([item_id]))[0])
+        item = int(schema.item_index([item_id])[0])
         if item == 0:
             raise InvalidArgumentError("item_id", "no such item in the catalogue")
         # stored as the catalogue spells the id: "042" and "42" are one item of a numeric catalogue
@@ -538,7 +538,7 @@ class CatalogueAdminService(pb_grpc.CatalogueAdminServicer):
     ) -> pb.UpsertItemResponse:
         item_id, request_id, schema = self._parse(request)
         parsed = schema.parse_item_ids([item_id])[0]
-        served = int(schema.item_index(np.array([parsed], dtype=schema.item_ids.dtype))[0]) > 0
+        served = int(schema.item_index([item_id])[0]) > 0
         if schema.numeric_ids and int(parsed) < 0:
             raise InvalidArgumentError("item_id", "this catalogue's item ids are integers")
         genres = parse_genres("genres", list(request.genres), schema.genres)
@@ -578,7 +578,7 @@ class CatalogueAdminService(pb_grpc.CatalogueAdminServicer):
         self, request: pb.DeleteItemRequest, context: grpc.ServicerContext
     ) -> pb.DeleteItemResponse:
         item_id, request_id, schema = self._parse(request)
-        item = int(schema.item_index(schema.parse_item_ids([item_id]))[0])
+        item = int(schema.item_index([item_id])[0])
         if item == 0:
             raise NotFoundError(f"item_id: no item {item_id[:64]!r} in the catalogue")
         canonical = native_id(schema.item_id_of([item])[0])

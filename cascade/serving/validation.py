@@ -18,7 +18,7 @@ _ZIP = re.compile(r"[0-9A-Za-z -]{0,12}")
 
 def parse_id(field: str, value: str) -> str:
     """A user or item id: any non-empty UTF-8 (the wire format guarantees UTF-8) of at most MAX_ID_BYTES
-    bytes. Whether the catalogue knows it is the schema's business (``FeatureSchema.parse_item_ids``)."""
+    bytes. Whether the catalogue knows it is the schema's business (``FeatureSchema.item_index``)."""
     if not value:
         raise InvalidArgumentError(field, "must not be empty")
     if len(value) > MAX_ID_BYTES or len(value.encode()) > MAX_ID_BYTES:
