@@ -1,8 +1,9 @@
 """`cascade segments report`: the page a marketing team reads about customer value.
 
-On a purchase log's time split (``training.value.value_split``): the tiers A-D of the method's weighted
-RFM (the tiering served), their sizes and the share of the next period's spend each held; every model's
-gain (Lorenz) curve of that spend; and how customers moved between tiers from one cut-off to the next.
+On a customer log's time split (``training.value.value_split``): the tiers A-D of the method's weighted
+RFM (the tiering served), their sizes and the share of the next period's value (spend, or activity where
+there is no money) each held; every model's gain (Lorenz) curve of that value; and how customers moved
+between tiers from one cut-off to the next.
 JSON + PNG + markdown, like the benchmarks.
 """
 
@@ -24,9 +25,9 @@ TIERING = "weighted RFM"  # the method's own tiering, and the one served
 GAIN_POINTS = 101
 
 
-def run(config: AppConfig, dataset: str = "cdnow") -> dict:
+def run(config: AppConfig, dataset: str = "cdnow", period_days: float | None = None) -> dict:
     started = time.perf_counter()
-    split = value_split(config, dataset)
+    split = value_split(config, dataset, period_days)
     realised = split.test_y
     tiers = quartile_tiers(split.scores[TIERING])
     total = max(float(realised.sum()), 1e-12)
@@ -36,7 +37,7 @@ def run(config: AppConfig, dataset: str = "cdnow") -> dict:
             "customers": int((tiers == t).sum()),
             "value_share": float(realised[tiers == t].sum() / total),
             "buyers_share": float((realised[tiers == t] > 0).mean()) if (tiers == t).any() else 0.0,
-            "mean_spend": float(realised[tiers == t].mean()) if (tiers == t).any() else 0.0,
+            "mean_value": float(realised[tiers == t].mean()) if (tiers == t).any() else 0.0,
         }
         for t in range(4)
     ]
@@ -55,6 +56,7 @@ def run(config: AppConfig, dataset: str = "cdnow") -> dict:
     gains["perfect"] = _gain(realised, realised, shares)
     return {
         "dataset": dataset,
+        "value": split.value_kind,
         "customers": len(split.test_x),
         "cut_offs": list(split.cut_offs),
         "tiering": TIERING,
@@ -94,7 +96,7 @@ def plot(report: dict, path: Path) -> None:
     x = np.arange(len(tiers))
     total = max(sum(row["customers"] for row in tiers), 1)
     bars.bar(x - 0.2, [row["customers"] / total for row in tiers], 0.4, label="customers")
-    bars.bar(x + 0.2, [row["value_share"] for row in tiers], 0.4, label="next period's spend")
+    bars.bar(x + 0.2, [row["value_share"] for row in tiers], 0.4, label=f"next period's {report['value']}")
     bars.set_xticks(x, [row["tier"] for row in tiers])
     bars.set_ylabel("share")
     bars.set_title(f"Tiers ({report['tiering']}): who holds the value")
@@ -106,7 +108,7 @@ def plot(report: dict, path: Path) -> None:
     gain.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
     gain.axvline(0.25, color="grey", linestyle="--", linewidth=0.8)
     gain.set_xlabel("share of customers, best first by each model")
-    gain.set_ylabel("share of the next period's spend")
+    gain.set_ylabel(f"share of the next period's {report['value']}")
     gain.set_title("Gain (Lorenz) curves")
     gain.legend(fontsize=7)
     migration = np.array(report["migration_before_by_after"])
@@ -126,18 +128,20 @@ def plot(report: dict, path: Path) -> None:
 
 
 def summary(report: dict) -> str:
+    value = report["value"]
+    active = "customers who bought" if value == "spend" else "customers active"
     lines = [
         f"# Customer value: {report['dataset']} ({report['customers']} customers)",
         "",
-        f"Tiers by {report['tiering']} as of the second cut-off, against the spend of the period after it.",
+        f"Tiers by {report['tiering']} as of the second cut-off, against the {value} of the period after it.",
         "",
-        "| tier | customers | share of next period's spend | customers who bought | mean spend |",
+        f"| tier | customers | share of next period's {value} | {active} | mean {value} |",
         "|---|---:|---:|---:|---:|",
     ]
     for row in report["tiers"]:
         lines.append(
             f"| {row['tier']} | {row['customers']} | {row['value_share']:.1%} | {row['buyers_share']:.1%} "
-            f"| {row['mean_spend']:.2f} |"
+            f"| {row['mean_value']:.2f} |"
         )
     lines += ["", "| model | Spearman | tier A's share | tier A lift |", "|---|---:|---:|---:|"]
     for name, result in report["models"].items():

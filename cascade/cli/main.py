@@ -132,9 +132,17 @@ def data_synth(
     string_ids: Annotated[
         bool, typer.Option(help="Opaque string ids: UUIDs for users, SKU-like codes for items.")
     ] = False,
+    commerce: Annotated[
+        bool,
+        typer.Option(
+            help="Also the users' purchases and sessions, driven by a latent customer value, as the purchase "
+            "log NAME-commerce (cascade evaluate value --dataset NAME-commerce)."
+        ),
+    ] = False,
 ) -> None:
     """Generate a seeded synthetic MovieLens-shaped dataset."""
     from cascade.data.synthetic import generate
+    from cascade.data.synthetic_commerce import generate_commerce
 
     cfg = _config()
     dataset = generate(
@@ -148,6 +156,11 @@ def data_synth(
     )
     path = dataset.save(Path(cfg.data.data_dir) / name)
     console.print(f"synthetic dataset ({len(dataset.interactions)} interactions) at [bold]{path}[/]")
+    if commerce:
+        log = generate_commerce(dataset, seed=cfg.seed if seed is None else seed)
+        path = log.save(Path(cfg.data.data_dir) / log.name)
+        sessions = 0 if log.sessions is None else len(log.sessions)
+        console.print(f"purchase log ({len(log.table)} purchases, {sessions} sessions) at [bold]{path}[/]")
 
 
 @train_app.command("recall")
@@ -428,18 +441,17 @@ def _print_recommendations(user_id: str, reply, explain: bool) -> None:
 
 @segments_app.command("report")
 def segments_report(
-    dataset: Annotated[
-        str, typer.Option(help="A prepared purchase log (cascade data fetch cdnow).")
-    ] = "cdnow",
+    dataset: ValueDatasetOption = "cdnow",
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Report path; .png and .md beside it.")
     ] = None,
+    period_days: PeriodOption = None,
 ) -> None:
     """Tier sizes and the share of the next period's spend each holds, every value model's gain curve, and
     tier migration between two cut-offs: markdown + PNG."""
     from cascade.bench import segments_report as report_module
 
-    report = _run(report_module.run, _config(), dataset)
+    report = _run(report_module.run, _config(), dataset, period_days)
     _wrote(
         report_module.write_outputs(report, json_path or Path(f"benchmarks/results/segments-{dataset}.json"))
     )
@@ -536,18 +548,29 @@ def evaluate_pipeline(json_path: JsonOption = None) -> None:
     _report(_run(run, _config()), json_path, "held-out temporal split: pipeline")
 
 
+ValueDatasetOption = Annotated[
+    str,
+    typer.Option(
+        help="A prepared data set: a purchase log (cascade data fetch cdnow; cascade data synth --commerce "
+        "makes NAME-commerce), or interactions (movielens-100k: activity stands in for spend)."
+    ),
+]
+PeriodOption = Annotated[
+    float | None,
+    typer.Option(help="Days in a value period (default: customers.value_period_days; ML-100K spans 215)."),
+]
+
+
 @evaluate_app.command("value")
 def evaluate_value(
-    json_path: JsonOption = None,
-    dataset: Annotated[
-        str, typer.Option(help="A prepared purchase log (cascade data fetch cdnow).")
-    ] = "cdnow",
+    json_path: JsonOption = None, dataset: ValueDatasetOption = "cdnow", period_days: PeriodOption = None
 ) -> None:
-    """Customer value in the next period: weighted RFM, the BP 14-29-1 network and LightGBM, by Spearman with
-    the realised spend and the share of it each quartile tier holds."""
+    """Customer value in the next period: weighted RFM, the BP 14-29-1 network, LightGBM, k-means segments
+    and (where there is money) BG/NBD + Gamma-Gamma CLV, by Spearman with the realised value and the share
+    of it each quartile tier holds."""
     from cascade.training.value import evaluate_value as run
 
-    report = _run(run, _config(), dataset)
+    report = _run(run, _config(), dataset, period_days)
     rows = {
         name: {
             "spearman": r["spearman"],
@@ -557,7 +580,7 @@ def evaluate_value(
         for name, r in report.items()
         if not name.startswith("_")
     }
-    _report(rows, None, f"customer value, {dataset}: next-period spend")
+    _report(rows, None, f"customer value, {dataset}: next-period {report['_split']['value']}")
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report, indent=2))

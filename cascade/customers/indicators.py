@@ -1,17 +1,24 @@
-"""The value model's inputs: fourteen indicators per customer, as of a cut-off, from purchases before it.
+"""The value model's inputs: fourteen indicators per customer, as of a cut-off, from events before it.
 
-The method's fourteen indicators come in three groups; what a purchase log can say of each:
+The method's fourteen indicators come in three groups: behaviour on the platform (profile, visits, time
+online, interaction value), current value (time since the last purchase, purchases and spend in the last
+year) and potential value (repeat and cross purchases, length of the relationship, brand perception,
+willingness to recommend, the customer's own ratings, membership). What each source can honestly say of
+them makes three sets of fourteen, chosen by what the log holds (``indicator_set``):
 
-- current value: time since the last purchase (``recency_days``), purchases and spend in the last year
-  (``purchases_last_year``, ``spend_last_year``), and over all time (``frequency``, ``monetary``);
-- potential value: repeat purchases (``repeat_purchases``), the length of the relationship
-  (``tenure_days``), and how the customer buys: order values (``mean_order_value``, ``max_order_value``),
-  units (``units``, ``mean_units_per_order``) and rhythm (``mean_days_between_purchases``);
-- behaviour on the platform: recent activity (``purchases_last_90d``, ``spend_last_90d``) stands in for
-  visits and time online, which a purchase log does not hold.
+- ``PURCHASE_INDICATORS``, a purchase log alone (CDNOW): current value as the method has it, plus
+  all-time frequency and money; potential value as repeat purchases, tenure, order values, units and the
+  buying rhythm; recent purchases and spend (90 days) stand in for visits and time online, which a
+  purchase log does not hold.
+- ``PLATFORM_INDICATORS``, purchases with sessions, ratings and demographics (the synthetic generator's
+  logs): visits and dwell time, ratings given (interaction value) and their mean (the customer's own
+  ratings), age (profile), genres bought (cross purchases) beside the purchase indicators.
+- ``ENGAGEMENT_INDICATORS``, ratings alone (MovieLens): a rating stands in for a purchase and its stars for
+  money, so M is an engagement proxy; visits are active days, interaction value the ratings given, cross
+  purchases the genres rated, the customer's own ratings their mean and their share of 4-5 stars.
 
-Brand perception, willingness to recommend, membership and the customer's own ratings have no counterpart
-in CDNOW's log; they are not invented here.
+Brand perception, willingness to recommend and membership have no counterpart in any of these logs; they
+are not invented here.
 """
 
 from __future__ import annotations
@@ -19,30 +26,70 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from cascade.customers.log import CustomerLog
 from cascade.customers.rfm import SECONDS_PER_DAY
 
-INDICATORS = (
-    "recency_days",
-    "frequency",
-    "monetary",
-    "purchases_last_year",
-    "spend_last_year",
-    "purchases_last_90d",
-    "spend_last_90d",
-    "repeat_purchases",
-    "tenure_days",
-    "mean_order_value",
-    "max_order_value",
-    "units",
-    "mean_units_per_order",
-    "mean_days_between_purchases",
-)
+PURCHASE_INDICATORS = (
+    "recency_days", "frequency", "monetary", "purchases_last_year", "spend_last_year",
+    "purchases_last_90d", "spend_last_90d", "repeat_purchases", "tenure_days", "mean_order_value",
+    "max_order_value", "units", "mean_units_per_order", "mean_days_between_purchases",
+)  # fmt: skip
+PLATFORM_INDICATORS = (
+    "recency_days", "frequency", "monetary", "purchases_last_year", "spend_last_year", "repeat_purchases",
+    "tenure_days", "mean_order_value", "genres_bought", "visits_last_90d", "dwell_minutes_last_90d",
+    "ratings_given", "mean_rating_given", "age",
+)  # fmt: skip
+ENGAGEMENT_INDICATORS = (
+    "recency_days", "frequency", "monetary", "ratings_last_year", "ratings_last_90d", "active_days",
+    "active_days_last_90d", "ratings_per_active_day", "tenure_days", "mean_days_between_active_days",
+    "genres_rated", "mean_rating_given", "high_rating_share", "age",
+)  # fmt: skip
 
 
-def customer_indicators(transactions: pd.DataFrame, as_of: float) -> pd.DataFrame:
-    """One row per customer with a purchase before ``as_of`` (index: customer_id, sorted), the columns of
-    INDICATORS. Lines of one customer at one time are one order. Nothing at or after ``as_of`` is read."""
-    past = transactions[transactions["timestamp"].to_numpy() < as_of]
+def indicator_set(log: CustomerLog) -> tuple[str, ...]:
+    if log.purchases is None:
+        return ENGAGEMENT_INDICATORS
+    if log.sessions is not None and log.ratings is not None:
+        return PLATFORM_INDICATORS
+    return PURCHASE_INDICATORS
+
+
+def customer_indicators(log: CustomerLog, as_of: float) -> pd.DataFrame:
+    """One row per customer with a purchase (a log without purchases: a rating) before ``as_of`` (index:
+    customer_id, sorted), the columns of ``indicator_set(log)``. Nothing at or after ``as_of`` is read."""
+    columns = indicator_set(log)
+    if columns is ENGAGEMENT_INDICATORS:
+        return _engagement(log, as_of)
+    assert log.purchases is not None
+    table = _purchases(log.purchases, as_of)
+    if columns is PURCHASE_INDICATORS:
+        return table
+    assert log.sessions is not None and log.ratings is not None
+    customers = table.index
+    table["genres_bought"] = _genres_covered(log.purchases, log.item_genres, as_of, customers)
+    sessions = _before(log.sessions, as_of)
+    recent = sessions[(as_of - sessions["timestamp"].to_numpy()) / SECONDS_PER_DAY <= 90]
+    visits = recent.groupby("customer_id")
+    table["visits_last_90d"] = visits.size().reindex(customers, fill_value=0)
+    table["dwell_minutes_last_90d"] = (visits["dwell_seconds"].sum() / 60).reindex(customers, fill_value=0)
+    ratings = _before(log.ratings, as_of).groupby("customer_id")["rating"]
+    table["ratings_given"] = ratings.size().reindex(customers, fill_value=0)
+    # no rating yet: the population's mean, not 0, which would read as the harshest critic
+    mean_rating = ratings.mean()
+    fallback = float(mean_rating.mean()) if len(mean_rating) else 0.0
+    table["mean_rating_given"] = mean_rating.reindex(customers).fillna(fallback)
+    table["age"] = _ages(log, customers)
+    return table[list(columns)].astype(np.float64)
+
+
+def _before(table: pd.DataFrame, as_of: float) -> pd.DataFrame:
+    return table[table["timestamp"].to_numpy() < as_of]
+
+
+def _purchases(transactions: pd.DataFrame, as_of: float) -> pd.DataFrame:
+    """PURCHASE_INDICATORS of every customer with a purchase before ``as_of``. Lines of one customer at
+    one time are one order."""
+    past = _before(transactions, as_of)
     orders = past.groupby(["customer_id", "timestamp"], sort=True).agg(
         amount=("amount", "sum"), quantity=("quantity", "sum")
     )
@@ -82,13 +129,87 @@ def customer_indicators(transactions: pd.DataFrame, as_of: float) -> pd.DataFram
             ),
         }
     )
-    return out[list(INDICATORS)].astype(np.float64)
+    return out[list(PURCHASE_INDICATORS)].astype(np.float64)
 
 
-def future_value(transactions: pd.DataFrame, start: float, end: float, customers: np.ndarray) -> np.ndarray:
-    """(C,) money each of ``customers`` spent in [start, end): the value a model of customers as of
-    ``start`` is asked to predict (0 for customers who bought nothing)."""
-    stamps = transactions["timestamp"].to_numpy()
-    window = transactions[(stamps >= start) & (stamps < end)]
-    spent = window.groupby("customer_id")["amount"].sum()
-    return spent.reindex(customers, fill_value=0.0).to_numpy(dtype=np.float64)
+def _genres_covered(
+    table: pd.DataFrame, item_genres: pd.Series | None, as_of: float, customers: pd.Index
+) -> pd.Series:
+    """How many distinct genres the items of each customer's events before ``as_of`` span."""
+    past = _before(table, as_of)
+    if item_genres is None or "item_id" not in past:
+        return pd.Series(0.0, index=customers)
+    genres = item_genres.reindex(past["item_id"].to_numpy()).fillna("").str.split("|")
+    pairs = pd.DataFrame({"customer_id": past["customer_id"].to_numpy(), "genre": genres.to_numpy()})
+    pairs = pairs.explode("genre")
+    pairs = pairs[pairs["genre"].astype(str) != ""]
+    return pairs.groupby("customer_id")["genre"].nunique().reindex(customers, fill_value=0).astype(float)
+
+
+def _ages(log: CustomerLog, customers: pd.Index) -> np.ndarray:
+    """Each customer's age; an unknown age (-1) as the known ones' median, so that it reads as typical."""
+    if log.profiles is None:
+        return np.full(len(customers), -1.0)
+    ages = log.profiles.set_index("customer_id")["age"].reindex(customers).fillna(-1).to_numpy(dtype=float)
+    known = ages[ages > 0]
+    return np.where(ages > 0, ages, float(np.median(known)) if len(known) else -1.0)
+
+
+def _engagement(log: CustomerLog, as_of: float) -> pd.DataFrame:
+    """ENGAGEMENT_INDICATORS of every customer with a rating before ``as_of``."""
+    assert log.ratings is not None
+    past = _before(log.ratings, as_of)
+    stamps = past["timestamp"].to_numpy()
+    age_days = (as_of - stamps) / SECONDS_PER_DAY
+    frame = pd.DataFrame(
+        {
+            "customer_id": past["customer_id"].to_numpy(),
+            "timestamp": stamps,
+            "day": stamps // SECONDS_PER_DAY,
+            "stars": past["rating"].to_numpy(dtype=np.float64),
+            "last_year": age_days <= 365,
+            "last_90d": age_days <= 90,
+            "high": past["rating"].to_numpy() >= 4,
+        }
+    )
+    by = frame.groupby("customer_id", sort=True)
+    customers = by.size().index
+    first, last, count = by["timestamp"].min(), by["timestamp"].max(), by.size()
+    active_days = by["day"].nunique()
+    recent = frame[frame["last_90d"]].groupby("customer_id")["day"].nunique()
+    out = pd.DataFrame(
+        {
+            "recency_days": (as_of - last) / SECONDS_PER_DAY,
+            "frequency": count,
+            "monetary": by["stars"].sum(),
+            "ratings_last_year": by["last_year"].sum(),
+            "ratings_last_90d": by["last_90d"].sum(),
+            "active_days": active_days,
+            "active_days_last_90d": recent.reindex(customers, fill_value=0),
+            "ratings_per_active_day": count / active_days,
+            "tenure_days": (as_of - first) / SECONDS_PER_DAY,
+            # one active day: no rhythm yet, and the tenure stands in (long, as the silence is)
+            "mean_days_between_active_days": np.where(
+                active_days > 1,
+                (last - first) / SECONDS_PER_DAY / np.maximum(active_days - 1, 1),
+                (as_of - first) / SECONDS_PER_DAY,
+            ),
+            "genres_rated": _genres_covered(log.ratings, log.item_genres, as_of, customers),
+            "mean_rating_given": by["stars"].mean(),
+            "high_rating_share": by["high"].mean(),
+        }
+    )
+    out["age"] = _ages(log, customers)
+    return out[list(ENGAGEMENT_INDICATORS)].astype(np.float64)
+
+
+def future_value(log: CustomerLog, start: float, end: float, customers: np.ndarray) -> np.ndarray:
+    """(C,) each of ``customers``' value in [start, end): money spent where the log has purchases, else the
+    number of ratings given (0 for customers who did nothing): what a model of customers as of ``start``
+    is asked to predict."""
+    table = log.purchases if log.purchases is not None else log.ratings
+    assert table is not None
+    stamps = table["timestamp"].to_numpy()
+    window = table[(stamps >= start) & (stamps < end)].groupby("customer_id")
+    realised = window["amount"].sum() if log.purchases is not None else window.size()
+    return realised.reindex(customers, fill_value=0.0).to_numpy(dtype=np.float64)

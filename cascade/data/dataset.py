@@ -151,9 +151,15 @@ class Dataset:
         return "-".join(files[t][:12] for t in _FILES)
 
 
-def publish_tables(folder: Path, name: str, tables: dict[str, pd.DataFrame], kind: str | None = None) -> Path:
+def publish_tables(
+    folder: Path,
+    name: str,
+    tables: dict[str, pd.DataFrame],
+    kind: str | None = None,
+    extra: dict[str, str] | None = None,
+) -> Path:
     """Write each table as ``<table>.parquet`` and a ``dataset.json`` with their hashes and counts (and
-    ``kind`` when given) into ``folder``, which appears whole or not at all."""
+    ``kind`` and the ``extra`` fields when given) into ``folder``, which appears whole or not at all."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -163,6 +169,7 @@ def publish_tables(folder: Path, name: str, tables: dict[str, pd.DataFrame], kin
     meta = {
         "name": name,
         **({"kind": kind} if kind else {}),
+        **(extra or {}),
         "files": {t: sha256_file(tmp / f"{t}.parquet") for t in tables},
         "counts": {t: len(frame) for t, frame in tables.items()},
     }

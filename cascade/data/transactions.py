@@ -1,8 +1,12 @@
 """Purchases with money in them: the data customer value is learned from.
 
 One table, ``transactions``: customer_id id (int64 when every id is an integer, else str), timestamp int64
-(unix seconds), quantity int64 (units bought), amount float64 (money spent). Saved like a data set
-(``dataset.json`` of kind "transactions" beside a parquet file), and loaded from CDNOW's master file.
+(unix seconds), quantity int64 (units bought), amount float64 (money spent), and optionally item_id (what
+was bought). Optionally a second, ``sessions``: customer_id, timestamp int64 (when a visit began),
+dwell_seconds float64 (how long it lasted). A log may name the interactions data set of the same customers
+(``interactions_dataset``: their ratings and demographics; the synthetic generator's logs do). Saved like a
+data set (``dataset.json`` of kind "transactions" beside parquet files), and loaded from CDNOW's master
+file.
 """
 
 from __future__ import annotations
@@ -20,15 +24,24 @@ from cascade.data.dataset import _ids, publish_tables
 KIND = "transactions"
 _EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
 COLUMNS = ("customer_id", "timestamp", "quantity", "amount")
+SESSION_COLUMNS = ("customer_id", "timestamp", "dwell_seconds")
 
 
 @dataclass(frozen=True)
 class Transactions:
     name: str
-    table: pd.DataFrame  # COLUMNS, ordered by customer_id, then timestamp
+    table: pd.DataFrame  # COLUMNS (and item_id when known), ordered by customer_id, then timestamp
+    sessions: pd.DataFrame | None = None  # SESSION_COLUMNS, same order
+    interactions_dataset: str | None = None  # the data set with these customers' ratings, if any
 
     @classmethod
-    def create(cls, name: str, table: pd.DataFrame) -> Transactions:
+    def create(
+        cls,
+        name: str,
+        table: pd.DataFrame,
+        sessions: pd.DataFrame | None = None,
+        interactions_dataset: str | None = None,
+    ) -> Transactions:
         """Validate and normalise to the canonical columns, dtypes and order."""
         missing = [c for c in COLUMNS if c not in table.columns]
         if missing:
@@ -41,13 +54,34 @@ class Transactions:
                 "amount": table["amount"].to_numpy().astype(np.float64),
             }
         )
+        if "item_id" in table.columns:
+            out["item_id"] = _ids(table["item_id"].reset_index(drop=True), "transactions.item_id")
         if (out["quantity"] < 0).any() or not np.isfinite(out["amount"]).all() or (out["amount"] < 0).any():
             raise DataError("transactions: quantities and amounts must be finite and non-negative")
         out = out.sort_values(["customer_id", "timestamp"], kind="mergesort", ignore_index=True)
-        return cls(name, out)
+        if sessions is not None:
+            missing = [c for c in SESSION_COLUMNS if c not in sessions.columns]
+            if missing:
+                raise DataError(f"sessions table lacks column(s) {missing}")
+            sessions = pd.DataFrame(
+                {
+                    "customer_id": _ids(
+                        sessions["customer_id"].reset_index(drop=True), "sessions.customer_id"
+                    ),
+                    "timestamp": sessions["timestamp"].to_numpy().astype(np.int64),
+                    "dwell_seconds": sessions["dwell_seconds"].to_numpy().astype(np.float64),
+                }
+            )
+            dwell = sessions["dwell_seconds"].to_numpy()
+            if not np.isfinite(dwell).all() or (dwell < 0).any():
+                raise DataError("sessions: dwell_seconds must be finite and non-negative")
+            sessions = sessions.sort_values(["customer_id", "timestamp"], kind="mergesort", ignore_index=True)
+        return cls(name, out, sessions, interactions_dataset)
 
     def save(self, folder: Path | str) -> Path:
-        return publish_tables(Path(folder), self.name, {KIND: self.table}, kind=KIND)
+        tables = {KIND: self.table} | ({"sessions": self.sessions} if self.sessions is not None else {})
+        extra = {"interactions_dataset": self.interactions_dataset} if self.interactions_dataset else {}
+        return publish_tables(Path(folder), self.name, tables, kind=KIND, extra=extra)
 
     @classmethod
     def load(cls, folder: Path | str) -> Transactions:
@@ -62,7 +96,13 @@ class Transactions:
             raise DataError(
                 f"{folder} holds a data set of kind {meta.get('kind', 'interactions')!r}, not {KIND}"
             )
-        return cls.create(meta["name"], pd.read_parquet(folder / f"{KIND}.parquet"))
+        sessions = folder / "sessions.parquet"
+        return cls.create(
+            meta["name"],
+            pd.read_parquet(folder / f"{KIND}.parquet"),
+            sessions=pd.read_parquet(sessions) if sessions.is_file() else None,
+            interactions_dataset=meta.get("interactions_dataset"),
+        )
 
     @property
     def customers(self) -> np.ndarray:

@@ -1,26 +1,27 @@
-"""`cascade evaluate value`: the customer-value models side by side on a time split of a purchase log.
+"""`cascade evaluate value`: the customer-value models side by side on a time split of a customer log.
 
 Two cut-offs a period apart before the data's end: the models learn from the indicators as of the first
-against the spend of the period after it, and are tested on the indicators as of the second against the
-spend of the last period. Customers are those with a purchase before the cut-off."""
+against the value of the period after it, and are tested on the indicators as of the second against the
+value of the last period. Customers are those with a purchase (a log without money: a rating) before the
+cut-off; value is spend, or activity where there is no money (``CustomerLog.value_kind``)."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cascade.config import AppConfig
+from cascade.core.errors import DataError
 from cascade.core.seeding import seed_everything
 from cascade.customers.clv import SECONDS_PER_WEEK, expected_spend
-from cascade.customers.indicators import customer_indicators, future_value
+from cascade.customers.indicators import customer_indicators, future_value, indicator_set
+from cascade.customers.log import CustomerLog
 from cascade.customers.rfm import SECONDS_PER_DAY
 from cascade.customers.tiers import tiering_report
 from cascade.customers.value_model import BPNetwork, KMeansSegments, LightGBMValue, WeightedRFM
-from cascade.data.transactions import Transactions
 
 logger = logging.getLogger(__name__)
 
@@ -37,21 +38,31 @@ class ValueSplit:
     test_x: pd.DataFrame
     test_y: np.ndarray
     cut_offs: tuple[float, float, float]  # train cut-off, test cut-off, end
+    value_kind: str  # "spend" or "activity"
+    indicators: tuple[str, ...]
     scores: dict[str, np.ndarray]
     segments: dict[str, list[dict]]  # k-means: its segments on the test customers, best first
 
 
-def value_split(config: AppConfig, dataset: str = "cdnow") -> ValueSplit:
-    """Fit every value model on the first cut-off and score the test customers as of the second."""
+def value_split(config: AppConfig, dataset: str = "cdnow", period_days: float | None = None) -> ValueSplit:
+    """Fit every value model on the first cut-off and score the test customers as of the second.
+    ``period_days``: the value period (default: the config's ``customers.value_period_days``)."""
     seed_everything(config.seed)
-    transactions = Transactions.load(Path(config.data.data_dir) / dataset).table
-    period = config.customers.value_period_days * SECONDS_PER_DAY
-    end = float(transactions["timestamp"].max()) + SECONDS_PER_DAY
+    log = CustomerLog.load(config.data.data_dir, dataset)
+    events = log.events
+    period = (period_days or config.customers.value_period_days) * SECONDS_PER_DAY
+    stamps = events["timestamp"].to_numpy()
+    start, end = float(stamps.min()), float(stamps.max()) + SECONDS_PER_DAY
     test_cut, train_cut = end - period, end - 2 * period
-    train_x = customer_indicators(transactions, train_cut)
-    train_y = future_value(transactions, train_cut, test_cut, train_x.index.to_numpy())
-    test_x = customer_indicators(transactions, test_cut)
-    test_y = future_value(transactions, test_cut, end, test_x.index.to_numpy())
+    if train_cut <= start:
+        raise DataError(
+            f"{dataset} spans {(end - start) / SECONDS_PER_DAY:.0f} days: too short for two value periods of "
+            f"{period / SECONDS_PER_DAY:.0f} days after some history (--period-days)"
+        )
+    train_x = customer_indicators(log, train_cut)
+    train_y = future_value(log, train_cut, test_cut, train_x.index.to_numpy())
+    test_x = customer_indicators(log, test_cut)
+    test_y = future_value(log, test_cut, end, test_x.index.to_numpy())
     models = (
         WeightedRFM(config.customers.rfm_weights.as_tuple()),
         BPNetwork(config.seed),
@@ -73,16 +84,22 @@ def value_split(config: AppConfig, dataset: str = "cdnow") -> ValueSplit:
                 }
                 for s in np.argsort(-model.segment_value).tolist()
             ]
-    # the CRM analyst's anchor: fitted on the purchases before the test cut-off, no labels needed
-    customers, spend = expected_spend(transactions, test_cut, period / SECONDS_PER_WEEK)
-    scores[CLV] = pd.Series(spend, index=customers).reindex(test_x.index, fill_value=0.0).to_numpy()
-    return ValueSplit(train_x, train_y, test_x, test_y, (train_cut, test_cut, end), scores, segments)
+    if log.purchases is not None:
+        # the CRM analyst's anchor, where there is money: fitted on the purchases before the test cut-off
+        customers, spend = expected_spend(log.purchases, test_cut, period / SECONDS_PER_WEEK)
+        scores[CLV] = pd.Series(spend, index=customers).reindex(test_x.index, fill_value=0.0).to_numpy()
+    return ValueSplit(
+        train_x, train_y, test_x, test_y, (train_cut, test_cut, end), log.value_kind, indicator_set(log),
+        scores, segments,
+    )  # fmt: skip
 
 
-def evaluate_value(config: AppConfig, dataset: str = "cdnow") -> dict[str, dict]:
-    """Per model: Spearman with the test period's realised spend, each quartile tier's share of it (tier
+def evaluate_value(
+    config: AppConfig, dataset: str = "cdnow", period_days: float | None = None
+) -> dict[str, dict]:
+    """Per model: Spearman with the test period's realised value, each quartile tier's share of it (tier
     A's lift), and the confusion of predicted against realised tiers; plus the split's figures."""
-    split = value_split(config, dataset)
+    split = value_split(config, dataset, period_days)
     train_cut, test_cut, end = split.cut_offs
     report: dict[str, dict] = {
         "_split": {
@@ -91,8 +108,11 @@ def evaluate_value(config: AppConfig, dataset: str = "cdnow") -> dict[str, dict]
             "end": end,
             "train_customers": len(split.train_x),
             "test_customers": len(split.test_x),
-            "test_buyers_share": float((split.test_y > 0).mean()),
-            "test_spend": float(split.test_y.sum()),
+            "value": split.value_kind,
+            "indicators": list(split.indicators),
+            "period_days": (test_cut - train_cut) / SECONDS_PER_DAY,
+            "test_active_share": float((split.test_y > 0).mean()),
+            "test_value": float(split.test_y.sum()),
         }
     }
     for name, scores in split.scores.items():

@@ -49,7 +49,7 @@ def test_the_value_models_find_next_periods_spenders_on_cdnow(tmp_path):
     fetch("cdnow", tmp_path)
     report = evaluate_value(AppConfig.model_validate({"data": {"data_dir": str(tmp_path)}}))
     split = report.pop("_split")
-    assert split["test_customers"] == 23_570 and 0.1 < split["test_buyers_share"] < 0.5
+    assert split["test_customers"] == 23_570 and 0.1 < split["test_active_share"] < 0.5
     assert set(report) == {
         "weighted RFM",
         "BP 14-29-1",

@@ -6,7 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cascade.customers.indicators import INDICATORS, customer_indicators, future_value
+from cascade.customers.indicators import (
+    ENGAGEMENT_INDICATORS,
+    PLATFORM_INDICATORS,
+    PURCHASE_INDICATORS,
+    customer_indicators,
+    future_value,
+)
+from cascade.customers.log import CustomerLog
 from cascade.customers.tiers import k_tiers, quartile_tiers, tiering_report
 from cascade.customers.value_model import BPNetwork, KMeansSegments, LightGBMValue, WeightedRFM
 
@@ -35,10 +42,10 @@ def synthetic_shop(customers: int = 600, seed: int = 0) -> pd.DataFrame:
 
 
 def test_every_value_model_learns_who_buys_next_from_purchases_before_the_cut_off():
-    table = synthetic_shop()
+    table = CustomerLog("shop", purchases=synthetic_shop())
     train_cut, test_cut, end = 182 * DAY, 273 * DAY, 365 * DAY
     train_x = customer_indicators(table, train_cut)
-    assert list(train_x.columns) == list(INDICATORS)
+    assert list(train_x.columns) == list(PURCHASE_INDICATORS)
     train_y = future_value(table, train_cut, test_cut, train_x.index.to_numpy())
     test_x = customer_indicators(table, test_cut)
     test_y = future_value(table, test_cut, end, test_x.index.to_numpy())
@@ -75,3 +82,68 @@ def test_value_profiles_put_every_user_with_interactions_in_a_tier():
     best = profiles.loc[profiles["current_value"].astype(float).idxmax()]
     assert best["tier"] == "A" and best["value_band"] in {"4", "5"}
     assert value_profiles(interactions.iloc[:0], (1, 1, 1)).empty
+
+
+@pytest.fixture(scope="module")
+def synthetic_logs():
+    """A small synthetic data set and its purchases and sessions, as both kinds of customer log."""
+    from cascade.data.synthetic import generate
+    from cascade.data.synthetic_commerce import generate_commerce
+
+    dataset = generate(600, 800, 20_000, seed=3)
+    commerce = generate_commerce(dataset, seed=3)
+    return CustomerLog.of_dataset(dataset), CustomerLog.of_transactions(commerce, dataset), commerce
+
+
+def test_the_commerce_generator_gives_every_user_purchases_priced_from_the_items_and_sessions(synthetic_logs):
+    _, _, commerce = synthetic_logs
+    table, sessions = commerce.table, commerce.sessions
+    assert table["customer_id"].nunique() == 600  # every user buys once at least
+    assert (table["amount"] > 0).all() and (table["quantity"] >= 1).all()
+    assert sessions is not None and (sessions["dwell_seconds"] > 0).all()
+    assert commerce.interactions_dataset == "synthetic"
+    repeat = table.groupby("customer_id").size()
+    assert repeat.max() > 5 * repeat.median()  # heavy-tailed, as real purchase logs are
+
+
+@pytest.mark.parametrize(
+    ("which", "columns"), [(0, ENGAGEMENT_INDICATORS), (1, PLATFORM_INDICATORS)], ids=["ratings", "platform"]
+)
+def test_each_log_has_its_fourteen_indicators_and_none_reads_past_the_cut_off(synthetic_logs, which, columns):
+    log = synthetic_logs[which]
+    events = log.events
+    as_of = float(np.quantile(events["timestamp"], 0.6))
+    indicators = customer_indicators(log, as_of)
+    assert list(indicators.columns) == list(columns) and len(columns) == 14
+    assert np.isfinite(indicators.to_numpy()).all()
+
+    # a leak test: every event at or after the cut-off moved to it, with other values, changes nothing
+    def shifted(table):
+        if table is None:
+            return None
+        table = table.copy()
+        later = table["timestamp"] >= as_of
+        table.loc[later, "timestamp"] = int(np.ceil(as_of))
+        for column in ("amount", "rating", "dwell_seconds"):
+            if column in table:
+                table.loc[later, column] = table.loc[later, column][::-1].to_numpy()
+        return table
+
+    leaked = CustomerLog(
+        log.name, shifted(log.purchases), shifted(log.sessions), shifted(log.ratings), log.profiles,
+        log.item_genres,
+    )  # fmt: skip
+    pd.testing.assert_frame_equal(customer_indicators(leaked, as_of), indicators)
+
+
+def test_the_models_find_the_latent_value_of_the_synthetic_shop(synthetic_logs):
+    _, log, _ = synthetic_logs
+    end = float(log.events["timestamp"].max()) + 1
+    train_cut, test_cut = end - 2 * 182 * DAY, end - 182 * DAY
+    train_x = customer_indicators(log, train_cut)
+    model = LightGBMValue(seed=0).fit(
+        train_x, future_value(log, train_cut, test_cut, train_x.index.to_numpy())
+    )
+    test_x = customer_indicators(log, test_cut)
+    report = tiering_report(model.predict(test_x), future_value(log, test_cut, end, test_x.index.to_numpy()))
+    assert report["spearman"] > 0.4 and report["tier_a_lift"] > 2.0
