@@ -339,6 +339,46 @@ def health(
         raise typer.Exit(code=1)
 
 
+@app.command("profile")
+def profile(
+    user_id: Annotated[str, typer.Option(help="User id.")],
+    target: Annotated[str | None, typer.Option(help="HOST:PORT of the service.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Ask a running service for a customer's profile: demographics, value tier, genres, recent items."""
+    import grpc
+    from google.protobuf.json_format import MessageToDict
+
+    from cascade.serving.client import CascadeClient
+
+    cfg = _config()
+    with CascadeClient(target or f"{cfg.serving.host}:{cfg.serving.port}") as client:
+        try:
+            reply = client.customer_profile(user_id)
+        except grpc.RpcError as exc:
+            _fail(f"{exc.code().name}: {exc.details()}")
+    if as_json:
+        print(json.dumps(MessageToDict(reply, preserving_proto_field_name=True), indent=2))
+        return
+    demo = reply.demographics
+    console.print(
+        f"customer {reply.user_id}: {demo.gender or '?'}, {demo.age or '?'}, {demo.occupation or '?'}"
+    )
+    if reply.HasField("value"):
+        v = reply.value
+        moved = f", moved by {v.events_since_load} events since the load" if v.moved_since_load else ""
+        console.print(
+            f"tier {v.tier}: R {v.recency_score} F {v.frequency_score} M {v.monetary_score}, "
+            f"C {v.current_value:.3f} (band {v.value_band}){moved}"
+        )
+    genres = ", ".join(f"{g.genre} {g.items}" for g in reply.top_genres)
+    console.print(f"top genres: {genres or '-'}")
+    events = ", ".join(f"{name} {count}" for name, count in sorted(reply.events_by_type.items()))
+    console.print(f"history: {reply.history_length} events ({events or '-'})")
+    for item in reply.recent_items:
+        console.print(f"  {item.item_id}  {item.title}")
+
+
 @app.command("recommend")
 def recommend(
     user_id: Annotated[str, typer.Option(help="User id.")],

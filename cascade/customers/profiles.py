@@ -8,20 +8,29 @@ rating stands in for a purchase and its stars for the money spent (M is an engag
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
+from cascade.customers.live import ValueScale
 from cascade.customers.rfm import RFMScores, rfm_indicators, value_bands
 from cascade.customers.tiers import TIERS, quartile_tiers
 
-# the profile fields a value load writes, beside USER_FEATURE_FIELDS
-VALUE_FIELDS = ("tier", "recency_score", "frequency_score", "monetary_score", "current_value", "value_band")
+# the profile fields a value load writes, beside USER_FEATURE_FIELDS: the scores, C, its band and the tier,
+# then the values they were scored from (``live.live_value`` scores them again with later activity)
+VALUE_FIELDS = (
+    "tier", "recency_score", "frequency_score", "monetary_score", "current_value", "value_band",
+    "recency_days", "frequency", "monetary",
+)  # fmt: skip
 
 
-def value_profiles(interactions: pd.DataFrame, weights: tuple[float, float, float]) -> pd.DataFrame:
+def value_profiles(
+    interactions: pd.DataFrame, weights: tuple[float, float, float]
+) -> tuple[pd.DataFrame, ValueScale | None]:
     """One row per user with an interaction (user_id, then VALUE_FIELDS as text), as of just after the
-    data set's last interaction. ``interactions``: user_id, timestamp, and ``amount`` or ``rating``."""
+    data set's last interaction, and the scale they were scored on (None without interactions).
+    ``interactions``: user_id, timestamp, and ``amount`` or ``rating``."""
     if not len(interactions):
-        return pd.DataFrame(columns=["user_id", *VALUE_FIELDS])
+        return pd.DataFrame(columns=["user_id", *VALUE_FIELDS]), None
     amount = interactions["amount"] if "amount" in interactions else interactions["rating"]
     log = pd.DataFrame(
         {
@@ -34,7 +43,8 @@ def value_profiles(interactions: pd.DataFrame, weights: tuple[float, float, floa
     scores = RFMScores.of(rfm)
     value = scores.current_value(weights)
     tiers = quartile_tiers(value)
-    return pd.DataFrame(
+    scale = ValueScale.of(rfm.recency_days, rfm.frequency, rfm.monetary, scores, value, tiers, weights)
+    table = pd.DataFrame(
         {
             "user_id": rfm.customers,
             "tier": [TIERS[t] for t in tiers.tolist()],
@@ -43,5 +53,9 @@ def value_profiles(interactions: pd.DataFrame, weights: tuple[float, float, floa
             "monetary_score": scores.monetary.astype(str),
             "current_value": [f"{c:.3f}" for c in value.tolist()],
             "value_band": value_bands(value).astype(str),
+            "recency_days": [f"{r:.4f}" for r in rfm.recency_days.tolist()],
+            "frequency": rfm.frequency.astype(np.int64).astype(str),
+            "monetary": [f"{m:.2f}" for m in rfm.monetary.tolist()],
         }
     )
+    return table, scale

@@ -56,7 +56,7 @@ def open_feature_store(config: AppConfig, timeout_s: float | None = None) -> Ite
 
 
 # bumped when what a load writes into profiles changes: stores loaded before are loaded again
-VALUE_PROFILE_VERSION = 1
+VALUE_PROFILE_VERSION = 2
 
 
 def features_marker(config: AppConfig) -> str:
@@ -108,10 +108,13 @@ def load_features(
             return False
         dataset = Dataset.load(config.data.path)
         # every user's value tier and RFM scores beside their demographics (cascade/customers/profiles.py)
-        values = value_profiles(dataset.interactions, config.customers.rfm_weights.as_tuple())
+        values, scale = value_profiles(dataset.interactions, config.customers.rfm_weights.as_tuple())
+        # the load the values come from: events recorded later count as activity since it (customers.live)
+        values["value_load"] = marker
         users = dataset.users.merge(values, on="user_id", how="outer")
 
         def load(keyspace: keys.Keyspace) -> None:
+            store.set_value_scale(scale, keyspace)
             store.bulk_load(
                 users, dataset.interactions, config.features.history_length, marker, keyspace=keyspace
             )

@@ -112,6 +112,11 @@ class CascadeClient:
         )
         return self._stub.RecordEvent(request, timeout=self.timeout_s)
 
+    def customer_profile(self, user_id: str | int) -> pb.CustomerProfile:
+        """Recommender.GetCustomerProfile: the customer's demographics, value, genres and recent items."""
+        request = pb.CustomerProfileRequest(user_id=str(user_id))
+        return self._stub.GetCustomerProfile(request, timeout=self.timeout_s)
+
     def upsert_item(
         self,
         item_id: str | int,

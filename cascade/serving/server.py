@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from concurrent import futures
 
@@ -30,6 +31,7 @@ from cascade.core.errors import (
 )
 from cascade.core.logs import request_id_var
 from cascade.core.schema import FeatureSchema, encode_age, encode_gender, native_id
+from cascade.customers.live import live_value
 from cascade.ranking.bundle import RANKING
 from cascade.ranking.features import UserRow
 from cascade.rerank.engine import SECONDS_PER_DAY
@@ -84,6 +86,7 @@ ADMIN_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CatalogueAdmin"].full_name
 # breaker is open. The service itself stays SERVING then (it answers, degraded).
 FEATURE_STORE_HEALTH = "cascade.feature_store"
 _EVENT_TYPES = frozenset(v.number for v in pb.EventType.DESCRIPTOR.values) - {pb.EVENT_TYPE_UNSPECIFIED}
+_EVENT_NAMES = {v.number: v.name.removeprefix("EVENT_TYPE_").lower() for v in pb.EventType.DESCRIPTOR.values}
 # The server's own pool, beside each method's: health checks, reflection and unknown methods
 _RESERVE_THREADS = 4
 # Threads that answer calls beyond a method's queue, each with an immediate RESOURCE_EXHAUSTED
@@ -269,7 +272,9 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                 profile.get("occupation", ""),
                 profile.get("zip_code", ""),
             )
-            tier = profile.get("tier", "")
+            # the batch's tier, moved by what the user did since the load (customers.live)
+            value = live_value(profile, state.activity, self.store.value_scale, time.time())
+            tier = value.tier if value is not None else ""
             has_profile = True
         else:
             gender, age, occupation, zip_code = demographics
@@ -525,6 +530,63 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             self.config.serving.event_dedupe_window_s,
         )
         return pb.RecordEventResponse(history_length=result.history_length, duplicate=result.duplicate)
+
+    def GetCustomerProfile(
+        self, request: pb.CustomerProfileRequest, context: grpc.ServicerContext
+    ) -> pb.CustomerProfile:
+        deadline = self._deadline(context, 0, "GetCustomerProfile")
+        user_id = parse_id("user_id", request.user_id)
+        pipeline = self.require_pipeline()
+        models = pipeline.models
+        lookup = self.store.read_user(
+            _store_user(models.schema, user_id), models.history_length, max(deadline.remaining_s(), 0.0)
+        )
+        if lookup.state is None:
+            raise DependencyUnavailableError(
+                "feature store unavailable; no profile to read, retry later",
+                retry_after_s=max(self.store.breaker.retry_after_s(), 0.1),
+            )
+        state = lookup.state
+        if state.features is None and not len(state.history_items):
+            raise NotFoundError(f"no customer {user_id!r} in the feature store")
+        profile = state.features or {}
+        answer = pb.CustomerProfile(
+            user_id=user_id,
+            demographics=pb.Demographics(
+                gender=profile.get("gender", ""),
+                age=max(int(profile.get("age", 0) or 0), 0),
+                occupation=profile.get("occupation", ""),
+            ),
+            history_length=len(state.history_items),
+        )
+        value = live_value(profile, state.activity, self.store.value_scale, time.time())
+        if value is not None:
+            answer.value.CopyFrom(
+                pb.CustomerValue(
+                    recency_score=value.recency_score, frequency_score=value.frequency_score,
+                    monetary_score=value.monetary_score, current_value=value.current_value,
+                    value_band=value.value_band, tier=value.tier, moved_since_load=value.moved,
+                    events_since_load=value.events_since_load,
+                )
+            )  # fmt: skip
+        history = models.schema.item_index(state.history_items)
+        known = history > 0
+        genre_names = models.schema.genres
+        counts = Counter(
+            genre_names[g - 1] for row in models.items.genres[history[known]] for g in row.tolist() if g > 0
+        )
+        for genre, items in counts.most_common(5):
+            answer.top_genres.add(genre=genre, items=items)
+        for item, index, (event_type, timestamp) in list(
+            zip(state.history_items.tolist(), history.tolist(), state.history_events.tolist())
+        )[:10]:
+            title = str(models.titles[index]) if 0 < index < len(models.titles) else ""
+            answer.recent_items.add(
+                item_id=str(item), title=title, event_type=event_type, timestamp=timestamp
+            )
+        for event_type, count in Counter(int(row[0]) for row in state.history_events.tolist()).items():
+            answer.events_by_type[_EVENT_NAMES.get(event_type, str(event_type))] = count
+        return answer
 
 
 class CatalogueAdminService(pb_grpc.CatalogueAdminServicer):

@@ -306,3 +306,48 @@ def test_further_profile_columns_are_loaded_beside_the_demographics(redis_client
     assert store.get_user_state(1, 5).features["tier"] == "A"
     assert "tier" not in store.get_user_state(2, 5).features
     assert store.get_user_state(2, 5).features["zip_code"] == ""  # demographics are written empty or not
+
+
+def test_events_count_as_activity_since_the_value_load_they_follow(redis_client):
+    from cascade.customers.live import live_value
+    from cascade.customers.profiles import value_profiles
+
+    store = RedisFeatureStore(redis_client)
+    rng = np.random.default_rng(0)
+    interactions = pd.DataFrame(
+        {
+            "user_id": rng.integers(1, 41, 400),
+            "item_id": rng.integers(1, 200, 400),
+            "rating": rng.integers(1, 6, 400).astype(float),
+            "timestamp": rng.integers(0, 100 * 86_400, 400),
+        }
+    )
+    values, scale = value_profiles(interactions, (0.221, 0.341, 0.439))
+    values["value_load"] = "load-1"
+    demographics = pd.DataFrame(
+        {"user_id": values["user_id"], "gender": "", "age": -1, "occupation": "", "zip_code": ""}
+    )
+    store.set_value_scale(scale)
+    store.bulk_load(demographics.merge(values, on="user_id"), interactions, history_length=10, marker="m1")
+    store.ping()  # reads the scale, as the server's probe does
+    assert store.value_scale == scale
+    weakest = values.sort_values("current_value").iloc[0]
+    user = int(weakest["user_id"])
+    before = store.get_user_state(user, 10)
+    assert before.activity is None and live_value(before.features, None, scale, time.time()).tier == "D"
+    for n in range(6):
+        store.record_event(
+            user, HistoryEvent(100 + n, 3, 10**9 + n, 5.0), 10, event_id=f"e{n}", dedupe_window_s=60
+        )
+    store.record_event(
+        user, HistoryEvent(100, 3, 10**9, 5.0), 10, event_id="e0", dedupe_window_s=60
+    )  # a retry
+    after = store.get_user_state(user, 10)
+    assert after.activity["events"] == "6" and float(after.activity["stars"]) == 30.0
+    live = live_value(after.features, after.activity, scale, time.time())
+    assert live.moved and live.events_since_load == 6 and live.recency_score == 5 and live.tier < "D"
+    # a load of other data starts the count again at the next event: what it loaded covers the rest
+    redis_client.hset(store.keyspace.profile_key(user), "value_load", "load-2")
+    store.record_event(user, HistoryEvent(300, 1, 10**9 + 9), 10)
+    activity = store.get_user_state(user, 10).activity
+    assert activity["load"] == "load-2" and activity["events"] == "1" and "stars" not in activity

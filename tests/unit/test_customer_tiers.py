@@ -75,13 +75,13 @@ def test_value_profiles_put_every_user_with_interactions_in_a_tier():
             "rating": rng.integers(1, 6, 400).astype(float),
         }
     )
-    profiles = value_profiles(interactions, (0.221, 0.341, 0.439))
+    profiles, _ = value_profiles(interactions, (0.221, 0.341, 0.439))
     assert list(profiles.columns) == ["user_id", *VALUE_FIELDS]
     assert sorted(profiles["user_id"]) == sorted(interactions["user_id"].unique())
     assert profiles["tier"].value_counts().to_dict() == {"A": 10, "B": 10, "C": 10, "D": 10}
     best = profiles.loc[profiles["current_value"].astype(float).idxmax()]
     assert best["tier"] == "A" and best["value_band"] in {"4", "5"}
-    assert value_profiles(interactions.iloc[:0], (1, 1, 1)).empty
+    assert value_profiles(interactions.iloc[:0], (1, 1, 1))[0].empty
 
 
 @pytest.fixture(scope="module")

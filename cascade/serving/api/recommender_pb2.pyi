@@ -265,3 +265,74 @@ class SimilarItemsResponse(_message.Message):
     model_versions: ModelVersions
     removed_by_rule: _containers.ScalarMap[str, int]
     def __init__(self, request_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[SimilarItem, _Mapping]]] = ..., model_versions: _Optional[_Union[ModelVersions, _Mapping]] = ..., removed_by_rule: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class CustomerProfileRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class CustomerValue(_message.Message):
+    __slots__ = ("recency_score", "frequency_score", "monetary_score", "current_value", "value_band", "tier", "moved_since_load", "events_since_load")
+    RECENCY_SCORE_FIELD_NUMBER: _ClassVar[int]
+    FREQUENCY_SCORE_FIELD_NUMBER: _ClassVar[int]
+    MONETARY_SCORE_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_VALUE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_BAND_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    MOVED_SINCE_LOAD_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_SINCE_LOAD_FIELD_NUMBER: _ClassVar[int]
+    recency_score: int
+    frequency_score: int
+    monetary_score: int
+    current_value: float
+    value_band: int
+    tier: str
+    moved_since_load: bool
+    events_since_load: int
+    def __init__(self, recency_score: _Optional[int] = ..., frequency_score: _Optional[int] = ..., monetary_score: _Optional[int] = ..., current_value: _Optional[float] = ..., value_band: _Optional[int] = ..., tier: _Optional[str] = ..., moved_since_load: _Optional[bool] = ..., events_since_load: _Optional[int] = ...) -> None: ...
+
+class GenreCount(_message.Message):
+    __slots__ = ("genre", "items")
+    GENRE_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    genre: str
+    items: int
+    def __init__(self, genre: _Optional[str] = ..., items: _Optional[int] = ...) -> None: ...
+
+class HistoryItem(_message.Message):
+    __slots__ = ("item_id", "title", "event_type", "timestamp")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    title: str
+    event_type: EventType
+    timestamp: int
+    def __init__(self, item_id: _Optional[str] = ..., title: _Optional[str] = ..., event_type: _Optional[_Union[EventType, str]] = ..., timestamp: _Optional[int] = ...) -> None: ...
+
+class CustomerProfile(_message.Message):
+    __slots__ = ("user_id", "demographics", "value", "top_genres", "recent_items", "events_by_type", "history_length")
+    class EventsByTypeEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    DEMOGRAPHICS_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    TOP_GENRES_FIELD_NUMBER: _ClassVar[int]
+    RECENT_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_BY_TYPE_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    demographics: Demographics
+    value: CustomerValue
+    top_genres: _containers.RepeatedCompositeFieldContainer[GenreCount]
+    recent_items: _containers.RepeatedCompositeFieldContainer[HistoryItem]
+    events_by_type: _containers.ScalarMap[str, int]
+    history_length: int
+    def __init__(self, user_id: _Optional[str] = ..., demographics: _Optional[_Union[Demographics, _Mapping]] = ..., value: _Optional[_Union[CustomerValue, _Mapping]] = ..., top_genres: _Optional[_Iterable[_Union[GenreCount, _Mapping]]] = ..., recent_items: _Optional[_Iterable[_Union[HistoryItem, _Mapping]]] = ..., events_by_type: _Optional[_Mapping[str, int]] = ..., history_length: _Optional[int] = ...) -> None: ...

@@ -49,6 +49,11 @@ class RecommenderStub:
                 request_serializer=recommender__pb2.SimilarItemsRequest.SerializeToString,
                 response_deserializer=recommender__pb2.SimilarItemsResponse.FromString,
                 _registered_method=True)
+        self.GetCustomerProfile = channel.unary_unary(
+                '/cascade.v1.Recommender/GetCustomerProfile',
+                request_serializer=recommender__pb2.CustomerProfileRequest.SerializeToString,
+                response_deserializer=recommender__pb2.CustomerProfile.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer:
@@ -78,6 +83,15 @@ class RecommenderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCustomerProfile(self, request, context):
+        """A customer's profile, the "self-portrait": demographics, value (RFM scores, C, its band and the tier,
+        moved by the events recorded since the last load), top genres, recent items and recorded events by
+        type. NOT_FOUND for a user the feature store knows nothing of; UNAVAILABLE while it cannot be read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +109,11 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.SimilarItems,
                     request_deserializer=recommender__pb2.SimilarItemsRequest.FromString,
                     response_serializer=recommender__pb2.SimilarItemsResponse.SerializeToString,
+            ),
+            'GetCustomerProfile': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCustomerProfile,
+                    request_deserializer=recommender__pb2.CustomerProfileRequest.FromString,
+                    response_serializer=recommender__pb2.CustomerProfile.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +197,33 @@ class Recommender:
             '/cascade.v1.Recommender/SimilarItems',
             recommender__pb2.SimilarItemsRequest.SerializeToString,
             recommender__pb2.SimilarItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCustomerProfile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.v1.Recommender/GetCustomerProfile',
+            recommender__pb2.CustomerProfileRequest.SerializeToString,
+            recommender__pb2.CustomerProfile.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from cascade.customers.live import ValueScale
+
 USER_FEATURE_FIELDS = ("gender", "age", "occupation", "zip_code")
 
 
@@ -32,12 +34,15 @@ class UserState:
     Arrays, not lists of events, because serving uses them as arrays. Item ids are int64 when every one
     read is an integer, else object str (``keys.ids_of_tokens``): ``history_items`` (H,) most recent first,
     ``history_events`` (H, 2) int64 rows (event_type, timestamp) beside them; ``seen`` (S,) every item the
-    user has interacted with, each once, in no particular order."""
+    user has interacted with, each once, in no particular order; ``activity`` what they did since the
+    last value load."""
 
     features: dict[str, str] | None
     history_items: np.ndarray
     history_events: np.ndarray
     seen: np.ndarray
+    # counted since the last value load: events, stars, last (``customers.live``); None when nothing was
+    activity: dict[str, str] | None = None
 
     @classmethod
     def nobody(cls) -> UserState:
@@ -87,6 +92,11 @@ class OnlineFeatureStore(ABC):
     @abstractmethod
     def loaded_marker(self) -> str | None:
         """The marker of the last complete bulk load, if any."""
+
+    @property
+    def value_scale(self) -> ValueScale | None:
+        """The scale the last value load scored customers on, as of the last ping (``customers.live``)."""
+        return None
 
     @abstractmethod
     def ping(self) -> None:

@@ -97,6 +97,14 @@ class Keyspace:
     def impressions_key(self, user_id: int | str, counter: str) -> bytes:
         return self._user(user_id, f"shown:{counter}")
 
+    def activity_key(self, user_id: int | str) -> bytes:
+        """What the user did since the last value load: events, stars, last (``customers.live``)."""
+        return self._user(user_id, "activity")
+
+    @property
+    def value_scale_key(self) -> bytes:
+        return f"{self.prefix}:meta:value-scale".encode()
+
     @property
     def load_marker_key(self) -> bytes:
         return f"{self.prefix}:meta:load".encode()

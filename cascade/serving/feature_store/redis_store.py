@@ -18,6 +18,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from cascade.core.schema import native_id
+from cascade.customers.live import ValueScale
 from cascade.serving.feature_store import keys
 from cascade.serving.feature_store.base import (
     USER_FEATURE_FIELDS,
@@ -30,10 +31,13 @@ from cascade.serving.feature_store.cache import MISSING, TTLCache
 
 logger = logging.getLogger(__name__)
 
-# Append one event: history, seen set and rating change together or not at all (a script runs atomically),
-# and an event id already recorded is acknowledged without a second append.
-# KEYS: history, seen, ratings, event id key (all in the user's hash slot)
-# ARGV: entry, history length, item id, rating ('' when none), dedupe window in seconds ('0': no event id)
+# Append one event: history, seen set, rating and the activity since the value load change together or
+# not at all (a script runs atomically), and an event id already recorded is acknowledged without a second
+# append. The activity counts restart when the profile names another value load than the one they count
+# since (``customers.live``).
+# KEYS: history, seen, ratings, event id key, activity, profile (all in the user's hash slot)
+# ARGV: entry, history length, item id, rating ('' when none), dedupe window in seconds ('0': no event id),
+# the recording time (unix seconds)
 _RECORD_EVENT_SCRIPT = """
 if ARGV[5] ~= '0' then
   if not redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[5]) then
@@ -46,6 +50,14 @@ redis.call('SADD', KEYS[2], ARGV[3])
 if ARGV[4] ~= '' then
   redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
 end
+local load = redis.call('HGET', KEYS[6], 'value_load') or ''
+if redis.call('HGET', KEYS[5], 'load') ~= load then
+  redis.call('DEL', KEYS[5])
+  redis.call('HSET', KEYS[5], 'load', load)
+end
+redis.call('HINCRBY', KEYS[5], 'events', 1)
+if ARGV[4] ~= '' then redis.call('HINCRBYFLOAT', KEYS[5], 'stars', ARGV[4]) end
+redis.call('HSET', KEYS[5], 'last', ARGV[6])
 return {length, 0}
 """
 
@@ -123,6 +135,8 @@ class RedisFeatureStore(OnlineFeatureStore):
         self.url = url  # how another process reaches the same server, when known
         self._profiles = TTLCache(cache_size, cache_ttl_s)
         self._record_event = client.register_script(_RECORD_EVENT_SCRIPT)
+        self._value_scale: ValueScale | None = None
+        self._value_scale_raw: bytes | None = None
         self._merge_history = client.register_script(_MERGE_HISTORY_SCRIPT)
         self._release_lock = client.register_script(_RELEASE_LOCK_SCRIPT)
         self._move_user = client.register_script(_MOVE_USER_SCRIPT)
@@ -166,6 +180,7 @@ class RedisFeatureStore(OnlineFeatureStore):
             pipe.hgetall(keyspace.profile_key(user_id))
         pipe.lrange(keyspace.history_key(user_id), 0, history_length - 1)
         pipe.smembers(keyspace.seen_key(user_id))
+        pipe.hgetall(keyspace.activity_key(user_id))
         replies = pipe.execute()
         if cached is MISSING:
             raw_profile = replies.pop(0)
@@ -173,11 +188,12 @@ class RedisFeatureStore(OnlineFeatureStore):
             self._profiles.put(user_id, profile)
         else:
             profile = cached  # type: ignore[assignment]
-        raw_history, raw_seen = replies
+        raw_history, raw_seen, raw_activity = replies
         items, events = keys.decode_history_entries(raw_history)
         # a set's members are distinct, so the array needs no de-duplication
         seen = keys.ids_of_tokens(list(raw_seen))
-        return UserState(features=profile, history_items=items, history_events=events, seen=seen)
+        activity = {k.decode(): v.decode() for k, v in raw_activity.items()} if raw_activity else None
+        return UserState(profile, items, events, seen, activity)
 
     def record_event(
         self,
@@ -196,6 +212,8 @@ class RedisFeatureStore(OnlineFeatureStore):
                 keyspace.seen_key(user),
                 keyspace.ratings_key(user),
                 keyspace.event_key(user, event_id if dedupe else "-"),
+                keyspace.activity_key(user),
+                keyspace.profile_key(user),
             ],
             args=[
                 keys.encode_history_entry(event.item_id, event.event_type, event.timestamp),
@@ -204,6 +222,7 @@ class RedisFeatureStore(OnlineFeatureStore):
                 keys.id_token(event.item_id),
                 "" if event.rating is None else repr(float(event.rating)),
                 int(dedupe_window_s) if dedupe else 0,
+                repr(time.time()),
             ],
         )
         return RecordResult(history_length=min(int(length), history_length), duplicate=bool(duplicate))
@@ -374,13 +393,14 @@ class RedisFeatureStore(OnlineFeatureStore):
         self, source: keys.Keyspace, target: keys.Keyspace, first_pass: bool, chunk_keys: int
     ) -> int:
         users: set[str] = set()
-        copied: list[bytes] = []  # idempotency keys and impression counters, copied with their TTL
+        # idempotency keys, impression counters (copied with their TTL) and activity since the value load
+        copied: list[bytes] = []
         for key in self.client.scan_iter(match=source.user_key_pattern, count=chunk_keys):
             user = keys.user_of_key(key)
             if user is None:
                 continue
             users.add(user)
-            if b":event:" in key or b":shown:" in key:
+            if b":event:" in key or b":shown:" in key or key.endswith(b":activity"):
                 copied.append(key)
         length = target.history_length or 0
         ordered = sorted(users)
@@ -414,12 +434,30 @@ class RedisFeatureStore(OnlineFeatureStore):
                 batch = []
         if batch:
             dropped += self.client.unlink(*batch)
-        dropped += self.client.unlink(keyspace.load_marker_key)
+        dropped += self.client.unlink(keyspace.load_marker_key, keyspace.value_scale_key)
         return dropped
 
     def ping(self) -> None:
-        """Reading the keyspace pointer is the round trip: a loader's switch is followed at every ping."""
+        """Reading the keyspace pointer is the round trip: a loader's switch is followed at every ping, and
+        the value scale of the last load is read again."""
         self.refresh_keyspace()
+        raw = self.client.get(self.keyspace.value_scale_key)
+        if raw != self._value_scale_raw:
+            self._value_scale = ValueScale.from_json(raw) if raw is not None else None
+            self._value_scale_raw = raw
+
+    def set_value_scale(self, scale: ValueScale | None, keyspace: keys.Keyspace | None = None) -> None:
+        """Record the scale a value load scored its customers on (``customers.live``)."""
+        key = (keyspace or self.keyspace).value_scale_key
+        if scale is None:
+            self.client.delete(key)
+        else:
+            self.client.set(key, scale.to_json())
+
+    @property
+    def value_scale(self) -> ValueScale | None:
+        """The scale of the last value load as of the last ping (None before one, or without a load)."""
+        return self._value_scale
 
     def close(self) -> None:
         self.client.close()

@@ -13,6 +13,7 @@ import contextlib
 import contextvars
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -22,6 +23,7 @@ import numpy as np
 import redis
 
 from cascade.core.errors import DependencyUnavailableError
+from cascade.customers.live import ValueScale
 from cascade.serving.breaker import BreakerState, CircuitBreaker
 from cascade.serving.feature_store import keys
 from cascade.serving.feature_store.base import HistoryEvent, OnlineFeatureStore, RecordResult, UserState
@@ -55,7 +57,11 @@ def _with_event(history_length: int, state: UserState, event: HistoryEvent) -> t
     events = np.concatenate([row, state.history_events])[:history_length]
     known = {str(seen) for seen in state.seen.tolist()}
     seen = state.seen if str(item[0]) in known else _joined(state.seen, item)
-    return history_length, UserState(state.features, items, events, seen)
+    activity = dict(state.activity or {})
+    activity["events"] = str(int(activity.get("events", 0)) + 1)
+    activity["stars"] = str(float(activity.get("stars", 0.0)) + (event.rating or 0.0))
+    activity["last"] = repr(time.time())
+    return history_length, UserState(state.features, items, events, seen, activity)
 
 
 def _joined(first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -217,6 +223,11 @@ class ResilientFeatureStore:
 
         with contextlib.suppress(RuntimeError):  # the pool is shut down: the server is stopping
             self._reads.submit(contextvars.copy_context().run, count)
+
+    @property
+    def value_scale(self) -> ValueScale | None:
+        """The scale of the last value load, as the last probe read it (``customers.live``)."""
+        return self.backend.value_scale
 
     def probe(self) -> bool:
         """Ping the store when the breaker allows a call (and follow its keyspace pointer); True when it
