@@ -23,6 +23,7 @@ run: $(STAMP)
 	$(CASCADE) train recall
 	$(CASCADE) rebuild-index --if-stale
 	$(CASCADE) train ranking
+	$(CASCADE) train value
 	$(CASCADE) features load --if-changed
 	$(CASCADE) serve
 

@@ -197,6 +197,16 @@ def train_ranking(
     console.print(f"ranking artifact [bold]{ref.version}[/] metrics: {_fmt(ref.manifest['metrics'])}")
 
 
+@train_app.command("value")
+def train_value(force: Annotated[bool, typer.Option(help="Retrain even if up to date.")] = False) -> None:
+    """Fit the customer-value models served in profiles (the BP 14-29-1 network's K and the k-means
+    segments) on the served data set; the feature load applies them to every customer."""
+    from cascade.training.value import train_value as run
+
+    ref = _run(run, _config(), force)
+    console.print(f"value artifact [bold]{ref.version}[/] metrics: {_fmt(ref.manifest['metrics'])}")
+
+
 def _train_data_parallel(command: str, kind: str, nproc: int, force: bool):
     """``command`` trained by ``nproc`` torchrun processes; the artifact the first one published."""
     from cascade.training.distributed import launch
@@ -371,6 +381,10 @@ def profile(
             f"tier {v.tier}: R {v.recency_score} F {v.frequency_score} M {v.monetary_score}, "
             f"C {v.current_value:.3f} (band {v.value_band}){moved}"
         )
+        if v.HasField("value_k"):
+            console.print(
+                f"value model: K {v.value_k:.3f} (tier {v.k_tier} by K), k-means segment {v.cluster}"
+            )
     genres = ", ".join(f"{g.genre} {g.items}" for g in reply.top_genres)
     console.print(f"top genres: {genres or '-'}")
     events = ", ".join(f"{name} {count}" for name, count in sorted(reply.events_by_type.items()))

@@ -85,6 +85,27 @@ class BPNetwork(ValueModel):
     def predict(self, indicators: pd.DataFrame) -> np.ndarray:
         return self.network(self._inputs(indicators))[:, 0].numpy().astype(np.float64)
 
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything a fitted network is, as arrays (no pickle: ``numpy.savez`` and back)."""
+        weights = {f"bp.{name}": t.detach().numpy() for name, t in self.network.state_dict().items()}
+        return {"bp.low": self.low, "bp.span": self.span, **weights}
+
+    @classmethod
+    def from_state(cls, state: dict[str, np.ndarray], seed: int = 0) -> BPNetwork:
+        model = cls(seed, hidden=int(state["bp.0.weight"].shape[0]))
+        model.low, model.span = state["bp.low"], state["bp.span"]
+        model.network = nn.Sequential(
+            nn.Linear(len(model.low), model.hidden), nn.Sigmoid(), nn.Linear(model.hidden, 1), nn.Sigmoid()
+        )
+        model.network.load_state_dict(
+            {
+                name.removeprefix("bp."): torch.from_numpy(np.asarray(array))
+                for name, array in state.items()
+                if name.startswith("bp.") and name not in ("bp.low", "bp.span")
+            }
+        )
+        return model
+
 
 class LightGBMValue(ValueModel):
     """Gradient-boosted trees on log1p of the next period's spend."""
@@ -131,8 +152,9 @@ class KMeansSegments(ValueModel):
         self.low, high = x.min(axis=0), x.max(axis=0)
         self.span = np.where(high > self.low, high - self.low, 1.0)
         points = self._points(indicators)
-        self.kmeans = faiss.Kmeans(points.shape[1], self.segments, niter=self.iterations, seed=self.seed)
-        self.kmeans.train(points)
+        kmeans = faiss.Kmeans(points.shape[1], self.segments, niter=self.iterations, seed=self.seed)
+        kmeans.train(points)
+        self.centroids = kmeans.centroids
         labels = self.assign(indicators)
         self.segment_value = np.array(
             [value[labels == s].mean() if (labels == s).any() else 0.0 for s in range(self.segments)]
@@ -140,9 +162,32 @@ class KMeansSegments(ValueModel):
         return self
 
     def assign(self, indicators: pd.DataFrame) -> np.ndarray:
-        """(C,) each customer's segment."""
-        _, labels = self.kmeans.index.search(self._points(indicators), 1)
+        """(C,) each customer's segment: the nearest centroid."""
+        import faiss
+
+        index = faiss.IndexFlatL2(self.centroids.shape[1])
+        index.add(np.ascontiguousarray(self.centroids, dtype=np.float32))
+        _, labels = index.search(self._points(indicators), 1)
         return labels[:, 0].astype(np.int64)
+
+    def ranks(self, indicators: pd.DataFrame) -> np.ndarray:
+        """(C,) each customer's segment as its rank by value: 1 the segment worth most in training."""
+        rank = np.empty(self.segments, dtype=np.int64)
+        rank[np.argsort(-self.segment_value, kind="stable")] = np.arange(1, self.segments + 1)
+        return rank[self.assign(indicators)]
 
     def predict(self, indicators: pd.DataFrame) -> np.ndarray:
         return self.segment_value[self.assign(indicators)]
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {
+            "kmeans.low": self.low, "kmeans.span": self.span, "kmeans.centroids": self.centroids,
+            "kmeans.segment_value": self.segment_value,
+        }  # fmt: skip
+
+    @classmethod
+    def from_state(cls, state: dict[str, np.ndarray], seed: int = 0) -> KMeansSegments:
+        model = cls(seed, segments=len(state["kmeans.segment_value"]))
+        model.low, model.span = state["kmeans.low"], state["kmeans.span"]
+        model.centroids, model.segment_value = state["kmeans.centroids"], state["kmeans.segment_value"]
+        return model

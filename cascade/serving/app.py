@@ -18,9 +18,11 @@ import torch
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from cascade.config import AppConfig
-from cascade.core.artifacts import fingerprint
+from cascade.core.artifacts import ArtifactRef, fingerprint
 from cascade.core.logs import configure_logging
+from cascade.customers.log import CustomerLog
 from cascade.customers.profiles import value_profiles
+from cascade.customers.value_bundle import VALUE, ValueBundle
 from cascade.data.dataset import Dataset
 from cascade.serving.feature_store import keys
 from cascade.serving.feature_store.embedded import EmbeddedRedis
@@ -61,7 +63,9 @@ VALUE_PROFILE_VERSION = 2
 
 def features_marker(config: AppConfig) -> str:
     """What a load of the configured data set writes when it completes: the key layout, the data set's
-    fingerprint, the history length, and what the value profiles are computed with."""
+    fingerprint, the history length, and what the value profiles are computed with (the value model's
+    version among it)."""
+    model = served_value_model(config)
     return fingerprint(
         "feature-load",
         keys.KEY_SCHEMA_VERSION,
@@ -69,7 +73,19 @@ def features_marker(config: AppConfig) -> str:
         config.features.history_length,
         VALUE_PROFILE_VERSION,
         config.customers.rfm_weights.as_tuple(),
+        model.version if model is not None else None,
     )
+
+
+def served_value_model(config: AppConfig) -> ArtifactRef | None:
+    """The current value model (`cascade train value`) when it was fitted on the configured data set."""
+    ref = config.artifact_store().current(VALUE)
+    if ref is None:
+        return None
+    if ref.manifest.get("dataset", {}).get("fingerprint") != Dataset.fingerprint_of(config.data.path):
+        logger.warning("the value model %s was fitted on another data set: profiles get no K", ref.version)
+        return None
+    return ref
 
 
 def load_features(
@@ -111,6 +127,11 @@ def load_features(
         values, scale = value_profiles(dataset.interactions, config.customers.rfm_weights.as_tuple())
         # the load the values come from: events recorded later count as activity since it (customers.live)
         values["value_load"] = marker
+        model = served_value_model(config)
+        if model is not None:  # the method's K, its tier and the k-means segment of each customer
+            as_of = float(dataset.interactions["timestamp"].max()) + 1
+            scored = ValueBundle.load(model).profiles(CustomerLog.of_dataset(dataset), as_of)
+            values = values.merge(scored, on="user_id", how="left")
         users = dataset.users.merge(values, on="user_id", how="outer")
 
         def load(keyspace: keys.Keyspace) -> None:

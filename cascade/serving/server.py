@@ -569,6 +569,10 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                     events_since_load=value.events_since_load,
                 )
             )  # fmt: skip
+            if profile.get("value_k"):
+                answer.value.value_k = float(profile["value_k"])
+                answer.value.k_tier = profile.get("k_tier", "")
+                answer.value.cluster = int(profile.get("cluster", 0) or 0)
         history = models.schema.item_index(state.history_items)
         known = history > 0
         genre_names = models.schema.genres

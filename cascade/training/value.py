@@ -14,14 +14,19 @@ import numpy as np
 import pandas as pd
 
 from cascade.config import AppConfig
+from cascade.core.artifacts import ArtifactRef, fingerprint
 from cascade.core.errors import DataError
+from cascade.core.schema import SCHEMA_VERSION
 from cascade.core.seeding import seed_everything
 from cascade.customers.clv import SECONDS_PER_WEEK, expected_spend
 from cascade.customers.indicators import customer_indicators, future_value, indicator_set
 from cascade.customers.log import CustomerLog
 from cascade.customers.rfm import SECONDS_PER_DAY
 from cascade.customers.tiers import tiering_report
+from cascade.customers.value_bundle import VALUE, ValueBundle
 from cascade.customers.value_model import BPNetwork, KMeansSegments, LightGBMValue, WeightedRFM
+from cascade.data.dataset import Dataset
+from cascade.training.prepare import reuse_current
 
 logger = logging.getLogger(__name__)
 
@@ -121,3 +126,50 @@ def evaluate_value(
             report[name]["segments"] = split.segments[name]
         logger.info("%s: Spearman %.3f", name, report[name]["spearman"])
     return report
+
+
+def train_value(config: AppConfig, force: bool = False) -> ArtifactRef:
+    """Fit the BP network and the k-means segments on the served data set's customers, as of one value
+    period before its end against the value of that last period, and publish them (kind ``value``) with
+    the held-out evaluation of every model (``evaluate_value``) as their metrics."""
+    store = config.artifact_store()
+    dataset = config.data.dataset
+    data_fp = Dataset.fingerprint_of(config.data.path)
+    wanted = fingerprint("value", data_fp, config.seed, config.customers.model_dump(mode="json"))
+    if (ref := reuse_current(store, VALUE, wanted, force)) is not None:
+        return ref
+    report = evaluate_value(config, dataset)
+    seed_everything(config.seed)
+    log = CustomerLog.load(config.data.data_dir, dataset)
+    period = config.customers.value_period_days * SECONDS_PER_DAY
+    end = float(log.events["timestamp"].max()) + SECONDS_PER_DAY
+    indicators = customer_indicators(log, end - period)
+    realised = future_value(log, end - period, end, indicators.index.to_numpy())
+    bundle = ValueBundle(
+        network=BPNetwork(config.seed).fit(indicators, realised),
+        segments=KMeansSegments(config.seed).fit(indicators, realised),
+        indicators=indicator_set(log),
+    )
+    metrics = {
+        f"{name} {metric}": value
+        for name, result in report.items()
+        if not name.startswith("_")
+        for metric, value in (
+            ("spearman", result["spearman"]),
+            ("tier A share", result["value_share_by_tier"]["A"]),
+        )
+    }
+    return store.publish(
+        VALUE,
+        lambda folder: bundle.write(folder),
+        fingerprint=wanted,
+        config=config.model_dump(mode="json"),
+        schema_version=SCHEMA_VERSION,
+        metrics=metrics,
+        extra={
+            "dataset": {"name": dataset, "fingerprint": data_fp},
+            "value": log.value_kind,
+            "indicators": list(bundle.indicators),
+            "evaluation": report["_split"],
+        },
+    )

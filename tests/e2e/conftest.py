@@ -16,6 +16,7 @@ from cascade.serving.server import CascadeServer
 from cascade.training.index import rebuild_index
 from cascade.training.ranking import train_ranking
 from cascade.training.recall import train_recall
+from cascade.training.value import train_value
 from tests.helpers import USER
 
 
@@ -27,6 +28,7 @@ def config(tmp_path_factory, redis_server) -> AppConfig:
             "artifacts_dir": str(root / "artifacts"),
             "data": {"data_dir": str(root / "data")},
             "recall": {"epochs": 4, "num_candidates": 150, "early_stopping_patience": 2},
+            "customers": {"value_period_days": 60},
             "ranking": {
                 "training_candidates": 100,
                 "model": {"type": "lightgbm", "rounds": 100, "cv_folds": 3},
@@ -51,6 +53,7 @@ def built(config):
         "recall": train_recall(config, progress=False),
         "index": rebuild_index(config),
         "ranking": train_ranking(config, progress=False),
+        "value": train_value(config),
     }
     return refs
 

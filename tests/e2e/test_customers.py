@@ -18,6 +18,9 @@ def test_the_profile_holds_demographics_value_genres_and_recent_items(client, da
     assert profile.demographics.zip_code == ""  # left out of a profile people read
     assert profile.value.tier in {"A", "B", "C", "D"} and 1 <= profile.value.value_band <= 5
     assert profile.value.tier == client.recommend(USER, k=5).tier
+    # the value model's view (cascade train value): K in [0, 1], its tier, the k-means segment
+    assert profile.value.HasField("value_k") and 0 <= profile.value.value_k <= 1
+    assert profile.value.k_tier in {"A", "B", "C", "D"} and 1 <= profile.value.cluster <= 4
     rated = dataset.interactions[dataset.interactions["user_id"] == USER].sort_values("timestamp")
     assert profile.history_length == 50 and profile.events_by_type["rate"] >= 1
     latest = rated["item_id"].tolist()[::-1][: len(profile.recent_items)]

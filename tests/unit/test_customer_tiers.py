@@ -147,3 +147,27 @@ def test_the_models_find_the_latent_value_of_the_synthetic_shop(synthetic_logs):
     test_x = customer_indicators(log, test_cut)
     report = tiering_report(model.predict(test_x), future_value(log, test_cut, end, test_x.index.to_numpy()))
     assert report["spearman"] > 0.4 and report["tier_a_lift"] > 2.0
+
+
+def test_the_published_value_model_scores_as_the_fitted_one(synthetic_logs, tmp_path):
+    from cascade.core.artifacts import ArtifactStore
+    from cascade.customers.value_bundle import VALUE, ValueBundle
+
+    log = synthetic_logs[0]
+    as_of = float(log.events["timestamp"].max()) + 1
+    cut = as_of - 60 * DAY
+    x = customer_indicators(log, cut)
+    y = future_value(log, cut, as_of, x.index.to_numpy())
+    fitted = ValueBundle(
+        BPNetwork(0, epochs=30).fit(x, y), KMeansSegments(0).fit(x, y), ENGAGEMENT_INDICATORS
+    )
+    store = ArtifactStore(tmp_path)
+    ref = store.publish(VALUE, fitted.write, fingerprint="f", config={}, schema_version=2)
+    loaded = ValueBundle.load(ref)
+    np.testing.assert_allclose(loaded.network.predict(x), fitted.network.predict(x), rtol=1e-6)
+    np.testing.assert_array_equal(loaded.segments.ranks(x), fitted.segments.ranks(x))
+    scored = loaded.profiles(log, as_of)
+    assert list(scored.columns) == ["user_id", "value_k", "k_tier", "cluster"] and len(scored) == 600
+    assert set(scored["cluster"]) <= {"1", "2", "3", "4"}
+    with pytest.raises(ValueError, match="train it again"):
+        loaded.profiles(synthetic_logs[1], as_of)  # a log of another kind than it was fitted on

@@ -273,7 +273,7 @@ class CustomerProfileRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ...) -> None: ...
 
 class CustomerValue(_message.Message):
-    __slots__ = ("recency_score", "frequency_score", "monetary_score", "current_value", "value_band", "tier", "moved_since_load", "events_since_load")
+    __slots__ = ("recency_score", "frequency_score", "monetary_score", "current_value", "value_band", "tier", "moved_since_load", "events_since_load", "value_k", "k_tier", "cluster")
     RECENCY_SCORE_FIELD_NUMBER: _ClassVar[int]
     FREQUENCY_SCORE_FIELD_NUMBER: _ClassVar[int]
     MONETARY_SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -282,6 +282,9 @@ class CustomerValue(_message.Message):
     TIER_FIELD_NUMBER: _ClassVar[int]
     MOVED_SINCE_LOAD_FIELD_NUMBER: _ClassVar[int]
     EVENTS_SINCE_LOAD_FIELD_NUMBER: _ClassVar[int]
+    VALUE_K_FIELD_NUMBER: _ClassVar[int]
+    K_TIER_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
     recency_score: int
     frequency_score: int
     monetary_score: int
@@ -290,7 +293,10 @@ class CustomerValue(_message.Message):
     tier: str
     moved_since_load: bool
     events_since_load: int
-    def __init__(self, recency_score: _Optional[int] = ..., frequency_score: _Optional[int] = ..., monetary_score: _Optional[int] = ..., current_value: _Optional[float] = ..., value_band: _Optional[int] = ..., tier: _Optional[str] = ..., moved_since_load: _Optional[bool] = ..., events_since_load: _Optional[int] = ...) -> None: ...
+    value_k: float
+    k_tier: str
+    cluster: int
+    def __init__(self, recency_score: _Optional[int] = ..., frequency_score: _Optional[int] = ..., monetary_score: _Optional[int] = ..., current_value: _Optional[float] = ..., value_band: _Optional[int] = ..., tier: _Optional[str] = ..., moved_since_load: _Optional[bool] = ..., events_since_load: _Optional[int] = ..., value_k: _Optional[float] = ..., k_tier: _Optional[str] = ..., cluster: _Optional[int] = ...) -> None: ...
 
 class GenreCount(_message.Message):
     __slots__ = ("genre", "items")
