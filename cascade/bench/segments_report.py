@@ -43,7 +43,7 @@ def run(config: AppConfig, dataset: str = "cdnow", period_days: float | None = N
     ]
     # migration: each customer's tier as of the first cut-off against as of the second, by the same
     # tiering (weighted RFM needs no fitting), for the customers known at both
-    rfm = WeightedRFM(config.customers.rfm_weights.as_tuple())
+    rfm = WeightedRFM(config.customers)
     before = quartile_tiers(rfm.predict(split.train_x))
     after = quartile_tiers(rfm.predict(split.test_x))
     position = {customer: row for row, customer in enumerate(split.test_x.index.tolist())}

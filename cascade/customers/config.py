@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from cascade.core.config import ComponentConfig
@@ -20,10 +22,37 @@ class RFMWeights(ComponentConfig):
         return (self.recency, self.frequency, self.monetary)
 
 
+class AHPComparisons(ComponentConfig):
+    """Saaty's pairwise comparisons of the indicators: how many times more one matters than the other (1:
+    equally; 3: moderately more; 5: strongly; below 1: less). The default is consistent, and close to the
+    expert weights."""
+
+    recency_vs_frequency: float = Field(
+        0.65, gt=0, description="How much more recency matters than frequency."
+    )
+    recency_vs_monetary: float = Field(0.5, gt=0, description="How much more recency matters than money.")
+    frequency_vs_monetary: float = Field(
+        0.78, gt=0, description="How much more frequency matters than money."
+    )
+
+
 class CustomersConfig(ComponentConfig):
-    rfm_weights: RFMWeights = Field(default_factory=RFMWeights, description="Weights of the current value C.")
+    rfm_weighting: Literal["expert", "ahp", "entropy"] = Field(
+        "expert",
+        description="How the weights of C are set: expert (rfm_weights as given), ahp (from the pairwise "
+        "comparisons in ahp), entropy (from the spread of each indicator over the customers scored).",
+    )
+    rfm_weights: RFMWeights = Field(
+        default_factory=RFMWeights, description="The expert weights of the current value C."
+    )
+    ahp: AHPComparisons = Field(
+        default_factory=AHPComparisons, description="The pairwise comparisons of rfm_weighting = ahp."
+    )
     rfm_window_days: float | None = Field(
-        None, gt=0, description="RFM over purchases this many days before the cut-off; unset: all before it."
+        None,
+        gt=0,
+        description="The served RFM (feature load) over events this many days before the data's end; unset: "
+        "all of them. A customer with no event in the window gets no tier.",
     )
     value_period_days: float = Field(
         182.0,

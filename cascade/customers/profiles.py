@@ -11,9 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from cascade.customers.config import CustomersConfig
 from cascade.customers.live import ValueScale
 from cascade.customers.rfm import RFMScores, rfm_indicators, value_bands
 from cascade.customers.tiers import TIERS, quartile_tiers
+from cascade.customers.weights import rfm_weights
 
 # the profile fields a value load writes, beside USER_FEATURE_FIELDS: the scores, C, its band and the tier,
 # then the values they were scored from (``live.live_value`` scores them again with later activity)
@@ -24,11 +26,12 @@ VALUE_FIELDS = (
 
 
 def value_profiles(
-    interactions: pd.DataFrame, weights: tuple[float, float, float]
+    interactions: pd.DataFrame, config: CustomersConfig
 ) -> tuple[pd.DataFrame, ValueScale | None]:
-    """One row per user with an interaction (user_id, then VALUE_FIELDS as text), as of just after the
-    data set's last interaction, and the scale they were scored on (None without interactions).
-    ``interactions``: user_id, timestamp, and ``amount`` or ``rating``."""
+    """One row per user with an interaction (in the last ``config.rfm_window_days``, when set: user_id,
+    then VALUE_FIELDS as text), as of just after the data set's last interaction, and the scale they were
+    scored on (None without interactions). ``interactions``: user_id, timestamp, and ``amount`` or
+    ``rating``."""
     if not len(interactions):
         return pd.DataFrame(columns=["user_id", *VALUE_FIELDS]), None
     amount = interactions["amount"] if "amount" in interactions else interactions["rating"]
@@ -39,7 +42,10 @@ def value_profiles(
             "amount": amount.to_numpy(dtype=float),
         }
     )
-    rfm = rfm_indicators(log, float(log["timestamp"].max()) + 1)
+    rfm = rfm_indicators(log, float(log["timestamp"].max()) + 1, config.rfm_window_days)
+    if not len(rfm):
+        return pd.DataFrame(columns=["user_id", *VALUE_FIELDS]), None
+    weights = rfm_weights(config, rfm)
     scores = RFMScores.of(rfm)
     value = scores.current_value(weights)
     tiers = quartile_tiers(value)

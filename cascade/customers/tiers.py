@@ -39,3 +39,17 @@ def tiering_report(scores: np.ndarray, realised: np.ndarray) -> dict:
         "tier_a_lift": share[0] / 0.25,
         "confusion_predicted_by_realised": confusion.tolist(),
     }
+
+
+def threshold_tiers_report(k: np.ndarray, realised: np.ndarray) -> dict[str, dict[str, float]]:
+    """Per tier of the method's K thresholds (``k_tiers``): its share of the customers and of the realised
+    value. Unlike quartiles, the sizes are whatever K makes them."""
+    tiers = k_tiers(np.asarray(k))
+    total = float(realised.sum())
+    return {
+        TIERS[t]: {
+            "customers_share": float((tiers == t).mean()) if len(tiers) else 0.0,
+            "value_share": float(realised[tiers == t].sum() / total) if total > 0 else 0.0,
+        }
+        for t in range(4)
+    }

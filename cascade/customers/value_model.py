@@ -11,7 +11,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+from cascade.customers.config import CustomersConfig
 from cascade.customers.rfm import RFM, RFMScores
+from cascade.customers.weights import rfm_weights
 
 
 class ValueModel(ABC):
@@ -27,12 +29,13 @@ class ValueModel(ABC):
 
 
 class WeightedRFM(ValueModel):
-    """The method's current value C = R x W_R + F x W_F + M x W_M over 1-5 scores; nothing to fit."""
+    """The method's current value C = R x W_R + F x W_F + M x W_M over 1-5 scores, weighted as configured
+    (``customers.weights``); nothing to fit."""
 
     name = "weighted RFM"
 
-    def __init__(self, weights: tuple[float, float, float]):
-        self.weights = weights
+    def __init__(self, config: CustomersConfig):
+        self.config = config
 
     def fit(self, indicators: pd.DataFrame, value: np.ndarray) -> WeightedRFM:
         return self
@@ -45,7 +48,7 @@ class WeightedRFM(ValueModel):
             monetary=indicators["monetary"].to_numpy(),
             as_of=0.0,
         )
-        return RFMScores.of(rfm).current_value(self.weights)
+        return RFMScores.of(rfm).current_value(rfm_weights(self.config, rfm))
 
 
 class BPNetwork(ValueModel):

@@ -72,7 +72,7 @@ def features_marker(config: AppConfig) -> str:
         Dataset.fingerprint_of(config.data.path),
         config.features.history_length,
         VALUE_PROFILE_VERSION,
-        config.customers.rfm_weights.as_tuple(),
+        config.customers.model_dump(mode="json"),
         model.version if model is not None else None,
     )
 
@@ -124,7 +124,7 @@ def load_features(
             return False
         dataset = Dataset.load(config.data.path)
         # every user's value tier and RFM scores beside their demographics (cascade/customers/profiles.py)
-        values, scale = value_profiles(dataset.interactions, config.customers.rfm_weights.as_tuple())
+        values, scale = value_profiles(dataset.interactions, config.customers)
         # the load the values come from: events recorded later count as activity since it (customers.live)
         values["value_load"] = marker
         model = served_value_model(config)

@@ -22,15 +22,16 @@ from cascade.customers.clv import SECONDS_PER_WEEK, expected_spend
 from cascade.customers.indicators import customer_indicators, future_value, indicator_set
 from cascade.customers.log import CustomerLog
 from cascade.customers.rfm import SECONDS_PER_DAY
-from cascade.customers.tiers import tiering_report
+from cascade.customers.tiers import threshold_tiers_report, tiering_report
 from cascade.customers.value_bundle import VALUE, ValueBundle
-from cascade.customers.value_model import BPNetwork, KMeansSegments, LightGBMValue, WeightedRFM
+from cascade.customers.value_model import BPNetwork, KMeansSegments, LightGBMValue, ValueModel, WeightedRFM
 from cascade.data.dataset import Dataset
 from cascade.training.prepare import reuse_current
 
 logger = logging.getLogger(__name__)
 
 CLV = "BG/NBD + Gamma-Gamma CLV"
+ENTROPY_RFM = "weighted RFM, entropy weights"
 
 
 @dataclass(frozen=True)
@@ -68,20 +69,23 @@ def value_split(config: AppConfig, dataset: str = "cdnow", period_days: float | 
     train_y = future_value(log, train_cut, test_cut, train_x.index.to_numpy())
     test_x = customer_indicators(log, test_cut)
     test_y = future_value(log, test_cut, end, test_x.index.to_numpy())
-    models = (
-        WeightedRFM(config.customers.rfm_weights.as_tuple()),
-        BPNetwork(config.seed),
-        LightGBMValue(config.seed),
-        KMeansSegments(config.seed),
-    )
+    models: list[tuple[str, ValueModel]] = [
+        (WeightedRFM.name, WeightedRFM(config.customers)),
+        (BPNetwork.name, BPNetwork(config.seed)),
+        (LightGBMValue.name, LightGBMValue(config.seed)),
+        (KMeansSegments.name, KMeansSegments(config.seed)),
+    ]
+    if config.customers.rfm_weighting != "entropy":  # the data's own weights beside the configured ones
+        entropy = config.customers.model_copy(update={"rfm_weighting": "entropy"})
+        models.insert(1, (ENTROPY_RFM, WeightedRFM(entropy)))
     scores: dict[str, np.ndarray] = {}
     segments: dict[str, list[dict]] = {}
-    for model in models:
-        scores[model.name] = model.fit(train_x, train_y).predict(test_x)
+    for name, model in models:
+        scores[name] = model.fit(train_x, train_y).predict(test_x)
         if isinstance(model, KMeansSegments):  # the segments themselves, best first, beside the tiers
             labels = model.assign(test_x)
             total = max(float(test_y.sum()), 1e-12)
-            segments[model.name] = [
+            segments[name] = [
                 {
                     "customers_share": float((labels == s).mean()),
                     "value_share": float(test_y[labels == s].sum() / total),
@@ -122,6 +126,8 @@ def evaluate_value(
     }
     for name, scores in split.scores.items():
         report[name] = tiering_report(scores, split.test_y)
+        if name == BPNetwork.name:  # its output is the method's K: its absolute tiers beside the quartiles
+            report[name]["k_threshold_tiers"] = threshold_tiers_report(scores, split.test_y)
         if name in split.segments:
             report[name]["segments"] = split.segments[name]
         logger.info("%s: Spearman %.3f", name, report[name]["spearman"])

@@ -52,6 +52,7 @@ def test_the_value_models_find_next_periods_spenders_on_cdnow(tmp_path):
     assert split["test_customers"] == 23_570 and 0.1 < split["test_active_share"] < 0.5
     assert set(report) == {
         "weighted RFM",
+        "weighted RFM, entropy weights",
         "BP 14-29-1",
         "LightGBM",
         "k-means segments",
@@ -62,6 +63,8 @@ def test_the_value_models_find_next_periods_spenders_on_cdnow(tmp_path):
         assert result["value_share_by_tier"]["A"] >= 0.6, name
         assert result["spearman"] > 0.35, name
         assert np.array(result["confusion_predicted_by_realised"]).sum() == 23_570
+    k_tiers = report["BP 14-29-1"]["k_threshold_tiers"]  # the method's absolute thresholds of K
+    assert sum(t["customers_share"] for t in k_tiers.values()) == pytest.approx(1.0)
     segments = report["k-means segments"]["segments"]
     assert sum(s["customers_share"] for s in segments) == pytest.approx(1.0)
     best = segments[0]  # the segment worth most in training holds far more than its share of what followed

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cascade.customers.config import CustomersConfig
 from cascade.serving.feature_store import HistoryEvent, keys
 from cascade.serving.feature_store.redis_store import RedisFeatureStore
 
@@ -322,7 +323,7 @@ def test_events_count_as_activity_since_the_value_load_they_follow(redis_client)
             "timestamp": rng.integers(0, 100 * 86_400, 400),
         }
     )
-    values, scale = value_profiles(interactions, (0.221, 0.341, 0.439))
+    values, scale = value_profiles(interactions, CustomersConfig())
     values["value_load"] = "load-1"
     demographics = pd.DataFrame(
         {"user_id": values["user_id"], "gender": "", "age": -1, "occupation": "", "zip_code": ""}

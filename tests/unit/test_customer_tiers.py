@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cascade.customers.config import CustomersConfig
 from cascade.customers.indicators import (
     ENGAGEMENT_INDICATORS,
     PLATFORM_INDICATORS,
@@ -50,7 +51,7 @@ def test_every_value_model_learns_who_buys_next_from_purchases_before_the_cut_of
     test_x = customer_indicators(table, test_cut)
     test_y = future_value(table, test_cut, end, test_x.index.to_numpy())
     models = (
-        WeightedRFM((0.221, 0.341, 0.439)),
+        WeightedRFM(CustomersConfig()),
         BPNetwork(seed=0, epochs=200),
         LightGBMValue(seed=0),
         KMeansSegments(seed=0),
@@ -75,13 +76,13 @@ def test_value_profiles_put_every_user_with_interactions_in_a_tier():
             "rating": rng.integers(1, 6, 400).astype(float),
         }
     )
-    profiles, _ = value_profiles(interactions, (0.221, 0.341, 0.439))
+    profiles, _ = value_profiles(interactions, CustomersConfig())
     assert list(profiles.columns) == ["user_id", *VALUE_FIELDS]
     assert sorted(profiles["user_id"]) == sorted(interactions["user_id"].unique())
     assert profiles["tier"].value_counts().to_dict() == {"A": 10, "B": 10, "C": 10, "D": 10}
     best = profiles.loc[profiles["current_value"].astype(float).idxmax()]
     assert best["tier"] == "A" and best["value_band"] in {"4", "5"}
-    assert value_profiles(interactions.iloc[:0], (1, 1, 1))[0].empty
+    assert value_profiles(interactions.iloc[:0], CustomersConfig())[0].empty
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +172,28 @@ def test_the_published_value_model_scores_as_the_fitted_one(synthetic_logs, tmp_
     assert set(scored["cluster"]) <= {"1", "2", "3", "4"}
     with pytest.raises(ValueError, match="train it again"):
         loaded.profiles(synthetic_logs[1], as_of)  # a log of another kind than it was fitted on
+
+
+def test_the_weights_of_c_by_expert_ahp_and_entropy():
+    from cascade.core.errors import ConfigError
+    from cascade.customers.config import AHPComparisons
+    from cascade.customers.rfm import RFM
+    from cascade.customers.weights import ahp_weights, entropy_weights, rfm_weights
+
+    # the default comparisons are consistent and give the experts' weights back
+    np.testing.assert_allclose(ahp_weights(AHPComparisons()), (0.221, 0.341, 0.439), atol=0.002)
+    with pytest.raises(ConfigError, match="inconsistent"):  # R > F 5x, F > M 5x, yet M > R 5x
+        ahp_weights(AHPComparisons(recency_vs_frequency=5, frequency_vs_monetary=5, recency_vs_monetary=0.2))
+    rng = np.random.default_rng(0)
+    n = 500
+    flat = RFM(
+        np.arange(n), np.full(n, 3.0), rng.integers(1, 3, n).astype(float), rng.pareto(1.2, n) * 50, 0.0
+    )
+    weights = entropy_weights(flat)
+    assert weights[0] == 0.0 and weights[2] > weights[1] and sum(weights) == pytest.approx(1.0)
+    assert rfm_weights(CustomersConfig(rfm_weighting="entropy"), flat) == weights
+    assert rfm_weights(CustomersConfig(), flat) == CustomersConfig().rfm_weights.as_tuple()
+    scores = WeightedRFM(CustomersConfig(rfm_weighting="entropy")).predict(
+        customer_indicators(CustomerLog("shop", purchases=synthetic_shop()), 365 * DAY)
+    )
+    assert np.isfinite(scores).all() and ((scores >= 1) & (scores <= 5)).all()

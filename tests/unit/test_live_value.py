@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from cascade.customers.config import CustomersConfig
 from cascade.customers.live import ValueScale, live_value
 from cascade.customers.profiles import value_profiles
 
@@ -26,7 +27,7 @@ def population(seed: int = 0) -> pd.DataFrame:
 
 
 def test_without_activity_every_customer_keeps_the_batch_figures_and_the_scale_reproduces_them():
-    values, scale = value_profiles(population(), (0.221, 0.341, 0.439))
+    values, scale = value_profiles(population(), CustomersConfig())
     assert ValueScale.from_json(scale.to_json()) == scale
     for row in values.to_dict("records"):
         profile = {k: str(v) for k, v in row.items()}
@@ -39,7 +40,7 @@ def test_without_activity_every_customer_keeps_the_batch_figures_and_the_scale_r
 
 
 def test_a_returning_customer_climbs_from_d_and_never_falls_for_acting():
-    values, scale = value_profiles(population(1), (0.221, 0.341, 0.439))
+    values, scale = value_profiles(population(1), CustomersConfig())
     profiles = {row["user_id"]: {k: str(v) for k, v in row.items()} for row in values.to_dict("records")}
     d_tier = [p for p in profiles.values() if p["tier"] == "D"]
     now = time.time()
