@@ -16,7 +16,8 @@ class ItemAttributes:
     item_lookup: external item id -> its index, None when unknown; genres: (N, G) genre ids, 0 = none,
     genre g named ``genre_names[g - 1]``; years: (N,) release year, 0 = unknown; quality: (N,) smoothed mean
     rating on the data set's scale (NaN = unknown); vectors: (N - 1, D) unit vectors of item indices
-    1..N - 1 (the two-tower embeddings the ANN index holds; MMR's similarity), or None when there are none."""
+    1..N - 1 (the two-tower embeddings the ANN index holds; MMR's similarity), or None when there are none;
+    popularity: (N,) interactions per item in training (the popularity rule's), or None."""
 
     item_lookup: Callable[[str], int | None]
     genres: np.ndarray
@@ -24,6 +25,7 @@ class ItemAttributes:
     years: np.ndarray
     quality: np.ndarray
     vectors: np.ndarray | None = None
+    popularity: np.ndarray | None = None  # (N,) training interactions per item; None: unknown
 
     def item_index(self, item_id: str) -> int | None:
         """The index of external ``item_id``, None when the catalogue does not hold it."""

@@ -7,13 +7,15 @@ Stages, each rule applied in the rules file's order within its stage:
    ``genre_filter``, ``min_quality``, ``release_window``.
 2. **scores**: the ranker's scores are put on one scale, min-max over the surviving candidates into
    [0.1, 1] (a ranker's raw scores can be negative, and a multiplier must mean the same for every ranker),
-   then ``boost`` and ``freshness`` rules multiply them.
+   then ``boost``, ``freshness`` and ``popularity`` rules multiply them.
 3. **selection** takes items best first; ``cap`` and ``spacing`` rules skip an item that would put too many
    items of one attribute value in the capped positions or in a sliding window, and an ``mmr`` rule trades
    each next item's score against its similarity to the items already taken.
 4. **exploration** (``explore``) fills a share of the positions by seeded sampling, and says each item's
    propensity.
-5. **pins** put campaign items at fixed positions, when they pass the filters and their per-user impression
+5. **promotion slots** (``slot``) put the best-scored promoted candidate at a position, unless one is at
+   or above it already.
+6. **pins** put campaign items at fixed positions, when they pass the filters and their per-user impression
    cap allows.
 
 Without a rules file the scores are the ranker's own and the list is the top k by score, as before rules
@@ -45,9 +47,11 @@ from cascade.rerank.rules_file import (
     MinQualityRule,
     MMRRule,
     PinRule,
+    PopularityRule,
     ReleaseWindowRule,
     RulesFile,
     SeenRule,
+    SlotRule,
     SpacingRule,
     UserTraits,
 )
@@ -90,7 +94,7 @@ class _Filter:
 @dataclass(frozen=True)
 class _Boost:
     label: str
-    rule: BoostRule | FreshnessRule
+    rule: BoostRule | FreshnessRule | PopularityRule
     hit: np.ndarray | None  # (N,) bool: the items a BoostRule multiplies
 
 
@@ -120,6 +124,7 @@ class RuleEngine:
         self.mmrs: list[tuple[str, MMRRule]] = []
         self.explorers: list[tuple[str, ExploreRule]] = []
         self.pins: list[tuple[str, PinRule, int]] = []
+        self.slots: list[tuple[str, SlotRule, np.ndarray]] = []  # (N,) bool: the items each promotes
         if rules is None or not rules.rules:
             return
         if attributes is None:
@@ -147,6 +152,12 @@ class RuleEngine:
                 self.boosts.append(_Boost(label, rule, hit))
             elif isinstance(rule, FreshnessRule):
                 self.boosts.append(_Boost(label, rule, None))
+            elif isinstance(rule, PopularityRule):
+                if attributes.popularity is None:
+                    raise ConfigError(
+                        f"{where}: popularity needs item popularity, and this catalogue has none"
+                    )
+                self.boosts.append(_Boost(label, rule, None))
             elif isinstance(rule, CapRule | SpacingRule):
                 self.gates.append((label, rule))
             elif isinstance(rule, MMRRule):
@@ -155,6 +166,13 @@ class RuleEngine:
                 self.mmrs.append((label, rule))
             elif isinstance(rule, ExploreRule):
                 self.explorers.append((label, rule))
+            elif isinstance(rule, SlotRule):
+                promoted = np.ones(attributes.num_items, dtype=bool)
+                if rule.items or rule.genres:
+                    promoted = self._item_mask(rule.items, where) | self._genre_mask(rule.genres, where)
+                if rule.min_mean_rating is not None:
+                    promoted &= np.nan_to_num(attributes.quality, nan=-np.inf) >= rule.min_mean_rating
+                self.slots.append((label, rule, promoted))
             elif isinstance(rule, PinRule):
                 item = attributes.item_index(rule.item)
                 if item is None:
@@ -200,7 +218,15 @@ class RuleEngine:
 
     @property
     def has_rules(self) -> bool:
-        return bool(self.filters or self.boosts or self.gates or self.mmrs or self.explorers or self.pins)
+        return bool(
+            self.filters
+            or self.boosts
+            or self.gates
+            or self.mmrs
+            or self.explorers
+            or self.pins
+            or self.slots
+        )
 
     def segments_of(self, user: UserTraits) -> frozenset[str]:
         """The rules file's segments ``user`` is in."""
@@ -342,6 +368,8 @@ class RuleEngine:
                 continue
             if boost.hit is not None:
                 factor = np.where(boost.hit[candidates], np.float32(boost.rule.factor), np.float32(1.0))
+            elif isinstance(boost.rule, PopularityRule):
+                factor = self._popularity(boost.rule, candidates)
             else:
                 factor = self._freshness(boost.rule, candidates, at)  # type: ignore[arg-type]
             final = final * factor
@@ -368,6 +396,7 @@ class RuleEngine:
             propensities.tolist(),
             [fired[c] for c in chosen.tolist()] if fired is not None else [[] for _ in chosen.tolist()],
         )
+        self._promote(listed, candidates, final, rows, request, segments, k, removed)
         shown_pins = self._pin(listed, request, segments, k, removed)
         base = None
         out_rows = np.array(listed.rows, dtype=np.int64)
@@ -385,6 +414,42 @@ class RuleEngine:
             np.array(listed.propensities, dtype=np.float32),
             shown_pins,
         )
+
+    def _popularity(self, rule: PopularityRule, items: np.ndarray) -> np.ndarray:
+        assert self.attributes is not None and self.attributes.popularity is not None
+        counts = np.log1p(np.maximum(self.attributes.popularity.astype(np.float64), 0.0))
+        top = float(counts.max()) if len(counts) else 0.0
+        factor = 1.0 + rule.weight * (counts[items] / top if top > 0 else 0.0)
+        return np.asarray(factor, dtype=np.float32)
+
+    def _promote(
+        self,
+        listed: _Listed,
+        candidates: np.ndarray,
+        final: np.ndarray,
+        rows: np.ndarray,
+        request: RerankRequest,
+        segments: frozenset[str],
+        k: int,
+        removed: dict[str, int] | None,
+    ) -> None:
+        """Fill the promotion slots that apply, in place: each with the best-scored promoted candidate
+        not listed above it, unless a promoted item is listed at or above it already."""
+        first, last = request.offset + 1, request.offset + k
+        for label, rule, promoted in sorted(self.slots, key=lambda slot: slot[1].position):
+            if not (first <= rule.position <= last and rule.applies(request.at, request.surface, segments)):
+                continue
+            slot = rule.position - request.offset - 1
+            if any(promoted[item] for item in listed.items[: slot + 1]):
+                continue
+            eligible = np.flatnonzero(promoted[candidates])
+            if not len(eligible):
+                if removed is not None:  # nothing to promote: said like a filtered pin
+                    removed[label] = removed.get(label, 0) + 1
+                continue
+            best = int(eligible[np.argmax(final[eligible])])
+            listed.insert(int(candidates[best]), slot, f"{label}@{rule.position}", row=int(rows[best]))
+        listed.cut(k)
 
     def _freshness(self, rule: FreshnessRule, items: np.ndarray, at: float) -> np.ndarray:
         assert self.attributes is not None
@@ -479,10 +544,11 @@ class _Listed:
     propensities: list[float]
     fired: list[list[str]]
 
-    def insert(self, item: int, slot: int, why: str) -> None:
+    def insert(self, item: int, slot: int, why: str, row: int = -1) -> None:
         """Put ``item`` at ``slot`` (moving it there when listed already), with the score of the place it
-        is put in, so that the list's scores stay ordered."""
-        row, reasons = -1, []
+        is put in, so that the list's scores stay ordered. ``row``: its row in the ranked input (-1: not
+        proposed by recall)."""
+        reasons: list[str] = []
         if item in self.items:
             at = self.items.index(item)
             row, reasons = self.rows[at], self.fired[at]

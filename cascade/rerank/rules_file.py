@@ -213,6 +213,14 @@ class FreshnessRule(_Rule):
     weight: float = Field(0.2, gt=0, description="Boost of a new release: its score x (1 + weight).")
 
 
+class PopularityRule(_Rule):
+    """Favour popular items: score x (1 + weight x log(1 + n) / log(1 + n_max)), n the item's interactions
+    in training (an item added since has none)."""
+
+    kind: Literal["popularity"]
+    weight: float = Field(0.2, gt=0, description="Boost of the most popular item: its score x (1 + weight).")
+
+
 class CapRule(_Rule):
     """At most ``max_per_value`` items sharing a value of ``attribute`` (a genre, a year, a decade) among
     the first ``within`` positions."""
@@ -287,6 +295,27 @@ class PinRule(_Rule):
         return self
 
 
+class SlotRule(_Rule):
+    """A promotion slot: position ``position`` (1-based) holds the best-scored candidate of the promoted
+    items (``items``, or of ``genres``, and at least ``min_mean_rating`` when set) unless one is listed at or
+    above it already. Candidates only: an item recall did not propose, or a filter removed, is never
+    promoted; when none qualifies the slot keeps its item."""
+
+    kind: Literal["slot"]
+    position: int = Field(ge=1, description="1-based position in the returned list.")
+    items: tuple[str, ...] = Field((), description="External item ids promoted.")
+    genres: tuple[str, ...] = Field((), description="Genre names whose items are promoted.")
+    min_mean_rating: float | None = Field(
+        None, description="Only items of at least this smoothed mean rating are promoted."
+    )
+
+    @model_validator(mode="after")
+    def _targets(self):
+        if not self.items and not self.genres and self.min_mean_rating is None:
+            raise ValueError("a slot needs items, genres or min_mean_rating: the items it promotes")
+        return self
+
+
 Rule = Annotated[
     SeenRule
     | BlocklistRule
@@ -295,11 +324,13 @@ Rule = Annotated[
     | ReleaseWindowRule
     | BoostRule
     | FreshnessRule
+    | PopularityRule
     | CapRule
     | SpacingRule
     | MMRRule
     | ExploreRule
-    | PinRule,
+    | PinRule
+    | SlotRule,
     Field(discriminator="kind"),
 ]
 

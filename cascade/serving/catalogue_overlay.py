@@ -57,12 +57,13 @@ def with_catalogue(models: ServingModels, records: tuple[ItemRecord, ...]) -> Se
     genres = np.concatenate([genres, table.genres[added_rows]])
     years = np.concatenate([years, np.array([record.year for record in added], dtype=years.dtype)])
     titles = np.concatenate([titles, np.array([record.title for record in added], dtype=object)])
+    popularity = np.concatenate([models.popularity, np.zeros(len(added), dtype=models.popularity.dtype)])
 
     return dataclasses.replace(
         models,
         schema=extended,
         titles=titles,
-        popularity=np.concatenate([models.popularity, np.zeros(len(added), dtype=models.popularity.dtype)]),
+        popularity=popularity,
         index=index,
         attributes=ItemAttributes(
             item_lookup=item_lookup(extended),
@@ -71,6 +72,7 @@ def with_catalogue(models: ServingModels, records: tuple[ItemRecord, ...]) -> Se
             years=years,
             quality=np.concatenate([attributes.quality, np.full(len(added), np.nan)]),
             vectors=index.embeddings,
+            popularity=popularity,
         ),
     )
 

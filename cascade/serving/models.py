@@ -118,7 +118,7 @@ class ServingModels:
             history_length=ranking.history_length,
             num_candidates=index_bundle.tuned_for or config.recall.num_candidates,
             versions={RECALL: recall.version, INDEX: index_bundle.version, RANKING: ranking.version},
-            attributes=_item_attributes(recall, schema, items, statistics, index.embeddings),
+            attributes=_item_attributes(recall, schema, items, statistics, index.embeddings, popularity),
             embed_content=_content_embedder(recall),
         )
 
@@ -159,6 +159,7 @@ def _item_attributes(
     items: ItemFeatures,
     statistics: ItemStatistics,
     vectors: np.ndarray,
+    popularity: np.ndarray,
 ) -> ItemAttributes:
     catalogue = recall.catalogue
     years = np.zeros(schema.num_items, dtype=np.int64)
@@ -172,6 +173,7 @@ def _item_attributes(
         years=years,
         quality=statistics.rating_on_scale(np.arange(schema.num_items)),
         vectors=vectors,
+        popularity=popularity,
     )
 
 

@@ -143,7 +143,7 @@ def test_the_shipped_rules_files_compile_against_movielens_and_serve(ruled):
     kinds = {rule.kind for rule in example.rules}
     assert engine.has_rules and kinds == {  # one rule of every kind
         "seen", "blocklist", "genre_filter", "min_quality", "release_window", "boost", "freshness", "cap",
-        "spacing", "mmr", "explore", "pin",
+        "spacing", "mmr", "explore", "pin", "popularity", "slot",
     }  # fmt: skip
     for surface in ("", "home"):
         reply = client.recommend(USER, k=20, explain=True, surface=surface)
@@ -155,6 +155,20 @@ def test_the_shipped_rules_files_compile_against_movielens_and_serve(ruled):
         )
     new_user = client.recommend(424242, k=20, explain=True)
     assert len(new_user.items) == 20
+    # the tiers' rule sets: a promotion slot of acclaimed titles for tier A, popular items and more
+    # exploration for tier D
+    tiers = {user: client.customer_profile(user).value.tier for user in range(100, 160)}
+    gold = next(user for user, tier in tiers.items() if tier == "A")
+    reply = client.recommend(gold, k=10, explain=True)
+    attributes = srv.service.require_pipeline().models.attributes
+    top_two = [attributes.quality[attributes.item_index(item.item_id)] for item in reply.items[:2]]
+    assert max(top_two) >= 4.0  # an acclaimed title in the first two: the slot's or the ranking's own
+    developing = next(user for user, tier in tiers.items() if tier == "D")
+    draws = [client.recommend(developing, k=10, explain=True, request_id=f"d{n}") for n in range(6)]
+    rules = {rule.split(" ")[0] for reply in draws for item in reply.items for rule in item.explanation.rules}
+    assert "popularity:crowd-favourites" in rules and any(
+        r.startswith("explore:tier-d-discover") for r in rules
+    )
 
 
 CONTEXT_RULES = """

@@ -447,3 +447,45 @@ def test_deleted_items_are_never_served_with_or_without_rules(catalogue):
         assert out.removed["deleted"] == 2
         similar = rules.filter(ITEMS, SCORES, AT_NOW, 3, explain=True)
         assert similar.items.tolist() == [2, 3, 4] and similar.removed == {"deleted": 2}
+
+
+def test_popularity_favours_the_most_interacted_items_on_a_log_scale(catalogue):
+    import dataclasses
+
+    popular = dataclasses.replace(catalogue, popularity=np.array([0, 0, 0, 0, 0, 0, 0, 0, 0, 1000]))
+    rules = '[[rules]]\nkind = "popularity"\nname = "crowd"\nweight = 20'
+    out = engine(popular, rules).apply(ITEMS, SCORES, AT_NOW, 3, explain=True)
+    assert out.items.tolist() == [9, 1, 2]  # the last by score, most popular by far, comes first
+    assert out.fired[0][0].startswith("popularity:crowd x")
+    with pytest.raises(ConfigError, match="popularity needs item popularity"):
+        engine(catalogue, rules)  # a catalogue that does not know popularity
+
+
+def test_a_promotion_slot_takes_the_best_promoted_candidate_unless_one_is_above_it(catalogue):
+    premium = """
+[[rules]]
+kind = "slot"
+name = "premium"
+position = 2
+min_mean_rating = 4.0
+segments = ["gold"]
+[[segments]]
+name = "gold"
+tiers = ["A"]
+"""
+    rules = engine(catalogue, premium)
+    gold = RerankRequest(at=NOW, user=UserTraits(tier="A"))
+    # without item 1 (4.1), the best-scored promoted candidate is item 5 (4.5; 4th by score; item 8's 4.0
+    # scores lower): it moves to position 2
+    out = rules.apply(ITEMS[1:], SCORES[1:], gold, 4, explain=True)
+    assert out.items.tolist() == [2, 5, 3, 4] and out.fired[1] == ["slot:premium@2"]
+    assert SCORES[1:][out.positions].tolist() == [8.0, 5.0, 7.0, 6.0]  # its row in the ranked input
+    # item 1 (4.1) is first already: the slot keeps its item
+    assert rules.apply(ITEMS, SCORES, gold, 4).items.tolist() == [1, 2, 3, 4]
+    # another tier: no slot
+    assert rules.apply(ITEMS[1:], SCORES[1:], AT_NOW, 4).items.tolist() == [2, 3, 4, 5]
+    # nothing promotable among the candidates: the slot keeps its item and says so
+    plain = rules.apply(np.array([2, 3, 4]), SCORES[:3], gold, 3, explain=True)
+    assert plain.items.tolist() == [2, 3, 4] and plain.removed == {"slot:premium": 1}
+    with pytest.raises(ConfigError, match="a slot needs items, genres or min_mean_rating"):
+        parse_rules('[[rules]]\nkind = "slot"\nposition = 1')
