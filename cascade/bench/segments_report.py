@@ -19,13 +19,22 @@ from cascade.config import AppConfig
 from cascade.core.artifacts import git_commit
 from cascade.customers.tiers import TIERS, quartile_tiers, tiering_report
 from cascade.customers.value_model import WeightedRFM
+from cascade.rerank.rules_file import load_rules
+from cascade.training.evaluate import recommended_genres_by_tier
 from cascade.training.value import value_split
 
 TIERING = "weighted RFM"  # the method's own tiering, and the one served
 GAIN_POINTS = 101
 
 
-def run(config: AppConfig, dataset: str = "cdnow", period_days: float | None = None) -> dict:
+def run(
+    config: AppConfig,
+    dataset: str = "cdnow",
+    period_days: float | None = None,
+    rules_path: Path | None = None,
+) -> dict:
+    """``rules_path``: the rules the served data set's recommendations are replayed under (default: the
+    configured rules file); a data set that is not the served one has no recommendations to show."""
     started = time.perf_counter()
     split = value_split(config, dataset, period_days)
     realised = split.test_y
@@ -54,8 +63,14 @@ def run(config: AppConfig, dataset: str = "cdnow", period_days: float | None = N
     shares = np.linspace(0, 1, GAIN_POINTS)
     gains = {name: _gain(scores, realised, shares) for name, scores in split.scores.items()}
     gains["perfect"] = _gain(realised, realised, shares)
+    recommended = None
+    if dataset == config.data.dataset:  # the served catalogue: what each tier is recommended
+        rules = load_rules(rules_path) if rules_path is not None else None
+        recommended = recommended_genres_by_tier(config, rules)
     return {
         "dataset": dataset,
+        "recommended": recommended,
+        "rules": str(rules_path or config.rerank.rules_path or ""),
         "value": split.value_kind,
         "customers": len(split.test_x),
         "cut_offs": list(split.cut_offs),
@@ -91,7 +106,10 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (bars, gain, moves) = plt.subplots(1, 3, figsize=(16, 5))
+    recommended = report.get("recommended")
+    panels = 4 if recommended else 3
+    figure, axes = plt.subplots(1, panels, figsize=(5.4 * panels, 5))
+    bars, gain, moves = axes[:3]
     tiers = report["tiers"]
     x = np.arange(len(tiers))
     total = max(sum(row["customers"] for row in tiers), 1)
@@ -121,6 +139,17 @@ def plot(report: dict, path: Path) -> None:
     moves.set_xlabel("tier as of the second cut-off")
     moves.set_ylabel("tier as of the first cut-off")
     moves.set_title("Tier migration")
+    if recommended:
+        genres = _top_genres(recommended, 6)
+        shares = {tier: dict(map(tuple, row["genres"])) for tier, row in recommended.items()}
+        width = 0.8 / len(genres)
+        for n, genre in enumerate(genres):
+            axes[3].bar(x + (n - len(genres) / 2 + 0.5) * width, [shares[t].get(genre, 0.0) for t in TIERS],
+                        width, label=genre)  # fmt: skip
+        axes[3].set_xticks(x, list(TIERS))
+        axes[3].set_ylabel("share of the genres recommended (top 10)")
+        axes[3].set_title("What each tier is recommended")
+        axes[3].legend(fontsize=7)
     figure.suptitle(f"Customer value: {report['dataset']}, {report['customers']} customers")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -153,8 +182,30 @@ def summary(report: dict) -> str:
     lines += ["| from \\ to | A | B | C | D |", "|---|---:|---:|---:|---:|"]
     for tier, row in zip(TIERS, report["migration_before_by_after"]):
         lines.append(f"| {tier} | " + " | ".join(str(count) for count in row) + " |")
+    recommended = report.get("recommended")
+    if recommended:
+        lines += [
+            "",
+            f"What each tier is recommended (top 10, rules {report['rules'] or 'none'}; the served pipeline "
+            "replayed for held-out users as of their last training interaction):",
+            "",
+            "| tier | users | most recommended genres | mean popularity rank of the items |",
+            "|---|---:|---|---:|",
+        ]
+        for tier, row in recommended.items():
+            genres = ", ".join(f"{genre} {share:.0%}" for genre, share in row["genres"][:4])
+            lines.append(f"| {tier} | {row['users']} | {genres} | {row['mean_popularity_rank']:.0f} |")
     lines += ["", f"commit {report['commit']}, {report['seconds']:.0f} s", ""]
     return "\n".join(lines)
+
+
+def _top_genres(recommended: dict, count: int) -> list[str]:
+    """The genres most recommended over all tiers together."""
+    total: dict[str, float] = {}
+    for row in recommended.values():
+        for genre, share in row["genres"]:
+            total[genre] = total.get(genre, 0.0) + share
+    return sorted(total, key=total.get, reverse=True)[:count]  # type: ignore[arg-type]
 
 
 def write_outputs(report: dict, json_path: Path) -> dict[str, Path]:

@@ -500,12 +500,19 @@ def segments_report(
         Path | None, typer.Option("--json", help="Report path; .png and .md beside it.")
     ] = None,
     period_days: PeriodOption = None,
+    rules: Annotated[
+        Path | None,
+        typer.Option(
+            help="Rules the served data set's recommendations are replayed under (default: the config's)."
+        ),
+    ] = None,
 ) -> None:
-    """Tier sizes and the share of the next period's spend each holds, every value model's gain curve, and
-    tier migration between two cut-offs: markdown + PNG."""
+    """Tier sizes and the share of the next period's value each holds, every value model's gain curve, tier
+    migration between two cut-offs and, for the served data set, the genres each tier is recommended:
+    markdown + PNG."""
     from cascade.bench import segments_report as report_module
 
-    report = _run(report_module.run, _config(), dataset, period_days)
+    report = _run(report_module.run, _config(), dataset, period_days, rules)
     _wrote(
         report_module.write_outputs(report, json_path or Path(f"benchmarks/results/segments-{dataset}.json"))
     )

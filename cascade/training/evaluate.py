@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
@@ -17,6 +18,8 @@ from cascade.config import AppConfig
 from cascade.core.metrics import auc, beyond_accuracy, evaluate_rankings, gauc, logloss
 from cascade.core.schema import COOCCURRENCE, ITEM_ITEM, TWO_TOWER, native_id
 from cascade.core.seeding import seed_everything
+from cascade.customers.profiles import value_profiles
+from cascade.customers.tiers import TIERS
 from cascade.data.dataset import Dataset
 from cascade.ranking.features import UserRow
 from cascade.ranking.rating import (
@@ -52,7 +55,7 @@ from cascade.recall.channels import (
 )
 from cascade.recall.sequential import SASREC_MAX_ITEMS, SASRecParams, SASRecRecommender
 from cascade.rerank.engine import RuleEngine
-from cascade.rerank.rules_file import RulesFile, load_rules
+from cascade.rerank.rules_file import RulesFile, UserTraits, load_rules
 from cascade.serving.models import ServingModels
 from cascade.serving.pipeline import RecommendationPipeline, UserContext
 from cascade.training.prepare import Prepared, check_trained_on, compute_threads, prepare
@@ -476,4 +479,61 @@ def evaluate_rating(config: AppConfig, progress: bool = False) -> dict[str, dict
         } | {f"weight_{m}": w for m, w in zip(blend.names, blend.weights, strict=True)}
     for part in report.values():
         part |= {"train_ratings": float(len(train.ratings)), "test_ratings": float(len(test.ratings))}
+    return report
+
+
+def recommended_genres_by_tier(
+    config: AppConfig, rules: RulesFile | None = None, per_tier: int = 150, k: int = 10
+) -> dict[str, dict]:
+    """What each customer-value tier is recommended: the served pipeline replayed (as in
+    ``evaluate_pipeline``, as of each held-out user's last training interaction) for up to ``per_tier``
+    users of each tier as the feature load serves it, under ``rules`` (default: the configured rules
+    file), with each user's tier in their traits so that tier rule sets apply. Per tier: the users
+    replayed, the genres of their top ``k`` by share of items, and the mean popularity rank of those
+    items."""
+    store = config.artifact_store()
+    models = ServingModels.load(store, config)
+    check_trained_on(RecallBundle(store.require(RECALL)).dataset_fingerprint, config)
+    prep = prepare(config)
+    pipeline = RecommendationPipeline(models, config)
+    engine = pipeline.rules if rules is None else RuleEngine(config.rerank, models.attributes, rules)
+    values, _ = value_profiles(prep.dataset.interactions, config.customers)
+    tier_of = dict(zip(values["user_id"].tolist(), values["tier"].tolist()))
+    test = RecallTask.of(prep, prep.split, config)
+    last_seen = prep.split.train.groupby("user_id")["timestamp"].max()
+    users = prep.dataset.users.set_index("user_id")
+    popularity_rank = np.empty(len(models.popularity), dtype=np.int64)
+    popularity_rank[np.argsort(-models.popularity, kind="stable")] = np.arange(len(models.popularity))
+    empty = np.zeros(0, dtype=np.int64)
+    counts: dict[str, Counter] = {tier: Counter() for tier in TIERS}
+    ranks: dict[str, list[int]] = {tier: [] for tier in TIERS}
+    replayed = dict.fromkeys(TIERS, 0)
+    for user, row, history in zip(test.users.tolist(), test.rows.tolist(), test.history):
+        tier = tier_of.get(user)
+        if tier is None or replayed[tier] >= per_tier:
+            continue
+        replayed[tier] += 1
+        ctx = UserContext(
+            row=UserRow.of(prep.users, row),
+            history=history[history > 0],
+            seen=test.seen.get(user, empty),
+            has_profile=True,
+            at=float(last_seen[user]),
+            traits=UserTraits(
+                new_user=False, gender=users.at[user, "gender"], age=int(users.at[user, "age"]), tier=tier
+            ),
+        )
+        ranked = pipeline.rank(ctx, k, empty)
+        items = engine.apply(ranked.items, ranked.scores, pipeline.rerank_request(ctx, empty), k).items
+        names = models.attributes.genre_names
+        counts[tier].update(names[g - 1] for row in models.attributes.genres[items] for g in row if g > 0)
+        ranks[tier].extend(popularity_rank[items].tolist())
+    report = {}
+    for tier in TIERS:
+        total = max(sum(counts[tier].values()), 1)
+        report[tier] = {
+            "users": replayed[tier],
+            "genres": [(genre, n / total) for genre, n in counts[tier].most_common()],
+            "mean_popularity_rank": float(np.mean(ranks[tier])) if ranks[tier] else float("nan"),
+        }
     return report

@@ -52,3 +52,22 @@ def test_a_returning_customer_moves_up_from_tier_d_at_once(client, dataset):
     assert after.events_since_load == 8 and after.moved_since_load
     assert after.recency_score == 5 and after.current_value > before.current_value and after.tier < "D"
     assert client.recommend(user, k=5).tier == after.tier  # the rules' segments see the same tier
+
+
+def test_the_segments_report_shows_what_each_tier_is_recommended(config, built, tmp_path):
+    from pathlib import Path
+
+    from cascade.bench import segments_report
+
+    example = Path(__file__).parents[2] / "rules" / "example.toml"
+    report = segments_report.run(config, "movielens-100k", rules_path=example)
+    assert report["value"] == "activity" and report["customers"] > 500
+    recommended = report["recommended"]
+    assert set(recommended) == {"A", "B", "C", "D"} and all(row["users"] > 50 for row in recommended.values())
+    assert all(sum(share for _, share in row["genres"]) == pytest.approx(1.0) for row in recommended.values())
+    # the example rules' tier D rule set favours popular items: a better (lower) popularity rank than A's
+    assert recommended["D"]["mean_popularity_rank"] < recommended["A"]["mean_popularity_rank"]
+    written = segments_report.write_outputs(report, tmp_path / "segments.json")
+    assert (
+        "What each tier is recommended" in written["markdown"].read_text() and written["png"].stat().st_size
+    )
