@@ -65,3 +65,10 @@ def value_profiles(
         }
     )
     return table, scale
+
+
+def user_values(interactions: pd.DataFrame, config: CustomersConfig) -> dict:
+    """user id -> their current value C / 5 in (0, 1], as of just after ``interactions`` end: what the
+    rankers' user_value feature holds (0 for a user without a value)."""
+    table, _ = value_profiles(interactions, config)
+    return dict(zip(table["user_id"].tolist(), (table["current_value"].astype(float) / 5.0).tolist()))

@@ -18,7 +18,7 @@ from cascade.ranking.statistics import ItemStatistics
 
 # Bumped whenever a feature's meaning changes, so that rankers trained on the old meaning are retrained
 # rather than served.
-FEATURES_VERSION = 8
+FEATURES_VERSION = 9
 
 # Recall scores are not comparable across users (each user's query vector differs), so the request-relative
 # position and gap to the best candidate carry the recall order into ranking.
@@ -51,6 +51,9 @@ DENSE_FEATURES = (
     # the request's candidates; 0 where the catalogue is too large for that model
     "item_item_score",
     "item_item_rank",
+    # the user's customer value C (RFM, 1-5) over 5, 0 when unknown: as of the training window's end in
+    # training, as served (the batch's, moved by the user's activity since) at request time
+    "user_value",
 )
 # then one predicted rating per configured rating model (RankingConfig.rating_models), named by
 # dense_feature_names
@@ -120,6 +123,7 @@ class UserRow:
     age: int
     occupation: int
     zip: int = 0
+    value: float = 0.0  # customer value C / 5 (0: unknown); the user_value feature
 
     @classmethod
     def of(cls, users: UserFeatures, row: int) -> UserRow:
@@ -321,6 +325,7 @@ class RankingFeatureBuilder:
             self.history_similarity(history, candidates, candidate_vectors),
             self.history_cooccurrence(history, candidates),
             self.item_item_columns(history, candidates),
+            np.full(count, user.value, dtype=np.float32),
         ]
         # the feature models' columns, after the base ones, in the order dense_feature_names lists them
         columns += [

@@ -263,7 +263,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         schema = pipeline.models.schema
         history = schema.item_index(state.history_items)
         seen = schema.item_index(state.seen)
-        tier = ""
+        tier, user_value = "", 0.0
         if state.features is not None:
             profile = state.features
             gender, age, occupation, zip_code = (
@@ -272,9 +272,10 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                 profile.get("occupation", ""),
                 profile.get("zip_code", ""),
             )
-            # the batch's tier, moved by what the user did since the load (customers.live)
+            # the batch's tier and value, moved by what the user did since the load (customers.live)
             value = live_value(profile, state.activity, self.store.value_scale, time.time())
-            tier = value.tier if value is not None else ""
+            if value is not None:
+                tier, user_value = value.tier, value.current_value / 5.0
             has_profile = True
         else:
             gender, age, occupation, zip_code = demographics
@@ -286,6 +287,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             age=int(encode_age([age])[0]),
             occupation=int(schema.encode_occupation([occupation])[0]),
             zip=int(schema.encode_zip([zip_code])[0]),
+            value=user_value,
         )
         known = history > 0
         events = np.column_stack([history, state.history_events])[known]

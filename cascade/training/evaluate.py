@@ -18,7 +18,7 @@ from cascade.config import AppConfig
 from cascade.core.metrics import auc, beyond_accuracy, evaluate_rankings, gauc, logloss
 from cascade.core.schema import COOCCURRENCE, ITEM_ITEM, TWO_TOWER, native_id
 from cascade.core.seeding import seed_everything
-from cascade.customers.profiles import value_profiles
+from cascade.customers.profiles import user_values, value_profiles
 from cascade.customers.tiers import TIERS
 from cascade.data.dataset import Dataset
 from cascade.ranking.features import UserRow
@@ -370,9 +370,10 @@ def _replay(
     pipeline_seconds = 0.0
     candidate_recall: list[float] = []
     last_seen = prep.split.train.groupby("user_id")["timestamp"].max()
+    values = user_values(prep.split.train, config.customers)  # as ranking examples have them
     for user, row, history in zip(test.users.tolist(), test.rows.tolist(), test.history):
         ctx = UserContext(
-            row=UserRow.of(prep.users, row),
+            row=replace(UserRow.of(prep.users, row), value=values.get(user, 0.0)),
             history=history[history > 0],
             seen=test.seen.get(user, empty),
             has_profile=True,
@@ -501,6 +502,7 @@ def recommended_genres_by_tier(
     tier_of = dict(zip(values["user_id"].tolist(), values["tier"].tolist()))
     test = RecallTask.of(prep, prep.split, config)
     last_seen = prep.split.train.groupby("user_id")["timestamp"].max()
+    values = user_values(prep.split.train, config.customers)
     users = prep.dataset.users.set_index("user_id")
     popularity_rank = np.empty(len(models.popularity), dtype=np.int64)
     popularity_rank[np.argsort(-models.popularity, kind="stable")] = np.arange(len(models.popularity))
@@ -514,7 +516,7 @@ def recommended_genres_by_tier(
             continue
         replayed[tier] += 1
         ctx = UserContext(
-            row=UserRow.of(prep.users, row),
+            row=replace(UserRow.of(prep.users, row), value=values.get(user, 0.0)),
             history=history[history > 0],
             seen=test.seen.get(user, empty),
             has_profile=True,

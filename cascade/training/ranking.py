@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -17,6 +17,7 @@ from cascade.core.distributed import distributed_context
 from cascade.core.metrics import auc
 from cascade.core.schema import SCHEMA_VERSION, TWO_TOWER
 from cascade.core.seeding import seed_everything
+from cascade.customers.profiles import user_values
 from cascade.data.dataset import Dataset
 from cascade.data.split import TemporalSplit
 from cascade.ranking.als_features import ALSFeatures
@@ -157,6 +158,7 @@ def labelled_candidates(
         item_item=sources.channels.item_item,
     )
     last_seen = split.train.groupby("user_id")["timestamp"].max()
+    values = user_values(split.train, config.customers)  # as of the training window's end
     batches, labels, users = [], [], []
     empty = np.zeros(0, dtype=np.int64)
     users_bar = tqdm(
@@ -170,7 +172,7 @@ def labelled_candidates(
         two_tower, tt_scores = candidates[user]
         seen = task.seen.get(user, empty)
         history = task.history[i][task.history[i] > 0]
-        user_row = UserRow.of(prep.users, row)
+        user_row = replace(UserRow.of(prep.users, row), value=values.get(user, 0.0))
         merged = sources.channels.merge(
             ChannelCandidates(two_tower, tt_scores, TWO_TOWER), history, seen, user_row.gender, user_row.age
         )

@@ -107,6 +107,13 @@ def test_history_features_equal_their_definitions():
     # without an item-item model its columns are zeros; with one, its score from the sequence the models
     # see and the candidate's rank by it
     assert not dense["item_item_score"].any() and not dense["item_item_rank"].any()
+    # the user's customer value, the same for each of their candidates; 0 when unknown
+    assert not dense["user_value"].any()
+    valued = builder.build(
+        UserRow(1, 1, 1, 1, value=0.6), history, candidates, np.ones(5, np.float32), np.ones(5, np.int64)
+    )
+    column = DENSE_FEATURES.index("user_value")
+    assert valued.dense[:, column].tolist() == pytest.approx([0.6] * 5)
     from cascade.recall.item_item import ItemItemChannel
 
     ease = ItemItemChannel.fit(
