@@ -393,6 +393,32 @@ def profile(
         console.print(f"  {item.item_id}  {item.title}")
 
 
+@app.command("record-event")
+def record_event(
+    user_id: Annotated[str, typer.Option(help="User id.")],
+    item_id: Annotated[str, typer.Option(help="Item id.")],
+    event_type: Annotated[str, typer.Option("--type", help="view, click, rate or purchase.")] = "view",
+    rating: Annotated[float, typer.Option(help="The rating of a rate event (1-5).")] = 0.0,
+    event_id: Annotated[str, typer.Option(help="Idempotency key: a retry with it is recorded once.")] = "",
+    target: Annotated[str | None, typer.Option(help="HOST:PORT of the service.")] = None,
+) -> None:
+    """Record one event of a user with a running service (RecordEvent)."""
+    import grpc
+
+    from cascade.serving.client import EVENT_TYPES, CascadeClient
+
+    if event_type not in EVENT_TYPES:
+        _fail(f"--type must be one of {sorted(EVENT_TYPES)}, got {event_type!r}")
+    cfg = _config()
+    with CascadeClient(target or f"{cfg.serving.host}:{cfg.serving.port}") as client:
+        try:
+            reply = client.record_event(user_id, item_id, event_type, event_id=event_id, rating=rating)
+        except grpc.RpcError as exc:
+            _fail(f"{exc.code().name}: {exc.details()}")
+    note = " (a duplicate: recorded before)" if reply.duplicate else ""
+    console.print(f"recorded; history length {reply.history_length}{note}")
+
+
 @app.command("recommend")
 def recommend(
     user_id: Annotated[str, typer.Option(help="User id.")],

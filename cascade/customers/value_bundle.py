@@ -21,8 +21,9 @@ from cascade.customers.value_model import BPNetwork, KMeansSegments
 
 VALUE = "value"
 VALUE_FILE = "value.npz"
-# the profile fields a value model writes, beside customers.profiles.VALUE_FIELDS
+# the profile fields a value model writes, beside customers.profiles.VALUE_FIELDS, then one per indicator
 MODEL_FIELDS = ("value_k", "k_tier", "cluster")
+INDICATOR_PREFIX = "indicator."
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ class ValueBundle:
 
     def profiles(self, log: CustomerLog, as_of: float) -> pd.DataFrame:
         """One row per customer with an event before ``as_of``: user_id, then MODEL_FIELDS as text (K to
-        three places, the method's tier of K, the k-means segment by rank, 1 the most valuable)."""
+        three places, the method's tier of K, the k-means segment by rank, 1 the most valuable), then the
+        fourteen indicators K was computed from (``indicator.<name>``, four significant digits)."""
         if indicator_set(log) != self.indicators:
             raise ValueError(
                 f"the value model was fitted on the indicators of another kind of log than {log.name}'s: "
@@ -57,7 +59,7 @@ class ValueBundle:
             )
         indicators = customer_indicators(log, as_of)
         k = self.network.predict(indicators)
-        return pd.DataFrame(
+        table = pd.DataFrame(
             {
                 "user_id": indicators.index.to_numpy(),
                 "value_k": [f"{v:.3f}" for v in k.tolist()],
@@ -65,3 +67,6 @@ class ValueBundle:
                 "cluster": self.segments.ranks(indicators).astype(str),
             }
         )
+        for name in self.indicators:
+            table[INDICATOR_PREFIX + name] = [f"{v:.4g}" for v in indicators[name].tolist()]
+        return table

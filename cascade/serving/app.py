@@ -58,7 +58,7 @@ def open_feature_store(config: AppConfig, timeout_s: float | None = None) -> Ite
 
 
 # bumped when what a load writes into profiles changes: stores loaded before are loaded again
-VALUE_PROFILE_VERSION = 2
+VALUE_PROFILE_VERSION = 3
 
 
 def features_marker(config: AppConfig) -> str:

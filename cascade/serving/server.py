@@ -32,6 +32,7 @@ from cascade.core.errors import (
 from cascade.core.logs import request_id_var
 from cascade.core.schema import FeatureSchema, encode_age, encode_gender, native_id
 from cascade.customers.live import live_value
+from cascade.customers.value_bundle import INDICATOR_PREFIX
 from cascade.ranking.bundle import RANKING
 from cascade.ranking.features import UserRow
 from cascade.rerank.engine import SECONDS_PER_DAY
@@ -575,11 +576,18 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                 answer.value.value_k = float(profile["value_k"])
                 answer.value.k_tier = profile.get("k_tier", "")
                 answer.value.cluster = int(profile.get("cluster", 0) or 0)
+                for field, text in profile.items():
+                    if field.startswith(INDICATOR_PREFIX) and text:
+                        answer.value.indicators[field.removeprefix(INDICATOR_PREFIX)] = float(text)
         history = models.schema.item_index(state.history_items)
         known = history > 0
-        genre_names = models.schema.genres
+        # the catalogue as served: items added since training have their genres and titles there too
+        attributes = models.attributes
         counts = Counter(
-            genre_names[g - 1] for row in models.items.genres[history[known]] for g in row.tolist() if g > 0
+            attributes.genre_names[g - 1]
+            for row in attributes.genres[history[known]]
+            for g in row.tolist()
+            if g > 0
         )
         for genre, items in counts.most_common(5):
             answer.top_genres.add(genre=genre, items=items)

@@ -21,6 +21,7 @@ def test_the_profile_holds_demographics_value_genres_and_recent_items(client, da
     # the value model's view (cascade train value): K in [0, 1], its tier, the k-means segment
     assert profile.value.HasField("value_k") and 0 <= profile.value.value_k <= 1
     assert profile.value.k_tier in {"A", "B", "C", "D"} and 1 <= profile.value.cluster <= 4
+    assert len(profile.value.indicators) == 14 and profile.value.indicators["frequency"] > 0
     rated = dataset.interactions[dataset.interactions["user_id"] == USER].sort_values("timestamp")
     assert profile.history_length == 50 and profile.events_by_type["rate"] >= 1
     latest = rated["item_id"].tolist()[::-1][: len(profile.recent_items)]
@@ -71,3 +72,31 @@ def test_the_segments_report_shows_what_each_tier_is_recommended(config, built, 
     assert (
         "What each tier is recommended" in written["markdown"].read_text() and written["png"].stat().st_size
     )
+
+
+def test_the_cli_records_an_event_and_reads_the_profile(server):
+    import json
+    import subprocess
+    import sys
+
+    _, port = server
+    cli = [sys.executable, "-m", "cascade.cli"]
+    target = ["--target", f"127.0.0.1:{port}"]
+    user = "930"  # no other test records for this user
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*cli, *args, *target], capture_output=True, text=True, timeout=60)
+
+    recorded = run("record-event", "--user-id", user, "--item-id", "50", "--type", "rate", "--rating", "4",
+                   "--event-id", "cli-1")  # fmt: skip
+    again = run("record-event", "--user-id", user, "--item-id", "50", "--type", "rate", "--rating", "4",
+                "--event-id", "cli-1")  # fmt: skip
+    assert recorded.returncode == 0 and "duplicate" not in recorded.stdout and "duplicate" in again.stdout
+    profile = json.loads(run("profile", "--user-id", user, "--json").stdout)
+    assert profile["value"]["events_since_load"] == "1" and profile["recent_items"][0]["item_id"] == "50"
+    text = run("profile", "--user-id", user)
+    assert text.returncode == 0 and f"customer {user}" in text.stdout and "tier " in text.stdout
+    bad = run("record-event", "--user-id", user, "--item-id", "50", "--type", "like")
+    assert bad.returncode == 1 and "--type" in bad.stderr
+    missing = run("profile", "--user-id", "987654")
+    assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr

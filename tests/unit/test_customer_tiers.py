@@ -168,7 +168,8 @@ def test_the_published_value_model_scores_as_the_fitted_one(synthetic_logs, tmp_
     np.testing.assert_allclose(loaded.network.predict(x), fitted.network.predict(x), rtol=1e-6)
     np.testing.assert_array_equal(loaded.segments.ranks(x), fitted.segments.ranks(x))
     scored = loaded.profiles(log, as_of)
-    assert list(scored.columns) == ["user_id", "value_k", "k_tier", "cluster"] and len(scored) == 600
+    assert list(scored.columns)[:4] == ["user_id", "value_k", "k_tier", "cluster"] and len(scored) == 600
+    assert [c.removeprefix("indicator.") for c in scored.columns[4:]] == list(ENGAGEMENT_INDICATORS)
     assert set(scored["cluster"]) <= {"1", "2", "3", "4"}
     with pytest.raises(ValueError, match="train it again"):
         loaded.profiles(synthetic_logs[1], as_of)  # a log of another kind than it was fitted on

@@ -273,7 +273,14 @@ class CustomerProfileRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ...) -> None: ...
 
 class CustomerValue(_message.Message):
-    __slots__ = ("recency_score", "frequency_score", "monetary_score", "current_value", "value_band", "tier", "moved_since_load", "events_since_load", "value_k", "k_tier", "cluster")
+    __slots__ = ("recency_score", "frequency_score", "monetary_score", "current_value", "value_band", "tier", "moved_since_load", "events_since_load", "value_k", "k_tier", "cluster", "indicators")
+    class IndicatorsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     RECENCY_SCORE_FIELD_NUMBER: _ClassVar[int]
     FREQUENCY_SCORE_FIELD_NUMBER: _ClassVar[int]
     MONETARY_SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -285,6 +292,7 @@ class CustomerValue(_message.Message):
     VALUE_K_FIELD_NUMBER: _ClassVar[int]
     K_TIER_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    INDICATORS_FIELD_NUMBER: _ClassVar[int]
     recency_score: int
     frequency_score: int
     monetary_score: int
@@ -296,7 +304,8 @@ class CustomerValue(_message.Message):
     value_k: float
     k_tier: str
     cluster: int
-    def __init__(self, recency_score: _Optional[int] = ..., frequency_score: _Optional[int] = ..., monetary_score: _Optional[int] = ..., current_value: _Optional[float] = ..., value_band: _Optional[int] = ..., tier: _Optional[str] = ..., moved_since_load: _Optional[bool] = ..., events_since_load: _Optional[int] = ..., value_k: _Optional[float] = ..., k_tier: _Optional[str] = ..., cluster: _Optional[int] = ...) -> None: ...
+    indicators: _containers.ScalarMap[str, float]
+    def __init__(self, recency_score: _Optional[int] = ..., frequency_score: _Optional[int] = ..., monetary_score: _Optional[int] = ..., current_value: _Optional[float] = ..., value_band: _Optional[int] = ..., tier: _Optional[str] = ..., moved_since_load: _Optional[bool] = ..., events_since_load: _Optional[int] = ..., value_k: _Optional[float] = ..., k_tier: _Optional[str] = ..., cluster: _Optional[int] = ..., indicators: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class GenreCount(_message.Message):
     __slots__ = ("genre", "items")
