@@ -189,12 +189,16 @@ def summary(report: dict) -> str:
             f"What each tier is recommended (top 10, rules {report['rules'] or 'none'}; the served pipeline "
             "replayed for held-out users as of their last training interaction):",
             "",
-            "| tier | users | most recommended genres | mean popularity rank of the items |",
-            "|---|---:|---|---:|",
+            "| tier | users | most recommended genres | mean popularity rank of the items (0: the most "
+            "popular) | without rules |",
+            "|---|---:|---|---:|---:|",
         ]
         for tier, row in recommended.items():
             genres = ", ".join(f"{genre} {share:.0%}" for genre, share in row["genres"][:4])
-            lines.append(f"| {tier} | {row['users']} | {genres} | {row['mean_popularity_rank']:.0f} |")
+            lines.append(
+                f"| {tier} | {row['users']} | {genres} | {row['mean_popularity_rank']:.0f} "
+                f"| {row['mean_popularity_rank_without_rules']:.0f} |"
+            )
     lines += ["", f"commit {report['commit']}, {report['seconds']:.0f} s", ""]
     return "\n".join(lines)
 

@@ -491,13 +491,15 @@ def recommended_genres_by_tier(
     users of each tier as the feature load serves it, under ``rules`` (default: the configured rules
     file), with each user's tier in their traits so that tier rule sets apply. Per tier: the users
     replayed, the genres of their top ``k`` by share of items, and the mean popularity rank of those
-    items."""
+    items (0: the most popular), also of the top ``k`` without rules, so that what the rules change shows
+    apart from who the tier's users are."""
     store = config.artifact_store()
     models = ServingModels.load(store, config)
     check_trained_on(RecallBundle(store.require(RECALL)).dataset_fingerprint, config)
     prep = prepare(config)
     pipeline = RecommendationPipeline(models, config)
     engine = pipeline.rules if rules is None else RuleEngine(config.rerank, models.attributes, rules)
+    unruled = RuleEngine(config.rerank, models.attributes, None)
     values, _ = value_profiles(prep.dataset.interactions, config.customers)
     tier_of = dict(zip(values["user_id"].tolist(), values["tier"].tolist()))
     test = RecallTask.of(prep, prep.split, config)
@@ -509,6 +511,7 @@ def recommended_genres_by_tier(
     empty = np.zeros(0, dtype=np.int64)
     counts: dict[str, Counter] = {tier: Counter() for tier in TIERS}
     ranks: dict[str, list[int]] = {tier: [] for tier in TIERS}
+    plain_ranks: dict[str, list[int]] = {tier: [] for tier in TIERS}
     replayed = dict.fromkeys(TIERS, 0)
     for user, row, history in zip(test.users.tolist(), test.rows.tolist(), test.history):
         tier = tier_of.get(user)
@@ -526,7 +529,10 @@ def recommended_genres_by_tier(
             ),
         )
         ranked = pipeline.rank(ctx, k, empty)
-        items = engine.apply(ranked.items, ranked.scores, pipeline.rerank_request(ctx, empty), k).items
+        request = pipeline.rerank_request(ctx, empty)
+        items = engine.apply(ranked.items, ranked.scores, request, k).items
+        plain = unruled.apply(ranked.items, ranked.scores, request, k).items
+        plain_ranks[tier].extend(popularity_rank[plain].tolist())
         names = models.attributes.genre_names
         counts[tier].update(names[g - 1] for row in models.attributes.genres[items] for g in row if g > 0)
         ranks[tier].extend(popularity_rank[items].tolist())
@@ -537,5 +543,8 @@ def recommended_genres_by_tier(
             "users": replayed[tier],
             "genres": [(genre, n / total) for genre, n in counts[tier].most_common()],
             "mean_popularity_rank": float(np.mean(ranks[tier])) if ranks[tier] else float("nan"),
+            "mean_popularity_rank_without_rules": (
+                float(np.mean(plain_ranks[tier])) if plain_ranks[tier] else float("nan")
+            ),
         }
     return report
