@@ -87,6 +87,25 @@ class TracingConfig(ComponentConfig):
     )
 
 
+class AuthConfig(ComponentConfig):
+    """Callers authenticate with API keys carrying scopes (cascade/serving/auth.py)."""
+
+    api_keys_path: Path | None = Field(
+        None,
+        description="TOML file of the keys in force, by SHA-256 with their scopes (cascade keys create "
+        "writes it); read again when it changes. Keys may also come from CASCADE_API_KEYS. Neither: no "
+        "authentication, allowed only on a loopback address unless allow_unauthenticated.",
+    )
+    reload_interval_s: float = Field(
+        1.0, ge=0, description="How often a call may find the keys file changed and read it again."
+    )
+    allow_unauthenticated: bool = Field(
+        False,
+        description="Serve a non-loopback address without API keys: every caller that reaches the port "
+        "may record events and read profiles. For a port only a trusted proxy reaches.",
+    )
+
+
 class ServingConfig(ComponentConfig):
     host: str = Field("127.0.0.1", description="Address the gRPC server binds.")
     port: int = Field(50051, ge=0, le=65535, description="Port the gRPC server binds; 0 picks a free one.")
@@ -139,6 +158,7 @@ class ServingConfig(ComponentConfig):
     )
     feature_store: FeatureStoreConfig = Field(default_factory=FeatureStoreConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     max_k: int = Field(200, ge=1, description="Largest k a Recommend request may ask for.")
     max_exclude_ids: int = Field(1000, ge=0, description="Most exclude_item_ids one request may carry.")
     max_paged_items: int = Field(

@@ -393,6 +393,89 @@ def profile(
         console.print(f"  {item.item_id}  {item.title}")
 
 
+keys_app = typer.Typer(no_args_is_help=True, help="API keys: create, list, revoke (serving.auth).")
+app.add_typer(keys_app, name="keys")
+
+
+def _keys_path(path: Path | None) -> Path:
+    path = path or _config().serving.auth.api_keys_path
+    if path is None:
+        _fail("no keys file: pass --file or set serving.auth.api_keys_path")
+    return path
+
+
+@keys_app.command("create")
+def keys_create(
+    key_id: Annotated[str, typer.Option("--id", help="Names the key in logs, e.g. the calling app.")],
+    scopes: Annotated[
+        list[str], typer.Option("--scope", help="recommend, record_event or admin (repeatable).")
+    ],
+    expires_days: Annotated[
+        float | None, typer.Option(help="The key stops working after this many days.")
+    ] = None,
+    path: Annotated[
+        Path | None, typer.Option("--file", help="Keys file (default: serving.auth.api_keys_path).")
+    ] = None,
+) -> None:
+    """Make a new key, add its digest to the keys file, and print the key: the only time it is shown."""
+    from datetime import datetime, timedelta, timezone
+
+    from pydantic import ValidationError
+
+    from cascade.core.artifacts import atomic_write_bytes
+    from cascade.serving.auth import KeyEntry, key_digest, new_key, read_keys_file, render_keys
+
+    path = _keys_path(path)
+    entries = _run(read_keys_file, path)
+    if any(entry.id == key_id for entry in entries):
+        _fail(f"key id {key_id!r} is in {path} already: revoke it first, or pick another id")
+    key = new_key()
+    expires = datetime.now(timezone.utc) + timedelta(days=expires_days) if expires_days else None
+    try:
+        entry = KeyEntry(id=key_id, sha256=key_digest(key), scopes=tuple(scopes), expires=expires)
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        _fail(f"--{problem['loc'][0]}: {problem['msg']}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, render_keys([*entries, entry]).encode())
+    console.print(f"key {key_id} ({', '.join(scopes)}) added to {path}; it is shown once, keep it secret:")
+    print(key)
+
+
+@keys_app.command("list")
+def keys_list(
+    path: Annotated[
+        Path | None, typer.Option("--file", help="Keys file (default: serving.auth.api_keys_path).")
+    ] = None,
+) -> None:
+    """The keys in the file: ids, scopes, expiry (never the keys)."""
+    from cascade.serving.auth import read_keys_file
+
+    for entry in _run(read_keys_file, _keys_path(path)):
+        expires = f", expires {entry.expires.isoformat()}" if entry.expires else ""
+        print(f"{entry.id}: {', '.join(entry.scopes)}{expires}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Option("--id", help="The key to remove.")],
+    path: Annotated[
+        Path | None, typer.Option("--file", help="Keys file (default: serving.auth.api_keys_path).")
+    ] = None,
+) -> None:
+    """Remove a key from the file; servers stop accepting it within serving.auth.reload_interval_s."""
+    from cascade.core.artifacts import atomic_write_bytes
+    from cascade.serving.auth import read_keys_file, render_keys
+
+    path = _keys_path(path)
+    entries = _run(read_keys_file, path)
+    kept = [entry for entry in entries if entry.id != key_id]
+    if len(kept) == len(entries):
+        _fail(f"no key {key_id!r} in {path}")
+    atomic_write_bytes(path, render_keys(kept).encode())
+    console.print(f"key {key_id} revoked")
+
+
 @app.command("record-event")
 def record_event(
     user_id: Annotated[str, typer.Option(help="User id.")],

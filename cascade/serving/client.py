@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -19,11 +20,29 @@ EVENT_TYPES = {
 }
 
 
+API_KEY_ENVIRONMENT = "CASCADE_API_KEY"
+
+
+class _WithKey(grpc.UnaryUnaryClientInterceptor):
+    """Puts the API key in every call's metadata."""
+
+    def __init__(self, key: str):
+        self.metadata = ("authorization", f"Bearer {key}")
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        metadata = [*(client_call_details.metadata or ()), self.metadata]
+        return continuation(client_call_details._replace(metadata=metadata), request)
+
+
 class CascadeClient:
-    def __init__(self, target: str = "127.0.0.1:50051", timeout_s: float = 5.0):
+    def __init__(self, target: str = "127.0.0.1:50051", timeout_s: float = 5.0, api_key: str | None = None):
+        """``api_key``: sent with every call (default: the CASCADE_API_KEY environment variable)."""
         self.target = target
         self.timeout_s = timeout_s
+        api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENVIRONMENT)
         self._channel = grpc.insecure_channel(target)
+        if api_key:
+            self._channel = grpc.intercept_channel(self._channel, _WithKey(api_key))
         self._stub = pb_grpc.RecommenderStub(self._channel)
         self._admin = pb_grpc.CatalogueAdminStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)

@@ -66,6 +66,12 @@ class ServerMetrics:
             ("method",),
             registry=self.registry,
         )
+        self.auth_refusals = Counter(
+            "cascade_auth_refusals",
+            "Calls refused before any work: unauthenticated (no key in force) or forbidden (no scope).",
+            ("method", "reason"),
+            registry=self.registry,
+        )
         self.dropped_late = Counter(
             "cascade_deadline_dropped_requests",
             "Requests dropped because their deadline passed before the answer was ready.",

@@ -41,6 +41,7 @@ from cascade.serving.admission import MethodExecutor
 from cascade.serving.api import recommender_pb2 as pb
 from cascade.serving.api import recommender_pb2_grpc as pb_grpc
 from cascade.serving.artifact_check import check_in_child
+from cascade.serving.auth import AuthInterceptor, is_loopback, keyring_of
 from cascade.serving.breaker import BreakerState
 from cascade.serving.catalogue_changes import CatalogueChanges, CatalogueState, ItemRecord
 from cascade.serving.catalogue_overlay import with_catalogue
@@ -752,6 +753,22 @@ class CascadeServer:
         if self.tracing.enabled:  # outside admission, so that shed and refused calls have spans too
             interceptors.insert(0, self.tracing.server_interceptor())
         interceptors.insert(0, MethodPoolRouter(SERVICE_NAME, self.executors))  # whatever wraps the handler
+        self.keys = keyring_of(serving.auth.api_keys_path, serving.auth.reload_interval_s)
+        if self.keys.configured:  # outermost: a refused call takes no admission slot and decodes nothing
+            refused = self.metrics.auth_refusals
+            interceptors.insert(0, AuthInterceptor(self.keys, lambda m, r: refused.labels(m, r).inc()))
+        elif not is_loopback(serving.host) and not serving.auth.allow_unauthenticated:
+            raise ConfigError(
+                f"serving.host {serving.host} is not a loopback address and no API keys are configured "
+                "(serving.auth.api_keys_path or CASCADE_API_KEYS): refusing to serve every caller that "
+                "reaches the port; set serving.auth.allow_unauthenticated to allow it"
+            )
+        else:
+            logger.warning(
+                "NO AUTHENTICATION: no API keys are configured, so every caller that reaches %s may "
+                "record events and read customer profiles (serving.auth.api_keys_path)",
+                serving.host,
+            )
         admitted = sum(executor.capacity for executor in self.executors.values())
         self._server = grpc.server(
             # health checks, reflection and unknown methods; the service's methods run in their own pools
