@@ -422,8 +422,7 @@ def keys_create(
 
     from pydantic import ValidationError
 
-    from cascade.core.artifacts import atomic_write_bytes
-    from cascade.serving.auth import KeyEntry, key_digest, new_key, read_keys_file, render_keys
+    from cascade.serving.auth import KeyEntry, key_digest, new_key, read_keys_file, write_keys_file
 
     path = _keys_path(path)
     entries = _run(read_keys_file, path)
@@ -436,8 +435,7 @@ def keys_create(
     except ValidationError as exc:
         problem = exc.errors()[0]
         _fail(f"--{problem['loc'][0]}: {problem['msg']}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, render_keys([*entries, entry]).encode())
+    write_keys_file(path, [*entries, entry])
     console.print(f"key {key_id} ({', '.join(scopes)}) added to {path}; it is shown once, keep it secret:")
     print(key)
 
@@ -464,15 +462,14 @@ def keys_revoke(
     ] = None,
 ) -> None:
     """Remove a key from the file; servers stop accepting it within serving.auth.reload_interval_s."""
-    from cascade.core.artifacts import atomic_write_bytes
-    from cascade.serving.auth import read_keys_file, render_keys
+    from cascade.serving.auth import read_keys_file, write_keys_file
 
     path = _keys_path(path)
     entries = _run(read_keys_file, path)
     kept = [entry for entry in entries if entry.id != key_id]
     if len(kept) == len(entries):
         _fail(f"no key {key_id!r} in {path}")
-    atomic_write_bytes(path, render_keys(kept).encode())
+    write_keys_file(path, kept)
     console.print(f"key {key_id} revoked")
 
 

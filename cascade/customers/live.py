@@ -16,10 +16,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from cascade.customers.rfm import LEVELS, RFMScores, value_bands
+from cascade.customers.rfm import LEVELS, SECONDS_PER_DAY, RFMScores, value_bands
 from cascade.customers.tiers import TIERS
-
-SECONDS_PER_DAY = 86_400
 
 
 def _score(value: float, starts: list[float | None], higher_is_better: bool) -> int:
@@ -125,8 +123,7 @@ def live_value(
     r = _score(recency, scale.recency_days, higher_is_better=False)
     f = _score(frequency, scale.frequency, higher_is_better=True)
     m = _score(monetary, scale.monetary, higher_is_better=True)
-    w = np.asarray(scale.weights, dtype=np.float64)
-    value = float((w / w.sum()) @ np.array([r, f, m], dtype=np.float64))
+    value = float(RFMScores(np.array([r]), np.array([f]), np.array([m])).current_value(scale.weights)[0])
     tier = next((TIERS[t] for t, least in enumerate(scale.tier_min_value) if value >= least), TIERS[3])
     # the batch's tier is the floor: quartile ties at a tier's edge were broken by customer order, and
     # activity never makes a customer less valuable

@@ -95,7 +95,9 @@ class _Filter:
 class _Boost:
     label: str
     rule: BoostRule | FreshnessRule | PopularityRule
-    hit: np.ndarray | None  # (N,) bool: the items a BoostRule multiplies
+    # (N,) float32: each item's multiplier, for the rules whose multiplier depends on the item alone
+    # (boost, popularity), computed once at compile; None for freshness, which depends on the request's time
+    factors: np.ndarray | None
 
 
 class RuleEngine:
@@ -149,7 +151,9 @@ class RuleEngine:
                 self.filters.append(_Filter(label, rule, None))
             elif isinstance(rule, BoostRule):
                 hit = self._item_mask(rule.items, where) | self._genre_mask(rule.genres, where)
-                self.boosts.append(_Boost(label, rule, hit))
+                self.boosts.append(
+                    _Boost(label, rule, np.where(hit, np.float32(rule.factor), np.float32(1.0)))
+                )
             elif isinstance(rule, FreshnessRule):
                 self.boosts.append(_Boost(label, rule, None))
             elif isinstance(rule, PopularityRule):
@@ -157,7 +161,7 @@ class RuleEngine:
                     raise ConfigError(
                         f"{where}: popularity needs item popularity, and this catalogue has none"
                     )
-                self.boosts.append(_Boost(label, rule, None))
+                self.boosts.append(_Boost(label, rule, _popularity_factors(rule, attributes.popularity)))
             elif isinstance(rule, CapRule | SpacingRule):
                 self.gates.append((label, rule))
             elif isinstance(rule, MMRRule):
@@ -366,10 +370,8 @@ class RuleEngine:
         for boost in self.boosts:
             if not boost.rule.applies(at, surface, segments):
                 continue
-            if boost.hit is not None:
-                factor = np.where(boost.hit[candidates], np.float32(boost.rule.factor), np.float32(1.0))
-            elif isinstance(boost.rule, PopularityRule):
-                factor = self._popularity(boost.rule, candidates)
+            if boost.factors is not None:
+                factor = boost.factors[candidates]
             else:
                 factor = self._freshness(boost.rule, candidates, at)  # type: ignore[arg-type]
             final = final * factor
@@ -414,13 +416,6 @@ class RuleEngine:
             np.array(listed.propensities, dtype=np.float32),
             shown_pins,
         )
-
-    def _popularity(self, rule: PopularityRule, items: np.ndarray) -> np.ndarray:
-        assert self.attributes is not None and self.attributes.popularity is not None
-        counts = np.log1p(np.maximum(self.attributes.popularity.astype(np.float64), 0.0))
-        top = float(counts.max()) if len(counts) else 0.0
-        factor = 1.0 + rule.weight * (counts[items] / top if top > 0 else 0.0)
-        return np.asarray(factor, dtype=np.float32)
 
     def _promote(
         self,
@@ -532,6 +527,13 @@ class RuleEngine:
                 shown.append(rule)
         listed.cut(k)
         return tuple(shown)
+
+
+def _popularity_factors(rule: PopularityRule, popularity: np.ndarray) -> np.ndarray:
+    """(N,) float32: 1 + weight x log(1 + n) / log(1 + n_max) of every item."""
+    counts = np.log1p(np.maximum(popularity.astype(np.float64), 0.0))
+    top = float(counts.max()) if len(counts) else 0.0
+    return np.asarray(1.0 + rule.weight * (counts / top if top > 0 else 0.0), dtype=np.float32)
 
 
 @dataclass

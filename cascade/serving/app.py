@@ -61,11 +61,10 @@ def open_feature_store(config: AppConfig, timeout_s: float | None = None) -> Ite
 VALUE_PROFILE_VERSION = 3
 
 
-def features_marker(config: AppConfig) -> str:
+def features_marker(config: AppConfig, model: ArtifactRef | None) -> str:
     """What a load of the configured data set writes when it completes: the key layout, the data set's
-    fingerprint, the history length, and what the value profiles are computed with (the value model's
-    version among it)."""
-    model = served_value_model(config)
+    fingerprint, the history length, and what the value profiles are computed with (the value model
+    ``model``'s version among it: ``served_value_model``)."""
     return fingerprint(
         "feature-load",
         keys.KEY_SCHEMA_VERSION,
@@ -103,7 +102,8 @@ def load_features(
     When the store's keyspace is of another key layout or history length than configured, its users move
     to a new keyspace first (``RedisFeatureStore.switch_keyspace``); servers follow within a probe interval,
     and the old keyspace is caught up and dropped ``settle_s`` later (default: several probe intervals)."""
-    marker = features_marker(config)
+    model = served_value_model(config)
+    marker = features_marker(config, model)
     target = keys.Keyspace.for_layout(config.features.history_length)
 
     def done() -> bool:
@@ -127,7 +127,6 @@ def load_features(
         values, scale = value_profiles(dataset.interactions, config.customers)
         # the load the values come from: events recorded later count as activity since it (customers.live)
         values["value_load"] = marker
-        model = served_value_model(config)
         if model is not None:  # the method's K, its tier and the k-means segment of each customer
             as_of = float(dataset.interactions["timestamp"].max()) + 1
             scored = ValueBundle.load(model).profiles(CustomerLog.of_dataset(dataset), as_of)
@@ -251,7 +250,7 @@ def warn_if_features_missing(config: AppConfig, store: RedisFeatureStore) -> Non
             "the feature store holds no loaded data set: users are served as new until "
             "`cascade features load` runs"
         )
-    elif marker != features_marker(config):
+    elif marker != features_marker(config, served_value_model(config)):
         logger.warning(
             "the feature store was loaded from another data set or history length than configured; "
             "`cascade features load` merges the configured one in"

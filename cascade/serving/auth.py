@@ -29,6 +29,7 @@ import grpc
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cascade.core.artifacts import atomic_write_bytes
 from cascade.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -254,3 +255,9 @@ def read_keys_file(path: Path) -> list[KeyEntry]:
     if not path.exists():
         return []
     return parse_keys(path.read_text(encoding="utf-8"), f"keys file {path}")
+
+
+def write_keys_file(path: Path, entries: list[KeyEntry]) -> None:
+    """Replace the file by one holding ``entries``, whole or not at all: servers never read half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, render_keys(entries).encode())

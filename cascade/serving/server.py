@@ -30,7 +30,7 @@ from cascade.core.errors import (
     NotReadyError,
 )
 from cascade.core.logs import request_id_var
-from cascade.core.schema import FeatureSchema, encode_age, encode_gender, native_id
+from cascade.core.schema import EVENT_TYPES, FeatureSchema, encode_age, encode_gender, native_id
 from cascade.customers.live import live_value
 from cascade.customers.value_bundle import INDICATOR_PREFIX
 from cascade.ranking.bundle import RANKING
@@ -88,7 +88,7 @@ ADMIN_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CatalogueAdmin"].full_name
 # breaker is open. The service itself stays SERVING then (it answers, degraded).
 FEATURE_STORE_HEALTH = "cascade.feature_store"
 _EVENT_TYPES = frozenset(v.number for v in pb.EventType.DESCRIPTOR.values) - {pb.EVENT_TYPE_UNSPECIFIED}
-_EVENT_NAMES = {v.number: v.name.removeprefix("EVENT_TYPE_").lower() for v in pb.EventType.DESCRIPTOR.values}
+_EVENT_NAMES = {code: name for name, code in EVENT_TYPES.items()}
 # The server's own pool, beside each method's: health checks, reflection and unknown methods
 _RESERVE_THREADS = 4
 # Threads that answer calls beyond a method's queue, each with an immediate RESOURCE_EXHAUSTED

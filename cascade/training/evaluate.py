@@ -7,7 +7,7 @@ import itertools
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from functools import partial
 
@@ -369,16 +369,7 @@ def _replay(
     rankings |= {name: {} for name in engines}
     pipeline_seconds = 0.0
     candidate_recall: list[float] = []
-    last_seen = prep.split.train.groupby("user_id")["timestamp"].max()
-    values = user_values(prep.split.train, config.customers)  # as ranking examples have them
-    for user, row, history in zip(test.users.tolist(), test.rows.tolist(), test.history):
-        ctx = UserContext(
-            row=replace(UserRow.of(prep.users, row), value=values.get(user, 0.0)),
-            history=history[history > 0],
-            seen=test.seen.get(user, empty),
-            has_profile=True,
-            at=float(last_seen[user]),
-        )
+    for user, ctx in _held_out_contexts(config, prep, test):
         if baselines:
             rankings["popularity"][user] = pipeline.popular(ctx.seen, k).items
             query = pipeline.user_embedding(ctx)
@@ -418,6 +409,28 @@ def _replay(
         report["recall_channels"]["candidate_recall"] = float(np.mean(candidate_recall or [0.0]))
         report["recall_channels"] |= {f"fusion_weight_{name}": w for name, w in weights.items()}
     return report
+
+
+def _held_out_contexts(
+    config: AppConfig, prep: Prepared, test: RecallTask
+) -> Iterator[tuple[int, UserContext]]:
+    """Each held-out user of ``test`` as the pipeline sees them as of their last training interaction, as
+    the ranker's examples were: demographics, history, seen items, and customer value as of the training
+    window's end."""
+    empty = np.zeros(0, dtype=np.int64)
+    last_seen = prep.split.train.groupby("user_id")["timestamp"].max()
+    values = user_values(prep.split.train, config.customers)
+    for user, row, history in zip(test.users.tolist(), test.rows.tolist(), test.history):
+        yield (
+            user,
+            UserContext(
+                row=replace(UserRow.of(prep.users, row), value=values.get(user, 0.0)),
+                history=history[history > 0],
+                seen=test.seen.get(user, empty),
+                has_profile=True,
+                at=float(last_seen[user]),
+            ),
+        )
 
 
 def _share_found(candidates: np.ndarray, positives: np.ndarray) -> float:
@@ -500,11 +513,9 @@ def recommended_genres_by_tier(
     pipeline = RecommendationPipeline(models, config)
     engine = pipeline.rules if rules is None else RuleEngine(config.rerank, models.attributes, rules)
     unruled = RuleEngine(config.rerank, models.attributes, None)
-    values, _ = value_profiles(prep.dataset.interactions, config.customers)
-    tier_of = dict(zip(values["user_id"].tolist(), values["tier"].tolist()))
+    served, _ = value_profiles(prep.dataset.interactions, config.customers)
+    tier_of = dict(zip(served["user_id"].tolist(), served["tier"].tolist()))
     test = RecallTask.of(prep, prep.split, config)
-    last_seen = prep.split.train.groupby("user_id")["timestamp"].max()
-    values = user_values(prep.split.train, config.customers)
     users = prep.dataset.users.set_index("user_id")
     popularity_rank = np.empty(len(models.popularity), dtype=np.int64)
     popularity_rank[np.argsort(-models.popularity, kind="stable")] = np.arange(len(models.popularity))
@@ -513,21 +524,13 @@ def recommended_genres_by_tier(
     ranks: dict[str, list[int]] = {tier: [] for tier in TIERS}
     plain_ranks: dict[str, list[int]] = {tier: [] for tier in TIERS}
     replayed = dict.fromkeys(TIERS, 0)
-    for user, row, history in zip(test.users.tolist(), test.rows.tolist(), test.history):
+    for user, held_out in _held_out_contexts(config, prep, test):
         tier = tier_of.get(user)
         if tier is None or replayed[tier] >= per_tier:
             continue
         replayed[tier] += 1
-        ctx = UserContext(
-            row=replace(UserRow.of(prep.users, row), value=values.get(user, 0.0)),
-            history=history[history > 0],
-            seen=test.seen.get(user, empty),
-            has_profile=True,
-            at=float(last_seen[user]),
-            traits=UserTraits(
-                new_user=False, gender=users.at[user, "gender"], age=int(users.at[user, "age"]), tier=tier
-            ),
-        )
+        gender, age = users.at[user, "gender"], int(users.at[user, "age"])
+        ctx = replace(held_out, traits=UserTraits(new_user=False, gender=gender, age=age, tier=tier))
         ranked = pipeline.rank(ctx, k, empty)
         request = pipeline.rerank_request(ctx, empty)
         items = engine.apply(ranked.items, ranked.scores, request, k).items
