@@ -22,6 +22,7 @@ from cascade.core.artifacts import ArtifactStore
 from cascade.core.config import ComponentConfig, FeatureConfig, read_config_file
 from cascade.customers.config import CustomersConfig
 from cascade.data.config import DataConfig
+from cascade.guard.config import GuardConfig
 from cascade.ranking.config import RankingConfig
 from cascade.recall.config import RecallConfig
 from cascade.rerank.config import RerankConfig
@@ -272,6 +273,7 @@ class AppConfig(ComponentConfig):
     ranking: RankingConfig = Field(default_factory=RankingConfig)
     rerank: RerankConfig = Field(default_factory=RerankConfig)
     customers: CustomersConfig = Field(default_factory=CustomersConfig)
+    guard: GuardConfig = Field(default_factory=GuardConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
 
     def artifact_store(self) -> ArtifactStore:

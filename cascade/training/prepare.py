@@ -53,8 +53,11 @@ class Prepared:
 
 def prepare(config: AppConfig) -> Prepared:
     path = config.data.path
-    data_fp = Dataset.fingerprint_of(path)
-    dataset = Dataset.load(path)
+    return prepare_dataset(config, Dataset.load(path), Dataset.fingerprint_of(path))
+
+
+def prepare_dataset(config: AppConfig, dataset: Dataset, data_fp: str) -> Prepared:
+    """``dataset`` (fingerprint ``data_fp``) split and encoded as ``config`` says."""
     split = temporal_split(dataset.interactions, config.data.holdout_fraction)
     schema = FeatureSchema.fit(
         dataset.users,

@@ -36,6 +36,7 @@ from cascade.ranking.statistics import ItemStatistics
 from cascade.recall.bundle import RECALL, RecallBundle
 from cascade.recall.channels import ChannelCandidates, RecallChannels, two_tower_order
 from cascade.recall.two_tower import TwoTowerModel
+from cascade.training.guard import scan_if_stale
 from cascade.training.prepare import Prepared, compute_threads, prepare, reuse_current
 from cascade.training.recall import count_segments, recall_fingerprint
 from cascade.training.task import RecallTask
@@ -289,6 +290,7 @@ def train_ranking(config: AppConfig, force: bool = False, progress: bool = True)
     processes, rank = distributed_context()
     if processes > 1:
         require_data_parallel_ranker(config)
+    scan_if_stale(config)  # the guard's exclusions first: they change the data set's fingerprint
     store = config.artifact_store()
     data_fp = Dataset.fingerprint_of(config.data.path)
     recall = require_current_recall(store, config, data_fp)

@@ -19,6 +19,7 @@ from cascade.recall.channels import CooccurrenceRules, SegmentPopularity
 from cascade.recall.item_item import ItemItemChannel
 from cascade.recall.training import InteractionSequences, TwoTowerTrainingResult, train_two_tower
 from cascade.recall.two_tower import TwoTowerModel
+from cascade.training.guard import scan_if_stale
 from cascade.training.prepare import Prepared, prepare, reuse_current
 from cascade.training.task import EVAL_RECALL_KS, RecallTask
 
@@ -73,6 +74,15 @@ def _train(
         progress=progress,
         initial=initial,
     )
+
+
+def train_two_tower_on(config: AppConfig, prep: Prepared, sequences: InteractionSequences) -> TwoTowerModel:
+    """A two-tower model fitted on ``sequences`` for the epochs the current recall model's validation chose
+    (``recall.epochs`` without one), without validation: for evaluations that refit on altered data."""
+    current = config.artifact_store().current(RECALL)
+    best = current.manifest.get("metrics", {}).get("best_epoch") if current is not None else None
+    epochs = int(best) if best else config.recall.epochs
+    return _train(config, prep, sequences, progress=False, epochs=epochs).model
 
 
 def mine_rules(config: AppConfig, prep: Prepared, sequences: InteractionSequences) -> CooccurrenceRules:
@@ -132,6 +142,7 @@ def train_recall(config: AppConfig, force: bool = False, progress: bool = True) 
 
     Run by every process of a torch.distributed group (``cascade train recall --nproc N``), the models are
     trained data-parallel and the first process publishes them; the others return None."""
+    scan_if_stale(config)  # the guard's exclusions first: they change the data set's fingerprint
     store = config.artifact_store()
     data_fp = Dataset.fingerprint_of(config.data.path)
     wanted = recall_fingerprint(config, data_fp)

@@ -26,6 +26,7 @@ from cascade.customers.tiers import threshold_tiers_report, tiering_report
 from cascade.customers.value_bundle import VALUE, ValueBundle
 from cascade.customers.value_model import BPNetwork, KMeansSegments, LightGBMValue, ValueModel, WeightedRFM
 from cascade.data.dataset import Dataset
+from cascade.training.guard import scan_if_stale
 from cascade.training.prepare import reuse_current
 
 logger = logging.getLogger(__name__)
@@ -138,6 +139,7 @@ def train_value(config: AppConfig, force: bool = False) -> ArtifactRef:
     """Fit the BP network and the k-means segments on the served data set's customers, as of one value
     period before its end against the value of that last period, and publish them (kind ``value``) with
     the held-out evaluation of every model (``evaluate_value``) as their metrics."""
+    scan_if_stale(config)  # the guard's exclusions first: they change the data set's fingerprint
     store = config.artifact_store()
     dataset = config.data.dataset
     data_fp = Dataset.fingerprint_of(config.data.path)
