@@ -24,6 +24,7 @@ run: $(STAMP)
 	$(CASCADE) rebuild-index --if-stale
 	$(CASCADE) train ranking
 	$(CASCADE) train value
+	$(CASCADE) train guard
 	$(CASCADE) features load --if-changed
 	$(CASCADE) serve
 

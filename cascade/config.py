@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cascade.core.artifacts import ArtifactStore
 from cascade.core.config import ComponentConfig, FeatureConfig, read_config_file
+from cascade.core.privacy import PrivacyConfig
 from cascade.customers.config import CustomersConfig
 from cascade.data.config import DataConfig
 from cascade.guard.config import GuardConfig
@@ -274,6 +275,7 @@ class AppConfig(ComponentConfig):
     rerank: RerankConfig = Field(default_factory=RerankConfig)
     customers: CustomersConfig = Field(default_factory=CustomersConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
 
     def artifact_store(self) -> ArtifactStore:

@@ -33,7 +33,9 @@ def redis_server_binary() -> str:
 
 
 class RedisProcess:
-    def __init__(self, directory: Path | str, port: int | None = None):
+    def __init__(self, directory: Path | str, port: int | None = None, fsync: str = "always"):
+        """``fsync``: redis-server's appendfsync (always, everysec or no: for a throwaway store)."""
+        self.fsync = fsync
         self.directory = Path(directory).resolve()  # redis-server changes into it before opening its log
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()  # kept across restarts, so clients find it again
@@ -52,7 +54,7 @@ class RedisProcess:
             "--bind", "127.0.0.1",
             "--dir", str(self.directory),
             "--appendonly", "yes",
-            "--appendfsync", "always",
+            "--appendfsync", self.fsync,
             "--save", "",
             "--daemonize", "no",
             "--logfile", str(self.directory / "redis.log"),

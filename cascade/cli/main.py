@@ -427,6 +427,74 @@ def guard_scan() -> None:
         console.print(f"  {entry['user_id']}: score {entry['score']:.3f}, pushes item {entry['pushed_item']}")
 
 
+TargetOption = Annotated[str | None, typer.Option(help="HOST:PORT of the service (default: the config's).")]
+
+
+def _guard_call(target: str | None, call: Callable):
+    """``call(client)`` against the service (GuardAdmin: the admin scope, CASCADE_API_KEY); exits on an
+    error status."""
+    import grpc
+
+    from cascade.serving.client import CascadeClient
+
+    cfg = _config()
+    with CascadeClient(target or f"{cfg.serving.host}:{cfg.serving.port}") as client:
+        try:
+            return call(client)
+        except grpc.RpcError as exc:
+            _fail(f"{exc.code().name}: {exc.details()}")
+
+
+@guard_app.command("list")
+def guard_list(
+    limit: Annotated[int, typer.Option(help="At most this many, the latest first.")] = 100,
+    target: TargetOption = None,
+) -> None:
+    """The users the live guard flagged (their events quarantined) or an operator blocked, with why."""
+    import time as clock
+
+    reply = _guard_call(target, lambda client: client.guard_flags(limit))
+    if not reply.flags:
+        console.print("no user is flagged or blocked")
+    for flag in reply.flags:
+        since = clock.strftime("%Y-%m-%d %H:%M:%S", clock.gmtime(flag.since))
+        console.print(
+            f"{flag.user_id}: {flag.state} since {since} UTC by {flag.by} (score {flag.score:.3f}, "
+            f"{flag.quarantined_events} events quarantined): {flag.reason}"
+        )
+
+
+@guard_app.command("clear")
+def guard_clear(
+    user_id: Annotated[str, typer.Argument(help="The user to clear.")],
+    discard: Annotated[
+        bool, typer.Option(help="Drop the quarantined events instead of adding them to the history.")
+    ] = False,
+    target: TargetOption = None,
+) -> None:
+    """Lift a user's flag or block: their quarantined events join their history in order (or are dropped)."""
+    reply = _guard_call(target, lambda client: client.clear_user(user_id, discard))
+    if not reply.previous_state:
+        console.print(f"user {user_id} was neither flagged nor blocked")
+        return
+    done = "dropped" if discard else "released into the history"
+    console.print(
+        f"user {user_id} no longer {reply.previous_state}; {reply.events} quarantined events {done}"
+    )
+
+
+@guard_app.command("block")
+def guard_block(
+    user_id: Annotated[str, typer.Argument(help="The user to block.")],
+    reason: Annotated[str, typer.Option(help="Why, for the audit log.")],
+    target: TargetOption = None,
+) -> None:
+    """Refuse a user's events (PERMISSION_DENIED) until cleared; audited."""
+    reply = _guard_call(target, lambda client: client.block_user(user_id, reason))
+    before = f" (was {reply.previous_state})" if reply.previous_state else ""
+    console.print(f"user {user_id} blocked{before}")
+
+
 def _keys_path(path: Path | None) -> Path:
     path = path or _config().serving.auth.api_keys_path
     if path is None:
@@ -800,6 +868,9 @@ def evaluate_guard(
         list[str] | None, typer.Option(help="Recall model measured: two-tower or ease (repeatable; both).")
     ] = None,
     targets: Annotated[int, typer.Option(help="Target items every fake profile pushes.")] = 3,
+    live: Annotated[
+        bool, typer.Option(help="Also record each attack live through RecordEvent's guard (a real Redis).")
+    ] = True,
 ) -> None:
     """Shilling attacks injected into the served data set: the targets' hit ratio in the top 20 of genuine
     users without and with the guard's scan, the scan's precision and recall, and its NDCG@10 cost on clean
@@ -814,6 +885,7 @@ def evaluate_guard(
         tuple(size or guard_attacks.ATTACK_SIZES),
         tuple(model or guard_attacks.MODELS),
         targets=targets,
+        live=live,
     )
     json_path = json_path or Path(f"benchmarks/results/guard-{cfg.data.dataset}.json")
     _wrote(guard_attacks.write_outputs(report, json_path))

@@ -53,6 +53,23 @@ class OverloadedError(CascadeError):
     retry_after_s = 0.1
 
 
+class RateLimitedError(CascadeError):
+    """A caller, a user or an item went past its rate limit (the guard's sliding windows); retryable after
+    ``retry_after_s``."""
+
+    status = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, retry_after_s: float):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class BlockedError(CascadeError):
+    """An operator blocked this user: their events are refused until cleared (cascade guard clear)."""
+
+    status = "PERMISSION_DENIED"
+
+
 class DeadlineExceededError(CascadeError):
     """The caller's deadline passed before the answer was ready; the work was dropped."""
 

@@ -22,6 +22,7 @@ from cascade.guard.features import PROFILE_FEATURES, ItemReference, profile_feat
 
 logger = logging.getLogger(__name__)
 
+GUARD = "guard"  # the detector's artifact kind
 DETECTOR_MODEL_FILE = "detector.txt"
 DETECTOR_REFERENCE_FILE = "reference.npz"
 DETECTOR_META_FILE = "detector.json"
@@ -47,7 +48,7 @@ class DetectorParams:
     learning_rate: float = 0.1
     num_leaves: int = 3
     min_data_in_leaf: int = 100
-    threads: int = 2
+    threads: int = 1  # small data: one thread is as fast, and never spins against a busy machine
 
 
 class ShillingDetector:

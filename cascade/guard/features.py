@@ -93,64 +93,50 @@ def profile_features(interactions: pd.DataFrame, reference: ItemReference) -> pd
     item_count = np.maximum(reference.count.reindex(interactions["item_id"]).fillna(1.0).to_numpy(), 1.0)
     deviation = rating - item_mean
     top = rating >= high
-    frame = pd.DataFrame(
-        {
-            "user": interactions["user_id"].to_numpy(),
-            "rating": rating,
-            "rating_sq": rating**2,
-            "top": top.astype(np.float64),
-            "bottom": (rating <= low).astype(np.float64),
-            "rdma": np.abs(deviation) / item_count,
-            "wdma": np.abs(deviation) / item_count**2,
-            "abs_dev": np.abs(deviation),
-            "dev": deviation,
-            "mean": item_mean,
-            "mean_sq": item_mean**2,
-            "rating_x_mean": rating * item_mean,
-            "log_pop": np.log1p(item_count),
-            "log_pop_sq": np.log1p(item_count) ** 2,
-            "obscure": (item_count < reference.obscure_below).astype(np.float64),
-            "top_rating": np.where(top, rating, 0.0),
-            "rest_rating": np.where(top, 0.0, rating),
-            "rest": (~top).astype(np.float64),
-            "rest_dev_sq": np.where(top, 0.0, deviation**2),
-        }
-    )
-    sums = frame.groupby("user", sort=True).sum()
-    n = frame.groupby("user", sort=True).size().to_numpy(dtype=np.float64)
-    mean = lambda column: sums[column].to_numpy() / n  # noqa: E731
-    rating_var = np.maximum(mean("rating_sq") - mean("rating") ** 2, 0.0)
-    item_var = np.maximum(mean("mean_sq") - mean("mean") ** 2, 0.0)
-    covariance = mean("rating_x_mean") - mean("rating") * mean("mean")
+    rest = ~top
+    log_pop = np.log1p(item_count)
+    users, row = np.unique(interactions["user_id"].to_numpy(), return_inverse=True)
+    n = np.bincount(row, minlength=len(users)).astype(np.float64)
+
+    def mean(values: np.ndarray) -> np.ndarray:
+        return np.bincount(row, weights=values, minlength=len(users)) / n
+
+    rating_var = np.maximum(mean(rating**2) - mean(rating) ** 2, 0.0)
+    item_var = np.maximum(mean(item_mean**2) - mean(item_mean) ** 2, 0.0)
+    covariance = mean(rating * item_mean) - mean(rating) * mean(item_mean)
+    top_n = np.bincount(row, weights=top.astype(np.float64), minlength=len(users))
+    rest_n = n - top_n
     with np.errstate(divide="ignore", invalid="ignore"):
         correlation = np.where(rating_var * item_var > 0, covariance / np.sqrt(rating_var * item_var), 0.0)
-        top_n, rest_n = sums["top"].to_numpy(), sums["rest"].to_numpy()
-        top_mean = np.where(top_n > 0, sums["top_rating"].to_numpy() / np.maximum(top_n, 1), high)
-        rest_mean = np.where(rest_n > 0, sums["rest_rating"].to_numpy() / np.maximum(rest_n, 1), high)
-    out = pd.DataFrame(index=sums.index)
-    out["log_length"] = np.log1p(n)
-    out["mean_rating"] = mean("rating")
-    out["rating_std"] = np.sqrt(rating_var)
-    out["share_top"] = mean("top")
-    out["share_bottom"] = mean("bottom")
-    out["rating_entropy"] = _rating_entropy(frame["user"], rating, sums.index)
-    out["rdma"] = mean("rdma")
-    out["wdma"] = mean("wdma")
-    out["mean_abs_deviation"] = mean("abs_dev")
-    out["bias"] = mean("dev")
-    out["mean_correlation"] = correlation
-    out["mean_log_popularity"] = mean("log_pop")
-    out["std_log_popularity"] = np.sqrt(np.maximum(mean("log_pop_sq") - mean("log_pop") ** 2, 0.0))
-    out["share_obscure"] = mean("obscure")
-    out["fmtd"] = top_mean - rest_mean
-    out["filler_mean_variance"] = sums["rest_dev_sq"].to_numpy() / np.maximum(rest_n, 1)
-    out.index.name = "user_id"
+        top_mean = np.where(top_n > 0, np.bincount(row, weights=np.where(top, rating, 0.0)) / top_n, high)
+        rest_mean = np.where(rest_n > 0, np.bincount(row, weights=np.where(rest, rating, 0.0)) / rest_n, high)
+    columns = {
+        "log_length": np.log1p(n),
+        "mean_rating": mean(rating),
+        "rating_std": np.sqrt(rating_var),
+        "share_top": top_n / n,
+        "share_bottom": mean((rating <= low).astype(np.float64)),
+        "rating_entropy": _rating_entropy(row, rating, len(users)),
+        "rdma": mean(np.abs(deviation) / item_count),
+        "wdma": mean(np.abs(deviation) / item_count**2),
+        "mean_abs_deviation": mean(np.abs(deviation)),
+        "bias": mean(deviation),
+        "mean_correlation": correlation,
+        "mean_log_popularity": mean(log_pop),
+        "std_log_popularity": np.sqrt(np.maximum(mean(log_pop**2) - mean(log_pop) ** 2, 0.0)),
+        "share_obscure": mean((item_count < reference.obscure_below).astype(np.float64)),
+        "fmtd": top_mean - rest_mean,
+        "filler_mean_variance": np.bincount(row, weights=np.where(rest, deviation**2, 0.0))
+        / np.maximum(rest_n, 1),
+    }
+    out = pd.DataFrame(columns, index=pd.Index(users, name="user_id"))
     return out[list(PROFILE_FEATURES)]
 
 
-def _rating_entropy(users: pd.Series, rating: np.ndarray, index: pd.Index) -> np.ndarray:
-    """Shannon entropy (bits) of each user's distribution over rating values."""
-    counts = pd.crosstab(users.to_numpy(), np.round(rating, 1)).reindex(index).fillna(0.0).to_numpy()
-    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
+def _rating_entropy(row: np.ndarray, rating: np.ndarray, users: int) -> np.ndarray:
+    """(U,) Shannon entropy (bits) of each user's distribution over rating values."""
+    values, value = np.unique(np.round(rating, 1), return_inverse=True)
+    counts = np.bincount(row * len(values) + value, minlength=users * len(values)).reshape(users, -1)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return -np.nansum(np.where(shares > 0, shares * np.log2(shares), 0.0), axis=1)
+        return -np.where(shares > 0, shares * np.log2(shares), 0.0).sum(axis=1)

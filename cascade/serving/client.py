@@ -45,6 +45,7 @@ class CascadeClient:
             self._channel = grpc.intercept_channel(self._channel, _WithKey(api_key))
         self._stub = pb_grpc.RecommenderStub(self._channel)
         self._admin = pb_grpc.CatalogueAdminStub(self._channel)
+        self._guard = pb_grpc.GuardAdminStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def recommend(
@@ -160,6 +161,20 @@ class CascadeClient:
         """CatalogueAdmin.DeleteItem: never serve the item again."""
         request = pb.DeleteItemRequest(item_id=str(item_id), request_id=request_id)
         return self._admin.DeleteItem(request, timeout=self.timeout_s)
+
+    def guard_flags(self, limit: int = 100) -> pb.ListFlagsResponse:
+        """GuardAdmin.ListFlags: the flagged and blocked users, the latest first."""
+        return self._guard.ListFlags(pb.ListFlagsRequest(limit=limit), timeout=self.timeout_s)
+
+    def clear_user(self, user_id: str | int, discard: bool = False) -> pb.GuardUserResponse:
+        """GuardAdmin.ClearUser: lift the user's flag or block, releasing (or discarding) the quarantine."""
+        request = pb.GuardUserRequest(user_id=str(user_id), discard_quarantined=discard)
+        return self._guard.ClearUser(request, timeout=self.timeout_s)
+
+    def block_user(self, user_id: str | int, reason: str) -> pb.GuardUserResponse:
+        """GuardAdmin.BlockUser: refuse the user's events until cleared."""
+        request = pb.GuardUserRequest(user_id=str(user_id), reason=reason)
+        return self._guard.BlockUser(request, timeout=self.timeout_s)
 
     def health(self, service: str = "") -> str:
         reply = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout_s)

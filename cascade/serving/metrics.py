@@ -90,6 +90,20 @@ class ServerMetrics:
             ("outcome",),
             registry=self.registry,
         )
+        self.guard_events = Counter(
+            "cascade_guard_events",
+            "RecordEvent calls the guard checked, by outcome: recorded, quarantined (a flagged user's, "
+            "stored apart), blocked (a blocked user's, refused), limited_user, limited_client, "
+            "limited_item (refused past a rate limit).",
+            ("outcome",),
+            registry=self.registry,
+        )
+        self.guard_flags = Counter(
+            "cascade_guard_flags",
+            "Users flagged or blocked, by who decided: detector (the live score) or operator.",
+            ("by",),
+            registry=self.registry,
+        )
         self.model_versions = Info(
             "cascade_model_versions",
             "The recall, index and ranking versions serving.",

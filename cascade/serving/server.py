@@ -30,6 +30,7 @@ from cascade.core.errors import (
     NotReadyError,
 )
 from cascade.core.logs import request_id_var
+from cascade.core.privacy import Pseudonymiser
 from cascade.core.schema import EVENT_TYPES, FeatureSchema, encode_age, encode_gender, native_id
 from cascade.customers.live import live_value
 from cascade.customers.value_bundle import INDICATOR_PREFIX
@@ -41,13 +42,15 @@ from cascade.serving.admission import MethodExecutor
 from cascade.serving.api import recommender_pb2 as pb
 from cascade.serving.api import recommender_pb2_grpc as pb_grpc
 from cascade.serving.artifact_check import check_in_child
-from cascade.serving.auth import AuthInterceptor, is_loopback, keyring_of
+from cascade.serving.auth import AuthInterceptor, is_loopback, key_of, keyring_of
 from cascade.serving.breaker import BreakerState
 from cascade.serving.catalogue_changes import CatalogueChanges, CatalogueState, ItemRecord
 from cascade.serving.catalogue_overlay import with_catalogue
 from cascade.serving.deadline import Deadline
 from cascade.serving.feature_store import HistoryEvent, OnlineFeatureStore, UserState
+from cascade.serving.feature_store.base import BLOCKED, QUARANTINED
 from cascade.serving.feature_store.resilient import ResilientFeatureStore
+from cascade.serving.guard import EventGuard
 from cascade.serving.interceptors import MethodPoolRouter, ServiceInterceptor
 from cascade.serving.metrics import ServerMetrics
 from cascade.serving.models import ServingModels, served_versions
@@ -84,6 +87,9 @@ logger = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
 ADMIN_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CatalogueAdmin"].full_name
+GUARD_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GuardAdmin"].full_name
+MAX_LISTED_FLAGS = 1000
+MAX_GUARD_REASON = 256
 # Readiness of the service's dependencies, apart from its liveness: NOT_SERVING while the feature store's
 # breaker is open. The service itself stays SERVING then (it answers, degraded).
 FEATURE_STORE_HEALTH = "cascade.feature_store"
@@ -133,6 +139,18 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         self.store = resilient_store(store, config, metrics)
         self.metrics = metrics
         self.tracing = tracing or Tracing(None)
+        self.guard = EventGuard(
+            config.guard,
+            self.store,
+            config.artifact_store(),
+            config.features.history_length,
+            Pseudonymiser.from_config(config.privacy),
+            on_event=(lambda outcome: metrics.guard_events.labels(outcome).inc()) if metrics else None,
+            on_flag=(lambda by: metrics.guard_flags.labels(by).inc()) if metrics else None,
+        )
+        # who a call comes from, for the guard's per-client limit: the API key's id (CascadeServer sets it
+        # when keys are configured), else the peer's address
+        self.client_of: Callable[[grpc.ServicerContext], str] = _peer_host
         self._pipeline: RecommendationPipeline | None = None
         # read now: a server never starts on a rules file that does not validate
         self.rules = RulesSource(config.rerank.rules_path)
@@ -526,14 +544,23 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             raise InvalidArgumentError("item_id", "no such item in the catalogue")
         # stored as the catalogue spells the id: "042" and "42" are one item of a numeric catalogue
         canonical = native_id(schema.item_id_of([item])[0])
+        self.guard.admit(self.client_of(context), canonical)
+        user = _store_user(schema, user_id)
+        event = HistoryEvent(canonical, int(request.event_type), timestamp, rating)
         result = self.store.record_event(
-            _store_user(schema, user_id),
-            HistoryEvent(canonical, int(request.event_type), timestamp, rating),
+            user,
+            event,
             self.config.features.history_length,
             event_id or None,
             self.config.serving.event_dedupe_window_s,
+            self.guard.checks,
         )
-        return pb.RecordEventResponse(history_length=result.history_length, duplicate=result.duplicate)
+        self.guard.settle(user, event, result)
+        return pb.RecordEventResponse(
+            history_length=result.history_length,
+            duplicate=result.duplicate,
+            quarantined=result.outcome == QUARANTINED,
+        )
 
     def GetCustomerProfile(
         self, request: pb.CustomerProfileRequest, context: grpc.ServicerContext
@@ -663,6 +690,54 @@ class CatalogueAdminService(pb_grpc.CatalogueAdminServicer):
         return pb.DeleteItemResponse(request_id=request_id, deleted=deleted, catalogue_version=version)
 
 
+class GuardAdminService(pb_grpc.GuardAdminServicer):
+    """The operators' view of the guard (``EventGuard``): list, clear and block users."""
+
+    def __init__(self, service: RecommenderService):
+        self.service = service
+
+    def ListFlags(self, request: pb.ListFlagsRequest, context: grpc.ServicerContext) -> pb.ListFlagsResponse:
+        if not 0 <= request.limit <= MAX_LISTED_FLAGS:
+            raise InvalidArgumentError("limit", f"must be 0 (100) to {MAX_LISTED_FLAGS}, got {request.limit}")
+        flags = self.service.guard.flags(request.limit or 100)
+        return pb.ListFlagsResponse(
+            flags=[
+                pb.GuardFlag(
+                    user_id=str(flag.user_id), state=flag.state, reason=flag.reason, score=flag.score,
+                    since=int(flag.since), by=flag.by, quarantined_events=flag.quarantined,
+                )
+                for flag in flags
+            ]
+        )  # fmt: skip
+
+    def ClearUser(self, request: pb.GuardUserRequest, context: grpc.ServicerContext) -> pb.GuardUserResponse:
+        user = self._user(request)
+        state, count = self.service.guard.clear(
+            user, request.discard_quarantined, self.service.client_of(context)
+        )
+        return pb.GuardUserResponse(previous_state=state or "", events=count)
+
+    def BlockUser(self, request: pb.GuardUserRequest, context: grpc.ServicerContext) -> pb.GuardUserResponse:
+        user = self._user(request)
+        if not request.reason.strip():
+            raise InvalidArgumentError("reason", "say why the user is blocked (it goes to the audit)")
+        if len(request.reason) > MAX_GUARD_REASON:
+            raise InvalidArgumentError("reason", f"at most {MAX_GUARD_REASON} characters")
+        by = self.service.client_of(context)
+        _, previous = self.service.guard.decide(user, BLOCKED, request.reason, 1.0, by)
+        return pb.GuardUserResponse(previous_state=previous)
+
+    def _user(self, request: pb.GuardUserRequest) -> int | str:
+        user_id = parse_id("user_id", request.user_id)
+        return _store_user(self.service.require_pipeline().models.schema, user_id)
+
+
+def _peer_host(context: grpc.ServicerContext) -> str:
+    """The caller's address without its port ("ipv4:10.0.0.7:51234" -> "ipv4:10.0.0.7")."""
+    peer = context.peer() or "unknown"
+    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
+
+
 def _store_user(schema: FeatureSchema, user_id: str) -> int | str:
     """The user's key in the feature store: an integer id as the integer (so "042" is user 42), anything else
     as sent, in a catalogue of integer user ids as in one of string ids."""
@@ -747,8 +822,9 @@ class CascadeServer:
         reuse_port = int(serving.processes > 1)
         interceptors: list[grpc.ServerInterceptor] = [
             ServiceInterceptor(SERVICE_NAME, self.executors, self.metrics),
-            # the admin service: errors mapped and counted the same way, on the server's own pool
+            # the admin services: errors mapped and counted the same way, on the server's own pool
             ServiceInterceptor(ADMIN_SERVICE_NAME, {}, self.metrics),
+            ServiceInterceptor(GUARD_SERVICE_NAME, {}, self.metrics),
         ]
         if self.tracing.enabled:  # outside admission, so that shed and refused calls have spans too
             interceptors.insert(0, self.tracing.server_interceptor())
@@ -757,6 +833,7 @@ class CascadeServer:
         if self.keys.configured:  # outermost: a refused call takes no admission slot and decodes nothing
             refused = self.metrics.auth_refusals
             interceptors.insert(0, AuthInterceptor(self.keys, lambda m, r: refused.labels(m, r).inc()))
+            self.service.client_of = self._key_id
         elif not is_loopback(serving.host) and not serving.auth.allow_unauthenticated:
             raise ConfigError(
                 f"serving.host {serving.host} is not a loopback address and no API keys are configured "
@@ -781,8 +858,10 @@ class CascadeServer:
         pb_grpc.add_RecommenderServicer_to_server(self.service, self._server)
         if config.serving.admin_enabled:
             pb_grpc.add_CatalogueAdminServicer_to_server(CatalogueAdminService(self.service), self._server)
+            pb_grpc.add_GuardAdminServicer_to_server(GuardAdminService(self.service), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        served = (SERVICE_NAME, *((ADMIN_SERVICE_NAME,) if config.serving.admin_enabled else ()))
+        admin = (ADMIN_SERVICE_NAME, GUARD_SERVICE_NAME) if config.serving.admin_enabled else ()
+        served = (SERVICE_NAME, *admin)
         reflection.enable_server_reflection(
             (*served, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
@@ -794,6 +873,12 @@ class CascadeServer:
         self._prober: threading.Thread | None = None
         self._failed_sets: set[frozenset[tuple[str, str]]] = set()  # model sets refused, never retried
         self._unresolved: str | None = None  # why the published versions do not resolve, logged once
+
+    def _key_id(self, context: grpc.ServicerContext) -> str:
+        """The id of the API key a call carried (the auth interceptor let it through, so it has one)."""
+        key = key_of(context.invocation_metadata())
+        caller = self.keys.caller(key) if key else None
+        return f"key:{caller.key_id}" if caller is not None else _peer_host(context)
 
     def _on_breaker_change(self, state: BreakerState) -> None:
         self.metrics.breaker_state.set(state.value)

@@ -16,12 +16,11 @@ from cascade.core.schema import SCHEMA_VERSION
 from cascade.core.seeding import seed_everything
 from cascade.data.dataset import Dataset
 from cascade.data.exclusions import Exclusions, GuardExclusions
-from cascade.guard.detector import ShillingDetector, scan
+from cascade.guard.detector import GUARD, ShillingDetector, scan
 from cascade.training.prepare import reuse_current
 
 logger = logging.getLogger(__name__)
 
-GUARD = "guard"
 # a data set with fewer users than this is not scanned: too few to fit a detector on, or to hide a group in
 MIN_SCAN_USERS = 50
 

@@ -20,6 +20,54 @@ EVENT_TYPE_CLICK: EventType
 EVENT_TYPE_RATE: EventType
 EVENT_TYPE_PURCHASE: EventType
 
+class ListFlagsRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class GuardFlag(_message.Message):
+    __slots__ = ("user_id", "state", "reason", "score", "since", "by", "quarantined_events")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINED_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    state: str
+    reason: str
+    score: float
+    since: int
+    by: str
+    quarantined_events: int
+    def __init__(self, user_id: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., score: _Optional[float] = ..., since: _Optional[int] = ..., by: _Optional[str] = ..., quarantined_events: _Optional[int] = ...) -> None: ...
+
+class ListFlagsResponse(_message.Message):
+    __slots__ = ("flags",)
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    flags: _containers.RepeatedCompositeFieldContainer[GuardFlag]
+    def __init__(self, flags: _Optional[_Iterable[_Union[GuardFlag, _Mapping]]] = ...) -> None: ...
+
+class GuardUserRequest(_message.Message):
+    __slots__ = ("user_id", "reason", "discard_quarantined")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DISCARD_QUARANTINED_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    reason: str
+    discard_quarantined: bool
+    def __init__(self, user_id: _Optional[str] = ..., reason: _Optional[str] = ..., discard_quarantined: _Optional[bool] = ...) -> None: ...
+
+class GuardUserResponse(_message.Message):
+    __slots__ = ("previous_state", "events")
+    PREVIOUS_STATE_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    previous_state: str
+    events: int
+    def __init__(self, previous_state: _Optional[str] = ..., events: _Optional[int] = ...) -> None: ...
+
 class UpsertItemRequest(_message.Message):
     __slots__ = ("item_id", "title", "genres", "year", "attributes", "request_id")
     class AttributesEntry(_message.Message):
@@ -208,12 +256,14 @@ class RecordEventRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., event_type: _Optional[_Union[EventType, str]] = ..., timestamp: _Optional[int] = ..., event_id: _Optional[str] = ..., rating: _Optional[float] = ...) -> None: ...
 
 class RecordEventResponse(_message.Message):
-    __slots__ = ("history_length", "duplicate")
+    __slots__ = ("history_length", "duplicate", "quarantined")
     HISTORY_LENGTH_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINED_FIELD_NUMBER: _ClassVar[int]
     history_length: int
     duplicate: bool
-    def __init__(self, history_length: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+    quarantined: bool
+    def __init__(self, history_length: _Optional[int] = ..., duplicate: _Optional[bool] = ..., quarantined: _Optional[bool] = ...) -> None: ...
 
 class SimilarItemsRequest(_message.Message):
     __slots__ = ("item_id", "k", "request_id", "exclude_item_ids", "include_genres", "exclude_genres", "surface", "explain")

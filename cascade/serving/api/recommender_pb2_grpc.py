@@ -70,7 +70,10 @@ class RecommenderServicer:
 
     def RecordEvent(self, request, context):
         """Appends an event to the user's recent history; the next Recommend reflects it. Acknowledged events
-        are durable; a retry carrying the same event_id is recorded once.
+        are durable; a retry carrying the same event_id is recorded once. The guard (guard.online) refuses an
+        event past the client's, the user's or the item's rate limit with RESOURCE_EXHAUSTED (retry after the
+        pushback), a blocked user's with PERMISSION_DENIED, and stores a flagged user's in quarantine
+        (quarantined = true): kept, but out of their history until an operator clears them.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -358,6 +361,176 @@ class CatalogueAdmin:
             '/cascade.v1.CatalogueAdmin/DeleteItem',
             recommender__pb2.DeleteItemRequest.SerializeToString,
             recommender__pb2.DeleteItemResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class GuardAdminStub:
+    """The abnormal-behaviour guard's flags, for operators (admin scope). A user is flagged by the live score of
+    their ratings (or by an operator): their events are stored in quarantine, out of their history, until
+    cleared. A blocked user's events are refused. Every decision is audited.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ListFlags = channel.unary_unary(
+                '/cascade.v1.GuardAdmin/ListFlags',
+                request_serializer=recommender__pb2.ListFlagsRequest.SerializeToString,
+                response_deserializer=recommender__pb2.ListFlagsResponse.FromString,
+                _registered_method=True)
+        self.ClearUser = channel.unary_unary(
+                '/cascade.v1.GuardAdmin/ClearUser',
+                request_serializer=recommender__pb2.GuardUserRequest.SerializeToString,
+                response_deserializer=recommender__pb2.GuardUserResponse.FromString,
+                _registered_method=True)
+        self.BlockUser = channel.unary_unary(
+                '/cascade.v1.GuardAdmin/BlockUser',
+                request_serializer=recommender__pb2.GuardUserRequest.SerializeToString,
+                response_deserializer=recommender__pb2.GuardUserResponse.FromString,
+                _registered_method=True)
+
+
+class GuardAdminServicer:
+    """The abnormal-behaviour guard's flags, for operators (admin scope). A user is flagged by the live score of
+    their ratings (or by an operator): their events are stored in quarantine, out of their history, until
+    cleared. A blocked user's events are refused. Every decision is audited.
+    """
+
+    def ListFlags(self, request, context):
+        """The flagged and blocked users, the latest first, with the reason and the events quarantined.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearUser(self, request, context):
+        """Lift a user's flag or block: the quarantined events join the history in order, or are discarded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BlockUser(self, request, context):
+        """Block a user: their events are refused until cleared.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_GuardAdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ListFlags': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFlags,
+                    request_deserializer=recommender__pb2.ListFlagsRequest.FromString,
+                    response_serializer=recommender__pb2.ListFlagsResponse.SerializeToString,
+            ),
+            'ClearUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearUser,
+                    request_deserializer=recommender__pb2.GuardUserRequest.FromString,
+                    response_serializer=recommender__pb2.GuardUserResponse.SerializeToString,
+            ),
+            'BlockUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.BlockUser,
+                    request_deserializer=recommender__pb2.GuardUserRequest.FromString,
+                    response_serializer=recommender__pb2.GuardUserResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'cascade.v1.GuardAdmin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('cascade.v1.GuardAdmin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class GuardAdmin:
+    """The abnormal-behaviour guard's flags, for operators (admin scope). A user is flagged by the live score of
+    their ratings (or by an operator): their events are stored in quarantine, out of their history, until
+    cleared. A blocked user's events are refused. Every decision is audited.
+    """
+
+    @staticmethod
+    def ListFlags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.v1.GuardAdmin/ListFlags',
+            recommender__pb2.ListFlagsRequest.SerializeToString,
+            recommender__pb2.ListFlagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.v1.GuardAdmin/ClearUser',
+            recommender__pb2.GuardUserRequest.SerializeToString,
+            recommender__pb2.GuardUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BlockUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.v1.GuardAdmin/BlockUser',
+            recommender__pb2.GuardUserRequest.SerializeToString,
+            recommender__pb2.GuardUserResponse.FromString,
             options,
             channel_credentials,
             insecure,

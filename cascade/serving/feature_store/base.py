@@ -21,10 +21,46 @@ class HistoryEvent:
     rating: float | None = None  # the value of a RATE event
 
 
+# what became of an event the guard checked (``RecordResult.outcome``)
+RECORDED = "recorded"
+QUARANTINED = "quarantined"  # stored apart: the user is flagged
+BLOCKED = "blocked"  # refused: the user is blocked
+LIMITED = "limited"  # refused: the user's rate limit
+FLAGGED = "flagged"  # a guard state (beside BLOCKED): the user's events go to quarantine
+
+
 @dataclass(frozen=True)
 class RecordResult:
     history_length: int  # the user's history length after the event
     duplicate: bool  # the event's id was already recorded within the dedupe window: nothing changed
+    outcome: str = RECORDED
+    ratings: int = 0  # how many items the user has rated, after the event (when the guard checked it)
+    retry_after_s: float = 0.0  # LIMITED: when the user's window has room again
+
+
+@dataclass(frozen=True)
+class EventChecks:
+    """What the guard asks of one recording: refuse it for a blocked user, or past ``user_limit`` events in
+    the sliding ``window_s`` (0: no limit); store it apart, in a quarantine of at most
+    ``quarantine_length`` events, for a flagged user."""
+
+    user_limit: int
+    window_s: float
+    quarantine_length: int
+
+
+@dataclass(frozen=True)
+class GuardFlag:
+    """A flagged or blocked user: ``state`` (FLAGGED or BLOCKED), why, by what score, since when (unix
+    seconds), by whom (the detector, or an operator's key), and the events held in quarantine."""
+
+    user_id: int | str
+    state: str
+    reason: str
+    score: float
+    since: float
+    by: str
+    quarantined: int
 
 
 @dataclass(frozen=True)
@@ -63,10 +99,35 @@ class OnlineFeatureStore(ABC):
         history_length: int,
         event_id: str | None = None,
         dedupe_window_s: int = 0,
+        checks: EventChecks | None = None,
     ) -> RecordResult:
         """Atomically append to history (keeping the latest ``history_length``), the seen set and, for a
         rating, the user's ratings: all of it or nothing. With an ``event_id`` already recorded in the last
-        ``dedupe_window_s`` seconds, nothing changes and the result says ``duplicate``."""
+        ``dedupe_window_s`` seconds, nothing changes and the result says ``duplicate``. With ``checks``, the
+        guard's: a blocked user's event is refused (outcome BLOCKED), one past the user's rate limit too
+        (LIMITED), and a flagged user's is stored in their quarantine instead (QUARANTINED)."""
+
+    @abstractmethod
+    def consume_rate(self, key: bytes, limit: int, window_s: float) -> float | None:
+        """Count one event against ``key``'s sliding window of ``window_s`` seconds: None when it fits
+        within ``limit``, else the seconds until it would (nothing counted)."""
+
+    @abstractmethod
+    def set_guard_state(
+        self, user_id: int | str, state: str, reason: str, score: float, by: str
+    ) -> tuple[bool, str]:
+        """Flag (FLAGGED) or block (BLOCKED) a user -> (whether it changed: flagging a blocked user does
+        not, the state before or "")."""
+
+    @abstractmethod
+    def clear_guard(self, user_id: int | str, history_length: int, discard: bool) -> tuple[str | None, int]:
+        """Lift a user's flag or block: their quarantined events join their history, seen set and ratings
+        in order (or are dropped, with ``discard``). -> (the state lifted or None, events released or
+        dropped)."""
+
+    @abstractmethod
+    def guard_flags(self, limit: int) -> list[GuardFlag]:
+        """The flagged and blocked users, the latest first, at most ``limit``."""
 
     @abstractmethod
     def bulk_load(

@@ -23,6 +23,16 @@ Outside any keyspace:
                                     first layout, ``cascade:v1``, from before keyspaces were switched)
     cascade:v1:meta:load-lock str   held (with a TTL) by the one process loading or migrating
 
+The guard's keys, kept across keyspaces (a flag outlives a reload of the data set):
+
+    cascade:guard:{u:42}:state       hash  state (flagged or blocked), reason, score, since, by
+    cascade:guard:{u:42}:quarantine  list  "<history entry>|<rating or ''>|<recorded at>", latest first
+    cascade:guard:{u:42}:rate        hash  the user's sliding-window counter: bucket, count, previous
+    cascade:guard:rate:client:<token> hash a client's counter (its API key id, or its address)
+    cascade:guard:rate:item:<token>   hash an item's counter, over every user
+    cascade:guard:flags              zset  user token -> when flagged or blocked: what the guard lists
+    cascade:guard:audit              stream the guard's decisions, capped
+
 A new layout or history length gets a new keyspace: the loader copies every user into it, loads the data
 set, then points ``cascade:keyspace`` at it in one SET; servers follow the pointer within seconds.
 """
@@ -120,6 +130,29 @@ class Keyspace:
 
 
 LEGACY_KEYSPACE = Keyspace("cascade:v1", 1, None)
+GUARD_FLAGS_KEY = b"cascade:guard:flags"
+GUARD_AUDIT_KEY = b"cascade:guard:audit"
+
+
+def _guard_user(user_id: int | str, name: str) -> bytes:
+    return f"cascade:guard:{{u:{id_token(user_id)}}}:{name}".encode()
+
+
+def guard_state_key(user_id: int | str) -> bytes:
+    return _guard_user(user_id, "state")
+
+
+def quarantine_key(user_id: int | str) -> bytes:
+    return _guard_user(user_id, "quarantine")
+
+
+def user_rate_key(user_id: int | str) -> bytes:
+    return _guard_user(user_id, "rate")
+
+
+def rate_key(kind: str, name: int | str) -> bytes:
+    """The sliding-window counter of one client or item (``kind``: client or item)."""
+    return f"cascade:guard:rate:{kind}:{id_token(name)}".encode()
 
 
 def id_token(value: Any) -> str:

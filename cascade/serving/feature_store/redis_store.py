@@ -22,6 +22,8 @@ from cascade.customers.live import ValueScale
 from cascade.serving.feature_store import keys
 from cascade.serving.feature_store.base import (
     USER_FEATURE_FIELDS,
+    EventChecks,
+    GuardFlag,
     HistoryEvent,
     OnlineFeatureStore,
     RecordResult,
@@ -31,18 +33,73 @@ from cascade.serving.feature_store.cache import MISSING, TTLCache
 
 logger = logging.getLogger(__name__)
 
+AUDIT_STREAM_LENGTH = 100_000  # the guard's audit stream keeps about this many of the latest decisions
+
+# One sliding-window counter (an approximate sliding log: this fixed window's count plus the last one's,
+# weighted by how much of it the sliding window still covers), in a hash: bucket, count, previous. Defines
+# window_room(key, limit, window, now) -> the retry-after seconds as text when one more event does not fit
+# (nothing counted), else false; and window_count(key, window, now), which counts one. Shared below.
+_WINDOW_FUNCTIONS = """
+local function window_state(key, window, now)
+  local bucket = math.floor(now / window)
+  local stored = redis.call('HMGET', key, 'bucket', 'count', 'previous')
+  local count, previous = tonumber(stored[2]) or 0, tonumber(stored[3]) or 0
+  local at = tonumber(stored[1])
+  if at ~= bucket then
+    if at == bucket - 1 then previous = count else previous = 0 end
+    count = 0
+  end
+  return bucket, count, previous
+end
+local function window_room(key, limit, window, now)
+  local bucket, count, previous = window_state(key, window, now)
+  local left = 1 - (now - bucket * window) / window
+  if previous * left + count + 1 <= limit then return false end
+  local wait = left * window
+  if previous > 0 and count + 1 <= limit then
+    wait = math.max((left - (limit - count - 1) / previous) * window, 0.001)
+  end
+  return tostring(wait)
+end
+local function window_count(key, window, now)
+  local bucket, count, previous = window_state(key, window, now)
+  redis.call('HSET', key, 'bucket', bucket, 'count', count + 1, 'previous', previous)
+  redis.call('EXPIRE', key, math.ceil(2 * window))
+end
+"""
+
 # Append one event: history, seen set, rating and the activity since the value load change together or
 # not at all (a script runs atomically), and an event id already recorded is acknowledged without a second
 # append. The activity counts restart when the profile names another value load than the one they count
-# since (``customers.live``).
-# KEYS: history, seen, ratings, event id key, activity, profile (all in the user's hash slot)
+# since (``customers.live``). With the guard's checks (ARGV[7] > 0 or a state): a blocked user's event is
+# refused, one past the user's rate limit too (the limit counts what is recorded or quarantined, not
+# duplicates), and a flagged user's is pushed on their quarantine instead of their history.
+# KEYS: history, seen, ratings, event id key, activity, profile, guard state, quarantine, user rate (all in
+# the user's hash slot)
 # ARGV: entry, history length, item id, rating ('' when none), dedupe window in seconds ('0': no event id),
-# the recording time (unix seconds)
-_RECORD_EVENT_SCRIPT = """
+# the recording time (unix seconds), user limit ('0': none), window seconds, quarantine length
+# Returns {history length, duplicate (0/1), outcome, ratings, retry-after seconds as text}
+_RECORD_EVENT_SCRIPT = (
+    _WINDOW_FUNCTIONS
+    + """
+local now = tonumber(ARGV[6])
+local state = redis.call('HGET', KEYS[7], 'state')
+if state == 'blocked' then return {0, 0, 'blocked', 0, '0'} end
+local limit, window = tonumber(ARGV[7]), tonumber(ARGV[8])
+if limit > 0 then
+  local wait = window_room(KEYS[9], limit, window, now)
+  if wait then return {0, 0, 'limited', 0, wait} end
+end
 if ARGV[5] ~= '0' then
   if not redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[5]) then
-    return {redis.call('LLEN', KEYS[1]), 1}
+    return {redis.call('LLEN', KEYS[1]), 1, 'recorded', redis.call('HLEN', KEYS[3]), '0'}
   end
+end
+if limit > 0 then window_count(KEYS[9], window, now) end
+if state == 'flagged' then
+  redis.call('LPUSH', KEYS[8], ARGV[1] .. '|' .. ARGV[4] .. '|' .. ARGV[6])
+  redis.call('LTRIM', KEYS[8], 0, tonumber(ARGV[9]) - 1)
+  return {redis.call('LLEN', KEYS[1]), 0, 'quarantined', redis.call('HLEN', KEYS[3]), '0'}
 end
 local length = redis.call('LPUSH', KEYS[1], ARGV[1])
 redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
@@ -58,7 +115,51 @@ end
 redis.call('HINCRBY', KEYS[5], 'events', 1)
 if ARGV[4] ~= '' then redis.call('HINCRBYFLOAT', KEYS[5], 'stars', ARGV[4]) end
 redis.call('HSET', KEYS[5], 'last', ARGV[6])
-return {length, 0}
+return {length, 0, 'recorded', redis.call('HLEN', KEYS[3]), '0'}
+"""
+)
+
+# Count one event against one client's or item's window, or say how long until it fits.
+# KEYS: the counter. ARGV: limit, window seconds, now. Returns false, or the retry-after seconds as text.
+_RATE_SCRIPT = (
+    _WINDOW_FUNCTIONS
+    + """
+local limit, window, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local wait = window_room(KEYS[1], limit, window, now)
+if wait then return wait end
+window_count(KEYS[1], window, now)
+return false
+"""
+)
+
+# Flag or block a user; a flag never overrides a block. KEYS: guard state. ARGV: state, reason, score, since,
+# by. Returns {1 when set else 0, the state before ('' for none)}.
+_SET_GUARD_STATE_SCRIPT = """
+local previous = redis.call('HGET', KEYS[1], 'state') or ''
+if ARGV[1] == 'flagged' and previous == 'blocked' then return {0, previous} end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'reason', ARGV[2], 'score', ARGV[3], 'since', ARGV[4],
+           'by', ARGV[5])
+return {1, previous}
+"""
+
+# Lift a user's flag or block. Quarantined events (latest first) join history, seen set and ratings oldest
+# first, unless discarded. KEYS: guard state, quarantine, history, seen, ratings. ARGV: history length,
+# '1' to discard. Returns {state lifted or '', events released or dropped}.
+_CLEAR_GUARD_SCRIPT = """
+local state = redis.call('HGET', KEYS[1], 'state') or ''
+local held = redis.call('LRANGE', KEYS[2], 0, -1)
+if ARGV[2] ~= '1' and #held > 0 then
+  for i = #held, 1, -1 do
+    local entry, rating = string.match(held[i], '^([^|]*)|([^|]*)|')
+    redis.call('LPUSH', KEYS[3], entry)
+    local item = string.match(entry, '^(.*):%-?%d+:%-?%d+$')
+    redis.call('SADD', KEYS[4], item)
+    if rating ~= '' then redis.call('HSET', KEYS[5], item, rating) end
+  end
+  redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[1]) - 1)
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+return {state, #held}
 """
 
 # Replace the history at `key` by the union of it and `entries` (an identical entry once), latest first by
@@ -140,6 +241,9 @@ class RedisFeatureStore(OnlineFeatureStore):
         self._merge_history = client.register_script(_MERGE_HISTORY_SCRIPT)
         self._release_lock = client.register_script(_RELEASE_LOCK_SCRIPT)
         self._move_user = client.register_script(_MOVE_USER_SCRIPT)
+        self._consume_rate = client.register_script(_RATE_SCRIPT)
+        self._set_guard_state = client.register_script(_SET_GUARD_STATE_SCRIPT)
+        self._clear_guard = client.register_script(_CLEAR_GUARD_SCRIPT)
         self._keyspace: keys.Keyspace | None = None  # read from the pointer before the first use
         self._refused_keyspace: keys.Keyspace | None = None  # a newer layout's, logged once
 
@@ -202,11 +306,12 @@ class RedisFeatureStore(OnlineFeatureStore):
         history_length: int,
         event_id: str | None = None,
         dedupe_window_s: int = 0,
+        checks: EventChecks | None = None,
     ) -> RecordResult:
         user = event_user_id
         keyspace = self.keyspace
         dedupe = event_id is not None and dedupe_window_s > 0
-        length, duplicate = self._record_event(
+        length, duplicate, outcome, ratings, wait = self._record_event(
             keys=[
                 keyspace.history_key(user),
                 keyspace.seen_key(user),
@@ -214,6 +319,9 @@ class RedisFeatureStore(OnlineFeatureStore):
                 keyspace.event_key(user, event_id if dedupe else "-"),
                 keyspace.activity_key(user),
                 keyspace.profile_key(user),
+                keys.guard_state_key(user),
+                keys.quarantine_key(user),
+                keys.user_rate_key(user),
             ],
             args=[
                 keys.encode_history_entry(event.item_id, event.event_type, event.timestamp),
@@ -223,9 +331,94 @@ class RedisFeatureStore(OnlineFeatureStore):
                 "" if event.rating is None else repr(float(event.rating)),
                 int(dedupe_window_s) if dedupe else 0,
                 repr(time.time()),
+                checks.user_limit if checks is not None else 0,
+                repr(float(checks.window_s)) if checks is not None else "1",
+                checks.quarantine_length if checks is not None else 1,
             ],
         )
-        return RecordResult(history_length=min(int(length), history_length), duplicate=bool(duplicate))
+        return RecordResult(
+            history_length=min(int(length), history_length),
+            duplicate=bool(duplicate),
+            outcome=outcome.decode() if isinstance(outcome, bytes) else str(outcome),
+            ratings=int(ratings),
+            retry_after_s=float(wait),
+        )
+
+    def consume_rate(self, key: bytes, limit: int, window_s: float) -> float | None:
+        wait = self._consume_rate(keys=[key], args=[limit, repr(float(window_s)), repr(time.time())])
+        return None if wait is None else float(wait)
+
+    def set_guard_state(
+        self, user_id: int | str, state: str, reason: str, score: float, by: str
+    ) -> tuple[bool, str]:
+        now = time.time()
+        applied, previous = self._set_guard_state(
+            keys=[keys.guard_state_key(user_id)], args=[state, reason, repr(float(score)), repr(now), by]
+        )
+        applied = bool(applied)
+        if applied:
+            token = keys.id_token(user_id)
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zadd(keys.GUARD_FLAGS_KEY, {token: now})
+            pipe.xadd(
+                keys.GUARD_AUDIT_KEY,
+                {"action": state, "user": token, "reason": reason, "score": repr(float(score)), "by": by},
+                maxlen=AUDIT_STREAM_LENGTH,
+                approximate=True,
+            )
+            pipe.execute()
+        return applied, previous.decode() if isinstance(previous, bytes) else str(previous)
+
+    def clear_guard(self, user_id: int | str, history_length: int, discard: bool) -> tuple[str | None, int]:
+        keyspace = self.keyspace
+        state, count = self._clear_guard(
+            keys=[
+                keys.guard_state_key(user_id),
+                keys.quarantine_key(user_id),
+                keyspace.history_key(user_id),
+                keyspace.seen_key(user_id),
+                keyspace.ratings_key(user_id),
+            ],
+            args=[keyspace.history_length or history_length, "1" if discard else "0"],
+        )
+        state = state.decode() if isinstance(state, bytes) else str(state)
+        token = keys.id_token(user_id)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrem(keys.GUARD_FLAGS_KEY, token)
+        if state:
+            action = "discarded" if discard else "cleared"
+            pipe.xadd(keys.GUARD_AUDIT_KEY, {"action": action, "user": token, "events": str(int(count))},
+                      maxlen=AUDIT_STREAM_LENGTH, approximate=True)  # fmt: skip
+        pipe.execute()
+        return (state or None), int(count)
+
+    def guard_flags(self, limit: int) -> list[GuardFlag]:
+        tokens = self.client.zrevrange(keys.GUARD_FLAGS_KEY, 0, max(limit, 1) - 1)
+        if not tokens:
+            return []
+        users = keys.ids_of_tokens(list(tokens))
+        pipe = self.client.pipeline(transaction=False)
+        for user in users.tolist():
+            pipe.hgetall(keys.guard_state_key(user))
+            pipe.llen(keys.quarantine_key(user))
+        replies = pipe.execute()
+        flags = []
+        for user, state, held in zip(users.tolist(), replies[::2], replies[1::2]):
+            if not state:
+                continue  # cleared between the two reads
+            fields = {k.decode(): v.decode() for k, v in state.items()}
+            flags.append(
+                GuardFlag(
+                    user_id=native_id(user),
+                    state=fields.get("state", ""),
+                    reason=fields.get("reason", ""),
+                    score=float(fields.get("score", 0) or 0),
+                    since=float(fields.get("since", 0) or 0),
+                    by=fields.get("by", ""),
+                    quarantined=int(held),
+                )
+            )
+        return flags
 
     def ratings(self, user_id: int | str) -> dict[int | str, float]:
         """The user's latest rating of each item rated through RecordEvent or a bulk load."""

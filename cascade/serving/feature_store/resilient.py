@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import redis
@@ -26,7 +27,14 @@ from cascade.core.errors import DependencyUnavailableError
 from cascade.customers.live import ValueScale
 from cascade.serving.breaker import BreakerState, CircuitBreaker
 from cascade.serving.feature_store import keys
-from cascade.serving.feature_store.base import HistoryEvent, OnlineFeatureStore, RecordResult, UserState
+from cascade.serving.feature_store.base import (
+    RECORDED,
+    EventChecks,
+    HistoryEvent,
+    OnlineFeatureStore,
+    RecordResult,
+    UserState,
+)
 from cascade.serving.feature_store.cache import MISSING, TTLCache
 
 logger = logging.getLogger(__name__)
@@ -37,6 +45,7 @@ STALE_FEATURES = "stale_features"
 # What a failing Redis raises: connection refused or reset, timeouts, a server that is loading its data or
 # refuses writes (MISCONF after a failed save), the client's own pool running dry.
 _STORE_FAILURES = (redis.RedisError, OSError)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -173,25 +182,41 @@ class ResilientFeatureStore:
         history_length: int,
         event_id: str | None,
         dedupe_window_s: int,
+        checks: EventChecks | None = None,
     ) -> RecordResult:
         """Store the event or raise DependencyUnavailableError: an UNAVAILABLE the caller may retry (with
         the same event_id, so a write that did land before a timeout is not recorded twice)."""
+        result = self.write(
+            "event not recorded",
+            self.backend.record_event,
+            user_id,
+            event,
+            history_length,
+            event_id,
+            dedupe_window_s,
+            checks,
+        )
+        if not result.duplicate and result.outcome == RECORDED:
+            self._cache.update(user_id, lambda cached: _with_event(*cached, event))
+        return result
+
+    def write(self, lost: str, call: Callable[..., T], *args) -> T:
+        """``call(*args)`` on the backend behind the breaker, or DependencyUnavailableError (UNAVAILABLE,
+        retryable) saying what was ``lost``: for a write, or an operator's read, that must not be guessed."""
         if not self.breaker.allow():
             raise DependencyUnavailableError(
-                "feature store unavailable; event not recorded, retry later",
+                f"feature store unavailable; {lost}, retry later",
                 retry_after_s=max(self.breaker.retry_after_s(), 0.1),
             )
         try:
-            result = self.backend.record_event(user_id, event, history_length, event_id, dedupe_window_s)
+            result = call(*args)
         except _STORE_FAILURES as exc:
             self.breaker.failed()
             raise DependencyUnavailableError(
-                f"feature store unavailable ({type(exc).__name__}); event not recorded, retry later",
+                f"feature store unavailable ({type(exc).__name__}); {lost}, retry later",
                 retry_after_s=max(self.breaker.retry_after_s(), 0.1),
             ) from None
         self.breaker.succeeded()
-        if not result.duplicate:
-            self._cache.update(user_id, lambda cached: _with_event(*cached, event))
         return result
 
     def impressions(self, user_id: int | str, counters: list[str]) -> dict[str, int] | None:

@@ -1,0 +1,86 @@
+"""The guard's part of the Redis feature store against a real redis-server: rate windows, quarantine,
+blocks, clearance and the flag list."""
+
+from __future__ import annotations
+
+from cascade.serving.feature_store import HistoryEvent, keys
+from cascade.serving.feature_store.base import BLOCKED, FLAGGED, LIMITED, QUARANTINED, RECORDED, EventChecks
+from cascade.serving.feature_store.redis_store import RedisFeatureStore
+
+CHECKS = EventChecks(user_limit=3, window_s=60.0, quarantine_length=100)
+
+
+def _rate(store: RedisFeatureStore, user: int | str, item: int, at: int, rating: float | None = 4.0):
+    return store.record_event(user, HistoryEvent(item, 3, at, rating), 50, None, 0, CHECKS)
+
+
+def test_a_users_rate_window_refuses_past_its_limit_and_stores_nothing(redis_client):
+    store = RedisFeatureStore(redis_client)
+    outcomes = [_rate(store, 1, item, 100 + item) for item in range(1, 5)]
+    assert [r.outcome for r in outcomes] == [RECORDED, RECORDED, RECORDED, LIMITED]
+    assert 0 < outcomes[-1].retry_after_s <= 60
+    state = store.get_user_state(1, 50)
+    assert state.history_items.tolist() == [3, 2, 1]  # the refused event left no trace
+    assert outcomes[2].ratings == 3
+    # another user has a window of their own
+    assert _rate(store, 2, 1, 100).outcome == RECORDED
+    # a retried event (same id) is acknowledged as a duplicate and does not use the window up
+    first = store.record_event(3, HistoryEvent(1, 2, 5), 50, "e1", 60, CHECKS)
+    again = [store.record_event(3, HistoryEvent(1, 2, 5), 50, "e1", 60, CHECKS) for _ in range(5)]
+    assert first.outcome == RECORDED and all(r.duplicate for r in again)
+    assert _rate(store, 3, 2, 6).outcome == RECORDED
+
+
+def test_client_and_item_windows(redis_client):
+    store = RedisFeatureStore(redis_client)
+    key = keys.rate_key("client", "key:app")
+    assert [store.consume_rate(key, 2, 60.0) for _ in range(3)][:2] == [None, None]
+    assert store.consume_rate(key, 2, 60.0) > 0
+    assert store.consume_rate(keys.rate_key("item", 7), 2, 60.0) is None  # its own window
+
+
+def test_a_flagged_users_events_are_quarantined_then_released_in_order(redis_client):
+    store = RedisFeatureStore(redis_client)
+    generous = EventChecks(user_limit=100, window_s=60.0, quarantine_length=100)
+    store.record_event(5, HistoryEvent(1, 3, 10, 4.0), 50, None, 0, generous)
+    assert store.set_guard_state(5, FLAGGED, "live score 0.97", 0.97, "detector") == (True, "")
+    held = [store.record_event(5, HistoryEvent(item, 3, 10 + item, 5.0), 50, None, 0, generous)
+            for item in (2, 3)]  # fmt: skip
+    assert [r.outcome for r in held] == [QUARANTINED, QUARANTINED]
+    state = store.get_user_state(5, 50)
+    assert state.history_items.tolist() == [1] and sorted(state.seen.tolist()) == [1]
+    assert store.ratings(5) == {1: 4.0}
+    (flag,) = store.guard_flags(10)
+    assert (flag.user_id, flag.state, flag.by, flag.quarantined) == (5, FLAGGED, "detector", 2)
+    assert flag.reason == "live score 0.97" and flag.score == 0.97
+    assert store.clear_guard(5, 50, discard=False) == (FLAGGED, 2)
+    state = store.get_user_state(5, 50)
+    assert state.history_items.tolist() == [3, 2, 1]  # released oldest first: the latest leads
+    assert store.ratings(5) == {1: 4.0, 2: 5.0, 3: 5.0}
+    assert store.guard_flags(10) == []
+    assert store.record_event(5, HistoryEvent(4, 3, 20, 3.0), 50, None, 0, generous).outcome == RECORDED
+    audit = redis_client.xrange(keys.GUARD_AUDIT_KEY)
+    assert [entry[b"action"] for _, entry in audit] == [b"flagged", b"cleared"]
+
+
+def test_a_block_refuses_events_outranks_a_flag_and_discarding_drops_the_quarantine(redis_client):
+    store = RedisFeatureStore(redis_client)
+    generous = EventChecks(user_limit=100, window_s=60.0, quarantine_length=2)
+    store.set_guard_state("u-9", FLAGGED, "live", 0.95, "detector")
+    for item in (1, 2, 3):
+        store.record_event("u-9", HistoryEvent(item, 2, item), 50, None, 0, generous)
+    assert redis_client.llen(keys.quarantine_key("u-9")) == 2  # capped at quarantine_length
+    assert store.set_guard_state("u-9", BLOCKED, "fraud team", 1.0, "key:ops") == (True, FLAGGED)
+    assert store.set_guard_state("u-9", FLAGGED, "live", 0.99, "detector") == (False, BLOCKED)
+    refused = store.record_event("u-9", HistoryEvent(4, 2, 4), 50, None, 0, generous)
+    assert refused.outcome == BLOCKED
+    assert store.clear_guard("u-9", 50, discard=True) == (BLOCKED, 2)
+    assert store.get_user_state("u-9", 50).history_items.tolist() == []
+    assert store.clear_guard("u-9", 50, discard=False) == (None, 0)  # nothing left to lift
+
+
+def test_without_checks_recording_is_as_before(redis_client):
+    store = RedisFeatureStore(redis_client)
+    store.set_guard_state(8, BLOCKED, "x", 1.0, "key:ops")
+    result = store.record_event(8, HistoryEvent(1, 2, 1), 50)
+    assert result.outcome == BLOCKED  # a block holds whatever the caller asks
