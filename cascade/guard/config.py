@@ -67,7 +67,7 @@ class GuardConfig(ComponentConfig):
         "little to tell).",
     )
     live_quarantine_score: float = Field(
-        0.9,
+        0.97,
         gt=0,
         le=1,
         description="The detector's probability (cascade train guard) from which a user's later events are "
