@@ -108,6 +108,54 @@ class AuthConfig(ComponentConfig):
     )
 
 
+class TLSConfig(ComponentConfig):
+    """TLS of the gRPC port: the server's side (cert_file, key_file, and client_ca_file for mutual TLS)
+    and the client's (ca_file, client_cert_file, client_key_file), which the command line and
+    ``CascadeClient.for_config`` use. Files are PEM; the server reads its own again when they change."""
+
+    cert_file: Path | None = Field(
+        None, description="The server's certificate chain. With key_file: the port serves TLS only."
+    )
+    key_file: Path | None = Field(None, description="The server's private key.")
+    client_ca_file: Path | None = Field(
+        None,
+        description="Mutual TLS: clients must present a certificate signed by this CA; a handshake "
+        "without one, or with another CA's, fails before any call.",
+    )
+    ca_file: Path | None = Field(
+        None, description="Client side: the CA the server's certificate is checked against (unset: the "
+        "system's roots)."
+    )  # fmt: skip
+    client_cert_file: Path | None = Field(
+        None, description="Client side: the certificate presented to a mutual-TLS server."
+    )
+    client_key_file: Path | None = Field(None, description="Client side: its private key.")
+    server_name: str | None = Field(
+        None,
+        description="Client side: the name the server's certificate must carry when it is not the "
+        "target's host (e.g. connecting by address to a certificate for a DNS name).",
+    )
+
+    @model_validator(mode="after")
+    def _pairs(self) -> TLSConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file: set both (TLS) or neither")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("client_ca_file: mutual TLS needs the server's cert_file and key_file")
+        if (self.client_cert_file is None) != (self.client_key_file is None):
+            raise ValueError("client_cert_file and client_key_file: set both or neither")
+        return self
+
+    @property
+    def serves(self) -> bool:
+        return self.cert_file is not None
+
+    @property
+    def client_uses(self) -> bool:
+        """Whether a client of this config connects with TLS."""
+        return self.serves or self.ca_file is not None or self.client_cert_file is not None
+
+
 class ServingConfig(ComponentConfig):
     host: str = Field("127.0.0.1", description="Address the gRPC server binds.")
     port: int = Field(50051, ge=0, le=65535, description="Port the gRPC server binds; 0 picks a free one.")
@@ -161,6 +209,7 @@ class ServingConfig(ComponentConfig):
     feature_store: FeatureStoreConfig = Field(default_factory=FeatureStoreConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    tls: TLSConfig = Field(default_factory=TLSConfig)
     max_k: int = Field(200, ge=1, description="Largest k a Recommend request may ask for.")
     max_exclude_ids: int = Field(1000, ge=0, description="Most exclude_item_ids one request may carry.")
     max_paged_items: int = Field(

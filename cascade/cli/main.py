@@ -349,7 +349,7 @@ def health(
 
     cfg = _config()
     target = target or f"{cfg.serving.host}:{cfg.serving.port}"
-    with CascadeClient(target, timeout_s=2.0) as client:
+    with CascadeClient.for_config(cfg, target, timeout_s=2.0) as client:
         try:
             status = client.health(service)
         except grpc.RpcError as exc:
@@ -372,7 +372,7 @@ def profile(
     from cascade.serving.client import CascadeClient
 
     cfg = _config()
-    with CascadeClient(target or f"{cfg.serving.host}:{cfg.serving.port}") as client:
+    with CascadeClient.for_config(cfg, target) as client:
         try:
             reply = client.customer_profile(user_id)
         except grpc.RpcError as exc:
@@ -438,7 +438,7 @@ def _guard_call(target: str | None, call: Callable):
     from cascade.serving.client import CascadeClient
 
     cfg = _config()
-    with CascadeClient(target or f"{cfg.serving.host}:{cfg.serving.port}") as client:
+    with CascadeClient.for_config(cfg, target) as client:
         try:
             return call(client)
         except grpc.RpcError as exc:
@@ -588,7 +588,7 @@ def record_event(
     if event_type not in EVENT_TYPES:
         _fail(f"--type must be one of {sorted(EVENT_TYPES)}, got {event_type!r}")
     cfg = _config()
-    with CascadeClient(target or f"{cfg.serving.host}:{cfg.serving.port}") as client:
+    with CascadeClient.for_config(cfg, target) as client:
         try:
             reply = client.record_event(user_id, item_id, event_type, event_id=event_id, rating=rating)
         except grpc.RpcError as exc:
@@ -633,7 +633,7 @@ def recommend(
     cfg = _config()
     target = target or f"{cfg.serving.host}:{cfg.serving.port}"
     replies = []
-    with CascadeClient(target) as client:
+    with CascadeClient.for_config(cfg, target) as client:
         token = ""
         for _ in range(max(pages, 1) if page_size else 1):
             try:
@@ -738,7 +738,7 @@ def catalogue_upsert(
     from cascade.serving.client import CascadeClient
 
     cfg = _config()
-    with CascadeClient(target or f"{cfg.serving.host}:{cfg.serving.port}") as client:
+    with CascadeClient.for_config(cfg, target) as client:
         try:
             reply = client.upsert_item(item_id, title=title, genres=genre or [], year=year)
         except grpc.RpcError as exc:
@@ -759,7 +759,7 @@ def catalogue_delete(
     from cascade.serving.client import CascadeClient
 
     cfg = _config()
-    with CascadeClient(target or f"{cfg.serving.host}:{cfg.serving.port}") as client:
+    with CascadeClient.for_config(cfg, target) as client:
         try:
             reply = client.delete_item(item_id)
         except grpc.RpcError as exc:

@@ -9,8 +9,10 @@ from collections.abc import Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cascade.config import AppConfig, TLSConfig
 from cascade.serving.api import recommender_pb2 as pb
 from cascade.serving.api import recommender_pb2_grpc as pb_grpc
+from cascade.serving.tls import channel_credentials
 
 EVENT_TYPES = {
     "view": pb.EVENT_TYPE_VIEW,
@@ -35,18 +37,37 @@ class _WithKey(grpc.UnaryUnaryClientInterceptor):
 
 
 class CascadeClient:
-    def __init__(self, target: str = "127.0.0.1:50051", timeout_s: float = 5.0, api_key: str | None = None):
-        """``api_key``: sent with every call (default: the CASCADE_API_KEY environment variable)."""
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        timeout_s: float = 5.0,
+        api_key: str | None = None,
+        tls: TLSConfig | None = None,
+    ):
+        """``api_key``: sent with every call (default: the CASCADE_API_KEY environment variable); ``tls``:
+        connect with TLS as its client side says (``serving.tls``), when it says to."""
         self.target = target
         self.timeout_s = timeout_s
         api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENVIRONMENT)
-        self._channel = grpc.insecure_channel(target)
+        if tls is not None and tls.client_uses:
+            options = [("grpc.ssl_target_name_override", tls.server_name)] if tls.server_name else []
+            self._channel = grpc.secure_channel(target, channel_credentials(tls), options=options)
+        else:
+            self._channel = grpc.insecure_channel(target)
         if api_key:
             self._channel = grpc.intercept_channel(self._channel, _WithKey(api_key))
         self._stub = pb_grpc.RecommenderStub(self._channel)
         self._admin = pb_grpc.CatalogueAdminStub(self._channel)
         self._guard = pb_grpc.GuardAdminStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    @classmethod
+    def for_config(
+        cls, config: AppConfig, target: str | None = None, timeout_s: float = 5.0
+    ) -> CascadeClient:
+        """A client of the configured service (``target`` overrides serving.host:port), with its TLS."""
+        serving = config.serving
+        return cls(target or f"{serving.host}:{serving.port}", timeout_s, tls=serving.tls)
 
     def recommend(
         self,

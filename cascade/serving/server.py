@@ -63,6 +63,7 @@ from cascade.serving.pipeline import (
     UserContext,
 )
 from cascade.serving.rules_source import RulesSource
+from cascade.serving.tls import ServerCertificates
 from cascade.serving.tracing import Tracing
 from cascade.serving.validation import (
     check_attributes,
@@ -846,6 +847,17 @@ class CascadeServer:
                 "record events and read customer profiles (serving.auth.api_keys_path)",
                 serving.host,
             )
+        tls = serving.tls
+        self._certificates = ServerCertificates(tls) if tls.serves else None
+        if tls.serves:
+            mutual = "mutual TLS: clients present a certificate" if tls.client_ca_file else "TLS"
+            logger.info("the gRPC port serves %s (certificate %s)", mutual, tls.cert_file)
+        elif not is_loopback(serving.host):
+            logger.warning(
+                "NO TLS on %s: calls, API keys and user data cross the network in the clear; set "
+                "serving.tls.cert_file and key_file unless a proxy in front terminates TLS",
+                serving.host,
+            )
         admitted = sum(executor.capacity for executor in self.executors.values())
         self._server = grpc.server(
             # health checks, reflection and unknown methods; the service's methods run in their own pools
@@ -902,7 +914,7 @@ class CascadeServer:
     def start(self) -> int:
         """Bind and start serving (health NOT_SERVING); returns the bound port."""
         address = f"{self.config.serving.host}:{self.config.serving.port}"
-        self.port = self._server.add_insecure_port(address)
+        self.port = self._bind(address)
         if self.port == 0:
             raise RuntimeError(f"could not bind {address}")
         if self.config.serving.process_ports is not None:
@@ -925,6 +937,12 @@ class CascadeServer:
             )
         return self.port
 
+    def _bind(self, address: str) -> int:
+        """Add a port: TLS only when serving.tls has a certificate, else plaintext."""
+        if self._certificates is not None:
+            return self._server.add_secure_port(address, self._certificates.credentials())
+        return self._server.add_insecure_port(address)
+
     def _bind_own_port(self, port: int) -> int:
         """This process's own address beside the shared one. The server's sockets all carry SO_REUSEPORT,
         which would let this port be shared silently with whatever already holds it; a plain bind first
@@ -937,7 +955,7 @@ class CascadeServer:
                 probe.bind((bare, port))
         except OSError as exc:
             raise RuntimeError(f"serving.process_ports: {host}:{port} is taken ({exc.strerror})") from exc
-        if self._server.add_insecure_port(f"{host}:{port}") != port:
+        if self._bind(f"{host}:{port}") != port:
             raise RuntimeError(f"serving.process_ports: could not bind {host}:{port}")
         return port
 
