@@ -23,13 +23,14 @@ import hmac
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from cascade.core.errors import ArtifactError
@@ -40,6 +41,8 @@ MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 CURRENT = "CURRENT"
 _TMP_PREFIX = ".tmp-"
+# what a kind or a version may be called: a name, never a path (CURRENT is read from disk)
+_VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def sha256_file(path: Path) -> str:
@@ -111,16 +114,38 @@ class ArtifactRef:
     def file(self, name: str) -> Path:
         if name not in self.manifest["files"]:
             raise ArtifactError(f"{self.kind}/{self.version} has no file {name!r}")
-        return self.path / name
+        return self._inside(name)
+
+    def _inside(self, name: str) -> Path:
+        """``name``'s path in this version's folder, refused when it could lead anywhere else: an absolute
+        name, a ``..`` in it, or a symbolic link on the way (a folder or the file itself)."""
+        relative = PurePosixPath(name)
+        if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+            raise ArtifactError(f"{self.kind}/{self.version}: file name {name!r} leaves the artifact folder")
+        path = self.path
+        for part in relative.parts:
+            path = path / part
+            if path.is_symlink():
+                raise ArtifactError(f"{self.kind}/{self.version}: {name} is a symbolic link; refused")
+        return path
 
     def verify(self) -> None:
-        """Check every file against the sha256 in the manifest."""
+        """Check every file against the sha256 in the manifest, and that the folder holds nothing else: a
+        file no manifest sealed (planted beside the sealed ones) or a symbolic link is refused."""
+        sealed = set()
         for name, meta in self.manifest["files"].items():
-            path = self.path / name
+            path = self._inside(name)
             if not path.is_file():
                 raise ArtifactError(f"{self.kind}/{self.version}: missing file {name}")
             if sha256_file(path) != meta["sha256"]:
                 raise ArtifactError(f"{self.kind}/{self.version}: {name} does not match its sha256")
+            sealed.add(path.relative_to(self.path).as_posix())
+        for path in sorted(self.path.rglob("*")):
+            name = path.relative_to(self.path).as_posix()
+            if path.is_symlink():
+                raise ArtifactError(f"{self.kind}/{self.version}: {name} is a symbolic link; refused")
+            if path.is_file() and name not in sealed and name not in (MANIFEST, SIGNATURE):
+                raise ArtifactError(f"{self.kind}/{self.version}: {name} is not in the manifest; refused")
 
 
 class ArtifactBundle:
@@ -188,6 +213,8 @@ class ArtifactStore:
         return ref
 
     def get(self, kind: str, version: str) -> ArtifactRef:
+        if not _VERSION_NAME.fullmatch(version) or not _VERSION_NAME.fullmatch(kind):
+            raise ArtifactError(f"artifact {kind!r}/{version!r}: not a kind and version name; refused")
         path = self.root / kind / version
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():

@@ -10,7 +10,11 @@ from cascade.core.config import ComponentConfig
 
 
 class DataConfig(ComponentConfig):
-    dataset: str = Field("movielens-100k", description="Name of the prepared dataset under data_dir to use.")
+    dataset: str = Field(
+        "movielens-100k",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+        description="Name of the prepared dataset under data_dir to use (a name, never a path).",
+    )
     data_dir: Path = Field(Path("data"), description="Folder holding prepared datasets, one sub-folder each.")
     holdout_fraction: float = Field(
         0.2, gt=0.0, lt=1.0, description="Share of each user's latest interactions held out for evaluation."

@@ -193,7 +193,9 @@ class BoostRule(_Rule):
     """Multiply the score of the listed items, or of the listed genres' items, by ``factor`` (< 1 demotes)."""
 
     kind: Literal["boost"]
-    factor: float = Field(gt=0, description="Multiplier of the item's score; below 1 demotes.")
+    factor: float = Field(
+        gt=0, le=1000, description="Multiplier of the item's score (at most 1000); below 1 demotes."
+    )
     items: tuple[str, ...] = Field((), description="External item ids.")
     genres: tuple[str, ...] = Field((), description="Genre names.")
 
