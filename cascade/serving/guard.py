@@ -90,14 +90,16 @@ class EventGuard:
         if not self.config.online:
             return
         gc = self.config
-        for kind, name, limit in (
-            ("client", client, gc.client_events_per_window),
-            ("item", item_id, gc.item_events_per_window),
-        ):
-            wait = self.store.write(
-                "event not recorded", self.store.backend.consume_rate, keys.rate_key(kind, name), limit,
-                gc.rate_window_s,
-            )  # fmt: skip
+        windows = [
+            ("client", keys.rate_key("client", client), gc.client_events_per_window),
+            ("item", keys.rate_key("item", item_id), gc.item_events_per_window),
+        ]
+        waits = self.store.write(
+            "event not recorded",
+            self.store.backend.consume_rates,
+            [(key, limit, gc.rate_window_s) for _, key, limit in windows],
+        )
+        for (kind, _, limit), wait in zip(windows, waits):
             if wait is not None:
                 self._on_event(f"limited_{kind}")
                 raise RateLimitedError(

@@ -33,10 +33,11 @@ def test_a_users_rate_window_refuses_past_its_limit_and_stores_nothing(redis_cli
 
 def test_client_and_item_windows(redis_client):
     store = RedisFeatureStore(redis_client)
-    key = keys.rate_key("client", "key:app")
-    assert [store.consume_rate(key, 2, 60.0) for _ in range(3)][:2] == [None, None]
-    assert store.consume_rate(key, 2, 60.0) > 0
-    assert store.consume_rate(keys.rate_key("item", 7), 2, 60.0) is None  # its own window
+    client, item = keys.rate_key("client", "key:app"), keys.rate_key("item", 7)
+    assert store.consume_rates([(client, 2, 60.0), (item, 5, 60.0)]) == [None, None]
+    assert store.consume_rates([(client, 2, 60.0)]) == [None]
+    waits = store.consume_rates([(client, 2, 60.0), (item, 5, 60.0)])
+    assert waits[0] > 0 and waits[1] is None  # the client's window is full; the item's has room
 
 
 def test_a_flagged_users_events_are_quarantined_then_released_in_order(redis_client):

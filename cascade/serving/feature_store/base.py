@@ -108,9 +108,10 @@ class OnlineFeatureStore(ABC):
         (LIMITED), and a flagged user's is stored in their quarantine instead (QUARANTINED)."""
 
     @abstractmethod
-    def consume_rate(self, key: bytes, limit: int, window_s: float) -> float | None:
-        """Count one event against ``key``'s sliding window of ``window_s`` seconds: None when it fits
-        within ``limit``, else the seconds until it would (nothing counted)."""
+    def consume_rates(self, windows: list[tuple[bytes, int, float]]) -> list[float | None]:
+        """Count one event against each (key, limit, window seconds) sliding window, in one round trip:
+        per window, None when it fitted within its limit, else the seconds until it would (that window
+        counted nothing)."""
 
     @abstractmethod
     def set_guard_state(

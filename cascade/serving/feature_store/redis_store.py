@@ -344,9 +344,12 @@ class RedisFeatureStore(OnlineFeatureStore):
             retry_after_s=float(wait),
         )
 
-    def consume_rate(self, key: bytes, limit: int, window_s: float) -> float | None:
-        wait = self._consume_rate(keys=[key], args=[limit, repr(float(window_s)), repr(time.time())])
-        return None if wait is None else float(wait)
+    def consume_rates(self, windows: list[tuple[bytes, int, float]]) -> list[float | None]:
+        now = repr(time.time())
+        pipe = self.client.pipeline(transaction=False)  # one window per call: each its own slot
+        for key, limit, window_s in windows:
+            self._consume_rate(keys=[key], args=[limit, repr(float(window_s)), now], client=pipe)
+        return [None if wait is None else float(wait) for wait in pipe.execute()]
 
     def set_guard_state(
         self, user_id: int | str, state: str, reason: str, score: float, by: str
