@@ -162,6 +162,7 @@ def run(
     live: bool = True,
 ) -> dict:
     started = time.perf_counter()
+    commit = git_commit()  # the code that runs: the tree may change during a long evaluation
     embedded = None
     if live:
         import tempfile
@@ -245,7 +246,7 @@ def run(
         "guard": gc.model_dump(mode="json"),
         "clean": clean,
         "rows": rows,
-        "commit": git_commit(),
+        "commit": commit,
         "seconds": time.perf_counter() - started,
     }
 
