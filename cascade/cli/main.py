@@ -359,6 +359,20 @@ def health(
         raise typer.Exit(code=1)
 
 
+def _call_service(target: str | None, call: Callable):
+    """``call(client)`` against the configured service (``target`` overrides its address; its TLS, and
+    CASCADE_API_KEY) -> the reply; an error status exits with one line."""
+    import grpc
+
+    from cascade.serving.client import CascadeClient
+
+    with CascadeClient.for_config(_config(), target) as client:
+        try:
+            return call(client)
+        except grpc.RpcError as exc:
+            _fail(f"{exc.code().name}: {exc.details()}")
+
+
 @app.command("profile")
 def profile(
     user_id: Annotated[str, typer.Option(help="User id.")],
@@ -366,17 +380,9 @@ def profile(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Ask a running service for a customer's profile: demographics, value tier, genres, recent items."""
-    import grpc
     from google.protobuf.json_format import MessageToDict
 
-    from cascade.serving.client import CascadeClient
-
-    cfg = _config()
-    with CascadeClient.for_config(cfg, target) as client:
-        try:
-            reply = client.customer_profile(user_id)
-        except grpc.RpcError as exc:
-            _fail(f"{exc.code().name}: {exc.details()}")
+    reply = _call_service(target, lambda client: client.customer_profile(user_id))
     if as_json:
         print(json.dumps(MessageToDict(reply, preserving_proto_field_name=True), indent=2))
         return
@@ -430,21 +436,6 @@ def guard_scan() -> None:
 TargetOption = Annotated[str | None, typer.Option(help="HOST:PORT of the service (default: the config's).")]
 
 
-def _guard_call(target: str | None, call: Callable):
-    """``call(client)`` against the service (GuardAdmin: the admin scope, CASCADE_API_KEY); exits on an
-    error status."""
-    import grpc
-
-    from cascade.serving.client import CascadeClient
-
-    cfg = _config()
-    with CascadeClient.for_config(cfg, target) as client:
-        try:
-            return call(client)
-        except grpc.RpcError as exc:
-            _fail(f"{exc.code().name}: {exc.details()}")
-
-
 @guard_app.command("list")
 def guard_list(
     limit: Annotated[int, typer.Option(help="At most this many, the latest first.")] = 100,
@@ -453,7 +444,7 @@ def guard_list(
     """The users the live guard flagged (their events quarantined) or an operator blocked, with why."""
     import time as clock
 
-    reply = _guard_call(target, lambda client: client.guard_flags(limit))
+    reply = _call_service(target, lambda client: client.guard_flags(limit))
     if not reply.flags:
         console.print("no user is flagged or blocked")
     for flag in reply.flags:
@@ -473,7 +464,7 @@ def guard_clear(
     target: TargetOption = None,
 ) -> None:
     """Lift a user's flag or block: their quarantined events join their history in order (or are dropped)."""
-    reply = _guard_call(target, lambda client: client.clear_user(user_id, discard))
+    reply = _call_service(target, lambda client: client.clear_user(user_id, discard))
     if not reply.previous_state:
         console.print(f"user {user_id} was neither flagged nor blocked")
         return
@@ -490,7 +481,7 @@ def guard_block(
     target: TargetOption = None,
 ) -> None:
     """Refuse a user's events (PERMISSION_DENIED) until cleared; audited."""
-    reply = _guard_call(target, lambda client: client.block_user(user_id, reason))
+    reply = _call_service(target, lambda client: client.block_user(user_id, reason))
     before = f" (was {reply.previous_state})" if reply.previous_state else ""
     console.print(f"user {user_id} blocked{before}")
 
@@ -581,18 +572,14 @@ def record_event(
     target: Annotated[str | None, typer.Option(help="HOST:PORT of the service.")] = None,
 ) -> None:
     """Record one event of a user with a running service (RecordEvent)."""
-    import grpc
-
-    from cascade.serving.client import EVENT_TYPES, CascadeClient
+    from cascade.serving.client import EVENT_TYPES
 
     if event_type not in EVENT_TYPES:
         _fail(f"--type must be one of {sorted(EVENT_TYPES)}, got {event_type!r}")
-    cfg = _config()
-    with CascadeClient.for_config(cfg, target) as client:
-        try:
-            reply = client.record_event(user_id, item_id, event_type, event_id=event_id, rating=rating)
-        except grpc.RpcError as exc:
-            _fail(f"{exc.code().name}: {exc.details()}")
+    reply = _call_service(
+        target,
+        lambda client: client.record_event(user_id, item_id, event_type, event_id=event_id, rating=rating),
+    )
     note = " (a duplicate: recorded before)" if reply.duplicate else ""
     console.print(f"recorded; history length {reply.history_length}{note}")
 
@@ -733,16 +720,9 @@ def catalogue_upsert(
 ) -> None:
     """Add an item to the served catalogue, embedded from its content, or replace an item's content
     (CatalogueAdmin.UpsertItem): durable, and in force on every server within serving.reload_interval_s."""
-    import grpc
-
-    from cascade.serving.client import CascadeClient
-
-    cfg = _config()
-    with CascadeClient.for_config(cfg, target) as client:
-        try:
-            reply = client.upsert_item(item_id, title=title, genres=genre or [], year=year)
-        except grpc.RpcError as exc:
-            _fail(f"{exc.code().name}: {exc.details()}")
+    reply = _call_service(
+        target, lambda client: client.upsert_item(item_id, title=title, genres=genre or [], year=year)
+    )
     said = "added" if reply.created else "replaced"
     console.print(f"item {item_id} {said}; catalogue version {reply.catalogue_version}")
 
@@ -754,16 +734,7 @@ def catalogue_delete(
 ) -> None:
     """Delete an item from the served catalogue (CatalogueAdmin.DeleteItem): durable, and in force on every
     server within serving.reload_interval_s."""
-    import grpc
-
-    from cascade.serving.client import CascadeClient
-
-    cfg = _config()
-    with CascadeClient.for_config(cfg, target) as client:
-        try:
-            reply = client.delete_item(item_id)
-        except grpc.RpcError as exc:
-            _fail(f"{exc.code().name}: {exc.details()}")
+    reply = _call_service(target, lambda client: client.delete_item(item_id))
     said = "deleted" if reply.deleted else "was deleted already"
     console.print(f"item {item_id} {said}; catalogue version {reply.catalogue_version}")
 
