@@ -26,6 +26,7 @@ import pandas as pd
 from cascade.core.artifacts import ArtifactStore
 from cascade.core.errors import BlockedError, RateLimitedError
 from cascade.core.privacy import Pseudonymiser
+from cascade.core.schema import EVENT_TYPES
 from cascade.guard.config import GuardConfig
 from cascade.guard.detector import GUARD, ShillingDetector
 from cascade.serving.feature_store import keys
@@ -44,7 +45,7 @@ from cascade.serving.feature_store.resilient import ResilientFeatureStore
 logger = logging.getLogger(__name__)
 audit_logger = logging.getLogger("cascade.guard.audit")
 
-RATE_EVENT = 3  # EVENT_TYPE_RATE
+RATE_EVENT = EVENT_TYPES["rate"]
 LIVE_SCORE_EVERY = 5  # ratings between two live scores of one user
 DETECTOR = "detector"
 DETECTOR_CHECK_S = 5.0  # how often the artifact store is asked for a newer detector
@@ -74,16 +75,12 @@ class EventGuard:
         self._detector_version: str | None = None
         self._checked_at = float("inf") if detector is not None else float("-inf")
         self._lock = threading.Lock()
-        self._checks = (
-            EventChecks(config.user_events_per_window, config.rate_window_s, config.quarantine_length)
-            if config.online
-            else None
+        # with guard.online off no rate is limited, but a block or a flag an operator set still holds
+        self.checks = EventChecks(
+            config.user_events_per_window if config.online else 0,
+            config.rate_window_s,
+            config.quarantine_length,
         )
-
-    @property
-    def checks(self) -> EventChecks | None:
-        """What the recording script checks of each event (None with ``guard.online`` off)."""
-        return self._checks
 
     def admit(self, client: str, item_id: int | str) -> None:
         """Count the event against the client's and the item's windows, or raise RateLimitedError."""
@@ -110,7 +107,7 @@ class EventGuard:
     def settle(self, user_id: int | str, event: HistoryEvent, result: RecordResult) -> None:
         """Act on the recording's outcome: refuse (raise) a blocked user's or a rate-limited one's, score
         the user after a recorded rating."""
-        if self._checks is None or result.duplicate:
+        if result.duplicate:
             return
         if result.outcome == BLOCKED:
             self._on_event(BLOCKED)
@@ -123,7 +120,8 @@ class EventGuard:
                 retry_after_s=max(result.retry_after_s, 0.05),
             )
         self._on_event(result.outcome)
-        if result.outcome == RECORDED and event.event_type == RATE_EVENT and self._due(result.ratings):
+        recorded_rating = result.outcome == RECORDED and event.event_type == RATE_EVENT
+        if self.config.online and recorded_rating and self._due(result.ratings):
             self._score(user_id)
 
     def _due(self, ratings: int) -> bool:

@@ -3,9 +3,17 @@ blocks, clearance and the flag list."""
 
 from __future__ import annotations
 
+import pytest
+
+from cascade.core.artifacts import ArtifactStore
+from cascade.core.errors import BlockedError
+from cascade.core.privacy import Pseudonymiser
+from cascade.guard.config import GuardConfig
 from cascade.serving.feature_store import HistoryEvent, keys
 from cascade.serving.feature_store.base import BLOCKED, FLAGGED, LIMITED, QUARANTINED, RECORDED, EventChecks
 from cascade.serving.feature_store.redis_store import RedisFeatureStore
+from cascade.serving.feature_store.resilient import ResilientFeatureStore
+from cascade.serving.guard import EventGuard
 
 CHECKS = EventChecks(user_limit=3, window_s=60.0, quarantine_length=100)
 
@@ -85,3 +93,29 @@ def test_without_checks_recording_is_as_before(redis_client):
     store.set_guard_state(8, BLOCKED, "x", 1.0, "key:ops")
     result = store.record_event(8, HistoryEvent(1, 2, 1), 50)
     assert result.outcome == BLOCKED  # a block holds whatever the caller asks
+
+
+def test_with_the_online_guard_off_a_block_still_refuses_and_a_quarantine_keeps_every_event(
+    redis_client, tmp_path
+):
+    store = ResilientFeatureStore(RedisFeatureStore(redis_client), timeout_s=1.0)
+    guard = EventGuard(
+        GuardConfig(online=False, quarantine_length=10),
+        store,
+        ArtifactStore(tmp_path),
+        50,
+        Pseudonymiser(b"k" * 16),
+    )
+    store.backend.set_guard_state(11, BLOCKED, "ops", 1.0, "key:ops")
+    event = HistoryEvent(1, 2, 1)
+    with pytest.raises(BlockedError):  # refused, not acknowledged as if stored
+        guard.settle(11, event, store.record_event(11, event, 50, None, 0, guard.checks))
+    store.backend.set_guard_state(12, FLAGGED, "live", 0.99, "detector")
+    for item in (1, 2, 3):
+        event = HistoryEvent(item, 2, item)
+        guard.settle(12, event, store.record_event(12, event, 50, None, 0, guard.checks))
+    assert redis_client.llen(keys.quarantine_key(12)) == 3
+    # a caller that checks nothing keeps the guard's default quarantine length, not one event
+    for item in (4, 5):
+        store.backend.record_event(12, HistoryEvent(item, 2, item), 50)
+    assert redis_client.llen(keys.quarantine_key(12)) == 5

@@ -19,6 +19,7 @@ from redis.retry import Retry
 
 from cascade.core.schema import native_id
 from cascade.customers.live import ValueScale
+from cascade.guard.config import GuardConfig
 from cascade.serving.feature_store import keys
 from cascade.serving.feature_store.base import (
     USER_FEATURE_FIELDS,
@@ -33,6 +34,9 @@ from cascade.serving.feature_store.cache import MISSING, TTLCache
 
 logger = logging.getLogger(__name__)
 
+# a block and a flag hold whether or not the caller checks rates: without checks, no user limit, and a
+# flagged user's quarantine keeps as many events as the guard's default
+NO_RATE_LIMIT = EventChecks(0, 1.0, GuardConfig.model_fields["quarantine_length"].default)
 AUDIT_STREAM_LENGTH = 100_000  # the guard's audit stream keeps about this many of the latest decisions
 
 # One sliding-window counter (an approximate sliding log: this fixed window's count plus the last one's,
@@ -310,6 +314,7 @@ class RedisFeatureStore(OnlineFeatureStore):
     ) -> RecordResult:
         user = event_user_id
         keyspace = self.keyspace
+        checks = checks or NO_RATE_LIMIT
         dedupe = event_id is not None and dedupe_window_s > 0
         length, duplicate, outcome, ratings, wait = self._record_event(
             keys=[
@@ -331,9 +336,9 @@ class RedisFeatureStore(OnlineFeatureStore):
                 "" if event.rating is None else repr(float(event.rating)),
                 int(dedupe_window_s) if dedupe else 0,
                 repr(time.time()),
-                checks.user_limit if checks is not None else 0,
-                repr(float(checks.window_s)) if checks is not None else "1",
-                checks.quarantine_length if checks is not None else 1,
+                checks.user_limit,
+                repr(float(checks.window_s)),
+                checks.quarantine_length,
             ],
         )
         return RecordResult(
