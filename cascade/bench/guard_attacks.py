@@ -32,10 +32,9 @@ from cascade.core.seeding import seed_everything
 from cascade.data.dataset import Dataset
 from cascade.data.split import temporal_split
 from cascade.guard.attacks import ATTACK_KINDS, AttackSpec, inject_attack, pick_targets
-from cascade.guard.detector import ScanResult, scan
 from cascade.recall.item_item import ItemItemChannel
 from cascade.serving.feature_store.base import QUARANTINED
-from cascade.training.guard import rating_range_of
+from cascade.training.guard import rating_range_of, scan_as_configured
 from cascade.training.prepare import prepare_dataset
 from cascade.training.recall import train_two_tower_on
 from cascade.training.task import RecallTask
@@ -177,16 +176,12 @@ def run(
     gc = config.guard
     pushed = pick_targets(dataset.interactions, targets, config.seed + 7)
 
-    def scan_of(interactions: pd.DataFrame, users: pd.DataFrame) -> ScanResult:
-        return scan(interactions, users, dataset.items, rating_range, config.seed, gc.screen_score,
-                    gc.min_group, gc.min_group_share, gc.scan_folds, gc.scan_passes)  # fmt: skip
-
     def without(data: Dataset, users: pd.Index) -> Dataset:
         interactions = data.interactions[~data.interactions["user_id"].isin(users)]
         kept_users = data.users[~data.users["user_id"].isin(users)]
         return Dataset.create(data.name, interactions, kept_users, data.items)
 
-    clean_scan = scan_of(dataset.interactions, dataset.users)
+    clean_scan = scan_as_configured(config, dataset)
     false_flags = clean_scan.flagged[clean_scan.flagged].index
     clean: dict = {"flagged": len(false_flags), "users": len(genuine)}
     for model in models:
@@ -208,7 +203,7 @@ def run(
             spec = AttackSpec(kind, size, filler_share, pushed, config.seed + 100 + 10 * k + s)
             attacked = inject_attack(dataset.interactions, dataset.users, dataset.items, spec, rating_range)
             attacked_set = Dataset.create(dataset.name, attacked.interactions, attacked.users, dataset.items)
-            result = scan_of(attacked.interactions, attacked.users)
+            result = scan_as_configured(config, attacked_set)
             flagged = result.flagged[result.flagged].index
             fakes = pd.Index(attacked.fake_users)
             caught = len(flagged.intersection(fakes))

@@ -158,7 +158,6 @@ class ScanResult:
     scores: pd.Series  # user id -> probability
     flagged: pd.Series  # user id -> bool
     pushed_items: pd.Series  # user id -> the item it pushes with a group of suspects ("" when none)
-    screen: float
 
     def reasons(self) -> pd.DataFrame:
         """The flagged users, most suspicious first: user_id, score, pushed_item."""
@@ -210,7 +209,7 @@ def scan(
         logger.info("guard scan: pass %d of %d flagged %d profiles", number + 1, passes, int(flagged.sum()))
         if number + 1 < passes:
             excluded = flagged.index[flagged.to_numpy()]
-    return ScanResult(scores, flagged, pushed, screen)
+    return ScanResult(scores, flagged, pushed)
 
 
 def _group_pushes(

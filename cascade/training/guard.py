@@ -16,7 +16,7 @@ from cascade.core.schema import SCHEMA_VERSION
 from cascade.core.seeding import seed_everything
 from cascade.data.dataset import Dataset
 from cascade.data.exclusions import Exclusions, GuardExclusions
-from cascade.guard.detector import GUARD, ShillingDetector, scan
+from cascade.guard.detector import GUARD, ScanResult, ShillingDetector, scan
 from cascade.training.prepare import reuse_current
 
 logger = logging.getLogger(__name__)
@@ -60,20 +60,7 @@ def guard_scan(config: AppConfig) -> ScanReport:
         reason = f"{users} users is below {MIN_SCAN_USERS}: too few to scan"
         Exclusions(GuardExclusions(scanned=wanted)).save(config.data.path)
         return ScanReport(users, [], time.perf_counter() - started, skipped=reason)
-    gc = config.guard
-    result = scan(
-        dataset.interactions,
-        dataset.users,
-        dataset.items,
-        rating_range_of(dataset),
-        config.seed,
-        gc.screen_score,
-        min_group=gc.min_group,
-        min_group_share=gc.min_group_share,
-        folds=gc.scan_folds,
-        passes=gc.scan_passes,
-    )
-    reasons = result.reasons()
+    reasons = scan_as_configured(config, dataset).reasons()
     flagged = [
         {
             "user_id": str(row.user_id),
@@ -89,6 +76,23 @@ def guard_scan(config: AppConfig) -> ScanReport:
     ).save(config.data.path)
     logger.info("guard scan of %s: %d of %d profiles flagged", config.data.dataset, len(flagged), users)
     return ScanReport(users, flagged, time.perf_counter() - started)
+
+
+def scan_as_configured(config: AppConfig, dataset: Dataset) -> ScanResult:
+    """``dataset``'s users scanned with the config's seed and guard settings (``detector.scan``)."""
+    gc = config.guard
+    return scan(
+        dataset.interactions,
+        dataset.users,
+        dataset.items,
+        rating_range_of(dataset),
+        config.seed,
+        gc.screen_score,
+        min_group=gc.min_group,
+        min_group_share=gc.min_group_share,
+        folds=gc.scan_folds,
+        passes=gc.scan_passes,
+    )
 
 
 def scan_if_stale(config: AppConfig) -> ScanReport | None:
