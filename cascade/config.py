@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cascade.core.artifacts import ArtifactStore
 from cascade.core.config import ComponentConfig, FeatureConfig, read_config_file
-from cascade.core.privacy import PrivacyConfig
+from cascade.core.privacy import PrivacyConfig, Pseudonymiser
 from cascade.customers.config import CustomersConfig
 from cascade.data.config import DataConfig
 from cascade.guard.config import GuardConfig
@@ -327,6 +327,10 @@ class AppConfig(ComponentConfig):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
 
+    def pseudonyms(self) -> Pseudonymiser:
+        """User pseudonyms with the configured key (``privacy``): feature-store keys, deny-lists, logs."""
+        return Pseudonymiser.from_config(self.privacy)
+
     def artifact_store(self) -> ArtifactStore:
         """The artifact store at ``artifacts_dir``, signing and checking with the configured key."""
         key = None
@@ -339,7 +343,16 @@ class AppConfig(ComponentConfig):
         return ArtifactStore(self.artifacts_dir, signing_key=key)
 
     def resolved_json(self) -> str:
+        """The whole config as JSON, secrets masked: what is logged, printed and stored in artifacts."""
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
+
+    def child_json(self) -> str:
+        """The whole config as JSON with its secrets, for a process this one starts (never for a log, a
+        print or an artifact): ``resolved_json`` would hand it a masked key."""
+        raw = self.model_dump(mode="json")
+        if self.privacy.pseudonym_key is not None:
+            raw["privacy"]["pseudonym_key"] = self.privacy.pseudonym_key.get_secret_value()
+        return json.dumps(raw, sort_keys=True)
 
 
 class _EnvironmentConfig(AppConfig, BaseSettings):

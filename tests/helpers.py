@@ -5,8 +5,12 @@ from __future__ import annotations
 import socket
 
 from cascade.bench.ports import free_port
+from cascade.core.privacy import Pseudonymiser
 
 USER = 1  # a real ML-100K user with 272 ratings
+# the tests' pseudonym key: in each test config (privacy.pseudonym_key) and given to each store they open
+PSEUDONYM_KEY = "cascade-tests-pseudonym-key"
+PSEUDONYMS = Pseudonymiser(PSEUDONYM_KEY.encode())
 
 
 def free_port_run(count: int) -> int:

@@ -111,14 +111,14 @@ def live_replay(
     detector = ShillingDetector.fit(fitted_on, dataset.users, dataset.items, rating_range, config.seed)
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
-    backend = RedisFeatureStore(client)
+    pseudonyms = Pseudonymiser(b"guard-replay-key-0")  # a throwaway store: its own key
+    backend = RedisFeatureStore(client, pseudonyms=pseudonyms)
     history = config.features.history_length
     mine = split.train[split.train["user_id"].isin(scored)]
     backend.bulk_load(dataset.users[dataset.users["user_id"].isin(scored)], mine, history, "guard-replay")
     lifted = ("user_events_per_window", "client_events_per_window", "item_events_per_window")
     unlimited = config.guard.model_copy(update=dict.fromkeys(lifted, 10**9))
     store = ResilientFeatureStore(backend, timeout_s=5.0)
-    pseudonyms = Pseudonymiser(b"guard-replay-key-0")
     guard = EventGuard(unlimited, store, config.artifact_store(), history, pseudonyms, detector=detector)
     genuine_events = split.test[split.test["user_id"].isin(scored)]
     stream = pd.concat([genuine_events, fake_rows], ignore_index=True).sort_values("timestamp", kind="stable")
@@ -170,7 +170,7 @@ def run(
 
         embedded = RedisProcess(tempfile.mkdtemp(prefix="cascade-guard-"), fsync="no").start()
     seed_everything(config.seed)
-    dataset = Dataset.load(config.data.path, exclusions=False)
+    dataset = Dataset.load(config.data.path, exclusions=False, pseudonyms=config.pseudonyms())
     rating_range = rating_range_of(dataset)
     genuine = {native_id(u) for u in dataset.interactions["user_id"].unique().tolist()}
     gc = config.guard

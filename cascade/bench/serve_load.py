@@ -345,7 +345,7 @@ def running_service(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp, open(log_path, "w") as log:
         config_path = Path(tmp) / "config.json"
-        config_path.write_text(config.model_dump_json(indent=2))
+        config_path.write_text(config.child_json())  # a private temporary folder: the key may be in it
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         cli = [sys.executable, "-m", "cascade.cli", "--config", str(config_path)]
         subprocess.run(

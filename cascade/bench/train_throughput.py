@@ -228,7 +228,7 @@ def _in_processes(job: Callable[..., str], processes: int, config: AppConfig, jo
     torch thread each; what process 0's returned."""
     with tempfile.TemporaryDirectory() as folder:
         out = str(Path(folder) / "result")
-        args = (processes, free_port(), job, config.resolved_json(), job_args, out)
+        args = (processes, free_port(), job, config.child_json(), job_args, out)
         mp.spawn(_process, args=args, nprocs=processes, join=True)
         return Path(out).read_text()
 

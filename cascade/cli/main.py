@@ -450,21 +450,22 @@ def guard_list(
     for flag in reply.flags:
         since = clock.strftime("%Y-%m-%d %H:%M:%S", clock.gmtime(flag.since))
         console.print(
-            f"{flag.user_id}: {flag.state} since {since} UTC by {flag.by} (score {flag.score:.3f}, "
+            f"{flag.pseudonym}: {flag.state} since {since} UTC by {flag.by} (score {flag.score:.3f}, "
             f"{flag.quarantined_events} events quarantined): {flag.reason}"
         )
 
 
 @guard_app.command("clear")
 def guard_clear(
-    user_id: Annotated[str, typer.Argument(help="The user to clear.")],
+    user_id: Annotated[str, typer.Argument(help="An id, or a pseudonym from `guard list`.")],
     discard: Annotated[
         bool, typer.Option(help="Drop the quarantined events instead of adding them to the history.")
     ] = False,
     target: TargetOption = None,
 ) -> None:
     """Lift a user's flag or block: their quarantined events join their history in order (or are dropped)."""
-    reply = _call_service(target, lambda client: client.clear_user(user_id, discard))
+    user = _user_or_pseudonym(user_id)
+    reply = _call_service(target, lambda client: client.clear_user(user, discard))
     if not reply.previous_state:
         console.print(f"user {user_id} was neither flagged nor blocked")
         return
@@ -476,14 +477,69 @@ def guard_clear(
 
 @guard_app.command("block")
 def guard_block(
-    user_id: Annotated[str, typer.Argument(help="The user to block.")],
+    user_id: Annotated[str, typer.Argument(help="The user to block: an id, or a pseudonym.")],
     reason: Annotated[str, typer.Option(help="Why, for the audit log.")],
     target: TargetOption = None,
 ) -> None:
     """Refuse a user's events (PERMISSION_DENIED) until cleared; audited."""
-    reply = _call_service(target, lambda client: client.block_user(user_id, reason))
+    user = _user_or_pseudonym(user_id)
+    reply = _call_service(target, lambda client: client.block_user(user, reason))
     before = f" (was {reply.previous_state})" if reply.previous_state else ""
     console.print(f"user {user_id} blocked{before}")
+
+
+def _user_or_pseudonym(text: str) -> str:
+    """A pseudonym as `guard list` and the logs print them ("p-" and 32 hex digits) names a user by it."""
+    from cascade.core.privacy import PSEUDONYM, Pseudonym
+
+    return Pseudonym(text) if PSEUDONYM.fullmatch(text) else text
+
+
+privacy_app = typer.Typer(no_args_is_help=True, help="Customers' privacy requests: forget a user.")
+app.add_typer(privacy_app, name="privacy")
+
+
+@privacy_app.command("forget")
+def privacy_forget(
+    user_id: Annotated[str, typer.Argument(help="The user to forget.")],
+    offline: Annotated[
+        bool, typer.Option(help="Only deny-list the user here; the service is not called.")
+    ] = False,
+    target: TargetOption = None,
+) -> None:
+    """Forget a user: put them on the deny-list beside the configured data set (every later training run,
+    evaluation and feature load leaves them out; models fitted with them are fitted again), then have the
+    service delete everything it holds of them (PrivacyAdmin.ForgetUser). Prints what was removed."""
+    from cascade.data.forgotten import DenyList, deny_list_path
+
+    cfg = _config()
+    folder = cfg.data.path
+    user = _dataset_user(folder, user_id)
+    pseudonyms = cfg.pseudonyms()
+    if (folder / "dataset.json").is_file():
+        added = DenyList.add(folder, user, pseudonyms)
+        listed = "added to" if added else "already on"
+        console.print(f"{pseudonyms.of(user)}: {listed} the deny-list {deny_list_path(folder)}")
+    else:
+        console.print(f"no data set at {folder}: deny-list the user where the data lives too")
+    if offline:
+        console.print("the service was not called (--offline): its store still holds the user")
+        return
+    reply = _call_service(target, lambda client: client.forget_user(user_id))
+    removed = ", ".join(f"{name} {count}" for name, count in sorted(reply.removed.items()) if count)
+    console.print(f"the service removed: {removed or 'nothing (nothing held)'}")
+    if reply.deny_listed:
+        console.print("the service's data set deny-lists the user too")
+
+
+def _dataset_user(folder: Path, text: str) -> int | str:
+    """``text`` as the data set's user ids are: an integer where they are integers (the service reads
+    "042" as 42 then), so that the deny-list and the service name one user."""
+    import pyarrow.parquet as pq
+
+    users = folder / "users.parquet"
+    numeric = users.is_file() and str(pq.read_schema(users).field("user_id").type).startswith("int")
+    return int(text) if numeric and text.strip().isdigit() else text
 
 
 def _keys_path(path: Path | None) -> Path:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,11 @@ import numpy as np
 import pandas as pd
 
 from cascade.core.errors import ArtifactError
+from cascade.core.privacy import Pseudonymiser
 
-SCHEMA_VERSION = 2
+# 3: a saved schema names its users by pseudonym, not by id (2, by id, is still read)
+SCHEMA_VERSION = 3
+READABLE_SCHEMA_VERSIONS = (2, 3)
 
 # The recall channels, named once: each candidate carries its channel's name through ranking (where it
 # is a categorical feature) to the response.
@@ -179,7 +182,11 @@ class ItemFeatures:
 
 @dataclass(frozen=True)
 class FeatureSchema:
-    user_ids: np.ndarray  # sorted external ids; position + 1 is the index
+    """The vocabularies of every categorical feature. A fitted schema holds its users' ids; a saved one
+    holds their pseudonyms instead (``cascade.core.privacy``), so that no artifact lists who the users are,
+    and a schema read back looks users up by the pseudonym of their id, with the key it was saved with."""
+
+    user_ids: np.ndarray  # sorted external ids; position + 1 is the index (empty in a schema read back)
     item_ids: np.ndarray
     occupations: tuple[str, ...]
     genres: tuple[str, ...]
@@ -194,10 +201,18 @@ class FeatureSchema:
     # items added while serving (CatalogueAdmin.UpsertItem), indices num_items, num_items + 1, ...: never
     # saved, unknown to every model (``num_items`` counts the trained catalogue only)
     added_item_ids: tuple = ()
+    # a schema read back: its users by pseudonym (position + 1 is the index), whether their ids are integers
+    user_pseudonyms: tuple[str, ...] | None = None
+    user_ids_numeric: bool | None = None
+    pseudonym_key_id: str | None = None
+    # the key of the users' pseudonyms: to save a fitted schema, to look users up in a read one
+    pseudonyms: Pseudonymiser | None = field(default=None, compare=False, repr=False)
 
     # --- sizes of every categorical feature, for embedding tables -------------------------------------
     @property
     def num_users(self) -> int:
+        if self.user_pseudonyms is not None:
+            return len(self.user_pseudonyms) + 1
         return len(self.user_ids) + 1
 
     @property
@@ -254,9 +269,11 @@ class FeatureSchema:
         title_length: int,
         zip_prefix_length: int = 2,
         ratings: Any = None,
+        pseudonyms: Pseudonymiser | None = None,
     ) -> FeatureSchema:
         """Build vocabularies from the catalogue tables; of the interactions, only ``ratings`` (every rating
-        value in the data set) is looked at, for the scale predicted and recorded ratings must keep to."""
+        value in the data set) is looked at, for the scale predicted and recorded ratings must keep to.
+        ``pseudonyms``: the key its users are saved under (a schema fitted without one cannot be saved)."""
         rating_range = DEFAULT_RATING_RANGE
         if ratings is not None and len(ratings) > 0:
             values = np.asarray(ratings, dtype=np.float64)
@@ -274,6 +291,7 @@ class FeatureSchema:
             zip_prefixes=tuple(sorted(prefixes)),
             zip_prefix_length=zip_prefix_length,
             rating_range=rating_range,
+            pseudonyms=pseudonyms,
         )
 
     # --- id mapping ---------------------------------------------------------------------------------
@@ -315,7 +333,13 @@ class FeatureSchema:
 
     @cached_property
     def _user_table(self) -> np.ndarray | dict | None:
+        if self.user_pseudonyms is not None:
+            return {pseudonym: position + 1 for position, pseudonym in enumerate(self.user_pseudonyms)}
         return self.dense_id_table(self.user_ids)
+
+    @property
+    def _users_numeric(self) -> bool:
+        return self.user_ids_numeric if self.user_ids_numeric is not None else is_numeric(self.user_ids)
 
     @cached_property
     def _item_table(self) -> np.ndarray | dict | None:
@@ -324,12 +348,12 @@ class FeatureSchema:
     @property
     def numeric_ids(self) -> bool:
         """Whether the data set's ids are integers (else opaque strings)."""
-        return is_numeric(self.item_ids) and is_numeric(self.user_ids)
+        return is_numeric(self.item_ids) and self._users_numeric
 
     def parse_user_ids(self, ids: Any) -> np.ndarray:
         """Ids as text (a request's, the feature store's) -> the user vocabulary's kind (``parse_ids``);
         ``user_index`` parses its ids with it."""
-        return parse_ids(ids, is_numeric(self.user_ids))
+        return parse_ids(ids, self._users_numeric)
 
     def parse_item_ids(self, ids: Any) -> np.ndarray:
         """Ids as text -> the item vocabulary's kind (``parse_ids``)."""
@@ -338,7 +362,15 @@ class FeatureSchema:
     def user_index(self, user_ids: Any) -> np.ndarray:
         """External user ids (N,), of the vocabulary's kind or as text, -> indices (N,); 0 for unknown
         users."""
-        return self.lookup_ids(self.user_ids, self.parse_user_ids(user_ids), self._user_table)
+        parsed = self.parse_user_ids(user_ids)
+        if self.user_pseudonyms is None:
+            return self.lookup_ids(self.user_ids, parsed, self._user_table)
+        if self.pseudonyms is None:
+            raise ArtifactError("this schema knows its users by pseudonym: read it with the pseudonym key")
+        distinct, inverse = np.unique(parsed, return_inverse=True)
+        table = self._user_table
+        found = np.array([table.get(self.pseudonyms.of(u), 0) for u in distinct.tolist()], dtype=np.int64)
+        return found[inverse.reshape(-1)] if len(parsed) else np.zeros(0, dtype=np.int64)
 
     def item_index(self, item_ids: Any) -> np.ndarray:
         """External item ids (N,), of the vocabulary's kind or as text, -> indices (N,); 0 for unknown items.
@@ -450,11 +482,19 @@ class FeatureSchema:
 
     # --- persistence --------------------------------------------------------------------------------
     def to_json(self) -> str:
+        if self.user_pseudonyms is not None:
+            users = list(self.user_pseudonyms)
+        elif self.pseudonyms is not None:
+            users = [self.pseudonyms.of(u) for u in self.user_ids.tolist()]
+        else:
+            raise ValueError("a schema is saved with its users by pseudonym: fit it with the pseudonym key")
+        key_id = self.pseudonyms.key_id if self.pseudonyms is not None else self.pseudonym_key_id
         return json.dumps(
             {
-                "version": self.version,
-                "id_kinds": {"user": _kind(self.user_ids), "item": _kind(self.item_ids)},
-                "user_ids": self.user_ids.tolist(),
+                "version": SCHEMA_VERSION,
+                "id_kinds": {"user": "int" if self._users_numeric else "str", "item": _kind(self.item_ids)},
+                "user_pseudonyms": users,
+                "pseudonym_key_id": key_id,
                 "item_ids": self.item_ids.tolist(),
                 "occupations": list(self.occupations),
                 "genres": list(self.genres),
@@ -468,13 +508,30 @@ class FeatureSchema:
         )
 
     @classmethod
-    def from_json(cls, text: str) -> FeatureSchema:
+    def from_json(cls, text: str, pseudonyms: Pseudonymiser | None = None) -> FeatureSchema:
+        """A saved schema; ``pseudonyms``, the key its users were saved under, to look them up."""
         raw = json.loads(text)
-        if raw.get("version") != SCHEMA_VERSION:
+        if raw.get("version") not in READABLE_SCHEMA_VERSIONS:
             raise ArtifactError(f"feature schema version {raw.get('version')} != supported {SCHEMA_VERSION}")
+        # schemas saved before string ids existed record no kinds: their ids are integers
+        user_kind = raw.get("id_kinds", {}).get("user", "int")
+        by_pseudonym = {}
+        if "user_pseudonyms" in raw:
+            key_id = raw.get("pseudonym_key_id")
+            if pseudonyms is not None and key_id != pseudonyms.key_id:
+                raise ArtifactError(
+                    f"the schema's users were saved under the pseudonym key {key_id}, this process has "
+                    f"{pseudonyms.key_id}: configure that key, or train again"
+                )
+            by_pseudonym = {
+                "user_pseudonyms": tuple(raw["user_pseudonyms"]),
+                "user_ids_numeric": user_kind == "int",
+                "pseudonym_key_id": key_id,
+                "pseudonyms": pseudonyms,
+            }
         return cls(
-            # schemas saved before string ids existed record no kinds: their ids are integers
-            user_ids=_from_kind(raw["user_ids"], raw.get("id_kinds", {}).get("user", "int")),
+            user_ids=_from_kind(raw.get("user_ids", []), user_kind),
+            **by_pseudonym,
             item_ids=_from_kind(raw["item_ids"], raw.get("id_kinds", {}).get("item", "int")),
             occupations=tuple(raw["occupations"]),
             genres=tuple(raw["genres"]),
@@ -490,5 +547,5 @@ class FeatureSchema:
         path.write_text(self.to_json())
 
     @classmethod
-    def load(cls, path: Path) -> FeatureSchema:
-        return cls.from_json(Path(path).read_text())
+    def load(cls, path: Path, pseudonyms: Pseudonymiser | None = None) -> FeatureSchema:
+        return cls.from_json(Path(path).read_text(), pseudonyms)

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from cascade.core.errors import DataError
+from cascade.core.privacy import Pseudonymiser
 from cascade.data.dataset import Dataset
 from cascade.data.transactions import KIND as TRANSACTIONS_KIND
 from cascade.data.transactions import Transactions
@@ -83,9 +84,10 @@ class CustomerLog:
         )
 
     @classmethod
-    def load(cls, data_dir: Path | str, name: str) -> CustomerLog:
+    def load(cls, data_dir: Path | str, name: str, pseudonyms: Pseudonymiser | None = None) -> CustomerLog:
         """The prepared data set ``name`` under ``data_dir``: a purchase log (with its companion data set
-        when it names one) or an interactions data set."""
+        when it names one) or an interactions data set; without the users their deny-lists name
+        (``pseudonyms``: the key that matches them)."""
         folder = Path(data_dir) / name
         meta_path = folder / "dataset.json"
         if not meta_path.is_file():
@@ -94,9 +96,9 @@ class CustomerLog:
                 "movielens-100k` or `cascade data synth --commerce` prepares one"
             )
         if json.loads(meta_path.read_text()).get("kind") != TRANSACTIONS_KIND:
-            return cls.of_dataset(Dataset.load(folder))
-        log = Transactions.load(folder)
+            return cls.of_dataset(Dataset.load(folder, pseudonyms=pseudonyms))
+        log = Transactions.load(folder, pseudonyms)
         companion = None
         if log.interactions_dataset:
-            companion = Dataset.load(Path(data_dir) / log.interactions_dataset)
+            companion = Dataset.load(Path(data_dir) / log.interactions_dataset, pseudonyms=pseudonyms)
         return cls.of_transactions(log, companion)

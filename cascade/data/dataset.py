@@ -24,8 +24,10 @@ import pandas as pd
 
 from cascade.core.artifacts import atomic_write_bytes, sha256_file
 from cascade.core.errors import DataError
+from cascade.core.privacy import Pseudonymiser
 from cascade.core.schema import MAX_ID_BYTES, id_array
 from cascade.data.exclusions import Exclusions
+from cascade.data.forgotten import DenyList
 
 logger = logging.getLogger(__name__)
 
@@ -133,33 +135,41 @@ class Dataset:
         return publish_tables(Path(folder), self.name, {t: getattr(self, t) for t in _FILES})
 
     @classmethod
-    def load(cls, folder: Path | str, exclusions: bool = True) -> Dataset:
-        """The data set saved in ``folder``, without the users its exclusions name (``exclusions``: unless
-        False, which only the guard's scan asks for, since it decides them)."""
+    def load(
+        cls, folder: Path | str, exclusions: bool = True, pseudonyms: Pseudonymiser | None = None
+    ) -> Dataset:
+        """The data set saved in ``folder``, without the users its deny-list names (always: matching them
+        needs ``pseudonyms`` once there are any, ``cascade.data.forgotten``) and without those its guard
+        exclusions name (``exclusions``: unless False, which only the guard's scan asks for, since it
+        decides them)."""
         folder = Path(folder)
         meta_path = folder / "dataset.json"
         if not meta_path.is_file():
             raise DataError(_not_prepared(folder))
         meta = json.loads(meta_path.read_text())
         tables = {t: pd.read_parquet(folder / f"{t}.parquet") for t in _FILES}
-        if exclusions:
-            excluded = Exclusions.load(folder)
-            for table in ("interactions", "users"):
-                frame = tables[table]
-                tables[table] = frame[~excluded.mask(frame["user_id"].to_numpy())].reset_index(drop=True)
+        excluded = Exclusions.load(folder) if exclusions else Exclusions()
+        forgotten = DenyList.load(folder)
+        for table in ("interactions", "users"):
+            ids = tables[table]["user_id"].to_numpy()
+            dropped = excluded.mask(ids) | forgotten.mask(ids, pseudonyms, folder)
+            if dropped.any():
+                tables[table] = tables[table][~dropped].reset_index(drop=True)
         return cls.create(meta["name"], tables["interactions"], tables["users"], tables["items"])
 
     @staticmethod
     def fingerprint_of(folder: Path | str, exclusions: bool = True) -> str:
         """Content hash of a saved dataset, read from its metadata without loading the tables; with its
-        exclusions (unless False) when it has any."""
+        deny-list, and its exclusions (unless False), when it has any."""
         meta_path = Path(folder) / "dataset.json"
         if not meta_path.is_file():
             raise DataError(_not_prepared(Path(folder)))
         files = json.loads(meta_path.read_text())["files"]
         content = "-".join(files[t][:12] for t in _FILES)
         digest = Exclusions.load(folder).digest() if exclusions else None
-        return content if digest is None else f"{content}-x{digest[:12]}"
+        content = content if digest is None else f"{content}-x{digest[:12]}"
+        forgotten = DenyList.load(folder).digest()
+        return content if forgotten is None else f"{content}-f{forgotten[:12]}"
 
 
 def publish_tables(

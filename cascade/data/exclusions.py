@@ -19,9 +19,14 @@ from cascade.core.artifacts import atomic_write_bytes
 EXCLUSIONS_SUFFIX = ".exclusions.json"
 
 
-def exclusions_path(folder: Path | str) -> Path:
+def beside(folder: Path | str, suffix: str) -> Path:
+    """The file ``<name><suffix>`` next to a data set's folder: kept when the folder is prepared again."""
     folder = Path(folder)
-    return folder.with_name(folder.name + EXCLUSIONS_SUFFIX)
+    return folder.with_name(folder.name + suffix)
+
+
+def exclusions_path(folder: Path | str) -> Path:
+    return beside(folder, EXCLUSIONS_SUFFIX)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,9 @@ import numpy as np
 import pandas as pd
 
 from cascade.core.errors import DataError
+from cascade.core.privacy import Pseudonymiser
 from cascade.data.dataset import _ids, publish_tables
+from cascade.data.forgotten import DenyList
 
 KIND = "transactions"
 _EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
@@ -84,7 +86,9 @@ class Transactions:
         return publish_tables(Path(folder), self.name, tables, kind=KIND, extra=extra)
 
     @classmethod
-    def load(cls, folder: Path | str) -> Transactions:
+    def load(cls, folder: Path | str, pseudonyms: Pseudonymiser | None = None) -> Transactions:
+        """The transactions saved in ``folder``, without the customers its deny-list names (matching them
+        needs ``pseudonyms`` once there are any)."""
         folder = Path(folder)
         meta_path = folder / "dataset.json"
         if not meta_path.is_file():
@@ -96,12 +100,16 @@ class Transactions:
             raise DataError(
                 f"{folder} holds a data set of kind {meta.get('kind', 'interactions')!r}, not {KIND}"
             )
-        sessions = folder / "sessions.parquet"
+        sessions_path = folder / "sessions.parquet"
+        table = pd.read_parquet(folder / f"{KIND}.parquet")
+        sessions = pd.read_parquet(sessions_path) if sessions_path.is_file() else None
+        forgotten = DenyList.load(folder)
+        if forgotten.pseudonyms:
+            table = table[~forgotten.mask(table["customer_id"].to_numpy(), pseudonyms, folder)]
+            if sessions is not None:
+                sessions = sessions[~forgotten.mask(sessions["customer_id"].to_numpy(), pseudonyms, folder)]
         return cls.create(
-            meta["name"],
-            pd.read_parquet(folder / f"{KIND}.parquet"),
-            sessions=pd.read_parquet(sessions) if sessions.is_file() else None,
-            interactions_dataset=meta.get("interactions_dataset"),
+            meta["name"], table, sessions=sessions, interactions_dataset=meta.get("interactions_dataset")
         )
 
     @property

@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cascade.core.artifacts import ArtifactBundle
+from cascade.core.artifacts import ArtifactBundle, ArtifactRef
 from cascade.core.errors import ArtifactError
+from cascade.core.privacy import Pseudonymiser
 from cascade.core.schema import USER_FIELDS, FeatureSchema, ItemFeatures, UserFeatures
 from cascade.recall.channels import CooccurrenceRules, SegmentPopularity
 from cascade.recall.index import ItemIndex
@@ -97,13 +98,18 @@ class RecallBundle(ArtifactBundle):
 
     KIND = RECALL
 
+    def __init__(self, ref: ArtifactRef, pseudonyms: Pseudonymiser | None = None):
+        """``pseudonyms``: the key the schema's users were saved under, to look users up (``schema``)."""
+        super().__init__(ref)
+        self.pseudonyms = pseudonyms
+
     @property
     def dataset_fingerprint(self) -> str | None:
         return self.ref.manifest.get("dataset", {}).get("fingerprint")
 
     @cached_property
     def schema(self) -> FeatureSchema:
-        return FeatureSchema.load(self.ref.file(SCHEMA_FILE))
+        return FeatureSchema.load(self.ref.file(SCHEMA_FILE), self.pseudonyms)
 
     @cached_property
     def catalogue(self) -> pd.DataFrame:

@@ -20,6 +20,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 from cascade.config import AppConfig
 from cascade.core.artifacts import ArtifactRef, fingerprint
 from cascade.core.logs import configure_logging
+from cascade.core.privacy import Pseudonymiser
 from cascade.customers.log import CustomerLog
 from cascade.customers.profiles import value_profiles
 from cascade.customers.value_bundle import VALUE, ValueBundle
@@ -47,6 +48,7 @@ def open_feature_store(config: AppConfig, timeout_s: float | None = None) -> Ite
         config.serving.user_cache_size,
         config.serving.user_cache_ttl_s,
         timeout_s=config.serving.feature_store.timeout_ms / 1e3 if timeout_s is None else timeout_s,
+        pseudonyms=Pseudonymiser.from_config(config.privacy),
     )
     try:
         store.ping()
@@ -104,7 +106,7 @@ def load_features(
     and the old keyspace is caught up and dropped ``settle_s`` later (default: several probe intervals)."""
     model = served_value_model(config)
     marker = features_marker(config, model)
-    target = keys.Keyspace.for_layout(config.features.history_length)
+    target = keys.Keyspace.for_layout(config.features.history_length, store.pseudonyms.key_id)
 
     def done() -> bool:
         store.refresh_keyspace()
@@ -122,7 +124,7 @@ def load_features(
         if if_changed and done():  # loaded by the process we waited for
             logger.info("another process loaded this data set's features (marker %s)", marker)
             return False
-        dataset = Dataset.load(config.data.path)
+        dataset = Dataset.load(config.data.path, pseudonyms=store.pseudonyms)
         # every user's value tier and RFM scores beside their demographics (cascade/customers/profiles.py)
         values, scale = value_profiles(dataset.interactions, config.customers)
         # the load the values come from: events recorded later count as activity since it (customers.live)
@@ -290,7 +292,7 @@ def _serve_processes(
     children = [
         context.Process(
             target=_serve_child,
-            args=(shared.model_dump_json(), index, ready),
+            args=(shared.child_json(), index, ready),
             name=f"cascade-server-{index}",
         )
         for index in range(config.serving.processes)

@@ -20,7 +20,7 @@ def check_in_child(config: AppConfig, versions: dict[str, str], timeout_s: float
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked server threads
     receive, send = context.Pipe(duplex=False)
     child = context.Process(
-        target=_check, args=(config.model_dump_json(), versions, send), name="cascade-artifact-check"
+        target=_check, args=(config.child_json(), versions, send), name="cascade-artifact-check"
     )
     child.start()
     send.close()

@@ -50,6 +50,7 @@ METHOD_SCOPES: dict[str, str] = {
     "/cascade.v1.GuardAdmin/ListFlags": "admin",
     "/cascade.v1.GuardAdmin/ClearUser": "admin",
     "/cascade.v1.GuardAdmin/BlockUser": "admin",
+    "/cascade.v1.PrivacyAdmin/ForgetUser": "admin",
 }
 # a method of the API this map does not name needs the admin scope: a new method is never open by omission
 API_PREFIX = "/cascade.v1."

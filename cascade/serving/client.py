@@ -10,6 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cascade.config import AppConfig, TLSConfig
+from cascade.core.privacy import Pseudonym
 from cascade.serving.api import recommender_pb2 as pb
 from cascade.serving.api import recommender_pb2_grpc as pb_grpc
 from cascade.serving.tls import channel_credentials
@@ -59,6 +60,7 @@ class CascadeClient:
         self._stub = pb_grpc.RecommenderStub(self._channel)
         self._admin = pb_grpc.CatalogueAdminStub(self._channel)
         self._guard = pb_grpc.GuardAdminStub(self._channel)
+        self._privacy = pb_grpc.PrivacyAdminStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     @classmethod
@@ -187,15 +189,20 @@ class CascadeClient:
         """GuardAdmin.ListFlags: the flagged and blocked users, the latest first."""
         return self._guard.ListFlags(pb.ListFlagsRequest(limit=limit), timeout=self.timeout_s)
 
-    def clear_user(self, user_id: str | int, discard: bool = False) -> pb.GuardUserResponse:
-        """GuardAdmin.ClearUser: lift the user's flag or block, releasing (or discarding) the quarantine."""
-        request = pb.GuardUserRequest(user_id=str(user_id), discard_quarantined=discard)
+    def clear_user(self, user: str | int | Pseudonym, discard: bool = False) -> pb.GuardUserResponse:
+        """GuardAdmin.ClearUser: lift the user's flag or block (an id, or a ``Pseudonym`` as ListFlags
+        gives it), releasing (or discarding) the quarantine."""
+        request = _guard_request(user, discard_quarantined=discard)
         return self._guard.ClearUser(request, timeout=self.timeout_s)
 
-    def block_user(self, user_id: str | int, reason: str) -> pb.GuardUserResponse:
+    def block_user(self, user: str | int | Pseudonym, reason: str) -> pb.GuardUserResponse:
         """GuardAdmin.BlockUser: refuse the user's events until cleared."""
-        request = pb.GuardUserRequest(user_id=str(user_id), reason=reason)
-        return self._guard.BlockUser(request, timeout=self.timeout_s)
+        return self._guard.BlockUser(_guard_request(user, reason=reason), timeout=self.timeout_s)
+
+    def forget_user(self, user_id: str | int) -> pb.ForgetUserResponse:
+        """PrivacyAdmin.ForgetUser: delete what the service holds of the user and deny-list them."""
+        request = pb.ForgetUserRequest(user_id=str(user_id))
+        return self._privacy.ForgetUser(request, timeout=self.timeout_s)
 
     def health(self, service: str = "") -> str:
         reply = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout_s)
@@ -227,3 +234,9 @@ class CascadeClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _guard_request(user: str | int | Pseudonym, **fields) -> pb.GuardUserRequest:
+    if isinstance(user, Pseudonym):
+        return pb.GuardUserRequest(pseudonym=str(user), **fields)
+    return pb.GuardUserRequest(user_id=str(user), **fields)

@@ -74,7 +74,7 @@ class ServingModels:
                     f"{ref.manifest.get('schema_version')}, this code reads {SCHEMA_VERSION}"
                 )
         recall, index_bundle, ranking = (
-            RecallBundle(refs[RECALL]),
+            RecallBundle(refs[RECALL], config.pseudonyms()),
             IndexBundle(refs[INDEX]),
             RankingBundle(refs[RANKING]),
         )

@@ -30,10 +30,11 @@ from cascade.core.errors import (
     NotReadyError,
 )
 from cascade.core.logs import request_id_var
-from cascade.core.privacy import Pseudonymiser
+from cascade.core.privacy import Pseudonym, Pseudonymiser
 from cascade.core.schema import EVENT_TYPES, FeatureSchema, encode_age, encode_gender, native_id
 from cascade.customers.live import live_value
 from cascade.customers.value_bundle import INDICATOR_PREFIX
+from cascade.data.forgotten import DenyList
 from cascade.ranking.bundle import RANKING
 from cascade.ranking.features import UserRow
 from cascade.rerank.engine import SECONDS_PER_DAY
@@ -89,6 +90,8 @@ logger = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
 ADMIN_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CatalogueAdmin"].full_name
 GUARD_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GuardAdmin"].full_name
+PRIVACY_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PrivacyAdmin"].full_name
+privacy_audit_logger = logging.getLogger("cascade.privacy.audit")
 MAX_LISTED_FLAGS = 1000
 MAX_GUARD_REASON = 256
 # Readiness of the service's dependencies, apart from its liveness: NOT_SERVING while the feature store's
@@ -140,12 +143,16 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         self.store = resilient_store(store, config, metrics)
         self.metrics = metrics
         self.tracing = tracing or Tracing(None)
+        # the store's own key when it has one: what logs and audits say must match its keys
+        self.pseudonyms: Pseudonymiser = (
+            getattr(self.store.backend, "pseudonyms", None) or config.pseudonyms()
+        )
         self.guard = EventGuard(
             config.guard,
             self.store,
             config.artifact_store(),
             config.features.history_length,
-            Pseudonymiser.from_config(config.privacy),
+            self.pseudonyms,
             on_event=(lambda outcome: metrics.guard_events.labels(outcome).inc()) if metrics else None,
             on_flag=(lambda by: metrics.guard_flags.labels(by).inc()) if metrics else None,
         )
@@ -303,7 +310,8 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             has_profile = bool(gender or age or occupation or zip_code)
             age = age if age > 0 else -1
         row = UserRow(
-            user=int(schema.user_index([user_id])[0]),
+            # a forgotten user's row in the models was learnt from what they asked to be forgotten
+            user=0 if state.forgotten else int(schema.user_index([user_id])[0]),
             gender=int(encode_gender([gender])[0]),
             age=int(encode_age([age])[0]),
             occupation=int(schema.encode_occupation([occupation])[0]),
@@ -580,7 +588,8 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             )
         state = lookup.state
         if state.features is None and not len(state.history_items):
-            raise NotFoundError(f"no customer {user_id!r} in the feature store")
+            # the caller knows whom it asked for; the message (which the log repeats) does not say
+            raise NotFoundError("user_id: no such customer in the feature store")
         profile = state.features or {}
         answer = pb.CustomerProfile(
             user_id=user_id,
@@ -704,7 +713,7 @@ class GuardAdminService(pb_grpc.GuardAdminServicer):
         return pb.ListFlagsResponse(
             flags=[
                 pb.GuardFlag(
-                    user_id=str(flag.user_id), state=flag.state, reason=flag.reason, score=flag.score,
+                    pseudonym=flag.pseudonym, state=flag.state, reason=flag.reason, score=flag.score,
                     since=int(flag.since), by=flag.by, quarantined_events=flag.quarantined,
                 )
                 for flag in flags
@@ -729,8 +738,48 @@ class GuardAdminService(pb_grpc.GuardAdminServicer):
         return pb.GuardUserResponse(previous_state=previous)
 
     def _user(self, request: pb.GuardUserRequest) -> int | str:
+        if request.pseudonym:
+            if request.user_id:
+                raise InvalidArgumentError("pseudonym", "give user_id or pseudonym, not both")
+            try:
+                return Pseudonym(request.pseudonym)
+            except ValueError as exc:
+                raise InvalidArgumentError("pseudonym", str(exc)) from None
         user_id = parse_id("user_id", request.user_id)
         return _store_user(self.service.require_pipeline().models.schema, user_id)
+
+
+class PrivacyAdminService(pb_grpc.PrivacyAdminServicer):
+    """Requests about a user's data: ForgetUser."""
+
+    def __init__(self, service: RecommenderService):
+        self.service = service
+
+    def ForgetUser(
+        self, request: pb.ForgetUserRequest, context: grpc.ServicerContext
+    ) -> pb.ForgetUserResponse:
+        user_id = parse_id("user_id", request.user_id)
+        user = _store_user(self.service.require_pipeline().models.schema, user_id)
+        pseudonyms = self.service.pseudonyms
+        # the deny-list first: should the store fail next, training already leaves the user out, and a retry
+        # finishes the job
+        folder = self.service.config.data.path
+        deny_listed = already = False
+        if (folder / "dataset.json").is_file():
+            # a deny-list under another key is a DataError: FAILED_PRECONDITION, an operator's to settle
+            already = not DenyList.add(folder, user, pseudonyms)
+            deny_listed = True
+        removed = self.service.store.forget_user(user)
+        privacy_audit_logger.info(
+            "forgot user", extra={"user": pseudonyms.of(user), "removed": removed, "deny_listed": deny_listed,
+                                  "by": self.service.client_of(context)},
+        )  # fmt: skip
+        return pb.ForgetUserResponse(
+            pseudonym=pseudonyms.of(user),
+            removed=removed,
+            deny_listed=deny_listed,
+            already_deny_listed=already,
+        )
 
 
 def _peer_host(context: grpc.ServicerContext) -> str:
@@ -826,6 +875,7 @@ class CascadeServer:
             # the admin services: errors mapped and counted the same way, on the server's own pool
             ServiceInterceptor(ADMIN_SERVICE_NAME, {}, self.metrics),
             ServiceInterceptor(GUARD_SERVICE_NAME, {}, self.metrics),
+            ServiceInterceptor(PRIVACY_SERVICE_NAME, {}, self.metrics),
         ]
         if self.tracing.enabled:  # outside admission, so that shed and refused calls have spans too
             interceptors.insert(0, self.tracing.server_interceptor())
@@ -871,8 +921,13 @@ class CascadeServer:
         if config.serving.admin_enabled:
             pb_grpc.add_CatalogueAdminServicer_to_server(CatalogueAdminService(self.service), self._server)
             pb_grpc.add_GuardAdminServicer_to_server(GuardAdminService(self.service), self._server)
+            pb_grpc.add_PrivacyAdminServicer_to_server(PrivacyAdminService(self.service), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        admin = (ADMIN_SERVICE_NAME, GUARD_SERVICE_NAME) if config.serving.admin_enabled else ()
+        admin = (
+            (ADMIN_SERVICE_NAME, GUARD_SERVICE_NAME, PRIVACY_SERVICE_NAME)
+            if config.serving.admin_enabled
+            else ()
+        )
         served = (SERVICE_NAME, *admin)
         reflection.enable_server_reflection(
             (*served, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server

@@ -45,7 +45,7 @@ def launch(command: str, nproc: int, config: AppConfig, force: bool) -> int:
     with tempfile.TemporaryDirectory(prefix="cascade-ddp-") as folder:
         # the resolved config, CLI and environment overrides included, so every process trains the same
         config_path = Path(folder) / "config.json"
-        config_path.write_text(config.resolved_json())
+        config_path.write_text(config.child_json())  # a private temporary folder: the key may be in it
         args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1"]
         args += [f"--nproc-per-node={nproc}", "-m", __name__, command, "--config-json", str(config_path)]
         if force:

@@ -101,7 +101,7 @@ def evaluate_recall(config: AppConfig) -> dict[str, dict[str, float]]:
     """On the held-out window, in one run: the recall stage as served (every channel merged), the
     published two-tower model alone, and the baselines it has to beat (popularity, and ALS, EASE and
     item-kNN, each tuned on the validation split only, then refitted on the whole training part)."""
-    recall = RecallBundle(config.artifact_store().require(RECALL))
+    recall = RecallBundle(config.artifact_store().require(RECALL), config.pseudonyms())
     check_trained_on(recall.dataset_fingerprint, config)
     prep = prepare(config)
     test = RecallTask.of(prep, prep.split, config)
@@ -349,7 +349,7 @@ def _replay(
     ``baselines`` popularity, the two-tower alone and the fused recall channels."""
     store = config.artifact_store()
     models = ServingModels.load(store, config)
-    recall = RecallBundle(store.require(RECALL))
+    recall = RecallBundle(store.require(RECALL), config.pseudonyms())
     check_trained_on(recall.dataset_fingerprint, config)
     prep = prepare(config)
     pipeline = RecommendationPipeline(models, config)

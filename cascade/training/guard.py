@@ -53,7 +53,7 @@ def guard_scan(config: AppConfig) -> ScanReport:
     its guard exclusions, replacing the last scan's."""
     started = time.perf_counter()
     seed_everything(config.seed)
-    dataset = Dataset.load(config.data.path, exclusions=False)
+    dataset = Dataset.load(config.data.path, exclusions=False, pseudonyms=config.pseudonyms())
     users = int(dataset.interactions["user_id"].nunique())
     wanted = scan_fingerprint(config)
     if users < MIN_SCAN_USERS:
@@ -115,7 +115,7 @@ def train_guard(config: AppConfig, force: bool = False) -> ArtifactRef:
     if (ref := reuse_current(store, GUARD, wanted, force)) is not None:
         return ref
     seed_everything(config.seed)
-    dataset = Dataset.load(config.data.path)
+    dataset = Dataset.load(config.data.path, pseudonyms=config.pseudonyms())
     started = time.perf_counter()
     detector = ShillingDetector.fit(
         dataset.interactions, dataset.users, dataset.items, rating_range_of(dataset), config.seed

@@ -32,7 +32,7 @@ def rebuild_index(config: AppConfig, if_stale: bool = False, progress: bool = Fa
     """Embed the catalogue with the current item tower, build the index, tune its search knob on half of
     the stored query sample, validate it against exact search on the other half, publish it atomically."""
     store = config.artifact_store()
-    recall = RecallBundle(store.require(RECALL))
+    recall = RecallBundle(store.require(RECALL), config.pseudonyms())
     rc = config.recall
     wanted = index_fingerprint(config, recall.version)
     if if_stale and (ref := reuse_current(store, INDEX, wanted, force=False)) is not None:

@@ -53,7 +53,9 @@ class Prepared:
 
 def prepare(config: AppConfig) -> Prepared:
     path = config.data.path
-    return prepare_dataset(config, Dataset.load(path), Dataset.fingerprint_of(path))
+    return prepare_dataset(
+        config, Dataset.load(path, pseudonyms=config.pseudonyms()), Dataset.fingerprint_of(path)
+    )
 
 
 def prepare_dataset(config: AppConfig, dataset: Dataset, data_fp: str) -> Prepared:
@@ -66,6 +68,7 @@ def prepare_dataset(config: AppConfig, dataset: Dataset, data_fp: str) -> Prepar
         config.features.title_length,
         config.features.zip_prefix_length,
         ratings=dataset.interactions["rating"].to_numpy(),
+        pseudonyms=config.pseudonyms(),
     )
     return Prepared(
         dataset, data_fp, split, schema, schema.user_table(dataset.users), schema.item_table(dataset.items)

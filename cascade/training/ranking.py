@@ -253,7 +253,7 @@ def require_current_recall(store: ArtifactStore, config: AppConfig, data_fp: str
             f"the current recall artifact {recall_ref.version} was not trained with this config and data; "
             "run `cascade train recall` first"
         )
-    return RecallBundle(recall_ref)
+    return RecallBundle(recall_ref, config.pseudonyms())
 
 
 def fit_ranker(

@@ -44,6 +44,7 @@ def recall_fingerprint(config: AppConfig, data_fp: str) -> str:
     return fingerprint(
         "recall",
         SCHEMA_VERSION,
+        config.pseudonyms().key_id,  # the schema's users are saved under the key: another key, another model
         data_fp,
         config.seed,
         config.data.model_dump(mode="json"),

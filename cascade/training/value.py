@@ -55,7 +55,7 @@ def value_split(config: AppConfig, dataset: str = "cdnow", period_days: float | 
     """Fit every value model on the first cut-off and score the test customers as of the second.
     ``period_days``: the value period (default: the config's ``customers.value_period_days``)."""
     seed_everything(config.seed)
-    log = CustomerLog.load(config.data.data_dir, dataset)
+    log = CustomerLog.load(config.data.data_dir, dataset, config.pseudonyms())
     events = log.events
     period = (period_days or config.customers.value_period_days) * SECONDS_PER_DAY
     stamps = events["timestamp"].to_numpy()
@@ -148,7 +148,7 @@ def train_value(config: AppConfig, force: bool = False) -> ArtifactRef:
         return ref
     report = evaluate_value(config, dataset)
     seed_everything(config.seed)
-    log = CustomerLog.load(config.data.data_dir, dataset)
+    log = CustomerLog.load(config.data.data_dir, dataset, config.pseudonyms())
     period = config.customers.value_period_days * SECONDS_PER_DAY
     end = float(log.events["timestamp"].max()) + SECONDS_PER_DAY
     indicators = customer_indicators(log, end - period)

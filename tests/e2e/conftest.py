@@ -17,7 +17,7 @@ from cascade.training.index import rebuild_index
 from cascade.training.ranking import train_ranking
 from cascade.training.recall import train_recall
 from cascade.training.value import train_value
-from tests.helpers import USER
+from tests.helpers import PSEUDONYM_KEY, PSEUDONYMS, USER
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +29,7 @@ def config(tmp_path_factory, redis_server) -> AppConfig:
             "data": {"data_dir": str(root / "data")},
             "recall": {"epochs": 4, "num_candidates": 150, "early_stopping_patience": 2},
             "customers": {"value_period_days": 60},
+            "privacy": {"pseudonym_key": PSEUDONYM_KEY},
             "ranking": {
                 "training_candidates": 100,
                 "model": {"type": "lightgbm", "rounds": 100, "cv_folds": 3},
@@ -69,7 +70,7 @@ def server(config, built, redis_server):
 
     client = redis.Redis.from_url(redis_server.url)
     client.flushdb()
-    store = RedisFeatureStore(client, cache_size=1000, cache_ttl_s=30)
+    store = RedisFeatureStore(client, pseudonyms=PSEUDONYMS, cache_size=1000, cache_ttl_s=30)
     configure_serving_process(config)
     srv = CascadeServer(config, store)
     port = srv.start()

@@ -15,7 +15,7 @@ from cascade.core.artifacts import ArtifactStore
 from cascade.serving.client import CascadeClient
 from cascade.serving.feature_store.redis_store import RedisFeatureStore
 from cascade.serving.server import CascadeServer
-from tests.helpers import USER, free_port, item_ids
+from tests.helpers import PSEUDONYMS, USER, free_port, item_ids
 
 pytestmark = pytest.mark.e2e
 
@@ -248,7 +248,9 @@ def test_cli_recommend_queries_the_running_server(server):
 def test_an_unreachable_store_degrades_answers_and_never_fails_them(config, built, tmp_path):
     """Redis unreachable from the start: Recommend answers from the request's demographics (or popular
     items), flagged; RecordEvent is UNAVAILABLE, retryable; health stays SERVING; validation answers first."""
-    dead = RedisFeatureStore.from_url(f"unix://{tmp_path}/nothing-listens.sock", cache_size=0)
+    dead = RedisFeatureStore.from_url(
+        f"unix://{tmp_path}/nothing-listens.sock", cache_size=0, pseudonyms=PSEUDONYMS
+    )
     srv = CascadeServer(config, dead)
     port = srv.start()
     try:

@@ -15,7 +15,7 @@ from cascade.serving.auth import KeyEntry, key_digest, new_key, render_keys
 from cascade.serving.client import CascadeClient
 from cascade.serving.feature_store.redis_store import RedisFeatureStore
 from cascade.serving.server import CascadeServer
-from tests.helpers import USER
+from tests.helpers import PSEUDONYMS, USER
 
 KEYS = {name: new_key() for name in ("reader", "recorder", "admin", "expired", "revoked")}
 
@@ -47,7 +47,8 @@ def guarded(config, built, server, redis_server, tmp_path_factory):
         }
     )
     srv = CascadeServer(
-        config.model_copy(update={"serving": serving}), RedisFeatureStore.from_url(redis_server.url)
+        config.model_copy(update={"serving": serving}),
+        RedisFeatureStore.from_url(redis_server.url, pseudonyms=PSEUDONYMS),
     )
     port = srv.start()
     srv.load_models()
@@ -122,4 +123,4 @@ def test_a_non_loopback_bind_without_keys_refuses_to_start(config, redis_server,
     monkeypatch.delenv("CASCADE_API_KEYS", raising=False)
     exposed = config.model_copy(update={"serving": config.serving.model_copy(update={"host": "0.0.0.0"})})
     with pytest.raises(ConfigError, match="not a loopback address and no API keys"):
-        CascadeServer(exposed, RedisFeatureStore.from_url(redis_server.url))
+        CascadeServer(exposed, RedisFeatureStore.from_url(redis_server.url, pseudonyms=PSEUDONYMS))

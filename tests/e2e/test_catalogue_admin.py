@@ -22,7 +22,7 @@ from cascade.serving.feature_store.embedded import EmbeddedRedis
 from cascade.serving.feature_store.redis_store import RedisFeatureStore
 from cascade.serving.server import CascadeServer
 from cascade.training.index import rebuild_index
-from tests.helpers import USER, item_ids
+from tests.helpers import PSEUDONYMS, USER, item_ids
 
 
 @pytest.fixture
@@ -37,13 +37,13 @@ def own_redis(config, built, tmp_path):
             "serving": config.serving.model_copy(update={"redis_url": server.url, "metrics_port": None}),
         }
     )
-    load_features(cfg, RedisFeatureStore.from_url(server.url))
+    load_features(cfg, RedisFeatureStore.from_url(server.url, pseudonyms=PSEUDONYMS))
     yield cfg, server
     server.stop()
 
 
 def start(cfg) -> tuple[CascadeServer, CascadeClient]:
-    srv = CascadeServer(cfg, RedisFeatureStore.from_url(cfg.serving.redis_url))
+    srv = CascadeServer(cfg, RedisFeatureStore.from_url(cfg.serving.redis_url, pseudonyms=PSEUDONYMS))
     port = srv.start()
     srv.load_models()
     srv.watch_artifacts()

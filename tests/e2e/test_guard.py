@@ -11,9 +11,11 @@ import grpc
 import numpy as np
 import pytest
 
+from cascade.core.privacy import Pseudonym
 from cascade.guard.attacks import AttackSpec, RatingTable, fake_profiles, pick_targets
 from cascade.serving.feature_store import keys
 from cascade.training.guard import train_guard
+from tests.helpers import PSEUDONYMS
 
 FAKE = 990001  # users no other test touches
 FLOOD = 990002
@@ -53,8 +55,8 @@ def test_a_live_fake_profile_is_quarantined_until_cleared(detector, dataset, cli
     assert any(quarantined), "the detector never flagged the fake profile"
     first = quarantined.index(True)
     assert all(quarantined[first:]) and first >= 20  # scored from guard.live_min_ratings on
-    flags = {flag.user_id: flag for flag in client.guard_flags().flags}
-    flag = flags[str(FAKE)]
+    flags = {flag.pseudonym: flag for flag in client.guard_flags().flags}
+    flag = flags[PSEUDONYMS.of(FAKE)]  # the service lists users by pseudonym only
     assert flag.state == "flagged" and flag.by == "detector" and flag.score >= 0.9
     assert flag.quarantined_events == len(replies) - first
     held_items = {int(item) for item in rows["item_id"].iloc[first:]}
@@ -64,14 +66,14 @@ def test_a_live_fake_profile_is_quarantined_until_cleared(detector, dataset, cli
     # the audit log says who by pseudonym, never by id
     audit = [r for r in caplog.records if r.name == "cascade.guard.audit"]
     assert audit and all(str(FAKE) not in r.getMessage() and r.user != str(FAKE) for r in audit)
-    assert audit[0].user.startswith("p-") and audit[0].action == "flagged"
+    assert audit[0].user == flag.pseudonym and audit[0].action == "flagged"
 
-    cleared = client.clear_user(FAKE)
+    cleared = client.clear_user(Pseudonym(flag.pseudonym))  # as an operator copies it from the list
     assert cleared.previous_state == "flagged" and cleared.events == len(replies) - first
     assert client.customer_profile(FAKE).history_length == min(
         len(replies), srv.config.features.history_length
     )
-    assert str(FAKE) not in {flag.user_id for flag in client.guard_flags().flags}
+    assert flag.pseudonym not in {listed.pseudonym for listed in client.guard_flags().flags}
     metrics = srv.metrics.guard_events
     assert metrics.labels("quarantined")._value.get() >= len(replies) - first
 
@@ -80,7 +82,7 @@ def test_an_operator_blocks_and_unblocks_a_user(detector, client):
     assert _code(lambda: client.block_user(BLOCKED_USER, reason="")) == grpc.StatusCode.INVALID_ARGUMENT
     assert client.block_user(BLOCKED_USER, reason="chargeback fraud").previous_state == ""
     assert _code(lambda: client.record_event(BLOCKED_USER, 50, "view")) == grpc.StatusCode.PERMISSION_DENIED
-    (flag,) = [f for f in client.guard_flags().flags if f.user_id == str(BLOCKED_USER)]
+    (flag,) = [f for f in client.guard_flags().flags if f.pseudonym == PSEUDONYMS.of(BLOCKED_USER)]
     assert flag.state == "blocked" and flag.reason == "chargeback fraud"
     assert client.clear_user(BLOCKED_USER).previous_state == "blocked"
     assert client.record_event(BLOCKED_USER, 50, "view").history_length == 1
@@ -104,6 +106,6 @@ def test_a_flood_from_one_user_is_refused_with_a_retry_delay(client, server):
 
 
 def test_guard_keys_are_per_user_and_outside_the_keyspaces():
-    assert keys.guard_state_key(7) == b"cascade:guard:{u:7}:state"
-    assert keys.quarantine_key("a b").startswith(b"cascade:guard:{u:~")
-    assert np.all([keys.user_of_key(keys.user_rate_key(u)) == str(u) for u in (1, "x")])
+    tag = PSEUDONYMS.of(7)
+    assert keys.guard_state_key(tag) == f"cascade:guard:{{u:{tag}}}:state".encode()
+    assert np.all([keys.tag_of_key(key) == tag for key in keys.guard_keys(tag)])

@@ -18,7 +18,7 @@ import pytest
 from cascade.bench.redis_process import RedisProcess
 from cascade.serving.client import CascadeClient
 from cascade.serving.feature_store.redis_store import RedisFeatureStore
-from tests.helpers import USER, free_port
+from tests.helpers import PSEUDONYMS, USER, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -36,7 +36,7 @@ def _write_config(config, tmp_path, name="config.json", **serving):
         }
     )
     path = tmp_path / name
-    path.write_text(cfg.model_dump_json())
+    path.write_text(cfg.child_json())  # with the pseudonym key: the processes share the store
     return path, cfg
 
 
@@ -168,7 +168,7 @@ def test_acknowledged_events_survive_kills_reloads_a_new_history_length_and_two_
                 replica.send_signal(signal.SIGTERM)
             for replica in replicas:
                 replica.wait(timeout=60)
-        store = RedisFeatureStore.from_url(redis_process.url)
+        store = RedisFeatureStore.from_url(redis_process.url, pseudonyms=PSEUDONYMS)
         assert store.keyspace.history_length == cfg.features.history_length + 10
         assert len(acknowledged) > 50
         lost = [user for user in acknowledged if len(store.get_user_state(user, 10).history_items) != 1]

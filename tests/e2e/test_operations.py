@@ -25,7 +25,7 @@ from cascade.serving.feature_store.redis_store import RedisFeatureStore
 from cascade.serving.server import CascadeServer, freeze_long_lived_objects
 from cascade.training.index import rebuild_index
 from cascade.training.rollback import rollback
-from tests.helpers import USER, free_port, free_port_run
+from tests.helpers import PSEUDONYMS, USER, free_port, free_port_run
 
 pytestmark = pytest.mark.e2e
 
@@ -153,7 +153,7 @@ def test_load_generator_and_in_process_stages_on_the_real_service(config, server
     assert result.latency_ms["p50"] >= result.server_total_ms["p50"]  # latency includes the server's time
     assert 40 < result.achieved_rps < 100
 
-    store = RedisFeatureStore.from_url(redis_server.url)
+    store = RedisFeatureStore.from_url(redis_server.url, pseudonyms=PSEUDONYMS)
     try:
         report = serve_stages.run(config, store, users, serve_stages.StageSettings(requests=20, warmup=2))
     finally:
@@ -236,7 +236,9 @@ def test_a_taken_process_port_is_refused_not_shared(config, redis_server):
         holder.listen()
         taken = holder.getsockname()[1]
         serving = config.serving.model_copy(update={"port": 0, "process_ports": taken, "metrics_port": None})
-        store = RedisFeatureStore.from_url(redis_server.url, cache_size=10, cache_ttl_s=1)
+        store = RedisFeatureStore.from_url(
+            redis_server.url, cache_size=10, cache_ttl_s=1, pseudonyms=PSEUDONYMS
+        )
         server = CascadeServer(config.model_copy(update={"serving": serving}), store)
         try:
             with pytest.raises(RuntimeError, match=f"serving.process_ports: 127.0.0.1:{taken} is taken"):
@@ -254,7 +256,7 @@ def test_installing_models_warms_them_up_before_any_request(config, built, redis
     models = ServingModels.load(ArtifactStore(config.artifacts_dir), config)
     statistics = models.ranking_features.statistics
     assert "_recent_counts_at_end" not in vars(statistics)
-    store = RedisFeatureStore.from_url(redis_server.url, cache_size=10, cache_ttl_s=1)
+    store = RedisFeatureStore.from_url(redis_server.url, cache_size=10, cache_ttl_s=1, pseudonyms=PSEUDONYMS)
     try:
         RecommenderService(config, store).install(models)
     finally:
@@ -295,7 +297,9 @@ def test_traces_have_a_span_per_rpc_with_a_child_per_stage(config, built, redis_
     exporter = InMemorySpanExporter()
     tracing = Tracing.configure(TracingConfig(service_name="cascade-test"), SimpleSpanProcessor(exporter))
     cfg = config.model_copy(update={"serving": config.serving.model_copy(update={"metrics_port": None})})
-    srv = CascadeServer(cfg, RedisFeatureStore.from_url(redis_server.url), tracing=tracing)
+    srv = CascadeServer(
+        cfg, RedisFeatureStore.from_url(redis_server.url, pseudonyms=PSEUDONYMS), tracing=tracing
+    )
     port = srv.start()
     try:
         srv.load_models()

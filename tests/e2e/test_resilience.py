@@ -21,7 +21,7 @@ from cascade.serving.app import load_features
 from cascade.serving.client import CascadeClient
 from cascade.serving.feature_store.redis_store import RedisFeatureStore
 from cascade.serving.server import FEATURE_STORE_HEALTH, SERVICE_NAME, CascadeServer
-from tests.helpers import USER
+from tests.helpers import PSEUDONYMS, USER
 
 pytestmark = pytest.mark.e2e
 
@@ -31,10 +31,12 @@ def serving(config, redis_url: str, **serving_overrides):
     """A server of the session's models against the Redis at ``redis_url`` (features loaded)."""
     overrides = {"port": 0, "redis_url": redis_url, "metrics_port": None, "drain_s": 0.0, **serving_overrides}
     cfg = config.model_copy(update={"serving": config.serving.model_copy(update=overrides)})
-    loader = RedisFeatureStore.from_url(redis_url, timeout_s=60)  # a bulk load's pipelines take a while
+    loader = RedisFeatureStore.from_url(
+        redis_url, timeout_s=60, pseudonyms=PSEUDONYMS
+    )  # a bulk load's pipelines take a while
     load_features(cfg, loader)
     loader.close()
-    store = RedisFeatureStore.from_url(redis_url, cache_size=0, timeout_s=0.25)
+    store = RedisFeatureStore.from_url(redis_url, cache_size=0, timeout_s=0.25, pseudonyms=PSEUDONYMS)
     srv = CascadeServer(cfg, store)
     port = srv.start()
     try:
@@ -209,7 +211,7 @@ def test_events_are_idempotent_and_a_rating_needs_its_value(client, redis_server
         client.record_event(USER, 61, "rate")
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "rating" in err.value.details()
     assert not client.record_event(USER, 61, "rate", rating=4).duplicate
-    store = RedisFeatureStore.from_url(redis_server.url)
+    store = RedisFeatureStore.from_url(redis_server.url, pseudonyms=PSEUDONYMS)
     assert store.ratings(USER)[61] == 4.0
 
 

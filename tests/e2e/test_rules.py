@@ -11,7 +11,7 @@ import pytest
 from cascade.serving.client import CascadeClient
 from cascade.serving.feature_store.redis_store import RedisFeatureStore
 from cascade.serving.server import CascadeServer
-from tests.helpers import USER, item_ids
+from tests.helpers import PSEUDONYMS, USER, item_ids
 
 RULES = """
 version = "test-1"
@@ -58,7 +58,7 @@ def ruled(config, built, server, redis_server, dataset, tmp_path):
             "serving": config.serving.model_copy(update={"metrics_port": None}),
         }
     )
-    srv = CascadeServer(cfg, RedisFeatureStore.from_url(redis_server.url))
+    srv = CascadeServer(cfg, RedisFeatureStore.from_url(redis_server.url, pseudonyms=PSEUDONYMS))
     ruled_port = srv.start()
     srv.load_models()
     srv.watch_artifacts()  # every reload_interval_s: the artifacts, and the rules file
@@ -205,7 +205,7 @@ def test_surfaces_segments_exploration_and_capped_pins_over_grpc(ruled, dataset,
 
     srv, client, _, pinned = ruled
     srv.service.require_pipeline().use_rules(parse_rules(CONTEXT_RULES.format(pinned=pinned)))
-    store = RedisFeatureStore.from_url(redis_server.url)
+    store = RedisFeatureStore.from_url(redis_server.url, pseudonyms=PSEUDONYMS)
     home = client.recommend(USER, k=10, surface="home")
     assert all("Comedy" in g.split("|") for g in genres_of(dataset, item_ids(home)) if g)
     # the pin is for returning users, twice each: USER is one, a new user is not

@@ -16,6 +16,7 @@ from cascade.serving.server import CascadeServer
 from cascade.training.index import rebuild_index
 from cascade.training.ranking import train_ranking
 from cascade.training.recall import train_recall
+from tests.helpers import PSEUDONYMS
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def shop(tmp_path_factory):
     train_recall(config, progress=False)
     rebuild_index(config)
     train_ranking(config, progress=False)
-    store = RedisFeatureStore.from_url(redis_server.url)
+    store = RedisFeatureStore.from_url(redis_server.url, pseudonyms=PSEUDONYMS)
     load_features(config, store)
     server = CascadeServer(config, store)
     port = server.start()

@@ -11,7 +11,7 @@ from cascade.config import TLSConfig
 from cascade.serving.client import CascadeClient
 from cascade.serving.feature_store.redis_store import RedisFeatureStore
 from cascade.serving.server import CascadeServer
-from tests.helpers import USER
+from tests.helpers import PSEUDONYMS, USER
 from tests.tls_certificates import Authority
 
 
@@ -34,7 +34,8 @@ def mutual(config, built, server, redis_server, pki):
     tls = TLSConfig(cert_file=pki["server"].cert, key_file=pki["server"].key, client_ca_file=pki["ca"].path)
     serving = config.serving.model_copy(update={"metrics_port": None, "tls": tls})
     srv = CascadeServer(
-        config.model_copy(update={"serving": serving}), RedisFeatureStore.from_url(redis_server.url)
+        config.model_copy(update={"serving": serving}),
+        RedisFeatureStore.from_url(redis_server.url, pseudonyms=PSEUDONYMS),
     )
     port = srv.start()
     srv.load_models()

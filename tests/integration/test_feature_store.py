@@ -9,30 +9,37 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cascade.core.privacy import Pseudonymiser
 from cascade.customers.config import CustomersConfig
 from cascade.serving.feature_store import HistoryEvent, keys
 from cascade.serving.feature_store.redis_store import RedisFeatureStore
+from tests.helpers import PSEUDONYMS
 
 
 def test_key_schema_golden_bytes():
-    legacy = keys.LEGACY_KEYSPACE  # the layout stores written before keyspaces were switched
-    assert legacy.profile_key(42) == b"cascade:v1:{u:42}:profile"
-    assert legacy.history_key(42) == b"cascade:v1:{u:42}:history"
-    assert legacy.seen_key(42) == b"cascade:v1:{u:42}:seen"
+    legacy = keys.LEGACY_KEYSPACE  # the layout stores written before keyspaces were switched: tags are ids
+    assert legacy.profile_key("42") == b"cascade:v1:{u:42}:profile"
+    assert legacy.history_key("42") == b"cascade:v1:{u:42}:history"
     assert legacy.load_marker_key == b"cascade:v1:meta:load"
-    current = keys.Keyspace.for_layout(50)
-    assert current.history_key(42) == b"cascade:v1:h50:{u:42}:history"
-    assert current.event_key(42, "e") == b"cascade:v1:h50:{u:42}:event:e"
-    assert current.impressions_key(42, "c7") == b"cascade:v1:h50:{u:42}:shown:c7"
+    assert not legacy.pseudonymised
+    current = keys.Keyspace.for_layout(50, PSEUDONYMS.key_id)
+    tag = PSEUDONYMS.of(42)
+    assert current.pseudonymised and tag == PSEUDONYMS.of("42") and len(tag) == 34 and tag.startswith("p-")
+    assert current.history_key(tag) == f"cascade:v2:h50:{{u:{tag}}}:history".encode()
+    assert current.event_key(tag, "e") == f"cascade:v2:h50:{{u:{tag}}}:event:e".encode()
+    assert current.impressions_key(tag, "c7") == f"cascade:v2:h50:{{u:{tag}}}:shown:c7".encode()
     assert keys.Keyspace.from_pointer(current.to_pointer()) == current
     assert keys.Keyspace.from_pointer(None) == legacy
-    assert keys.user_of_key(b"cascade:v1:h50:{u:-7}:seen") == "-7"
+    assert keys.tag_of_key(current.seen_key(tag)) == tag
+    # a v1 key moves to its user's pseudonym, its tail kept
+    moved = legacy.moved_key(b"cascade:v1:{u:-7}:event:e-1", current, PSEUDONYMS.of(-7))
+    assert moved == f"cascade:v2:h50:{{u:{PSEUDONYMS.of(-7)}}}:event:e-1".encode()
     # an id that is not plain is a token no key or entry can be broken by, and comes back whole
     odd = "sku:9/{ü} 1"
     token = keys.id_token(odd)
     assert token.startswith("~") and not set(token) & set(":{} ") and keys.id_of_token(token) == odd
     assert keys.id_token("~plain") != "~plain" and keys.id_of_token(keys.id_token("~plain")) == "~plain"
-    assert keys.user_of_key(current.seen_key(odd)) == odd
+    assert keys.tag_of_key(legacy.seen_key(token)) == token
     assert keys.id_token(42) == "42" and keys.id_token("a-b_c.d") == "a-b_c.d"
     assert keys.encode_history_entry(7, 2, 1700000000) == b"7:2:1700000000"
     items, events = keys.decode_history_entries([b"7:2:1700000000", b"12:1:5"])
@@ -69,7 +76,7 @@ def _load(store):
 
 
 def test_bulk_load_then_read_in_one_round_trip(redis_client):
-    store = RedisFeatureStore(redis_client)
+    store = RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS)
     assert store.loaded_marker() is None
     _load(store)
     assert store.loaded_marker() == "m1"
@@ -85,7 +92,7 @@ def test_bulk_load_then_read_in_one_round_trip(redis_client):
 
 
 def test_record_event_is_atomic_and_trims(redis_client):
-    store = RedisFeatureStore(redis_client)
+    store = RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS)
     _load(store)
     result = store.record_event(1, HistoryEvent(13, 1, 100), history_length=2)
     assert result.history_length == 2 and not result.duplicate
@@ -110,20 +117,20 @@ def test_record_event_is_atomic_and_trims(redis_client):
 
 
 def test_profile_cache_expires_but_history_is_always_fresh(redis_client):
-    store = RedisFeatureStore(redis_client, cache_size=10, cache_ttl_s=60)
+    store = RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS, cache_size=10, cache_ttl_s=60)
     _load(store)
     store.get_user_state(1, history_length=10)
-    redis_client.hset(store.keyspace.profile_key(1), "occupation", "artist")
+    redis_client.hset(store.keyspace.profile_key(store.tag(1)), "occupation", "artist")
     store.record_event(1, HistoryEvent(99, 1, 7), history_length=10)
     state = store.get_user_state(1, history_length=10)
     assert state.features["occupation"] == "writer"  # cached profile
     assert state.history_items[0] == 99  # history never cached
-    fresh = RedisFeatureStore(redis_client, cache_size=0)
+    fresh = RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS, cache_size=0)
     assert fresh.get_user_state(1, history_length=10).features["occupation"] == "artist"
 
 
 def test_an_event_id_is_recorded_once_and_a_rating_kept(redis_client):
-    store = RedisFeatureStore(redis_client)
+    store = RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS)
     _load(store)
     event = HistoryEvent(13, 3, 100, rating=4.5)
     first = store.record_event(1, event, history_length=10, event_id="e-1", dedupe_window_s=60)
@@ -132,7 +139,7 @@ def test_an_event_id_is_recorded_once_and_a_rating_kept(redis_client):
     assert first.history_length == again.history_length == 3
     assert store.get_user_state(1, history_length=10).history_items.tolist() == [13, 11, 12]
     assert store.ratings(1)[13] == 4.5
-    assert 0 < redis_client.ttl(store.keyspace.event_key(1, "e-1")) <= 60
+    assert 0 < redis_client.ttl(store.keyspace.event_key(store.tag(1), "e-1")) <= 60
     other = store.record_event(
         1, HistoryEvent(14, 1, 101), history_length=10, event_id="e-2", dedupe_window_s=60
     )
@@ -144,7 +151,7 @@ def test_an_event_id_is_recorded_once_and_a_rating_kept(redis_client):
 
 
 def test_reloading_merges_and_never_deletes_recorded_events(redis_client):
-    store = RedisFeatureStore(redis_client)
+    store = RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS)
     _load(store)  # user 1: 11@3, 12@2 kept of 10@1, 11@3, 12@2 (history length 2)
     store.record_event(1, HistoryEvent(20, 1, 50), history_length=2)  # recorded after the snapshot
     store.record_event(5, HistoryEvent(21, 2, 60), history_length=2)  # a user only seen online
@@ -167,7 +174,7 @@ def test_reloading_merges_and_never_deletes_recorded_events(redis_client):
 
 
 def test_one_loader_at_a_time(redis_client):
-    store = RedisFeatureStore(redis_client)
+    store = RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS)
     token = store.acquire_load_lock(ttl_s=5)
     assert token is not None and store.acquire_load_lock() is None
     store.release_load_lock("not-the-holder")
@@ -184,10 +191,20 @@ def _wait_for(condition, timeout_s: float = 10.0) -> None:
 
 
 def test_switching_keyspace_moves_every_user_and_loses_no_event(redis_client):
-    """A loader moves users to a keyspace with a longer history while a server that has not yet followed
-    the pointer goes on writing to the old one: after the catch-up every event is in the new keyspace, the
-    idempotency keys came along, and the old keyspace is gone."""
-    loader, lagging = RedisFeatureStore(redis_client), RedisFeatureStore(redis_client)
+    """A loader moves users from a store of layout v1 (keys by id) to a pseudonymised keyspace with a longer
+    history while a server that has not yet followed the pointer goes on writing to the old one: after the
+    catch-up every event is in the new keyspace, the idempotency keys came along, the old keyspace is gone,
+    and no key, flag or audit record names a user by id any more."""
+    redis_client.set(keys.LEGACY_KEYSPACE.load_marker_key, "m0")  # a store loaded by layout v1
+    # the guard's records of layout v1: by id
+    redis_client.hset(b"cascade:guard:{u:5}:state", mapping={"state": "flagged", "reason": "r", "by": "ops"})
+    redis_client.lpush(b"cascade:guard:{u:5}:quarantine", b"40:3:90|4.0|1.0")
+    redis_client.zadd(keys.GUARD_FLAGS_KEY, {"5": 1.0})
+    redis_client.xadd(keys.GUARD_AUDIT_KEY, {"action": "flagged", "user": "5", "by": "ops"})
+    loader, lagging = (
+        RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS),
+        RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS),
+    )
     for store in (loader, lagging):
         store.refresh_keyspace()
     assert loader.keyspace == keys.LEGACY_KEYSPACE
@@ -198,7 +215,7 @@ def test_switching_keyspace_moves_every_user_and_loses_no_event(redis_client):
     loader.record_event(5, HistoryEvent(21, 2, 60), history_length=2)  # a user only seen online
     for _ in range(2):
         loader.count_impressions(1, [("campaign-7", 600)])
-    target = keys.Keyspace.for_layout(4)
+    target = keys.Keyspace.for_layout(4, PSEUDONYMS.key_id)
     loaded = []
 
     def load(keyspace):
@@ -238,13 +255,20 @@ def test_switching_keyspace_moves_every_user_and_loses_no_event(redis_client):
         1, HistoryEvent(20, 3, 50, rating=4.0), history_length=4, event_id="e-1", dedupe_window_s=60
     )
     assert retried.duplicate  # the idempotency key moved with its TTL
-    assert 0 < redis_client.ttl(target.event_key(1, "e-1")) <= 60
+    assert 0 < redis_client.ttl(target.event_key(PSEUDONYMS.of(1), "e-1")) <= 60
     assert lagging.impressions(1, ["campaign-7"]) == {"campaign-7": 2}  # and so did pin impressions
-    assert 0 < redis_client.ttl(target.impressions_key(1, "campaign-7")) <= 600
+    assert 0 < redis_client.ttl(target.impressions_key(PSEUDONYMS.of(1), "campaign-7")) <= 600
+    # the guard's records name user 5 by pseudonym now, and still hold them
+    (flag,) = lagging.guard_flags(10)
+    assert flag.pseudonym == PSEUDONYMS.of(5) and flag.state == "flagged" and flag.quarantined == 1
+    ((_, audit),) = redis_client.xrange(keys.GUARD_AUDIT_KEY)
+    assert audit[b"user"] == PSEUDONYMS.of(5).encode()
+    tags = {keys.tag_of_key(key) for key in redis_client.scan_iter(match=b"*{u:*")}
+    assert tags == {PSEUDONYMS.of(user) for user in (1, 2, 3, 5, 6)}
 
 
 def test_pin_impressions_count_within_a_window_that_the_first_one_opens(redis_client):
-    store = RedisFeatureStore(redis_client)
+    store = RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS)
     assert store.impressions(9, ["a", "b"]) == {"a": 0, "b": 0}
     store.count_impressions(9, [("a", 1), ("b", 600)])
     store.count_impressions(9, [("a", 1)])
@@ -253,25 +277,61 @@ def test_pin_impressions_count_within_a_window_that_the_first_one_opens(redis_cl
     # later impressions do not push the window's end: it closes a second after the first
     _wait_for(lambda: store.impressions(9, ["a"])["a"] == 0, timeout_s=3.0)
     assert store.impressions(9, ["b"]) == {"b": 1}
-    assert 0 < redis_client.ttl(store.keyspace.impressions_key(9, "b")) <= 600
+    assert 0 < redis_client.ttl(store.keyspace.impressions_key(store.tag(9), "b")) <= 600
 
 
 def test_a_newer_key_layout_is_not_followed(redis_client, caplog):
-    running = RedisFeatureStore(redis_client)
-    assert running.keyspace == keys.LEGACY_KEYSPACE  # no pointer yet: the first layout
+    running = RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS)
+    fresh = keys.Keyspace.for_layout(None, PSEUDONYMS.key_id)
+    assert running.keyspace == fresh  # an empty store: this layout's, pointed at for every process
+    assert keys.Keyspace.from_pointer(redis_client.get(keys.KEYSPACE_POINTER_KEY)) == fresh
     newer = keys.Keyspace("cascade:v9:h50", keys.KEY_SCHEMA_VERSION + 1, 50)
     redis_client.set(keys.KEYSPACE_POINTER_KEY, newer.to_pointer())
     with caplog.at_level("ERROR", logger="cascade.serving.feature_store.redis_store"):
-        assert running.refresh_keyspace() is False and running.keyspace == keys.LEGACY_KEYSPACE
+        assert running.refresh_keyspace() is False and running.keyspace == fresh
         running.ping()  # the probe reads it again: still not followed, and not said again
-    assert running.keyspace == keys.LEGACY_KEYSPACE and caplog.text.count("not following") == 1
+    assert running.keyspace == fresh and caplog.text.count("not following") == 1
     with pytest.raises(RuntimeError, match="newer"):
-        RedisFeatureStore(redis_client).get_user_state(1, history_length=5)
+        RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS).get_user_state(1, history_length=5)
+
+
+def test_a_store_keyed_with_another_pseudonym_key_is_refused(redis_client):
+    """A process with another key would find no user and write each under a second tag: it refuses."""
+    RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS).ping()
+    other = RedisFeatureStore(redis_client, pseudonyms=Pseudonymiser(b"another-key-of-16-bytes"))
+    with pytest.raises(RuntimeError, match="pseudonym key"):
+        other.get_user_state(1, history_length=5)
+
+
+def test_forgetting_a_user_deletes_every_key_of_theirs_and_no_one_elses(redis_client):
+    store = RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS)
+    _load(store)
+    store.record_event(1, HistoryEvent(20, 3, 50, rating=4.0), 2, event_id="e-1", dedupe_window_s=60)
+    store.count_impressions(1, [("campaign", 600)])
+    store.set_guard_state(1, "flagged", "live", 0.99, "detector")
+    store.record_event(1, HistoryEvent(21, 3, 51, rating=5.0), 2)  # quarantined
+    before = set(redis_client.scan_iter())
+    removed = store.forget_user(1)
+    assert removed == {
+        "profile": 1, "history": 1, "seen": 1, "ratings": 1, "activity": 1, "guard_state": 1,
+        "quarantine": 1, "rate": 0, "flag": 1, "expiring": 2,
+    }  # fmt: skip
+    left = set(redis_client.scan_iter())
+    assert not any(PSEUDONYMS.of(1).encode() in key for key in left)
+    # (the flags' set went with its one member)
+    assert before - left - {keys.GUARD_FLAGS_KEY} == {
+        key for key in before if PSEUDONYMS.of(1).encode() in key
+    }
+    assert store.get_user_state(2, history_length=2).features is not None  # others are untouched
+    state = store.get_user_state(1, history_length=2)
+    assert state.features is None and state.history_items.size == 0 and state.seen.size == 0
+    assert store.guard_flags(10) == [] and redis_client.zscore(keys.FORGOTTEN_KEY, PSEUDONYMS.of(1))
+    assert store.forget_user(1) == dict.fromkeys(removed, 0)  # again: nothing left
 
 
 def test_string_ids_are_stored_and_read_back_whole(redis_client):
     """Opaque ids, with the characters that break naive keys and entries, load, record and read back."""
-    store = RedisFeatureStore(redis_client)
+    store = RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS)
     user, items = "6f1c-ü {x}", ["sku:1/{a} b", "sku:2", "plain-3"]
     users = pd.DataFrame(
         {"user_id": [user], "gender": ["F"], "age": [30], "occupation": [""], "zip_code": [""]}
@@ -291,7 +351,7 @@ def test_string_ids_are_stored_and_read_back_whole(redis_client):
 
 
 def test_further_profile_columns_are_loaded_beside_the_demographics(redis_client):
-    store = RedisFeatureStore(redis_client)
+    store = RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS)
     users = pd.DataFrame(
         {
             "user_id": [1, 2],
@@ -313,7 +373,7 @@ def test_events_count_as_activity_since_the_value_load_they_follow(redis_client)
     from cascade.customers.live import live_value
     from cascade.customers.profiles import value_profiles
 
-    store = RedisFeatureStore(redis_client)
+    store = RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS)
     rng = np.random.default_rng(0)
     interactions = pd.DataFrame(
         {
@@ -348,7 +408,7 @@ def test_events_count_as_activity_since_the_value_load_they_follow(redis_client)
     live = live_value(after.features, after.activity, scale, time.time())
     assert live.moved and live.events_since_load == 6 and live.recency_score == 5 and live.tier < "D"
     # a load of other data starts the count again at the next event: what it loaded covers the rest
-    redis_client.hset(store.keyspace.profile_key(user), "value_load", "load-2")
+    redis_client.hset(store.keyspace.profile_key(store.tag(user)), "value_load", "load-2")
     store.record_event(user, HistoryEvent(300, 1, 10**9 + 9), 10)
     activity = store.get_user_state(user, 10).activity
     assert activity["load"] == "load-2" and activity["events"] == "1" and "stars" not in activity

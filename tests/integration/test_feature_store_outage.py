@@ -18,6 +18,7 @@ from cascade.serving.feature_store.resilient import (
     STALE_FEATURES,
     ResilientFeatureStore,
 )
+from tests.helpers import PSEUDONYMS
 
 
 @pytest.fixture
@@ -28,7 +29,7 @@ def redis_process(tmp_path):
 
 
 def _store(url: str) -> ResilientFeatureStore:
-    backend = RedisFeatureStore.from_url(url, cache_size=0, timeout_s=0.2)
+    backend = RedisFeatureStore.from_url(url, cache_size=0, timeout_s=0.2, pseudonyms=PSEUDONYMS)
     return ResilientFeatureStore(backend, timeout_s=0.2, breaker_failures=2, breaker_reset_s=0.2)
 
 

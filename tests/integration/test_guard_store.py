@@ -14,6 +14,7 @@ from cascade.serving.feature_store.base import BLOCKED, FLAGGED, LIMITED, QUARAN
 from cascade.serving.feature_store.redis_store import RedisFeatureStore
 from cascade.serving.feature_store.resilient import ResilientFeatureStore
 from cascade.serving.guard import EventGuard
+from tests.helpers import PSEUDONYMS
 
 CHECKS = EventChecks(user_limit=3, window_s=60.0, quarantine_length=100)
 
@@ -23,7 +24,7 @@ def _rate(store: RedisFeatureStore, user: int | str, item: int, at: int, rating:
 
 
 def test_a_users_rate_window_refuses_past_its_limit_and_stores_nothing(redis_client):
-    store = RedisFeatureStore(redis_client)
+    store = RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS)
     outcomes = [_rate(store, 1, item, 100 + item) for item in range(1, 5)]
     assert [r.outcome for r in outcomes] == [RECORDED, RECORDED, RECORDED, LIMITED]
     assert 0 < outcomes[-1].retry_after_s <= 60
@@ -40,7 +41,7 @@ def test_a_users_rate_window_refuses_past_its_limit_and_stores_nothing(redis_cli
 
 
 def test_client_and_item_windows(redis_client):
-    store = RedisFeatureStore(redis_client)
+    store = RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS)
     client, item = keys.rate_key("client", "key:app"), keys.rate_key("item", 7)
     assert store.consume_rates([(client, 2, 60.0), (item, 5, 60.0)]) == [None, None]
     assert store.consume_rates([(client, 2, 60.0)]) == [None]
@@ -49,7 +50,7 @@ def test_client_and_item_windows(redis_client):
 
 
 def test_a_flagged_users_events_are_quarantined_then_released_in_order(redis_client):
-    store = RedisFeatureStore(redis_client)
+    store = RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS)
     generous = EventChecks(user_limit=100, window_s=60.0, quarantine_length=100)
     store.record_event(5, HistoryEvent(1, 3, 10, 4.0), 50, None, 0, generous)
     assert store.set_guard_state(5, FLAGGED, "live score 0.97", 0.97, "detector") == (True, "")
@@ -60,7 +61,12 @@ def test_a_flagged_users_events_are_quarantined_then_released_in_order(redis_cli
     assert state.history_items.tolist() == [1] and sorted(state.seen.tolist()) == [1]
     assert store.ratings(5) == {1: 4.0}
     (flag,) = store.guard_flags(10)
-    assert (flag.user_id, flag.state, flag.by, flag.quarantined) == (5, FLAGGED, "detector", 2)
+    assert (flag.pseudonym, flag.state, flag.by, flag.quarantined) == (
+        PSEUDONYMS.of(5),
+        FLAGGED,
+        "detector",
+        2,
+    )
     assert flag.reason == "live score 0.97" and flag.score == 0.97
     assert store.clear_guard(5, 50, discard=False) == (FLAGGED, 2)
     state = store.get_user_state(5, 50)
@@ -73,12 +79,12 @@ def test_a_flagged_users_events_are_quarantined_then_released_in_order(redis_cli
 
 
 def test_a_block_refuses_events_outranks_a_flag_and_discarding_drops_the_quarantine(redis_client):
-    store = RedisFeatureStore(redis_client)
+    store = RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS)
     generous = EventChecks(user_limit=100, window_s=60.0, quarantine_length=2)
     store.set_guard_state("u-9", FLAGGED, "live", 0.95, "detector")
     for item in (1, 2, 3):
         store.record_event("u-9", HistoryEvent(item, 2, item), 50, None, 0, generous)
-    assert redis_client.llen(keys.quarantine_key("u-9")) == 2  # capped at quarantine_length
+    assert redis_client.llen(keys.quarantine_key(PSEUDONYMS.of("u-9"))) == 2  # capped at quarantine_length
     assert store.set_guard_state("u-9", BLOCKED, "fraud team", 1.0, "key:ops") == (True, FLAGGED)
     assert store.set_guard_state("u-9", FLAGGED, "live", 0.99, "detector") == (False, BLOCKED)
     refused = store.record_event("u-9", HistoryEvent(4, 2, 4), 50, None, 0, generous)
@@ -89,7 +95,7 @@ def test_a_block_refuses_events_outranks_a_flag_and_discarding_drops_the_quarant
 
 
 def test_without_checks_recording_is_as_before(redis_client):
-    store = RedisFeatureStore(redis_client)
+    store = RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS)
     store.set_guard_state(8, BLOCKED, "x", 1.0, "key:ops")
     result = store.record_event(8, HistoryEvent(1, 2, 1), 50)
     assert result.outcome == BLOCKED  # a block holds whatever the caller asks
@@ -98,7 +104,7 @@ def test_without_checks_recording_is_as_before(redis_client):
 def test_with_the_online_guard_off_a_block_still_refuses_and_a_quarantine_keeps_every_event(
     redis_client, tmp_path
 ):
-    store = ResilientFeatureStore(RedisFeatureStore(redis_client), timeout_s=1.0)
+    store = ResilientFeatureStore(RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS), timeout_s=1.0)
     guard = EventGuard(
         GuardConfig(online=False, quarantine_length=10),
         store,
@@ -114,8 +120,8 @@ def test_with_the_online_guard_off_a_block_still_refuses_and_a_quarantine_keeps_
     for item in (1, 2, 3):
         event = HistoryEvent(item, 2, item)
         guard.settle(12, event, store.record_event(12, event, 50, None, 0, guard.checks))
-    assert redis_client.llen(keys.quarantine_key(12)) == 3
+    assert redis_client.llen(keys.quarantine_key(PSEUDONYMS.of(12))) == 3
     # a caller that checks nothing keeps the guard's default quarantine length, not one event
     for item in (4, 5):
         store.backend.record_event(12, HistoryEvent(item, 2, item), 50)
-    assert redis_client.llen(keys.quarantine_key(12)) == 5
+    assert redis_client.llen(keys.quarantine_key(PSEUDONYMS.of(12))) == 5

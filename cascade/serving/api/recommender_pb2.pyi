@@ -27,22 +27,22 @@ class ListFlagsRequest(_message.Message):
     def __init__(self, limit: _Optional[int] = ...) -> None: ...
 
 class GuardFlag(_message.Message):
-    __slots__ = ("user_id", "state", "reason", "score", "since", "by", "quarantined_events")
-    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("pseudonym", "state", "reason", "score", "since", "by", "quarantined_events")
+    PSEUDONYM_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     SINCE_FIELD_NUMBER: _ClassVar[int]
     BY_FIELD_NUMBER: _ClassVar[int]
     QUARANTINED_EVENTS_FIELD_NUMBER: _ClassVar[int]
-    user_id: str
+    pseudonym: str
     state: str
     reason: str
     score: float
     since: int
     by: str
     quarantined_events: int
-    def __init__(self, user_id: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., score: _Optional[float] = ..., since: _Optional[int] = ..., by: _Optional[str] = ..., quarantined_events: _Optional[int] = ...) -> None: ...
+    def __init__(self, pseudonym: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., score: _Optional[float] = ..., since: _Optional[int] = ..., by: _Optional[str] = ..., quarantined_events: _Optional[int] = ...) -> None: ...
 
 class ListFlagsResponse(_message.Message):
     __slots__ = ("flags",)
@@ -51,14 +51,16 @@ class ListFlagsResponse(_message.Message):
     def __init__(self, flags: _Optional[_Iterable[_Union[GuardFlag, _Mapping]]] = ...) -> None: ...
 
 class GuardUserRequest(_message.Message):
-    __slots__ = ("user_id", "reason", "discard_quarantined")
+    __slots__ = ("user_id", "pseudonym", "reason", "discard_quarantined")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
+    PSEUDONYM_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     DISCARD_QUARANTINED_FIELD_NUMBER: _ClassVar[int]
     user_id: str
+    pseudonym: str
     reason: str
     discard_quarantined: bool
-    def __init__(self, user_id: _Optional[str] = ..., reason: _Optional[str] = ..., discard_quarantined: _Optional[bool] = ...) -> None: ...
+    def __init__(self, user_id: _Optional[str] = ..., pseudonym: _Optional[str] = ..., reason: _Optional[str] = ..., discard_quarantined: _Optional[bool] = ...) -> None: ...
 
 class GuardUserResponse(_message.Message):
     __slots__ = ("previous_state", "events")
@@ -67,6 +69,31 @@ class GuardUserResponse(_message.Message):
     previous_state: str
     events: int
     def __init__(self, previous_state: _Optional[str] = ..., events: _Optional[int] = ...) -> None: ...
+
+class ForgetUserRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class ForgetUserResponse(_message.Message):
+    __slots__ = ("pseudonym", "removed", "deny_listed", "already_deny_listed")
+    class RemovedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    PSEUDONYM_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    DENY_LISTED_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_DENY_LISTED_FIELD_NUMBER: _ClassVar[int]
+    pseudonym: str
+    removed: _containers.ScalarMap[str, int]
+    deny_listed: bool
+    already_deny_listed: bool
+    def __init__(self, pseudonym: _Optional[str] = ..., removed: _Optional[_Mapping[str, int]] = ..., deny_listed: _Optional[bool] = ..., already_deny_listed: _Optional[bool] = ...) -> None: ...
 
 class UpsertItemRequest(_message.Message):
     __slots__ = ("item_id", "title", "genres", "year", "attributes", "request_id")

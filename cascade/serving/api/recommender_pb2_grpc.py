@@ -540,3 +540,82 @@ class GuardAdmin:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class PrivacyAdminStub:
+    """Privacy requests, for operators (admin scope).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ForgetUser = channel.unary_unary(
+                '/cascade.v1.PrivacyAdmin/ForgetUser',
+                request_serializer=recommender__pb2.ForgetUserRequest.SerializeToString,
+                response_deserializer=recommender__pb2.ForgetUserResponse.FromString,
+                _registered_method=True)
+
+
+class PrivacyAdminServicer:
+    """Privacy requests, for operators (admin scope).
+    """
+
+    def ForgetUser(self, request, context):
+        """Forget a user: everything the store holds of them (profile with value tier, history, seen set,
+        ratings, activity, idempotency keys and impression counters, the guard's state, quarantine and flag)
+        is deleted, and their pseudonym joins the data set's deny-list, which every training run, evaluation
+        and feature load honours. Forgetting a forgotten user is acknowledged again with nothing removed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_PrivacyAdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ForgetUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetUser,
+                    request_deserializer=recommender__pb2.ForgetUserRequest.FromString,
+                    response_serializer=recommender__pb2.ForgetUserResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'cascade.v1.PrivacyAdmin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('cascade.v1.PrivacyAdmin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class PrivacyAdmin:
+    """Privacy requests, for operators (admin scope).
+    """
+
+    @staticmethod
+    def ForgetUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.v1.PrivacyAdmin/ForgetUser',
+            recommender__pb2.ForgetUserRequest.SerializeToString,
+            recommender__pb2.ForgetUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

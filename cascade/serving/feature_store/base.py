@@ -51,10 +51,11 @@ class EventChecks:
 
 @dataclass(frozen=True)
 class GuardFlag:
-    """A flagged or blocked user: ``state`` (FLAGGED or BLOCKED), why, by what score, since when (unix
-    seconds), by whom (the detector, or an operator's key), and the events held in quarantine."""
+    """A flagged or blocked user, by pseudonym (the store keeps no ids): ``state`` (FLAGGED or BLOCKED),
+    why, by what score, since when (unix seconds), by whom (the detector, or an operator's key), and the
+    events held in quarantine."""
 
-    user_id: int | str
+    pseudonym: str
     state: str
     reason: str
     score: float
@@ -71,7 +72,8 @@ class UserState:
     read is an integer, else object str (``keys.ids_of_tokens``): ``history_items`` (H,) most recent first,
     ``history_events`` (H, 2) int64 rows (event_type, timestamp) beside them; ``seen`` (S,) every item the
     user has interacted with, each once, in no particular order; ``activity`` what they did since the
-    last value load."""
+    last value load; ``forgotten`` whether the user was once forgotten (``forget_user``): what models
+    learnt of them before is not theirs to use, though what they did since is."""
 
     features: dict[str, str] | None
     history_items: np.ndarray
@@ -79,6 +81,7 @@ class UserState:
     seen: np.ndarray
     # counted since the last value load: events, stars, last (``customers.live``); None when nothing was
     activity: dict[str, str] | None = None
+    forgotten: bool = False
 
     @classmethod
     def nobody(cls) -> UserState:
@@ -129,6 +132,12 @@ class OnlineFeatureStore(ABC):
     @abstractmethod
     def guard_flags(self, limit: int) -> list[GuardFlag]:
         """The flagged and blocked users, the latest first, at most ``limit``."""
+
+    @abstractmethod
+    def forget_user(self, user_id: int | str) -> dict[str, int]:
+        """Delete everything the store holds of one user (profile with its value tier, history, seen set,
+        ratings, activity, idempotency keys, impression counters, the guard's state, quarantine and
+        counter, the flag) and note their pseudonym as forgotten -> how many of each kind went."""
 
     @abstractmethod
     def bulk_load(

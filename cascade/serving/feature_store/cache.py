@@ -47,6 +47,10 @@ class TTLCache:
             if entry is not None and entry[0] >= time.monotonic():
                 self._data[key] = (entry[0], change(entry[1]))
 
+    def discard(self, key: int) -> None:
+        with self._lock:
+            self._data.pop(key, None)
+
     def clear(self) -> None:
         with self._lock:
             self._data.clear()

@@ -17,6 +17,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from cascade.core.privacy import PSEUDONYM, Pseudonym, Pseudonymiser
 from cascade.core.schema import native_id
 from cascade.customers.live import ValueScale
 from cascade.guard.config import GuardConfig
@@ -235,8 +236,12 @@ class RedisFeatureStore(OnlineFeatureStore):
         cache_size: int = 100_000,
         cache_ttl_s: float = 60.0,
         url: str | None = None,
+        *,
+        pseudonyms: Pseudonymiser,
     ):
+        """``pseudonyms``: the key that makes users' tags; every process sharing the store needs the same."""
         self.client = client
+        self.pseudonyms = pseudonyms
         self.url = url  # how another process reaches the same server, when known
         self._profiles = TTLCache(cache_size, cache_ttl_s)
         self._record_event = client.register_script(_RECORD_EVENT_SCRIPT)
@@ -266,6 +271,8 @@ class RedisFeatureStore(OnlineFeatureStore):
         cache_size: int = 100_000,
         cache_ttl_s: float = 60.0,
         timeout_s: float = 5.0,
+        *,
+        pseudonyms: Pseudonymiser,
     ) -> RedisFeatureStore:
         """A client whose every call fails within ``timeout_s`` and is never retried by redis-py itself
         (its default retries with backoff would hold a request for seconds while Redis is down): the
@@ -278,17 +285,30 @@ class RedisFeatureStore(OnlineFeatureStore):
             retry_on_timeout=False,
             health_check_interval=0,
         )
-        return cls(client, cache_size, cache_ttl_s, url)
+        return cls(client, cache_size, cache_ttl_s, url, pseudonyms=pseudonyms)
+
+    def tag(self, user_id: int | str, keyspace: keys.Keyspace | None = None) -> str:
+        """The user's tag in ``keyspace``'s keys (default: the one in use): their pseudonym, or in layout v1
+        their id's token. A ``Pseudonym`` names a user in pseudonymised keyspaces only."""
+        if (keyspace or self.keyspace).pseudonymised:
+            return self.pseudonyms.of(user_id)
+        if isinstance(user_id, Pseudonym):
+            raise ValueError(
+                "the feature store is of key layout v1, by id: run `cascade features load` first"
+            )
+        return keys.id_token(user_id)
 
     def get_user_state(self, user_id: int | str, history_length: int) -> UserState:
         keyspace = self.keyspace
+        tag = self.tag(user_id, keyspace)
         cached = self._profiles.get(user_id)
         pipe = self.client.pipeline(transaction=False)
         if cached is MISSING:
-            pipe.hgetall(keyspace.profile_key(user_id))
-        pipe.lrange(keyspace.history_key(user_id), 0, history_length - 1)
-        pipe.smembers(keyspace.seen_key(user_id))
-        pipe.hgetall(keyspace.activity_key(user_id))
+            pipe.hgetall(keyspace.profile_key(tag))
+        pipe.lrange(keyspace.history_key(tag), 0, history_length - 1)
+        pipe.smembers(keyspace.seen_key(tag))
+        pipe.hgetall(keyspace.activity_key(tag))
+        pipe.zscore(keys.FORGOTTEN_KEY, tag)  # by pseudonym: in a v1 keyspace the tag never matches
         replies = pipe.execute()
         if cached is MISSING:
             raw_profile = replies.pop(0)
@@ -296,12 +316,12 @@ class RedisFeatureStore(OnlineFeatureStore):
             self._profiles.put(user_id, profile)
         else:
             profile = cached  # type: ignore[assignment]
-        raw_history, raw_seen, raw_activity = replies
+        raw_history, raw_seen, raw_activity, forgotten_at = replies
         items, events = keys.decode_history_entries(raw_history)
         # a set's members are distinct, so the array needs no de-duplication
         seen = keys.ids_of_tokens(list(raw_seen))
         activity = {k.decode(): v.decode() for k, v in raw_activity.items()} if raw_activity else None
-        return UserState(profile, items, events, seen, activity)
+        return UserState(profile, items, events, seen, activity, forgotten_at is not None)
 
     def record_event(
         self,
@@ -312,8 +332,9 @@ class RedisFeatureStore(OnlineFeatureStore):
         dedupe_window_s: int = 0,
         checks: EventChecks | None = None,
     ) -> RecordResult:
-        user = event_user_id
         keyspace = self.keyspace
+        user = self.tag(event_user_id, keyspace)
+        guard = self.pseudonyms.of(event_user_id)  # the guard's keys outlive keyspaces: always by pseudonym
         checks = checks or NO_RATE_LIMIT
         dedupe = event_id is not None and dedupe_window_s > 0
         length, duplicate, outcome, ratings, wait = self._record_event(
@@ -324,9 +345,9 @@ class RedisFeatureStore(OnlineFeatureStore):
                 keyspace.event_key(user, event_id if dedupe else "-"),
                 keyspace.activity_key(user),
                 keyspace.profile_key(user),
-                keys.guard_state_key(user),
-                keys.quarantine_key(user),
-                keys.user_rate_key(user),
+                keys.guard_state_key(guard),
+                keys.quarantine_key(guard),
+                keys.user_rate_key(guard),
             ],
             args=[
                 keys.encode_history_entry(event.item_id, event.event_type, event.timestamp),
@@ -360,12 +381,12 @@ class RedisFeatureStore(OnlineFeatureStore):
         self, user_id: int | str, state: str, reason: str, score: float, by: str
     ) -> tuple[bool, str]:
         now = time.time()
+        token = self.pseudonyms.of(user_id)
         applied, previous = self._set_guard_state(
-            keys=[keys.guard_state_key(user_id)], args=[state, reason, repr(float(score)), repr(now), by]
+            keys=[keys.guard_state_key(token)], args=[state, reason, repr(float(score)), repr(now), by]
         )
         applied = bool(applied)
         if applied:
-            token = keys.id_token(user_id)
             pipe = self.client.pipeline(transaction=False)
             pipe.zadd(keys.GUARD_FLAGS_KEY, {token: now})
             pipe.xadd(
@@ -379,18 +400,18 @@ class RedisFeatureStore(OnlineFeatureStore):
 
     def clear_guard(self, user_id: int | str, history_length: int, discard: bool) -> tuple[str | None, int]:
         keyspace = self.keyspace
+        user, token = self.tag(user_id, keyspace), self.pseudonyms.of(user_id)
         state, count = self._clear_guard(
             keys=[
-                keys.guard_state_key(user_id),
-                keys.quarantine_key(user_id),
-                keyspace.history_key(user_id),
-                keyspace.seen_key(user_id),
-                keyspace.ratings_key(user_id),
+                keys.guard_state_key(token),
+                keys.quarantine_key(token),
+                keyspace.history_key(user),
+                keyspace.seen_key(user),
+                keyspace.ratings_key(user),
             ],
             args=[keyspace.history_length or history_length, "1" if discard else "0"],
         )
         state = state.decode() if isinstance(state, bytes) else str(state)
-        token = keys.id_token(user_id)
         pipe = self.client.pipeline(transaction=False)
         pipe.zrem(keys.GUARD_FLAGS_KEY, token)
         if state:
@@ -401,23 +422,22 @@ class RedisFeatureStore(OnlineFeatureStore):
         return (state or None), int(count)
 
     def guard_flags(self, limit: int) -> list[GuardFlag]:
-        tokens = self.client.zrevrange(keys.GUARD_FLAGS_KEY, 0, max(limit, 1) - 1)
-        if not tokens:
+        users = [raw.decode() for raw in self.client.zrevrange(keys.GUARD_FLAGS_KEY, 0, max(limit, 1) - 1)]
+        if not users:
             return []
-        users = keys.ids_of_tokens(list(tokens))
         pipe = self.client.pipeline(transaction=False)
-        for user in users.tolist():
+        for user in users:
             pipe.hgetall(keys.guard_state_key(user))
             pipe.llen(keys.quarantine_key(user))
         replies = pipe.execute()
         flags = []
-        for user, state, held in zip(users.tolist(), replies[::2], replies[1::2]):
+        for user, state, held in zip(users, replies[::2], replies[1::2]):
             if not state:
                 continue  # cleared between the two reads
             fields = {k.decode(): v.decode() for k, v in state.items()}
             flags.append(
                 GuardFlag(
-                    user_id=native_id(user),
+                    pseudonym=user,
                     state=fields.get("state", ""),
                     reason=fields.get("reason", ""),
                     score=float(fields.get("score", 0) or 0),
@@ -430,7 +450,7 @@ class RedisFeatureStore(OnlineFeatureStore):
 
     def ratings(self, user_id: int | str) -> dict[int | str, float]:
         """The user's latest rating of each item rated through RecordEvent or a bulk load."""
-        raw = self.client.hgetall(self.keyspace.ratings_key(user_id))
+        raw = self.client.hgetall(self.keyspace.ratings_key(self.tag(user_id)))
         items = keys.ids_of_tokens(list(raw))
         return {native_id(item): float(value) for item, value in zip(items, raw.values())}
 
@@ -438,16 +458,18 @@ class RedisFeatureStore(OnlineFeatureStore):
         if not counters:
             return {}
         keyspace = self.keyspace
-        values = self.client.mget([keyspace.impressions_key(user_id, name) for name in counters])
+        tag = self.tag(user_id, keyspace)
+        values = self.client.mget([keyspace.impressions_key(tag, name) for name in counters])
         return {name: int(value) if value is not None else 0 for name, value in zip(counters, values)}
 
     def count_impressions(self, user_id: int | str, counters: list[tuple[str, float]]) -> None:
         if not counters:
             return
         keyspace = self.keyspace
+        tag = self.tag(user_id, keyspace)
         pipe = self.client.pipeline(transaction=False)
         for name, window_s in counters:
-            key = keyspace.impressions_key(user_id, name)
+            key = keyspace.impressions_key(tag, name)
             # only the first impression of a window creates the key and so sets when it ends; INCR keeps it
             pipe.set(key, 0, ex=max(int(window_s), 1), nx=True)
             pipe.incr(key)
@@ -490,11 +512,12 @@ class RedisFeatureStore(OnlineFeatureStore):
         for begin in range(0, len(all_user_ids), chunk_users):
             pipe = self.client.pipeline(transaction=False)
             for user_id in all_user_ids[begin : begin + chunk_users].tolist():
+                tag = self.tag(user_id, keyspace)
                 if user_id in profile_of:
                     row = profile_of[user_id]
                     mapping = dict(zip(USER_FEATURE_FIELDS, row))  # demographics, empty or not
                     mapping |= {f: v for f, v in zip(extra, row[len(USER_FEATURE_FIELDS) :]) if v}
-                    pipe.hset(keyspace.profile_key(user_id), mapping=mapping)
+                    pipe.hset(keyspace.profile_key(tag), mapping=mapping)
                 if user_id in spans:
                     s, e = spans[user_id]
                     recent = [
@@ -506,14 +529,14 @@ class RedisFeatureStore(OnlineFeatureStore):
                         )
                     ]
                     self._merge_history(
-                        keys=[keyspace.history_key(user_id)], args=[history_length, *recent], client=pipe
+                        keys=[keyspace.history_key(tag)], args=[history_length, *recent], client=pipe
                     )
                     tokens = [keys.id_token(item) for item in item_col[s:e].tolist()]
-                    pipe.sadd(keyspace.seen_key(user_id), *tokens)
+                    pipe.sadd(keyspace.seen_key(tag), *tokens)
                     if ratings is not None:
                         # latest first in the data set: the oldest rating of an item is overwritten
                         rated = dict(zip(tokens[::-1], ratings[s:e][::-1].tolist()))
-                        pipe.hset(keyspace.ratings_key(user_id), mapping=rated)
+                        pipe.hset(keyspace.ratings_key(tag), mapping=rated)
             pipe.execute()
         self.client.set(keyspace.load_marker_key, marker)
         self._profiles.clear()
@@ -537,16 +560,27 @@ class RedisFeatureStore(OnlineFeatureStore):
         """Follow ``cascade:keyspace``; True when it moved from the one in use. A keyspace of a newer key
         layout than this code reads is not followed (logged; refused when there is no keyspace in use yet):
         the old one stays until the loader drops it."""
-        current = keys.Keyspace.from_pointer(self.client.get(keys.KEYSPACE_POINTER_KEY))
+        current = self._pointed_keyspace()
         previous = self._keyspace
         if current == previous:
             return False
+        refusal = None
         if current.schema_version > keys.KEY_SCHEMA_VERSION:
-            message = f"the feature store uses key layout v{current.schema_version}, newer than this code's"
+            refusal = (
+                f"the feature store uses key layout v{current.schema_version}, newer than this code's "
+                f"v{keys.KEY_SCHEMA_VERSION}: upgrade Cascade"
+            )
+        elif current.pseudonymised and current.pseudonym_key_id != self.pseudonyms.key_id:
+            refusal = (
+                f"the feature store's user keys were made with the pseudonym key {current.pseudonym_key_id}, "
+                f"this process has {self.pseudonyms.key_id}: configure privacy.pseudonym_key (or its file) "
+                "as the loader's"
+            )
+        if refusal is not None:
             if previous is None:
-                raise RuntimeError(f"{message} v{keys.KEY_SCHEMA_VERSION}: upgrade Cascade")
+                raise RuntimeError(refusal)
             if current != self._refused_keyspace:  # every probe reads it again: say so once
-                logger.error("%s v%d: not following", message, keys.KEY_SCHEMA_VERSION)
+                logger.error("%s; not following", refusal)
                 self._refused_keyspace = current
             return False
         if previous is not None:
@@ -554,6 +588,18 @@ class RedisFeatureStore(OnlineFeatureStore):
         self._keyspace = current
         self._profiles.clear()
         return previous is not None
+
+    def _pointed_keyspace(self) -> keys.Keyspace:
+        """The pointer's keyspace. No pointer: layout v1's unprefixed keyspace when it was ever loaded, else
+        this layout's, with no history length yet, set for every process (the first setter wins)."""
+        raw = self.client.get(keys.KEYSPACE_POINTER_KEY)
+        if raw is None:
+            if self.client.exists(keys.LEGACY_KEYSPACE.load_marker_key):
+                return keys.LEGACY_KEYSPACE
+            fresh = keys.Keyspace.for_layout(None, self.pseudonyms.key_id)
+            self.client.set(keys.KEYSPACE_POINTER_KEY, fresh.to_pointer(), nx=True)
+            raw = self.client.get(keys.KEYSPACE_POINTER_KEY)
+        return keys.Keyspace.from_pointer(raw)
 
     def switch_keyspace(
         self,
@@ -593,37 +639,126 @@ class RedisFeatureStore(OnlineFeatureStore):
     def _move_users(
         self, source: keys.Keyspace, target: keys.Keyspace, first_pass: bool, chunk_keys: int
     ) -> int:
-        users: set[str] = set()
+        """Every user of ``source`` into ``target``; a user's tag changes when the source is of layout v1
+        (by id) and the target pseudonymised (the guard's keys then move too)."""
+        if source.pseudonymised and source.pseudonym_key_id != target.pseudonym_key_id:
+            raise RuntimeError("moving users between pseudonym keys needs their ids: not supported")
+        renamed = source.pseudonymised != target.pseudonymised
+        users: dict[str, str] = {}  # tag in the source -> tag in the target
         # idempotency keys, impression counters (copied with their TTL) and activity since the value load
-        copied: list[bytes] = []
+        copied: list[tuple[bytes, str]] = []
         for key in self.client.scan_iter(match=source.user_key_pattern, count=chunk_keys):
-            user = keys.user_of_key(key)
-            if user is None:
+            tag = keys.tag_of_key(key)
+            if tag is None:
                 continue
-            users.add(user)
+            if tag not in users:
+                users[tag] = self.pseudonyms.of(keys.id_of_token(tag)) if renamed else tag
             if b":event:" in key or b":shown:" in key or key.endswith(b":activity"):
-                copied.append(key)
+                copied.append((key, users[tag]))
         length = target.history_length or 0
-        ordered = sorted(users)
+        ordered = sorted(users.items())
         for begin in range(0, len(ordered), chunk_keys):
             pipe = self.client.pipeline(transaction=False)
-            for user in ordered[begin : begin + chunk_keys]:
+            for old, new in ordered[begin : begin + chunk_keys]:
                 self._move_user(
                     keys=[
-                        source.profile_key(user), source.history_key(user), source.seen_key(user),
-                        source.ratings_key(user), target.profile_key(user), target.history_key(user),
-                        target.seen_key(user), target.ratings_key(user),
+                        source.profile_key(old), source.history_key(old), source.seen_key(old),
+                        source.ratings_key(old), target.profile_key(new), target.history_key(new),
+                        target.seen_key(new), target.ratings_key(new),
                     ],
                     args=[length, "1" if first_pass else "0"],
                     client=pipe,
                 )  # fmt: skip
             pipe.execute()
         for begin in range(0, len(copied), chunk_keys):
-            pipe = self.client.pipeline(transaction=False)
-            for key in copied[begin : begin + chunk_keys]:
-                pipe.copy(key, source.moved_key(key, target))  # keeps the TTL; an existing copy stays
-            pipe.execute()
+            self._copy_keys(
+                [(key, source.moved_key(key, target, tag)) for key, tag in copied[begin : begin + chunk_keys]]
+            )
+        if renamed:
+            self._pseudonymise_guard(chunk_keys)
         return len(users)
+
+    def _copy_keys(self, pairs: list[tuple[bytes, bytes]]) -> None:
+        """Copy each (key, new key) with its TTL; a new key that exists stays. DUMP and RESTORE rather than
+        COPY, which Redis Cluster refuses across slots (a renamed user's keys change slot)."""
+        pipe = self.client.pipeline(transaction=False)
+        for key, _ in pairs:
+            pipe.dump(key)
+            pipe.pttl(key)
+        replies = pipe.execute()
+        pipe = self.client.pipeline(transaction=False)
+        for (_, new), dumped, ttl in zip(pairs, replies[::2], replies[1::2]):
+            if dumped is not None:  # expired between the scan and the dump
+                pipe.restore(new, max(int(ttl), 0), dumped)
+        for reply in pipe.execute(raise_on_error=False):
+            if isinstance(reply, redis.ResponseError) and "BUSYKEY" not in str(reply):
+                raise reply
+
+    def _pseudonymise_guard(self, chunk_keys: int) -> None:
+        """The guard's keys, flags and audit records made under layout v1 (by id) -> by pseudonym."""
+        moved: list[bytes] = []
+        for key in self.client.scan_iter(match=keys.GUARD_USER_PATTERN, count=chunk_keys):
+            tag = keys.tag_of_key(key)
+            if tag is not None and not PSEUDONYM.fullmatch(tag):
+                moved.append(key)
+        for begin in range(0, len(moved), chunk_keys):
+            batch = moved[begin : begin + chunk_keys]
+            self._copy_keys([(key, self._pseudonymised_key(key)) for key in batch])
+            self.client.unlink(*batch)
+        flags = self.client.zrange(keys.GUARD_FLAGS_KEY, 0, -1, withscores=True)
+        renamed = {m: s for m, s in flags if not PSEUDONYM.fullmatch(m.decode())}
+        if renamed:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.zadd(
+                keys.GUARD_FLAGS_KEY, {self.pseudonyms.of(keys.id_of_token(m)): s for m, s in renamed.items()}
+            )
+            pipe.zrem(keys.GUARD_FLAGS_KEY, *renamed)
+            pipe.execute()
+        entries = self.client.xrange(keys.GUARD_AUDIT_KEY)
+        if any(not PSEUDONYM.fullmatch(fields.get(b"user", b"").decode()) for _, fields in entries):
+            # stream entries cannot be edited: the stream is written again, with the same ids
+            pipe = self.client.pipeline(transaction=True)
+            pipe.delete(keys.GUARD_AUDIT_KEY)
+            for entry_id, fields in entries:
+                user = fields.get(b"user", b"").decode()
+                if user and not PSEUDONYM.fullmatch(user):
+                    fields = fields | {b"user": self.pseudonyms.of(keys.id_of_token(user)).encode()}
+                pipe.xadd(keys.GUARD_AUDIT_KEY, fields, id=entry_id)
+            pipe.execute()
+        logger.info(
+            "the guard's records of %d keys and %d flags now name users by pseudonym",
+            len(moved),
+            len(renamed),
+        )
+
+    def _pseudonymised_key(self, key: bytes) -> bytes:
+        tag = keys.tag_of_key(key)
+        start = key.index(b"{u:") + 3
+        return (
+            key[:start] + self.pseudonyms.of(keys.id_of_token(tag)).encode() + key[key.index(b"}", start) :]
+        )
+
+    def forget_user(self, user_id: int | str) -> dict[str, int]:
+        keyspace = self.keyspace
+        tag, token = self.tag(user_id, keyspace), self.pseudonyms.of(user_id)
+        # what expires by itself (idempotency keys, impression counters) is found by the user's pattern
+        expiring = [
+            key for key in self.client.scan_iter(match=keyspace.user_key_pattern_of(tag), count=1000)
+            if key not in keyspace.user_keys(tag)
+        ]  # fmt: skip
+        pipe = self.client.pipeline(transaction=False)
+        for key in (*keyspace.user_keys(tag), *keys.guard_keys(token)):
+            pipe.exists(key)
+        pipe.zrem(keys.GUARD_FLAGS_KEY, token)
+        pipe.unlink(*keyspace.user_keys(tag), *keys.guard_keys(token), *expiring)
+        pipe.zadd(keys.FORGOTTEN_KEY, {token: time.time()})
+        replies = pipe.execute()
+        self._profiles.discard(user_id)
+        names = ("profile", "history", "seen", "ratings", "activity", "guard_state", "quarantine", "rate")
+        removed = {name: int(found) for name, found in zip(names, replies)}
+        removed["flag"] = int(replies[len(names)])
+        removed["expiring"] = len(expiring)
+        return removed
 
     def _drop(self, keyspace: keys.Keyspace, chunk_keys: int) -> int:
         dropped = 0

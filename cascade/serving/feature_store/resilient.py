@@ -70,7 +70,7 @@ def _with_event(history_length: int, state: UserState, event: HistoryEvent) -> t
     activity["events"] = str(int(activity.get("events", 0)) + 1)
     activity["stars"] = str(float(activity.get("stars", 0.0)) + (event.rating or 0.0))
     activity["last"] = repr(time.time())
-    return history_length, UserState(state.features, items, events, seen, activity)
+    return history_length, UserState(state.features, items, events, seen, activity, state.forgotten)
 
 
 def _joined(first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -218,6 +218,13 @@ class ResilientFeatureStore:
             ) from None
         self.breaker.succeeded()
         return result
+
+    def forget_user(self, user_id: int | str) -> dict[str, int]:
+        """``OnlineFeatureStore.forget_user``, and the user's last state out of this process's cache (other
+        processes' caches let it go within their TTL). UNAVAILABLE when the store cannot answer."""
+        removed = self.write("user not forgotten", self.backend.forget_user, user_id)
+        self._cache.discard(user_id)
+        return removed
 
     def impressions(self, user_id: int | str, counters: list[str]) -> dict[str, int] | None:
         """The user's impression counters (``OnlineFeatureStore.impressions``), None when the store cannot

@@ -6,7 +6,10 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
+from cascade.core.errors import ArtifactError
+from cascade.core.privacy import Pseudonymiser
 from cascade.core.schema import (
     AGE_UNKNOWN,
     GENDER_UNKNOWN,
@@ -16,6 +19,7 @@ from cascade.core.schema import (
     encode_year,
     title_words,
 )
+from tests.helpers import PSEUDONYMS
 
 
 def test_gender_codes():
@@ -57,7 +61,7 @@ def _schema() -> tuple[FeatureSchema, pd.DataFrame, pd.DataFrame]:
             "year": [1995, 1991],
         }
     )
-    return FeatureSchema.fit(users, items, max_genres=2, title_length=3), users, items
+    return FeatureSchema.fit(users, items, max_genres=2, title_length=3, pseudonyms=PSEUDONYMS), users, items
 
 
 def test_id_lookup_by_table_agrees_with_binary_search():
@@ -113,16 +117,37 @@ def test_tables_are_indexed_by_schema_index_and_roundtrip_json():
     utable = schema.user_table(users)
     assert utable.gender[0] == GENDER_UNKNOWN and utable.gender[schema.user_index([10])[0]] == 0
 
-    again = FeatureSchema.from_json(schema.to_json())
+    again = FeatureSchema.from_json(schema.to_json(), PSEUDONYMS)
     assert np.array_equal(again.item_ids, schema.item_ids)
     assert again.title_vocab == schema.title_vocab and again.genres == schema.genres
+
+
+def test_a_saved_schema_names_its_users_by_pseudonym_and_finds_them_by_id():
+    schema, users, items = _schema()
+    saved = json.loads(schema.to_json())
+    assert "user_ids" not in saved and saved["pseudonym_key_id"] == PSEUDONYMS.key_id
+    assert saved["user_pseudonyms"] == [PSEUDONYMS.of(u) for u in sorted(users["user_id"].tolist())]
+    again = FeatureSchema.from_json(schema.to_json(), PSEUDONYMS)
+    asked = [10, "11", 999, 10, "x"]  # ids as the service gets them, an unknown one, one not an integer
+    assert again.user_index(asked).tolist() == schema.user_index(asked).tolist()
+    assert again.num_users == schema.num_users and again.numeric_ids == schema.numeric_ids
+    assert FeatureSchema.from_json(again.to_json(), PSEUDONYMS).user_index(asked).tolist() == (
+        schema.user_index(asked).tolist()
+    )  # saved again as read
+    with pytest.raises(ArtifactError, match="pseudonym key"):
+        FeatureSchema.from_json(schema.to_json(), Pseudonymiser(b"another-key-of-16-bytes"))
+    with pytest.raises(ArtifactError, match="pseudonym key"):
+        FeatureSchema.from_json(schema.to_json()).user_index([10])
+    with pytest.raises(ValueError, match="pseudonym key"):
+        FeatureSchema.fit(users, items, 2, 3).to_json()
 
 
 def test_rating_scale_is_the_data_sets_and_survives_a_round_trip():
     """Half-star data (ml-latest-small rates 0.5-5) keeps its scale; a schema saved before the scale was
     recorded reads as the whole-star 1-5 every such artifact was trained on."""
     _, users, items = _schema()
-    half_stars = FeatureSchema.fit(users, items, 2, 3, ratings=np.array([0.5, 3.5, 5.0], np.float32))
+    ratings = np.array([0.5, 3.5, 5.0], np.float32)
+    half_stars = FeatureSchema.fit(users, items, 2, 3, ratings=ratings, pseudonyms=PSEUDONYMS)
     assert half_stars.rating_range == (0.5, 5.0)
     assert FeatureSchema.from_json(half_stars.to_json()).rating_range == (0.5, 5.0)
     raw = json.loads(half_stars.to_json())
