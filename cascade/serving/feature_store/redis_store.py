@@ -714,22 +714,27 @@ class RedisFeatureStore(OnlineFeatureStore):
             )
             pipe.zrem(keys.GUARD_FLAGS_KEY, *renamed)
             pipe.execute()
-        entries = self.client.xrange(keys.GUARD_AUDIT_KEY)
-        if any(not PSEUDONYM.fullmatch(fields.get(b"user", b"").decode()) for _, fields in entries):
-            # stream entries cannot be edited: the stream is written again, with the same ids
-            pipe = self.client.pipeline(transaction=True)
-            pipe.delete(keys.GUARD_AUDIT_KEY)
-            for entry_id, fields in entries:
-                user = fields.get(b"user", b"").decode()
-                if user and not PSEUDONYM.fullmatch(user):
-                    fields = fields | {b"user": self.pseudonyms.of(keys.id_of_token(user)).encode()}
-                pipe.xadd(keys.GUARD_AUDIT_KEY, fields, id=entry_id)
-            pipe.execute()
+        self.client.transaction(self._pseudonymise_audit, keys.GUARD_AUDIT_KEY)
         logger.info(
             "the guard's records of %d keys and %d flags now name users by pseudonym",
             len(moved),
             len(renamed),
         )
+
+    def _pseudonymise_audit(self, pipe: redis.client.Pipeline) -> None:
+        """Stream entries cannot be edited: the audit stream is written again, with the same entry ids, when
+        any names a user by id. Run under WATCH, so that an entry a server adds meanwhile is not lost (the
+        transaction is retried)."""
+        entries = pipe.xrange(keys.GUARD_AUDIT_KEY)
+        users = [fields.get(b"user", b"").decode() for _, fields in entries]
+        if not any(user and not PSEUDONYM.fullmatch(user) for user in users):
+            return
+        pipe.multi()
+        pipe.delete(keys.GUARD_AUDIT_KEY)
+        for (entry_id, fields), user in zip(entries, users):
+            if user and not PSEUDONYM.fullmatch(user):
+                fields = fields | {b"user": self.pseudonyms.of(keys.id_of_token(user)).encode()}
+            pipe.xadd(keys.GUARD_AUDIT_KEY, fields, id=entry_id)
 
     def _pseudonymised_key(self, key: bytes) -> bytes:
         tag = keys.tag_of_key(key)
