@@ -202,12 +202,18 @@ def test_published_als_features_score_held_out_items_above_unseen_ones(config, b
 
 
 def test_evaluate_ranking_compares_three_rankers_with_the_recall_order(config, built, monkeypatch):
+    from dataclasses import replace
+
     from cascade.ranking import config as ranking_config
+    from cascade.ranking import rating
     from cascade.training.evaluate import evaluate_ranking
 
-    # the neural rankers' default six epochs took most of this test's time; two show the same thing
+    # the neural rankers' six epochs and the rating features' sixty took most of this test's time; the
+    # point is that every ranker is trained and scored, which two and five show as well
     for name, kind in (("din", ranking_config.DINConfig), ("wide_deep", ranking_config.WideDeepConfig)):
         monkeypatch.setitem(ranking_config.RANKER_CONFIGS, name, lambda kind=kind: kind(epochs=2))
+    for name, (grid, settings) in list(rating.RATING_MODELS.items()):
+        monkeypatch.setitem(rating.RATING_MODELS, name, (grid, replace(settings, epochs=5)))
     report = evaluate_ranking(config)
     assert set(report) == {"recall_order", "wide_deep", "din", "lightgbm"}
     for name, metrics in report.items():
