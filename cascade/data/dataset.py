@@ -149,10 +149,13 @@ class Dataset:
         meta = json.loads(meta_path.read_text())
         tables = {t: pd.read_parquet(folder / f"{t}.parquet") for t in _FILES}
         excluded = Exclusions.load(folder) if exclusions else Exclusions()
-        forgotten = DenyList.load(folder)
-        for table in ("interactions", "users"):
+        user_tables = ("interactions", "users")
+        forgotten = DenyList.load(folder).forgotten_among(
+            [tables[table]["user_id"].to_numpy() for table in user_tables], pseudonyms, folder
+        )
+        for table in user_tables:
             ids = tables[table]["user_id"].to_numpy()
-            dropped = excluded.mask(ids) | forgotten.mask(ids, pseudonyms, folder)
+            dropped = excluded.mask(ids) | np.isin(ids, forgotten)
             if dropped.any():
                 tables[table] = tables[table][~dropped].reset_index(drop=True)
         return cls.create(meta["name"], tables["interactions"], tables["users"], tables["items"])

@@ -25,6 +25,14 @@ def beside(folder: Path | str, suffix: str) -> Path:
     return folder.with_name(folder.name + suffix)
 
 
+def digest_of(names: frozenset[str]) -> str | None:
+    """A hash of a set of users, as text (None for none): what a data set's fingerprint takes of a list
+    kept beside it."""
+    if not names:
+        return None
+    return hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()
+
+
 def exclusions_path(folder: Path | str) -> Path:
     return beside(folder, EXCLUSIONS_SUFFIX)
 
@@ -77,10 +85,7 @@ class Exclusions:
 
     def digest(self) -> str | None:
         """A hash of who is excluded (None when nobody is): part of the data set's fingerprint."""
-        users = sorted(self.users)
-        if not users:
-            return None
-        return hashlib.sha256("\n".join(users).encode()).hexdigest()
+        return digest_of(self.users)
 
     def mask(self, user_ids: np.ndarray) -> np.ndarray:
         """(N,) bool: which of ``user_ids`` are excluded."""

@@ -12,7 +12,6 @@ a deny-list written under another key is refused rather than silently matching n
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 from cascade.core.artifacts import atomic_write_bytes
 from cascade.core.errors import DataError
 from cascade.core.privacy import PSEUDONYM, Pseudonymiser
-from cascade.data.exclusions import beside
+from cascade.data.exclusions import beside, digest_of
 
 FORGOTTEN_SUFFIX = ".forgotten.json"
 
@@ -83,15 +82,17 @@ class DenyList:
 
     def digest(self) -> str | None:
         """A hash of who is on the list (None when no one is): part of the data set's fingerprint."""
-        if not self.pseudonyms:
-            return None
-        return hashlib.sha256("\n".join(sorted(self.pseudonyms)).encode()).hexdigest()
+        return digest_of(self.pseudonyms)
 
-    def mask(self, user_ids: np.ndarray, pseudonyms: Pseudonymiser | None, where: Path | str) -> np.ndarray:
-        """(N,) bool: which of ``user_ids`` are forgotten (each distinct id hashed once)."""
-        if not self.pseudonyms or not len(user_ids):
-            return np.zeros(len(user_ids), dtype=bool)
+    def forgotten_among(
+        self, tables: list[np.ndarray], pseudonyms: Pseudonymiser | None, where: Path | str
+    ) -> np.ndarray:
+        """The distinct ids of ``tables``' user id columns that are on the list, each id hashed once however
+        many tables hold it (empty when the list is)."""
+        if not self.pseudonyms:
+            return np.zeros(0, dtype=np.int64)
         self.check_key(pseudonyms, where)
-        distinct, inverse = np.unique(np.asarray(user_ids), return_inverse=True)
-        forgotten = np.array([pseudonyms.of(u) in self.pseudonyms for u in distinct.tolist()], dtype=bool)
-        return forgotten[inverse.reshape(-1)]
+        distinct = np.unique(np.concatenate([np.asarray(ids) for ids in tables]))
+        return np.array(
+            [u for u in distinct.tolist() if pseudonyms.of(u) in self.pseudonyms], dtype=distinct.dtype
+        )

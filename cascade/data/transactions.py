@@ -103,11 +103,14 @@ class Transactions:
         sessions_path = folder / "sessions.parquet"
         table = pd.read_parquet(folder / f"{KIND}.parquet")
         sessions = pd.read_parquet(sessions_path) if sessions_path.is_file() else None
-        forgotten = DenyList.load(folder)
-        if forgotten.pseudonyms:
-            table = table[~forgotten.mask(table["customer_id"].to_numpy(), pseudonyms, folder)]
+        frames = [table] if sessions is None else [table, sessions]
+        forgotten = DenyList.load(folder).forgotten_among(
+            [frame["customer_id"].to_numpy() for frame in frames], pseudonyms, folder
+        )
+        if len(forgotten):
+            table = table[~np.isin(table["customer_id"].to_numpy(), forgotten)]
             if sessions is not None:
-                sessions = sessions[~forgotten.mask(sessions["customer_id"].to_numpy(), pseudonyms, folder)]
+                sessions = sessions[~np.isin(sessions["customer_id"].to_numpy(), forgotten)]
         return cls.create(
             meta["name"], table, sessions=sessions, interactions_dataset=meta.get("interactions_dataset")
         )

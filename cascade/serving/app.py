@@ -20,7 +20,6 @@ from threadpoolctl import threadpool_info, threadpool_limits
 from cascade.config import AppConfig
 from cascade.core.artifacts import ArtifactRef, fingerprint
 from cascade.core.logs import configure_logging
-from cascade.core.privacy import Pseudonymiser
 from cascade.customers.log import CustomerLog
 from cascade.customers.profiles import value_profiles
 from cascade.customers.value_bundle import VALUE, ValueBundle
@@ -48,7 +47,7 @@ def open_feature_store(config: AppConfig, timeout_s: float | None = None) -> Ite
         config.serving.user_cache_size,
         config.serving.user_cache_ttl_s,
         timeout_s=config.serving.feature_store.timeout_ms / 1e3 if timeout_s is None else timeout_s,
-        pseudonyms=Pseudonymiser.from_config(config.privacy),
+        pseudonyms=config.pseudonyms(),
     )
     try:
         store.ping()

@@ -761,6 +761,7 @@ class PrivacyAdminService(pb_grpc.PrivacyAdminServicer):
         user_id = parse_id("user_id", request.user_id)
         user = _store_user(self.service.require_pipeline().models.schema, user_id)
         pseudonyms = self.service.pseudonyms
+        pseudonym = pseudonyms.of(user)
         # the deny-list first: should the store fail next, training already leaves the user out, and a retry
         # finishes the job
         folder = self.service.config.data.path
@@ -771,11 +772,11 @@ class PrivacyAdminService(pb_grpc.PrivacyAdminServicer):
             deny_listed = True
         removed = self.service.store.forget_user(user)
         privacy_audit_logger.info(
-            "forgot user", extra={"user": pseudonyms.of(user), "removed": removed, "deny_listed": deny_listed,
+            "forgot user", extra={"user": pseudonym, "removed": removed, "deny_listed": deny_listed,
                                   "by": self.service.client_of(context)},
         )  # fmt: skip
         return pb.ForgetUserResponse(
-            pseudonym=pseudonyms.of(user),
+            pseudonym=pseudonym,
             removed=removed,
             deny_listed=deny_listed,
             already_deny_listed=already,

@@ -298,6 +298,11 @@ class RedisFeatureStore(OnlineFeatureStore):
             )
         return keys.id_token(user_id)
 
+    def _tags(self, user_id: int | str, keyspace: keys.Keyspace) -> tuple[str, str]:
+        """(the user's tag in ``keyspace``, their guard keys' tag): one hash when both are the pseudonym."""
+        guard = self.pseudonyms.of(user_id)  # the guard's keys outlive keyspaces: always by pseudonym
+        return (guard if keyspace.pseudonymised else self.tag(user_id, keyspace)), guard
+
     def get_user_state(self, user_id: int | str, history_length: int) -> UserState:
         keyspace = self.keyspace
         tag = self.tag(user_id, keyspace)
@@ -333,8 +338,7 @@ class RedisFeatureStore(OnlineFeatureStore):
         checks: EventChecks | None = None,
     ) -> RecordResult:
         keyspace = self.keyspace
-        user = self.tag(event_user_id, keyspace)
-        guard = self.pseudonyms.of(event_user_id)  # the guard's keys outlive keyspaces: always by pseudonym
+        user, guard = self._tags(event_user_id, keyspace)
         checks = checks or NO_RATE_LIMIT
         dedupe = event_id is not None and dedupe_window_s > 0
         length, duplicate, outcome, ratings, wait = self._record_event(
@@ -400,7 +404,7 @@ class RedisFeatureStore(OnlineFeatureStore):
 
     def clear_guard(self, user_id: int | str, history_length: int, discard: bool) -> tuple[str | None, int]:
         keyspace = self.keyspace
-        user, token = self.tag(user_id, keyspace), self.pseudonyms.of(user_id)
+        user, token = self._tags(user_id, keyspace)
         state, count = self._clear_guard(
             keys=[
                 keys.guard_state_key(token),
@@ -745,17 +749,18 @@ class RedisFeatureStore(OnlineFeatureStore):
 
     def forget_user(self, user_id: int | str) -> dict[str, int]:
         keyspace = self.keyspace
-        tag, token = self.tag(user_id, keyspace), self.pseudonyms.of(user_id)
+        tag, token = self._tags(user_id, keyspace)
+        owned = [*keyspace.user_keys(tag), *keys.guard_keys(token)]
         # what expires by itself (idempotency keys, impression counters) is found by the user's pattern
         expiring = [
             key for key in self.client.scan_iter(match=keyspace.user_key_pattern_of(tag), count=1000)
-            if key not in keyspace.user_keys(tag)
+            if key not in owned
         ]  # fmt: skip
         pipe = self.client.pipeline(transaction=False)
-        for key in (*keyspace.user_keys(tag), *keys.guard_keys(token)):
+        for key in owned:
             pipe.exists(key)
         pipe.zrem(keys.GUARD_FLAGS_KEY, token)
-        pipe.unlink(*keyspace.user_keys(tag), *keys.guard_keys(token), *expiring)
+        pipe.unlink(*owned, *expiring)
         pipe.zadd(keys.FORGOTTEN_KEY, {token: time.time()})
         replies = pipe.execute()
         self._profiles.discard(user_id)
