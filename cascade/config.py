@@ -73,6 +73,26 @@ class FeatureStoreConfig(ComponentConfig):
     stale_max_age_s: float = Field(
         900.0, gt=0, description="Oldest cached features served while Redis cannot answer."
     )
+    replica_acks: int = Field(
+        1,
+        ge=0,
+        description="Replicas of the user's master (of those in sync) that must hold an event before "
+        "RecordEvent acknowledges it (Redis WAIT), so that a failover cannot lose it; past the wait the "
+        "event is refused UNAVAILABLE, and a retry with the same event_id stores it once. A master with no "
+        "replica in sync acknowledges alone; 0 never waits.",
+    )
+    replica_ack_timeout_ms: float = Field(
+        50.0, gt=0, description="Longest wait for replicas to acknowledge an event; below timeout_ms."
+    )
+
+    @model_validator(mode="after")
+    def _replica_wait_within_the_call_bound(self) -> FeatureStoreConfig:
+        if self.replica_ack_timeout_ms >= self.timeout_ms:
+            raise ValueError(
+                f"replica_ack_timeout_ms ({self.replica_ack_timeout_ms:g}) must be below timeout_ms "
+                f"({self.timeout_ms:g}): the wait is part of the write's call"
+            )
+        return self
 
 
 class TracingConfig(ComponentConfig):
@@ -221,7 +241,12 @@ class ServingConfig(ComponentConfig):
         600, ge=1, description="How long a Recommend response's next_page_token stays valid, in seconds."
     )
     redis_url: str | None = Field(
-        None, description="Redis to use as the online store; unset starts an embedded redis-server."
+        None,
+        description="Redis to use as the online store; unset starts an embedded redis-server. "
+        "redis://host:port/db for one server; redis-cluster://host:port[,host:port...] (or "
+        "redis://host:port?cluster=true) for Redis Cluster; "
+        "redis-sentinel://host:port[,host:port...]/service[/db] for the master Sentinel names "
+        "(rediss-… for TLS).",
     )
     embedded_redis_path: Path = Field(
         Path("var/redis/cascade.db"), description="Database file of the embedded Redis server."

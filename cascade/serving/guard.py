@@ -91,11 +91,12 @@ class EventGuard:
             ("client", keys.rate_key("client", client), gc.client_events_per_window),
             ("item", keys.rate_key("item", item_id), gc.item_events_per_window),
         ]
-        waits = self.store.write(
-            "event not recorded",
-            self.store.backend.consume_rates,
-            [(key, limit, gc.rate_window_s) for _, key, limit in windows],
-        )
+        waits = self.store.consume_rates([(key, limit, gc.rate_window_s) for _, key, limit in windows])
+        if waits is None:
+            # the counters' node cannot answer (on a cluster, it may be another than the user's): the event
+            # goes on unlimited by client and item rather than be refused; the user's own limit still holds
+            self._on_event("unlimited")
+            return
         for (kind, _, limit), wait in zip(windows, waits):
             if wait is not None:
                 self._on_event(f"limited_{kind}")
@@ -147,7 +148,14 @@ class EventGuard:
         """Flag or block ``user_id`` (an operator's decision when ``by`` names a key); audited. -> (whether
         it changed, the state before or "")."""
         applied, previous = self.store.write(
-            "guard state not changed", self.store.backend.set_guard_state, user_id, state, reason, score, by
+            "guard state not changed",
+            self.store.backend.set_guard_state,
+            user_id,
+            state,
+            reason,
+            score,
+            by,
+            user=user_id,
         )
         if applied:
             self._on_flag(DETECTOR if by == DETECTOR else "operator")
@@ -160,7 +168,12 @@ class EventGuard:
     def clear(self, user_id: int | str, discard: bool, by: str) -> tuple[str | None, int]:
         """Lift a flag or block; the quarantined events join the history (or are dropped). Audited."""
         state, count = self.store.write(
-            "guard state not changed", self.store.backend.clear_guard, user_id, self.history_length, discard
+            "guard state not changed",
+            self.store.backend.clear_guard,
+            user_id,
+            self.history_length,
+            discard,
+            user=user_id,
         )
         if state is not None:
             action = "discarded" if discard else "cleared"

@@ -94,7 +94,8 @@ class ServerMetrics:
             "cascade_guard_events",
             "RecordEvent calls the guard checked, by outcome: recorded, quarantined (a flagged user's, "
             "stored apart), blocked (a blocked user's, refused), limited_user, limited_client, "
-            "limited_item (refused past a rate limit).",
+            "limited_item (refused past a rate limit), unlimited (the client's and item's counters could not "
+            "be counted: not limited by them).",
             ("outcome",),
             registry=self.registry,
         )

@@ -50,6 +50,7 @@ from cascade.serving.catalogue_overlay import with_catalogue
 from cascade.serving.deadline import Deadline
 from cascade.serving.feature_store import HistoryEvent, OnlineFeatureStore, UserState
 from cascade.serving.feature_store.base import BLOCKED, QUARANTINED
+from cascade.serving.feature_store.connect import REDIS_CLIENTS
 from cascade.serving.feature_store.resilient import ResilientFeatureStore
 from cascade.serving.guard import EventGuard
 from cascade.serving.interceptors import MethodPoolRouter, ServiceInterceptor
@@ -163,7 +164,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         # read now: a server never starts on a rules file that does not validate
         self.rules = RulesSource(config.rerank.rules_path)
         client = getattr(self.store.backend, "client", None)
-        self.catalogue = CatalogueChanges(client) if isinstance(client, redis.Redis) else None
+        self.catalogue = CatalogueChanges(client) if isinstance(client, REDIS_CLIENTS) else None
         self._catalogue_applied: CatalogueState | None = None  # what the installed pipeline applies
         self._base_models: ServingModels | None = None  # the installed models as loaded, no change applied
         self._catalogue_lock = threading.Lock()
@@ -584,7 +585,9 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         if lookup.state is None:
             raise DependencyUnavailableError(
                 "feature store unavailable; no profile to read, retry later",
-                retry_after_s=max(self.store.breaker.retry_after_s(), 0.1),
+                retry_after_s=max(
+                    self.store.breaker_for(_store_user(models.schema, user_id)).retry_after_s(), 0.1
+                ),
             )
         state = lookup.state
         if state.features is None and not len(state.history_items):
@@ -854,7 +857,7 @@ class CascadeServer:
         self.health = health.HealthServicer()
         self.store = resilient_store(store, config, self.metrics, self._on_breaker_change)
         self.tracing = tracing or Tracing.configure(config.serving.tracing)
-        if isinstance(getattr(self.store.backend, "client", None), redis.Redis):
+        if isinstance(getattr(self.store.backend, "client", None), REDIS_CLIENTS):
             self.tracing.instrument_redis(self.store.backend.client)
         self.service = RecommenderService(config, self.store, self.metrics, self.tracing)
         serving = config.serving

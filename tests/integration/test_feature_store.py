@@ -75,8 +75,8 @@ def _load(store):
     store.bulk_load(users, interactions, history_length=2, marker="m1")
 
 
-def test_bulk_load_then_read_in_one_round_trip(redis_client):
-    store = RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS)
+def test_bulk_load_then_read_in_one_round_trip(store_redis):
+    store = RedisFeatureStore(store_redis, pseudonyms=PSEUDONYMS)
     assert store.loaded_marker() is None
     _load(store)
     assert store.loaded_marker() == "m1"
@@ -91,8 +91,8 @@ def test_bulk_load_then_read_in_one_round_trip(redis_client):
     assert unknown.features is None and unknown.history_events.shape == (0, 2) and len(unknown.seen) == 0
 
 
-def test_record_event_is_atomic_and_trims(redis_client):
-    store = RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS)
+def test_record_event_is_atomic_and_trims(store_redis):
+    store = RedisFeatureStore(store_redis, pseudonyms=PSEUDONYMS)
     _load(store)
     result = store.record_event(1, HistoryEvent(13, 1, 100), history_length=2)
     assert result.history_length == 2 and not result.duplicate
@@ -116,21 +116,21 @@ def test_record_event_is_atomic_and_trims(redis_client):
     assert sorted(state.seen.tolist()) == sorted(state.history_items.tolist())
 
 
-def test_profile_cache_expires_but_history_is_always_fresh(redis_client):
-    store = RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS, cache_size=10, cache_ttl_s=60)
+def test_profile_cache_expires_but_history_is_always_fresh(store_redis):
+    store = RedisFeatureStore(store_redis, pseudonyms=PSEUDONYMS, cache_size=10, cache_ttl_s=60)
     _load(store)
     store.get_user_state(1, history_length=10)
-    redis_client.hset(store.keyspace.profile_key(store.tag(1)), "occupation", "artist")
+    store_redis.hset(store.keyspace.profile_key(store.tag(1)), "occupation", "artist")
     store.record_event(1, HistoryEvent(99, 1, 7), history_length=10)
     state = store.get_user_state(1, history_length=10)
     assert state.features["occupation"] == "writer"  # cached profile
     assert state.history_items[0] == 99  # history never cached
-    fresh = RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS, cache_size=0)
+    fresh = RedisFeatureStore(store_redis, pseudonyms=PSEUDONYMS, cache_size=0)
     assert fresh.get_user_state(1, history_length=10).features["occupation"] == "artist"
 
 
-def test_an_event_id_is_recorded_once_and_a_rating_kept(redis_client):
-    store = RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS)
+def test_an_event_id_is_recorded_once_and_a_rating_kept(store_redis):
+    store = RedisFeatureStore(store_redis, pseudonyms=PSEUDONYMS)
     _load(store)
     event = HistoryEvent(13, 3, 100, rating=4.5)
     first = store.record_event(1, event, history_length=10, event_id="e-1", dedupe_window_s=60)
@@ -139,7 +139,7 @@ def test_an_event_id_is_recorded_once_and_a_rating_kept(redis_client):
     assert first.history_length == again.history_length == 3
     assert store.get_user_state(1, history_length=10).history_items.tolist() == [13, 11, 12]
     assert store.ratings(1)[13] == 4.5
-    assert 0 < redis_client.ttl(store.keyspace.event_key(store.tag(1), "e-1")) <= 60
+    assert 0 < store_redis.ttl(store.keyspace.event_key(store.tag(1), "e-1")) <= 60
     other = store.record_event(
         1, HistoryEvent(14, 1, 101), history_length=10, event_id="e-2", dedupe_window_s=60
     )
@@ -150,8 +150,8 @@ def test_an_event_id_is_recorded_once_and_a_rating_kept(redis_client):
     assert store.get_user_state(1, history_length=10).history_items.tolist()[:3] == [14, 14, 14]
 
 
-def test_reloading_merges_and_never_deletes_recorded_events(redis_client):
-    store = RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS)
+def test_reloading_merges_and_never_deletes_recorded_events(store_redis):
+    store = RedisFeatureStore(store_redis, pseudonyms=PSEUDONYMS)
     _load(store)  # user 1: 11@3, 12@2 kept of 10@1, 11@3, 12@2 (history length 2)
     store.record_event(1, HistoryEvent(20, 1, 50), history_length=2)  # recorded after the snapshot
     store.record_event(5, HistoryEvent(21, 2, 60), history_length=2)  # a user only seen online
@@ -173,8 +173,8 @@ def test_reloading_merges_and_never_deletes_recorded_events(redis_client):
     assert store.loaded_marker() == "m2"
 
 
-def test_one_loader_at_a_time(redis_client):
-    store = RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS)
+def test_one_loader_at_a_time(store_redis):
+    store = RedisFeatureStore(store_redis, pseudonyms=PSEUDONYMS)
     token = store.acquire_load_lock(ttl_s=5)
     assert token is not None and store.acquire_load_lock() is None
     store.release_load_lock("not-the-holder")
@@ -267,8 +267,8 @@ def test_switching_keyspace_moves_every_user_and_loses_no_event(redis_client):
     assert tags == {PSEUDONYMS.of(user) for user in (1, 2, 3, 5, 6)}
 
 
-def test_pin_impressions_count_within_a_window_that_the_first_one_opens(redis_client):
-    store = RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS)
+def test_pin_impressions_count_within_a_window_that_the_first_one_opens(store_redis):
+    store = RedisFeatureStore(store_redis, pseudonyms=PSEUDONYMS)
     assert store.impressions(9, ["a", "b"]) == {"a": 0, "b": 0}
     store.count_impressions(9, [("a", 1), ("b", 600)])
     store.count_impressions(9, [("a", 1)])
@@ -277,46 +277,46 @@ def test_pin_impressions_count_within_a_window_that_the_first_one_opens(redis_cl
     # later impressions do not push the window's end: it closes a second after the first
     _wait_for(lambda: store.impressions(9, ["a"])["a"] == 0, timeout_s=3.0)
     assert store.impressions(9, ["b"]) == {"b": 1}
-    assert 0 < redis_client.ttl(store.keyspace.impressions_key(store.tag(9), "b")) <= 600
+    assert 0 < store_redis.ttl(store.keyspace.impressions_key(store.tag(9), "b")) <= 600
 
 
-def test_a_newer_key_layout_is_not_followed(redis_client, caplog):
-    running = RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS)
+def test_a_newer_key_layout_is_not_followed(store_redis, caplog):
+    running = RedisFeatureStore(store_redis, pseudonyms=PSEUDONYMS)
     fresh = keys.Keyspace.for_layout(None, PSEUDONYMS.key_id)
     assert running.keyspace == fresh  # an empty store: this layout's, pointed at for every process
-    assert keys.Keyspace.from_pointer(redis_client.get(keys.KEYSPACE_POINTER_KEY)) == fresh
+    assert keys.Keyspace.from_pointer(store_redis.get(keys.KEYSPACE_POINTER_KEY)) == fresh
     newer = keys.Keyspace("cascade:v9:h50", keys.KEY_SCHEMA_VERSION + 1, 50)
-    redis_client.set(keys.KEYSPACE_POINTER_KEY, newer.to_pointer())
+    store_redis.set(keys.KEYSPACE_POINTER_KEY, newer.to_pointer())
     with caplog.at_level("ERROR", logger="cascade.serving.feature_store.redis_store"):
         assert running.refresh_keyspace() is False and running.keyspace == fresh
         running.ping()  # the probe reads it again: still not followed, and not said again
     assert running.keyspace == fresh and caplog.text.count("not following") == 1
     with pytest.raises(RuntimeError, match="newer"):
-        RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS).get_user_state(1, history_length=5)
+        RedisFeatureStore(store_redis, pseudonyms=PSEUDONYMS).get_user_state(1, history_length=5)
 
 
-def test_a_store_keyed_with_another_pseudonym_key_is_refused(redis_client):
+def test_a_store_keyed_with_another_pseudonym_key_is_refused(store_redis):
     """A process with another key would find no user and write each under a second tag: it refuses."""
-    RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS).ping()
-    other = RedisFeatureStore(redis_client, pseudonyms=Pseudonymiser(b"another-key-of-16-bytes"))
+    RedisFeatureStore(store_redis, pseudonyms=PSEUDONYMS).ping()
+    other = RedisFeatureStore(store_redis, pseudonyms=Pseudonymiser(b"another-key-of-16-bytes"))
     with pytest.raises(RuntimeError, match="pseudonym key"):
         other.get_user_state(1, history_length=5)
 
 
-def test_forgetting_a_user_deletes_every_key_of_theirs_and_no_one_elses(redis_client):
-    store = RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS)
+def test_forgetting_a_user_deletes_every_key_of_theirs_and_no_one_elses(store_redis):
+    store = RedisFeatureStore(store_redis, pseudonyms=PSEUDONYMS)
     _load(store)
     store.record_event(1, HistoryEvent(20, 3, 50, rating=4.0), 2, event_id="e-1", dedupe_window_s=60)
     store.count_impressions(1, [("campaign", 600)])
     store.set_guard_state(1, "flagged", "live", 0.99, "detector")
     store.record_event(1, HistoryEvent(21, 3, 51, rating=5.0), 2)  # quarantined
-    before = set(redis_client.scan_iter())
+    before = set(store_redis.scan_iter())
     removed = store.forget_user(1)
     assert removed == {
         "profile": 1, "history": 1, "seen": 1, "ratings": 1, "activity": 1, "guard_state": 1,
         "quarantine": 1, "rate": 0, "flag": 1, "expiring": 2,
     }  # fmt: skip
-    left = set(redis_client.scan_iter())
+    left = set(store_redis.scan_iter())
     assert not any(PSEUDONYMS.of(1).encode() in key for key in left)
     # (the flags' set went with its one member)
     assert before - left - {keys.GUARD_FLAGS_KEY} == {
@@ -325,13 +325,13 @@ def test_forgetting_a_user_deletes_every_key_of_theirs_and_no_one_elses(redis_cl
     assert store.get_user_state(2, history_length=2).features is not None  # others are untouched
     state = store.get_user_state(1, history_length=2)
     assert state.features is None and state.history_items.size == 0 and state.seen.size == 0
-    assert store.guard_flags(10) == [] and redis_client.zscore(keys.FORGOTTEN_KEY, PSEUDONYMS.of(1))
+    assert store.guard_flags(10) == [] and store_redis.zscore(keys.FORGOTTEN_KEY, PSEUDONYMS.of(1))
     assert store.forget_user(1) == dict.fromkeys(removed, 0)  # again: nothing left
 
 
-def test_string_ids_are_stored_and_read_back_whole(redis_client):
+def test_string_ids_are_stored_and_read_back_whole(store_redis):
     """Opaque ids, with the characters that break naive keys and entries, load, record and read back."""
-    store = RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS)
+    store = RedisFeatureStore(store_redis, pseudonyms=PSEUDONYMS)
     user, items = "6f1c-ü {x}", ["sku:1/{a} b", "sku:2", "plain-3"]
     users = pd.DataFrame(
         {"user_id": [user], "gender": ["F"], "age": [30], "occupation": [""], "zip_code": [""]}
@@ -350,8 +350,8 @@ def test_string_ids_are_stored_and_read_back_whole(redis_client):
     assert store.get_user_state("6f1c-ü {y}", history_length=5).features is None  # another user
 
 
-def test_further_profile_columns_are_loaded_beside_the_demographics(redis_client):
-    store = RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS)
+def test_further_profile_columns_are_loaded_beside_the_demographics(store_redis):
+    store = RedisFeatureStore(store_redis, pseudonyms=PSEUDONYMS)
     users = pd.DataFrame(
         {
             "user_id": [1, 2],
@@ -369,11 +369,11 @@ def test_further_profile_columns_are_loaded_beside_the_demographics(redis_client
     assert store.get_user_state(2, 5).features["zip_code"] == ""  # demographics are written empty or not
 
 
-def test_events_count_as_activity_since_the_value_load_they_follow(redis_client):
+def test_events_count_as_activity_since_the_value_load_they_follow(store_redis):
     from cascade.customers.live import live_value
     from cascade.customers.profiles import value_profiles
 
-    store = RedisFeatureStore(redis_client, pseudonyms=PSEUDONYMS)
+    store = RedisFeatureStore(store_redis, pseudonyms=PSEUDONYMS)
     rng = np.random.default_rng(0)
     interactions = pd.DataFrame(
         {
@@ -408,7 +408,7 @@ def test_events_count_as_activity_since_the_value_load_they_follow(redis_client)
     live = live_value(after.features, after.activity, scale, time.time())
     assert live.moved and live.events_since_load == 6 and live.recency_score == 5 and live.tier < "D"
     # a load of other data starts the count again at the next event: what it loaded covers the rest
-    redis_client.hset(store.keyspace.profile_key(store.tag(user)), "value_load", "load-2")
+    store_redis.hset(store.keyspace.profile_key(store.tag(user)), "value_load", "load-2")
     store.record_event(user, HistoryEvent(300, 1, 10**9 + 9), 10)
     activity = store.get_user_state(user, 10).activity
     assert activity["load"] == "load-2" and activity["events"] == "1" and "stars" not in activity

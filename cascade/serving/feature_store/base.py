@@ -169,6 +169,11 @@ class OnlineFeatureStore(ABC):
         """The scale the last value load scored customers on, as of the last ping (``customers.live``)."""
         return None
 
+    def shard_of(self, user_id: int | str) -> str | None:
+        """The name of the node holding ``user_id``'s keys when the store is sharded (from what the client
+        knows, without a round trip), else None: the caller's breakers go per node."""
+        return None
+
     @abstractmethod
     def ping(self) -> None:
         """Reach the store, raising when it cannot answer, and pick up what other processes changed about

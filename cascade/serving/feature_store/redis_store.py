@@ -6,6 +6,7 @@ are always read from Redis, so an event recorded a moment ago is reflected by th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -14,8 +15,8 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from redis.cluster import ClusterPipeline, RedisCluster
+from redis.commands.core import Script
 
 from cascade.core.privacy import PSEUDONYM, Pseudonym, Pseudonymiser
 from cascade.core.schema import native_id
@@ -32,6 +33,7 @@ from cascade.serving.feature_store.base import (
     UserState,
 )
 from cascade.serving.feature_store.cache import MISSING, TTLCache
+from cascade.serving.feature_store.connect import RedisClient, redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,14 @@ logger = logging.getLogger(__name__)
 # flagged user's quarantine keeps as many events as the guard's default
 NO_RATE_LIMIT = EventChecks(0, 1.0, GuardConfig.model_fields["quarantine_length"].default)
 AUDIT_STREAM_LENGTH = 100_000  # the guard's audit stream keeps about this many of the latest decisions
+REPLICAS_REFRESH_S = 1.0  # how long a master's count of online replicas is trusted before it is read again
+
+
+class ReplicationLagError(redis.RedisError):
+    """An event is on its master but on fewer replicas than asked within the wait: not acknowledged (a
+    failover now could lose it). Retrying with the same event id is safe: a stored event is not stored
+    twice."""
+
 
 # One sliding-window counter (an approximate sliding log: this fixed window's count plus the last one's,
 # weighted by how much of it the sliding window still covers), in a hash: bucket, count, previous. Defines
@@ -232,16 +242,25 @@ return 0
 class RedisFeatureStore(OnlineFeatureStore):
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         cache_size: int = 100_000,
         cache_ttl_s: float = 60.0,
         url: str | None = None,
         *,
         pseudonyms: Pseudonymiser,
+        replica_acks: int = 1,
+        replica_ack_timeout_s: float = 0.05,
     ):
-        """``pseudonyms``: the key that makes users' tags; every process sharing the store needs the same."""
+        """``client``: one server's, a Sentinel master's or a cluster's. ``pseudonyms``: the key that makes
+        users' tags; every process sharing the store needs the same. ``replica_acks``: replicas (of those
+        online) an event must reach before it is acknowledged, waiting ``replica_ack_timeout_s`` at most;
+        a master without online replicas acknowledges alone."""
         self.client = client
+        self.cluster = isinstance(client, RedisCluster)
         self.pseudonyms = pseudonyms
+        self.replica_acks = replica_acks
+        self.replica_ack_timeout_s = replica_ack_timeout_s
+        self._replica_counts: dict[str, tuple[int, float]] = {}  # node -> (count, monotonic time read)
         self.url = url  # how another process reaches the same server, when known
         self._profiles = TTLCache(cache_size, cache_ttl_s)
         self._record_event = client.register_script(_RECORD_EVENT_SCRIPT)
@@ -273,19 +292,16 @@ class RedisFeatureStore(OnlineFeatureStore):
         timeout_s: float = 5.0,
         *,
         pseudonyms: Pseudonymiser,
+        replica_acks: int = 1,
+        replica_ack_timeout_s: float = 0.05,
     ) -> RedisFeatureStore:
-        """A client whose every call fails within ``timeout_s`` and is never retried by redis-py itself
-        (its default retries with backoff would hold a request for seconds while Redis is down): the
-        caller decides, behind a circuit breaker."""
-        client = redis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-            retry_on_timeout=False,
-            health_check_interval=0,
-        )
-        return cls(client, cache_size, cache_ttl_s, url, pseudonyms=pseudonyms)
+        """A client (of one server, a cluster or Sentinel: ``connect``) whose every call fails within
+        ``timeout_s`` and is never retried by redis-py itself (its default retries with backoff would hold
+        a request for seconds while Redis is down): the caller decides, behind a circuit breaker."""
+        return cls(
+            redis_client(url, timeout_s), cache_size, cache_ttl_s, url, pseudonyms=pseudonyms,
+            replica_acks=replica_acks, replica_ack_timeout_s=replica_ack_timeout_s,
+        )  # fmt: skip
 
     def tag(self, user_id: int | str, keyspace: keys.Keyspace | None = None) -> str:
         """The user's tag in ``keyspace``'s keys (default: the one in use): their pseudonym, or in layout v1
@@ -298,10 +314,97 @@ class RedisFeatureStore(OnlineFeatureStore):
             )
         return keys.id_token(user_id)
 
+    def shard_of(self, user_id: int | str) -> str | None:
+        """On a cluster, the master holding the user's keys as the client's slot map has it (host:port);
+        None on one server, or while the map cannot say."""
+        if not self.cluster:
+            return None
+        try:
+            key = self.keyspace.history_key(self.tag(user_id))
+            return self.client.nodes_manager.get_node_from_slot(self.client.keyslot(key)).name
+        except (redis.RedisError, OSError):
+            return None
+
     def _tags(self, user_id: int | str, keyspace: keys.Keyspace) -> tuple[str, str]:
         """(the user's tag in ``keyspace``, their guard keys' tag): one hash when both are the pseudonym."""
         guard = self.pseudonyms.of(user_id)  # the guard's keys outlive keyspaces: always by pseudonym
         return (guard if keyspace.pseudonymised else self.tag(user_id, keyspace)), guard
+
+    def _durably(self, script: Script, script_keys: list[bytes], args: list) -> list:
+        """Run ``script`` (its keys in one slot) and, where its master has online replicas, wait until
+        ``replica_acks`` of them (at most those online) hold what it wrote: Redis replicates after the
+        reply, so without the wait a master lost a moment after acknowledging an event could take it along
+        (its replica, promoted, never had it). The script and WAIT go down one connection to the master in
+        one round trip, as WAIT counts what that connection wrote."""
+        if self.replica_acks <= 0:
+            return script(keys=script_keys, args=args)
+        name, master = self._master_of(script_keys[0])
+        wanted = min(self.replica_acks, self._online_replicas(name, master))
+        if wanted == 0:
+            return script(keys=script_keys, args=args)
+        try:
+            reply, acked = self._eval_and_wait(master, script, script_keys, args, wanted)
+        except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.MovedError, OSError):
+            self._refresh_slots()  # a failed or moved master: the next call finds the new one
+            raise
+        if acked < wanted and acked < min(self.replica_acks, self._online_replicas(name, master, fresh=True)):
+            raise ReplicationLagError(
+                f"an event reached {acked} of {wanted} replicas within {self.replica_ack_timeout_s:g} s"
+            )
+        return reply
+
+    def _eval_and_wait(
+        self, master: redis.Redis, script: Script, script_keys: list[bytes], args: list, wanted: int
+    ) -> tuple[list, int]:
+        for attempt in range(2):
+            pipe = master.pipeline(transaction=False)
+            pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
+            pipe.execute_command("WAIT", wanted, max(int(self.replica_ack_timeout_s * 1000), 1))
+            reply, acked = pipe.execute(raise_on_error=False)
+            if isinstance(reply, redis.exceptions.NoScriptError) and attempt == 0:
+                master.script_load(script.script)  # a promoted replica, a restarted master
+                continue
+            for answer in (reply, acked):
+                if isinstance(answer, Exception):
+                    raise answer
+            break
+        return reply, int(acked)
+
+    def _master_of(self, key: bytes) -> tuple[str, redis.Redis]:
+        """(a name, a client) of the server that owns ``key``: the client itself unless on a cluster."""
+        if not self.cluster:
+            return "", self.client  # type: ignore[return-value]
+        node = self.client.get_node_from_key(key)
+        return node.name, self.client.get_redis_connection(node)
+
+    def _online_replicas(self, name: str, master: redis.Redis, fresh: bool = False) -> int:
+        """Replicas in sync with ``master`` (INFO's state=online), read at most every REPLICAS_REFRESH_S
+        unless ``fresh``."""
+        known = self._replica_counts.get(name)
+        now = time.monotonic()
+        if fresh or known is None or now - known[1] > REPLICAS_REFRESH_S:
+            info = master.info("replication")
+            count = sum(
+                1 for field, value in info.items()
+                if field.startswith("slave") and isinstance(value, dict) and value.get("state") == "online"
+            )  # fmt: skip
+            known = (count, now)
+            self._replica_counts[name] = known
+        return known[0]
+
+    def _refresh_slots(self) -> None:
+        if self.cluster:
+            with contextlib.suppress(redis.RedisError, OSError):
+                self.client.nodes_manager.initialize()
+
+    @staticmethod
+    def _queue(script: Script, script_keys: list[bytes], args: list, pipe: redis.client.Pipeline) -> None:
+        """Queue ``script`` on ``pipe``. A cluster's pipeline sends it whole (EVAL): unlike one server's
+        pipeline it cannot load a script a node lacks (a promoted replica of Redis 7 has none)."""
+        if isinstance(pipe, ClusterPipeline):
+            pipe.execute_command("EVAL", script.script, len(script_keys), *script_keys, *args)
+        else:
+            script(keys=script_keys, args=args, client=pipe)
 
     def get_user_state(self, user_id: int | str, history_length: int) -> UserState:
         keyspace = self.keyspace
@@ -341,8 +444,9 @@ class RedisFeatureStore(OnlineFeatureStore):
         user, guard = self._tags(event_user_id, keyspace)
         checks = checks or NO_RATE_LIMIT
         dedupe = event_id is not None and dedupe_window_s > 0
-        length, duplicate, outcome, ratings, wait = self._record_event(
-            keys=[
+        length, duplicate, outcome, ratings, wait = self._durably(
+            self._record_event,
+            [
                 keyspace.history_key(user),
                 keyspace.seen_key(user),
                 keyspace.ratings_key(user),
@@ -353,7 +457,7 @@ class RedisFeatureStore(OnlineFeatureStore):
                 keys.quarantine_key(guard),
                 keys.user_rate_key(guard),
             ],
-            args=[
+            [
                 keys.encode_history_entry(event.item_id, event.event_type, event.timestamp),
                 # the keyspace's own length: a server configured shorter must not cut what others keep
                 keyspace.history_length or history_length,
@@ -378,7 +482,7 @@ class RedisFeatureStore(OnlineFeatureStore):
         now = repr(time.time())
         pipe = self.client.pipeline(transaction=False)  # one window per call: each its own slot
         for key, limit, window_s in windows:
-            self._consume_rate(keys=[key], args=[limit, repr(float(window_s)), now], client=pipe)
+            self._queue(self._consume_rate, [key], [limit, repr(float(window_s)), now], pipe)
         return [None if wait is None else float(wait) for wait in pipe.execute()]
 
     def set_guard_state(
@@ -532,8 +636,8 @@ class RedisFeatureStore(OnlineFeatureStore):
                             ts_col[s:e][:history_length],
                         )
                     ]
-                    self._merge_history(
-                        keys=[keyspace.history_key(tag)], args=[history_length, *recent], client=pipe
+                    self._queue(
+                        self._merge_history, [keyspace.history_key(tag)], [history_length, *recent], pipe
                     )
                     tokens = [keys.id_token(item) for item in item_col[s:e].tolist()]
                     pipe.sadd(keyspace.seen_key(tag), *tokens)
@@ -648,6 +752,9 @@ class RedisFeatureStore(OnlineFeatureStore):
         if source.pseudonymised and source.pseudonym_key_id != target.pseudonym_key_id:
             raise RuntimeError("moving users between pseudonym keys needs their ids: not supported")
         renamed = source.pseudonymised != target.pseudonymised
+        if renamed and self.cluster:
+            # layout v1 never ran on a cluster (its keys were not all tagged); renaming changes slots
+            raise RuntimeError("a key layout v1 store is upgraded on one Redis server, not on a cluster")
         users: dict[str, str] = {}  # tag in the source -> tag in the target
         # idempotency keys, impression counters (copied with their TTL) and activity since the value load
         copied: list[tuple[bytes, str]] = []
@@ -664,14 +771,15 @@ class RedisFeatureStore(OnlineFeatureStore):
         for begin in range(0, len(ordered), chunk_keys):
             pipe = self.client.pipeline(transaction=False)
             for old, new in ordered[begin : begin + chunk_keys]:
-                self._move_user(
-                    keys=[
+                self._queue(
+                    self._move_user,
+                    [
                         source.profile_key(old), source.history_key(old), source.seen_key(old),
                         source.ratings_key(old), target.profile_key(new), target.history_key(new),
                         target.seen_key(new), target.ratings_key(new),
                     ],
-                    args=[length, "1" if first_pass else "0"],
-                    client=pipe,
+                    [length, "1" if first_pass else "0"],
+                    pipe,
                 )  # fmt: skip
             pipe.execute()
         for begin in range(0, len(copied), chunk_keys):
@@ -760,7 +868,8 @@ class RedisFeatureStore(OnlineFeatureStore):
         for key in owned:
             pipe.exists(key)
         pipe.zrem(keys.GUARD_FLAGS_KEY, token)
-        pipe.unlink(*owned, *expiring)
+        for key in (*owned, *expiring):  # a cluster's pipeline takes one key per UNLINK
+            pipe.unlink(key)
         pipe.zadd(keys.FORGOTTEN_KEY, {token: time.time()})
         replies = pipe.execute()
         self._profiles.discard(user_id)

@@ -100,14 +100,33 @@ class ResilientFeatureStore:
         """``on_lookup`` is told how each read ended: fresh, stale, miss (nothing to answer with)."""
         self.backend = backend
         self.timeout_s = timeout_s
+        # the store's breaker: readiness, the probe, and every call on one server
         self.breaker = CircuitBreaker(
             "feature-store", breaker_failures, breaker_reset_s, on_change=on_breaker_change
         )
+        # on a cluster, one per node for its users' calls: a failed master refuses its users only
+        self._node_breakers: dict[str, CircuitBreaker] = {}
+        self._node_breakers_lock = threading.Lock()
+        self._breaker_settings = (breaker_failures, breaker_reset_s)
         self._reads = ThreadPoolExecutor(read_threads, thread_name_prefix="cascade-store-read")
         self._pending = threading.BoundedSemaphore(max_pending_reads)
         # user id -> (history length, state) of each recent user's last read, served up to stale_max_age_s
         self._cache = TTLCache(stale_cache_size, stale_max_age_s)
         self._on_lookup = on_lookup
+
+    def breaker_for(self, user_id: int | str | None) -> CircuitBreaker:
+        """The breaker of ``user_id``'s calls: on a cluster the one of the node holding the user's keys
+        (``shard_of``), so that the other nodes' users are served and stored meanwhile; else the store's."""
+        node = self.backend.shard_of(user_id) if user_id is not None else None
+        if node is None:
+            return self.breaker
+        breaker = self._node_breakers.get(node)
+        if breaker is None:
+            with self._node_breakers_lock:
+                breaker = self._node_breakers.setdefault(
+                    node, CircuitBreaker(f"feature-store node {node}", *self._breaker_settings)
+                )
+        return breaker
 
     def read_user(self, user_id: int | str, history_length: int, wait_s: float) -> UserLookup:
         """The user's state, waiting at most ``wait_s`` (and the store's timeout) for Redis; else their
@@ -116,14 +135,15 @@ class ResilientFeatureStore:
         A caller with at least the store's timeout to wait reads in its own thread (the client's timeout
         bounds the read); one with less hands the read to the read pool and stops waiting at ``wait_s``."""
         state = None
-        if self.breaker.allow():
+        breaker = self.breaker_for(user_id)
+        if breaker.allow():
             if wait_s >= self.timeout_s:
                 try:
-                    state = self._read_now(user_id, history_length)
+                    state = self._read_now(user_id, history_length, breaker)
                 except _STORE_FAILURES:
                     state = None
             else:
-                future = self._submit_read(user_id, history_length)
+                future = self._submit_read(user_id, history_length, breaker)
                 if future is not None:
                     try:
                         state = future.result(timeout=max(wait_s, 0.0))
@@ -141,37 +161,39 @@ class ResilientFeatureStore:
         self._count("miss")
         return UserLookup(None, FEATURE_STORE_UNAVAILABLE)
 
-    def _submit_read(self, user_id: int | str, history_length: int) -> Future | None:
+    def _submit_read(self, user_id: int | str, history_length: int, breaker: CircuitBreaker) -> Future | None:
         """Start a read on the read pool; None (and the breaker's trial slot given back) when too many are
         in flight already."""
         if not self._pending.acquire(blocking=False):
-            if self.breaker.state is BreakerState.HALF_OPEN:
-                self.breaker.failed()  # give the trial slot back rather than leave it taken
+            if breaker.state is BreakerState.HALF_OPEN:
+                breaker.failed()  # give the trial slot back rather than leave it taken
             return None
         try:
             # in the caller's context: the read logs under its request id and traces under its span
-            return self._reads.submit(contextvars.copy_context().run, self._read, user_id, history_length)
+            return self._reads.submit(
+                contextvars.copy_context().run, self._read, user_id, history_length, breaker
+            )
         except RuntimeError:  # the pool is shut down: the server is stopping
             self._pending.release()
             return None
 
-    def _read(self, user_id: int | str, history_length: int) -> UserState:
+    def _read(self, user_id: int | str, history_length: int, breaker: CircuitBreaker) -> UserState:
         """A read on the read pool: gives its pending slot back whatever happens."""
         try:
-            return self._read_now(user_id, history_length)
+            return self._read_now(user_id, history_length, breaker)
         finally:
             self._pending.release()
 
-    def _read_now(self, user_id: int | str, history_length: int) -> UserState:
+    def _read_now(self, user_id: int | str, history_length: int, breaker: CircuitBreaker) -> UserState:
         try:
             state = self.backend.get_user_state(user_id, history_length)
         except _STORE_FAILURES:
-            self.breaker.failed()
+            breaker.failed()
             raise
         except BaseException:
-            self.breaker.succeeded()  # the store answered; what it answered is another matter
+            breaker.succeeded()  # the store answered; what it answered is another matter
             raise
-        self.breaker.succeeded()
+        breaker.succeeded()
         self._cache.put(user_id, (history_length, state))
         return state
 
@@ -195,29 +217,45 @@ class ResilientFeatureStore:
             event_id,
             dedupe_window_s,
             checks,
+            user=user_id,
         )
         if not result.duplicate and result.outcome == RECORDED:
             self._cache.update(user_id, lambda cached: _with_event(*cached, event))
         return result
 
-    def write(self, lost: str, call: Callable[..., T], *args) -> T:
-        """``call(*args)`` on the backend behind the breaker, or DependencyUnavailableError (UNAVAILABLE,
-        retryable) saying what was ``lost``: for a write, or an operator's read, that must not be guessed."""
-        if not self.breaker.allow():
+    def write(self, lost: str, call: Callable[..., T], *args, user: int | str | None = None) -> T:
+        """``call(*args)`` on the backend behind the breaker (``user``'s, when the call is about one user's
+        keys: ``breaker_for``), or DependencyUnavailableError (UNAVAILABLE, retryable) saying what was
+        ``lost``: for a write, or an operator's read, that must not be guessed."""
+        breaker = self.breaker_for(user)
+        if not breaker.allow():
             raise DependencyUnavailableError(
                 f"feature store unavailable; {lost}, retry later",
-                retry_after_s=max(self.breaker.retry_after_s(), 0.1),
+                retry_after_s=max(breaker.retry_after_s(), 0.1),
             )
         try:
             result = call(*args)
         except _STORE_FAILURES as exc:
-            self.breaker.failed()
+            breaker.failed()
             raise DependencyUnavailableError(
                 f"feature store unavailable ({type(exc).__name__}); {lost}, retry later",
-                retry_after_s=max(self.breaker.retry_after_s(), 0.1),
+                retry_after_s=max(breaker.retry_after_s(), 0.1),
             ) from None
-        self.breaker.succeeded()
+        breaker.succeeded()
         return result
+
+    def consume_rates(self, windows: list[tuple[bytes, int, float]]) -> list[float | None] | None:
+        """``OnlineFeatureStore.consume_rates``, or None when the store cannot count them now. The counters
+        are not the user's keys: on a cluster they live on any node, and one node's failure must neither
+        refuse every event nor open the store's breaker, so no breaker counts the outcome. Not tried while
+        the store's breaker is open (the store is out, not a node)."""
+        if self.breaker.state is BreakerState.OPEN:
+            return None
+        try:
+            return self.backend.consume_rates(windows)
+        except _STORE_FAILURES as exc:
+            logger.warning("event rate windows not counted: %s", type(exc).__name__)
+            return None
 
     def forget_user(self, user_id: int | str) -> dict[str, int]:
         """``OnlineFeatureStore.forget_user``, and the user's last state out of this process's cache (other
@@ -231,14 +269,15 @@ class ResilientFeatureStore:
         say: the caller then treats each capped pin as spent, rather than show it past its cap."""
         if not counters:
             return {}
-        if not self.breaker.allow():
+        breaker = self.breaker_for(user_id)
+        if not breaker.allow():
             return None
         try:
             counts = self.backend.impressions(user_id, counters)
         except _STORE_FAILURES:
-            self.breaker.failed()
+            breaker.failed()
             return None
-        self.breaker.succeeded()
+        breaker.succeeded()
         return counts
 
     def count_impressions(self, user_id: int | str, counters: list[tuple[str, float]]) -> None:
