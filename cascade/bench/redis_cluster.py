@@ -45,8 +45,11 @@ class RedisClusterProcesses:
             "--cluster-require-full-coverage", "no",
         )  # fmt: skip
         count = masters * (1 + replicas_per_master)
+        taken: set[int] = set()  # one node's bus port must not be another's data port
         self.nodes = [
-            RedisProcess(self.directory / f"node-{i}", free_cluster_port(), fsync=fsync, extra_args=options)
+            RedisProcess(
+                self.directory / f"node-{i}", free_cluster_port(taken), fsync=fsync, extra_args=options
+            )
             for i in range(count)
         ]
 

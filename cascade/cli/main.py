@@ -1193,6 +1193,27 @@ def bench_failover(
     console.print(failover.summary(report))
 
 
+@bench_app.command("balancer")
+def bench_balancer(
+    json_path: Annotated[Path, typer.Option("--json", help="Report path; .png and .md beside it.")] = Path(
+        "benchmarks/results/balancer.json"
+    ),
+    replicas: Annotated[int, typer.Option(min=3, help="Serving replicas behind HAProxy.")] = 3,
+    callers: Annotated[int, typer.Option(min=1, help="Closed-loop callers.")] = 4,
+    phase_s: Annotated[float, typer.Option(help="Seconds of each load phase.")] = 6.0,
+) -> None:
+    """Replicas of the configured models (`cascade serve` processes, one Redis) behind HAProxy with
+    deploy/haproxy: calls per replica, latency direct and through the balancer, and the calls that fail
+    while one replica is drained (SIGTERM) and another killed (SIGKILL)."""
+    from cascade.bench import balancer_load
+
+    settings = balancer_load.BalancerSettings(replicas=replicas, callers=callers, phase_s=phase_s)
+    work_dir = json_path.with_name(json_path.stem + "-work")
+    report = _run(balancer_load.run, _config(), settings, work_dir, _progress("bench balancer"))
+    _wrote(balancer_load.write_outputs(report, json_path))
+    console.print(balancer_load.summary(report))
+
+
 @bench_app.command("faults")
 def bench_faults(
     json_path: Annotated[

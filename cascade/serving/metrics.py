@@ -7,6 +7,10 @@ CPU, memory and file descriptors. Each server gets its own registry, so several 
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
     CollectorRegistry,
@@ -16,7 +20,7 @@ from prometheus_client import (
     Info,
     PlatformCollector,
     ProcessCollector,
-    start_http_server,
+    make_wsgi_app,
 )
 
 logger = logging.getLogger(__name__)
@@ -132,11 +136,25 @@ class ServerMetrics:
         for stage, ms in stage_ms.items():
             self.stage_seconds.labels(stage).observe(ms / 1e3)
 
-    def serve_http(self, port: int, host: str) -> int:
-        """Expose /metrics on ``host:port`` (0: a free port) in a daemon thread; returns the port."""
-        self._http, _ = start_http_server(port, addr=host, registry=self.registry)
+    def serve_http(self, port: int, host: str, serving: Callable[[], bool] = lambda: True) -> int:
+        """Expose /metrics on ``host:port`` (0: a free port) in a daemon thread, and /ready: 200 while
+        ``serving()`` (the gRPC health's overall status is SERVING), else 503, for balancers that check
+        over HTTP (HAProxy's ``option httpchk``; ``deploy/haproxy.cfg``). Returns the port."""
+        metrics = make_wsgi_app(self.registry)
+
+        def app(environ, start_response):
+            if environ.get("PATH_INFO") == "/ready":
+                ready = serving()
+                start_response(
+                    "200 OK" if ready else "503 Service Unavailable", [("Content-Type", "text/plain")]
+                )
+                return [b"SERVING\n" if ready else b"NOT_SERVING\n"]
+            return metrics(environ, start_response)
+
+        self._http = make_server(host, port, app, _ThreadingWSGIServer, handler_class=_QuietHandler)
+        threading.Thread(target=self._http.serve_forever, name="cascade-metrics-http", daemon=True).start()
         bound = self._http.server_address[1]
-        logger.info("Prometheus metrics on http://%s:%d/metrics", host, bound)
+        logger.info("Prometheus metrics on http://%s:%d/metrics, readiness on /ready", host, bound)
         return bound
 
     def close(self) -> None:
@@ -144,3 +162,12 @@ class ServerMetrics:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a scrape in flight never holds the process at exit
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args) -> None:
+        """Health checks and scrapes every second are not worth a log line each."""

@@ -855,6 +855,7 @@ class CascadeServer:
         self.freeze_loaded_models = freeze_loaded_models
         self.metrics = ServerMetrics()
         self.health = health.HealthServicer()
+        self._serving = False  # the overall health is SERVING (models loaded, not draining)
         self.store = resilient_store(store, config, self.metrics, self._on_breaker_change)
         self.tracing = tracing or Tracing.configure(config.serving.tracing)
         if isinstance(getattr(self.store.backend, "client", None), REDIS_CLIENTS):
@@ -967,6 +968,7 @@ class CascadeServer:
             self.store.probe()
 
     def _set_health(self, status: int) -> None:
+        self._serving = status == health_pb2.HealthCheckResponse.SERVING  # /ready on the metrics port
         for name in ("", SERVICE_NAME):
             self.health.set(name, status)
 
@@ -992,7 +994,9 @@ class CascadeServer:
         if self.config.serving.metrics_port is not None:
             metrics_port = self.config.serving.metrics_port
             self.metrics_port = self.metrics.serve_http(
-                metrics_port + self.process_index if metrics_port else 0, self.config.serving.host
+                metrics_port + self.process_index if metrics_port else 0,
+                self.config.serving.host,
+                serving=lambda: self._serving,
             )
         return self.port
 

@@ -17,7 +17,7 @@ its circuit breaker. A cluster client refreshes its slot map when a node moves o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import parse_qs, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -70,8 +70,12 @@ class RedisAddress:
                        username, password, SENTINEL_SCHEMES[scheme])  # fmt: skip
         query = parse_qs(parts.query)
         cluster = [value.lower() for value in query.pop("cluster", [])]
-        if not cluster or cluster[-1] not in _TRUE:
-            return cls("single", urlunsplit(parts._replace(query=urlencode(query, doseq=True))))
+        if not cluster:
+            return cls("single", url)  # as given: urlunsplit would turn unix:///path into unix:/path
+        if cluster[-1] not in _TRUE:
+            base, _, _ = url.partition("?")
+            rest = urlencode(query, doseq=True)
+            return cls("single", f"{base}?{rest}" if rest else base)
         userinfo, _, host = parts.netloc.rpartition("@")
         username, password = _credentials(userinfo)
         return cls("cluster", url, (_host_port(host, url),), username=username, password=password,

@@ -10,7 +10,8 @@ from cascade.serving.feature_store.connect import RedisAddress
 def test_one_server_keeps_its_url_and_the_cluster_option_makes_it_a_cluster():
     single = RedisAddress.parse("redis://:secret@db.internal:6380/2")
     assert single.kind == "single" and single.url == "redis://:secret@db.internal:6380/2"
-    assert RedisAddress.parse("unix:///run/redis.sock?db=1").kind == "single"
+    assert RedisAddress.parse("unix:///run/redis.sock?db=1").url == "unix:///run/redis.sock?db=1"
+    assert RedisAddress.parse("unix:///run/redis.sock?cluster=no&db=1").url == "unix:///run/redis.sock?db=1"
     assert RedisAddress.parse("redis://db:6379/0?cluster=false").url == "redis://db:6379/0"
     cluster = RedisAddress.parse("rediss://ops:pw@node-a:7000?cluster=true")
     assert (cluster.kind, cluster.nodes, cluster.username, cluster.password, cluster.tls) == (
