@@ -59,6 +59,14 @@ class RedisClusterProcesses:
         return "redis-cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
 
     def start(self, timeout_s: float = 60.0) -> RedisClusterProcesses:
+        """Start, create and wait for the cluster; a failure stops every node already started."""
+        try:
+            return self._start(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout_s: float) -> RedisClusterProcesses:
         for node in self.nodes:
             node.start()
         subprocess.run(
@@ -197,6 +205,14 @@ class RedisSentinelGroup:
         )
 
     def start(self, timeout_s: float = 30.0) -> RedisSentinelGroup:
+        """Start the servers and the sentinels, and wait until they agree; a failure stops them all."""
+        try:
+            return self._start(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout_s: float) -> RedisSentinelGroup:
         for node in self.data_nodes:
             node.start()
         for i, port in enumerate(self.sentinel_ports):
