@@ -11,16 +11,51 @@ import contextlib
 import subprocess
 import time
 from pathlib import Path
+from typing import TypeVar
 
 import redis
 
 from cascade.bench.ports import free_cluster_port, free_port
 from cascade.bench.redis_process import RedisProcess, redis_cli_binary, redis_server_binary
+from cascade.serving.feature_store.redis_store import online_replica_count
 
 _POLL_S = 0.05
 
 
-class RedisClusterProcesses:
+D = TypeVar("D", bound="_Deployment")
+
+
+class _Deployment:
+    """Redis processes started together and stopped together: a failed start stops what it had started."""
+
+    start_timeout_s = 30.0
+
+    def start(self: D, timeout_s: float | None = None) -> D:
+        try:
+            self._start(self.start_timeout_s if timeout_s is None else timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self, timeout_s: float) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: D) -> D:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class RedisClusterProcesses(_Deployment):
+    """Masters and their replicas, formed into a cluster by ``redis-cli --cluster create``."""
+
+    start_timeout_s = 60.0
+
     def __init__(
         self,
         directory: Path | str,
@@ -58,15 +93,7 @@ class RedisClusterProcesses:
         """How Cascade reaches the cluster: any node is enough, all are given."""
         return "redis-cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
 
-    def start(self, timeout_s: float = 60.0) -> RedisClusterProcesses:
-        """Start, create and wait for the cluster; a failure stops every node already started."""
-        try:
-            return self._start(timeout_s)
-        except BaseException:
-            self.stop()
-            raise
-
-    def _start(self, timeout_s: float) -> RedisClusterProcesses:
+    def _start(self, timeout_s: float) -> None:
         for node in self.nodes:
             node.start()
         subprocess.run(
@@ -78,7 +105,6 @@ class RedisClusterProcesses:
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout_s,
         )  # fmt: skip
         self.wait_until_ready(timeout_s)
-        return self
 
     def client(self, node: RedisProcess) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=2.0, socket_connect_timeout=1.0)
@@ -160,14 +186,8 @@ class RedisClusterProcesses:
         for node in self.nodes:
             node.stop()
 
-    def __enter__(self) -> RedisClusterProcesses:
-        return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-class RedisSentinelGroup:
+class RedisSentinelGroup(_Deployment):
     """One master, ``replicas`` replicas and three sentinels watching them as ``service``."""
 
     def __init__(
@@ -204,15 +224,7 @@ class RedisSentinelGroup:
             f"redis-sentinel://{','.join(f'127.0.0.1:{port}' for port in self.sentinel_ports)}/{self.service}"
         )
 
-    def start(self, timeout_s: float = 30.0) -> RedisSentinelGroup:
-        """Start the servers and the sentinels, and wait until they agree; a failure stops them all."""
-        try:
-            return self._start(timeout_s)
-        except BaseException:
-            self.stop()
-            raise
-
-    def _start(self, timeout_s: float) -> RedisSentinelGroup:
+    def _start(self, timeout_s: float) -> None:
         for node in self.data_nodes:
             node.start()
         for i, port in enumerate(self.sentinel_ports):
@@ -244,7 +256,6 @@ class RedisSentinelGroup:
                     f"the sentinels did not agree; see {self.directory}/sentinel-*/sentinel.log"
                 )
             time.sleep(_POLL_S)
-        return self
 
     def _sentinel(self, port: int) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=port, socket_timeout=1.0, socket_connect_timeout=0.5)
@@ -281,13 +292,11 @@ class RedisSentinelGroup:
         """Every replica in sync with the master (INFO's state=online)."""
         client = self.client(self.master)
         try:
-            info = client.info("replication")
+            return online_replica_count(client) >= len(self.replicas)
         except (redis.RedisError, OSError):
             return False
         finally:
             client.close()
-        online = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
-        return sum(v.get("state") == "online" for v in online) >= len(self.replicas)
 
     def client(self, node: RedisProcess) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=2.0, socket_connect_timeout=1.0)
@@ -312,9 +321,3 @@ class RedisSentinelGroup:
             node.request_stop()
         for node in self.data_nodes:
             node.stop()
-
-    def __enter__(self) -> RedisSentinelGroup:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -44,6 +44,15 @@ AUDIT_STREAM_LENGTH = 100_000  # the guard's audit stream keeps about this many 
 REPLICAS_REFRESH_S = 1.0  # how long a master's count of online replicas is trusted before it is read again
 
 
+def online_replica_count(master: redis.Redis) -> int:
+    """Replicas in sync with ``master``: INFO replication's replicas whose state is online."""
+    info = master.info("replication")
+    return sum(
+        1 for field, value in info.items()
+        if field.startswith("slave") and isinstance(value, dict) and value.get("state") == "online"
+    )  # fmt: skip
+
+
 class ReplicationLagError(redis.RedisError):
     """An event is on its master but on fewer replicas than asked within the wait: not acknowledged (a
     failover now could lose it). Retrying with the same event id is safe: a stored event is not stored
@@ -383,12 +392,7 @@ class RedisFeatureStore(OnlineFeatureStore):
         known = self._replica_counts.get(name)
         now = time.monotonic()
         if fresh or known is None or now - known[1] > REPLICAS_REFRESH_S:
-            info = master.info("replication")
-            count = sum(
-                1 for field, value in info.items()
-                if field.startswith("slave") and isinstance(value, dict) and value.get("state") == "online"
-            )  # fmt: skip
-            known = (count, now)
+            known = (online_replica_count(master), now)
             self._replica_counts[name] = known
         return known[0]
 
