@@ -3,9 +3,9 @@
 Each section's fields are described beside the component that reads them: ``[data]`` in
 ``cascade.data.config``, ``[features]`` in ``cascade.core.config`` (the feature schema's), ``[recall]`` in
 ``cascade.recall.config``, ``[ranking]`` in ``cascade.ranking.config`` (one sub-config per ranker),
-``[rerank]`` in ``cascade.rerank.config``. ``[serving]`` is here: it configures the deployment as a whole,
-which the server, the bench harness and the CLI all read, and this module sits below the server in the
-import layers.
+``[rerank]`` in ``cascade.rerank.config``, ``[offline]`` in ``cascade.core.engines.config``. ``[serving]``
+is here: it configures the deployment as a whole, which the server, the bench harness and the CLI all read,
+and this module sits below the server in the import layers.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cascade.core.artifacts import ArtifactStore
 from cascade.core.config import ComponentConfig, FeatureConfig, read_config_file
+from cascade.core.engines.config import OfflineConfig
 from cascade.core.privacy import PrivacyConfig, Pseudonymiser
 from cascade.customers.config import CustomersConfig
 from cascade.data.config import DataConfig
@@ -351,6 +352,7 @@ class AppConfig(ComponentConfig):
     guard: GuardConfig = Field(default_factory=GuardConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
+    offline: OfflineConfig = Field(default_factory=OfflineConfig)
 
     def pseudonyms(self) -> Pseudonymiser:
         """User pseudonyms with the configured key (``privacy``): feature-store keys, deny-lists, logs."""

@@ -46,3 +46,14 @@ def store_redis(request, redis_server):
     yield client
     client.flushdb()
     client.close()
+
+
+@pytest.fixture(scope="session")
+def ray_engine():
+    """One local Ray for the session (it takes seconds to start): 2 workers, jobs cut in 4 parts."""
+    from cascade.core.engines import OfflineConfig
+    from cascade.core.engines.ray_data import RayDataEngine
+
+    engine = RayDataEngine(OfflineConfig(engine="ray", workers=2, partitions=4, object_store_mb=256))
+    yield engine
+    engine.close()

@@ -163,14 +163,49 @@ def data_synth(
         console.print(f"purchase log ({len(log.table)} purchases, {sessions} sessions) at [bold]{path}[/]")
 
 
+EngineOption = Annotated[
+    str | None,
+    typer.Option(
+        "--engine",
+        help="Where the jobs that grow with the data run: local (this process) or ray (offline.engine).",
+    ),
+]
+RayAddressOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        help="Ray cluster to run them on (auto, ray://head:10001); unset: a local Ray (offline.ray_address).",
+    ),
+]
+
+
+def _offline(engine: str | None, ray_address: str | None) -> None:
+    """The command's --engine and --ray-address over the config's [offline]."""
+    cfg = _config()
+    update: dict = {}
+    if engine is not None:
+        if engine not in ("local", "ray"):
+            raise typer.BadParameter("must be local or ray", param_hint="--engine")
+        update["engine"] = engine
+    if ray_address is not None:
+        update["ray_address"] = ray_address
+        update.setdefault("engine", "ray")
+    if update:
+        offline = cfg.offline.model_validate(cfg.offline.model_dump() | update)
+        _state["config"] = cfg.model_copy(update={"offline": offline})
+
+
 @train_app.command("recall")
 def train_recall(
     force: Annotated[bool, typer.Option(help="Retrain even if up to date.")] = False,
     nproc: Annotated[
         int, typer.Option(help="Training processes, data-parallel (torchrun, gloo); 1 trains in this one.")
     ] = 1,
+    engine: EngineOption = None,
+    ray_address: RayAddressOption = None,
 ) -> None:
     """Train the two-tower model on the training split (reuses the current one if config and data match)."""
+    _offline(engine, ray_address)
     from cascade.recall.bundle import RECALL
     from cascade.training.recall import train_recall as run
 
@@ -188,8 +223,11 @@ def train_ranking(
             "1 trains in this one."
         ),
     ] = 1,
+    engine: EngineOption = None,
+    ray_address: RayAddressOption = None,
 ) -> None:
     """Train the ranker on labelled recall candidates (reuses the current one if config and data match)."""
+    _offline(engine, ray_address)
     from cascade.ranking.bundle import RANKING
     from cascade.training.ranking import train_ranking as run
 
@@ -198,9 +236,14 @@ def train_ranking(
 
 
 @train_app.command("value")
-def train_value(force: Annotated[bool, typer.Option(help="Retrain even if up to date.")] = False) -> None:
+def train_value(
+    force: Annotated[bool, typer.Option(help="Retrain even if up to date.")] = False,
+    engine: EngineOption = None,
+    ray_address: RayAddressOption = None,
+) -> None:
     """Fit the customer-value models served in profiles (the BP 14-29-1 network's K and the k-means
     segments) on the served data set; the feature load applies them to every customer."""
+    _offline(engine, ray_address)
     from cascade.training.value import train_value as run
 
     ref = _run(run, _config(), force)
@@ -238,8 +281,11 @@ def rebuild_index(
             help="Only build when the current index is not from the current recall model and config."
         ),
     ] = False,
+    engine: EngineOption = None,
+    ray_address: RayAddressOption = None,
 ) -> None:
     """Embed the catalogue, build and validate the FAISS index, and publish it atomically."""
+    _offline(engine, ray_address)
     from cascade.training.index import rebuild_index as run
 
     ref = _run(run, _config(), if_stale, True)
@@ -962,14 +1008,69 @@ def bench_recall(
     sizes: Annotated[str, typer.Option(help="Comma-separated catalogue sizes.")] = "100000,1000000",
     threads: Annotated[int, typer.Option(help="FAISS threads.")] = 2,
     target_recall: Annotated[float, typer.Option(help="recall@500 the knob is tuned to reach.")] = 0.95,
+    catalogue: Annotated[
+        str, typer.Option(help="clustered (equal topics) or mixture (heavy-tailed, overlapping topics).")
+    ] = "clustered",
 ) -> None:
-    """FAISS Flat / IVF / HNSW on synthetic catalogues: build time, latency, recall against exact."""
-    from cascade.bench.recall_index import BenchSettings, run, write_outputs
+    """FAISS Flat / IVF / HNSW on synthetic catalogues: build time, memory, latency, recall against exact."""
+    from cascade.bench.recall_index import CATALOGUES, BenchSettings, run, write_outputs
 
+    if catalogue not in CATALOGUES:
+        raise typer.BadParameter(f"must be one of {', '.join(CATALOGUES)}", param_hint="--catalogue")
     settings = BenchSettings(
-        sizes=tuple(int(s) for s in sizes.split(",")), threads=threads, target_recall=target_recall
+        sizes=tuple(int(s) for s in sizes.split(",")),
+        catalogue=catalogue,
+        threads=threads,
+        target_recall=target_recall,
     )
     report = run(settings, progress=_progress("benchmarking"))
+    _wrote(write_outputs(report, json_path))
+
+
+@bench_app.command("offline")
+def bench_offline(
+    json_path: Annotated[Path, typer.Option("--json", help="Report path; .png and .md go beside it.")] = Path(
+        "benchmarks/results/offline.json"
+    ),
+    interactions: Annotated[int, typer.Option(help="Synthetic interactions.")] = 10_000_000,
+    users: Annotated[int, typer.Option(help="Synthetic users.")] = 200_000,
+    items: Annotated[int, typer.Option(help="Synthetic items.")] = 100_000,
+    ranking_users: Annotated[int, typer.Option(help="Users whose ranking examples are built.")] = 5_000,
+    workers: Annotated[
+        str, typer.Option(help="Comma-separated Ray worker counts, each run in turn.")
+    ] = "1,2",
+    partitions: Annotated[int, typer.Option(help="Parts each job is cut into on Ray.")] = 8,
+) -> None:
+    """The offline jobs in this process and on a local Ray with each worker count: time and equality."""
+    from cascade.bench.offline_jobs import OfflineBenchSettings, run, write_outputs
+
+    settings = OfflineBenchSettings(
+        interactions=interactions,
+        users=users,
+        items=items,
+        ranking_users=ranking_users,
+        workers=tuple(int(w) for w in workers.split(",")),
+        partitions=partitions,
+    )
+    report = run(settings, progress=_progress("offline jobs"))
+    _wrote(write_outputs(report, json_path))
+
+
+@bench_app.command("memory")
+def bench_memory(
+    json_path: Annotated[Path, typer.Option("--json", help="Report path; .png and .md go beside it.")] = Path(
+        "benchmarks/results/replica-memory.json"
+    ),
+    store: Annotated[
+        bool, typer.Option(help="Also measure the feature store's bytes per user (serving.redis_url).")
+    ] = True,
+) -> None:
+    """What a serving replica of the current models holds, per item, per user, per interaction: for sizing."""
+    from cascade.bench.replica_memory import account, store_account, write_outputs
+
+    report = _run(account, _config())
+    if store:
+        report["store"] = _run(store_account, _config())
     _wrote(write_outputs(report, json_path))
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from cascade.core.engines import LOCAL, OfflineEngine, PartitionedJob, PartResult, contiguous_parts
 from cascade.customers.log import CustomerLog
 from cascade.customers.rfm import SECONDS_PER_DAY
 
@@ -54,17 +55,86 @@ def indicator_set(log: CustomerLog) -> tuple[str, ...]:
     return PURCHASE_INDICATORS
 
 
-def customer_indicators(log: CustomerLog, as_of: float) -> pd.DataFrame:
+def customer_indicators(log: CustomerLog, as_of: float, engine: OfflineEngine = LOCAL) -> pd.DataFrame:
     """One row per customer with a purchase (a log without purchases: a rating) before ``as_of`` (index:
-    customer_id, sorted), the columns of ``indicator_set(log)``. Nothing at or after ``as_of`` is read."""
+    customer_id, sorted), the columns of ``indicator_set(log)``. Nothing at or after ``as_of`` is read.
+
+    ``engine`` computes parts of the customers where it runs jobs. Two indicators need the population as
+    well as the customer (a missing age and a missing mean rating read as the population's typical
+    value): the parts return them unfilled, with the population's side of them, and they are filled here."""
     columns = indicator_set(log)
-    if columns is ENGAGEMENT_INDICATORS:
-        return _engagement(log, as_of)
-    assert log.purchases is not None
-    table = _purchases(log.purchases, as_of)
-    if columns is PURCHASE_INDICATORS:
-        return table
-    assert log.sessions is not None and log.ratings is not None
+    customers = _customers(log)
+    parts = [
+        pd.DataFrame({"customer_id": customers[rows]})
+        for rows in contiguous_parts(len(customers), engine.partitions)
+    ]
+    results = engine.map_parts(_CustomerIndicators(log, as_of), parts)
+    index = pd.Index(_concatenate(results, "customer_id", customers[:0]), name="customer_id")
+    table = pd.DataFrame(
+        {name: _concatenate(results, name, np.zeros(0)) for name in columns},
+        index=index,
+        columns=list(columns),
+    )
+    if "age" in columns:
+        table["age"] = _typical_where_unknown(table["age"].to_numpy())
+    if columns is PLATFORM_INDICATORS:
+        # no rating yet: the population's mean, not 0, which would read as the harshest critic
+        rated = pd.Series(
+            _concatenate(results, "rating_means", np.zeros(0)),
+            index=_concatenate(results, "rated_customers", customers[:0]),
+        ).sort_index()
+        fallback = float(rated.mean()) if len(rated) else 0.0
+        table["mean_rating_given"] = table["mean_rating_given"].fillna(fallback)
+    return table.astype(np.float64)
+
+
+def _customers(log: CustomerLog) -> np.ndarray:
+    """Every customer any table of the log names, sorted: what the parts split."""
+    tables = [t for t in (log.purchases, log.sessions, log.ratings) if t is not None]
+    return np.unique(np.concatenate([t["customer_id"].to_numpy() for t in tables]))
+
+
+def _concatenate(results: list[dict[str, np.ndarray]], name: str, empty: np.ndarray) -> np.ndarray:
+    return np.concatenate([r[name] for r in results]) if results else empty
+
+
+def _portable(ids: np.ndarray) -> np.ndarray:
+    """Customer ids as an array NumPy can save without pickling (text ids as fixed-width text)."""
+    return ids.astype(str) if ids.dtype == object else ids
+
+
+class _CustomerIndicators(PartitionedJob):
+    """The indicators of one part of the customers, from their rows of the log: the customers, their
+    indicator columns, the age unfilled (-1 unknown) and, with ratings and purchases both, the mean rating
+    unfilled (NaN) beside every rated customer's mean rating in the part."""
+
+    name = "customer indicators"
+
+    def __init__(self, log: CustomerLog, as_of: float):
+        self.log, self.as_of = log, as_of
+
+    def run_part(self, part: dict[str, np.ndarray]) -> PartResult:
+        log = self.log.of_customers(part["customer_id"])
+        columns = indicator_set(log)
+        out: PartResult = {}
+        if columns is ENGAGEMENT_INDICATORS:
+            table = _engagement(log, self.as_of)
+        else:
+            assert log.purchases is not None
+            table = _purchases(log.purchases, self.as_of)
+            if columns is PLATFORM_INDICATORS:
+                rating_means = _platform(log, self.as_of, table)
+                out["rated_customers"] = _portable(rating_means.index.to_numpy())
+                out["rating_means"] = rating_means.to_numpy(dtype=np.float64)
+        out["customer_id"] = _portable(table.index.to_numpy())
+        out |= {name: table[name].to_numpy(dtype=np.float64) for name in columns}
+        return out
+
+
+def _platform(log: CustomerLog, as_of: float, table: pd.DataFrame) -> pd.Series:
+    """Add PLATFORM_INDICATORS' columns beyond the purchase ones to ``table`` (mean rating given unfilled,
+    NaN for a customer with none; age unfilled); returns every rated customer's mean rating."""
+    assert log.purchases is not None and log.sessions is not None and log.ratings is not None
     customers = table.index
     table["genres_bought"] = _genres_covered(log.purchases, log.item_genres, as_of, customers)
     sessions = _before(log.sessions, as_of)
@@ -74,12 +144,10 @@ def customer_indicators(log: CustomerLog, as_of: float) -> pd.DataFrame:
     table["dwell_minutes_last_90d"] = (visits["dwell_seconds"].sum() / 60).reindex(customers, fill_value=0)
     ratings = _before(log.ratings, as_of).groupby("customer_id")["rating"]
     table["ratings_given"] = ratings.size().reindex(customers, fill_value=0)
-    # no rating yet: the population's mean, not 0, which would read as the harshest critic
     mean_rating = ratings.mean()
-    fallback = float(mean_rating.mean()) if len(mean_rating) else 0.0
-    table["mean_rating_given"] = mean_rating.reindex(customers).fillna(fallback)
-    table["age"] = _ages(log, customers)
-    return table[list(columns)].astype(np.float64)
+    table["mean_rating_given"] = mean_rating.reindex(customers)
+    table["age"] = _raw_ages(log, customers)
+    return mean_rating
 
 
 def _before(table: pd.DataFrame, as_of: float) -> pd.DataFrame:
@@ -146,11 +214,15 @@ def _genres_covered(
     return pairs.groupby("customer_id")["genre"].nunique().reindex(customers, fill_value=0).astype(float)
 
 
-def _ages(log: CustomerLog, customers: pd.Index) -> np.ndarray:
-    """Each customer's age; an unknown age (-1) as the known ones' median, so that it reads as typical."""
+def _raw_ages(log: CustomerLog, customers: pd.Index) -> np.ndarray:
+    """Each customer's age as the profiles have it, -1 where unknown."""
     if log.profiles is None:
         return np.full(len(customers), -1.0)
-    ages = log.profiles.set_index("customer_id")["age"].reindex(customers).fillna(-1).to_numpy(dtype=float)
+    return log.profiles.set_index("customer_id")["age"].reindex(customers).fillna(-1).to_numpy(dtype=float)
+
+
+def _typical_where_unknown(ages: np.ndarray) -> np.ndarray:
+    """An unknown age (-1) as the known ones' median, so that it reads as typical."""
     known = ages[ages > 0]
     return np.where(ages > 0, ages, float(np.median(known)) if len(known) else -1.0)
 
@@ -199,7 +271,7 @@ def _engagement(log: CustomerLog, as_of: float) -> pd.DataFrame:
             "high_rating_share": by["high"].mean(),
         }
     )
-    out["age"] = _ages(log, customers)
+    out["age"] = _raw_ages(log, customers)
     return out[list(ENGAGEMENT_INDICATORS)].astype(np.float64)
 
 

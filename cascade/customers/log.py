@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,20 @@ class CustomerLog:
     ratings: pd.DataFrame | None = None
     profiles: pd.DataFrame | None = None
     item_genres: pd.Series | None = None
+
+    def of_customers(self, customers: np.ndarray) -> CustomerLog:
+        """The rows of ``customers`` (C,) only, in every table; the items' genres whole."""
+
+        def rows_of(table: pd.DataFrame | None) -> pd.DataFrame | None:
+            return None if table is None else table[table["customer_id"].isin(customers)]
+
+        return replace(
+            self,
+            purchases=rows_of(self.purchases),
+            sessions=rows_of(self.sessions),
+            ratings=rows_of(self.ratings),
+            profiles=rows_of(self.profiles),
+        )
 
     @property
     def value_kind(self) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cascade.core.engines import LOCAL, OfflineEngine, PartitionedJob, PartResult, contiguous_parts
 from cascade.core.schema import FeatureSchema
 
 _TIME_BITS = 32  # seconds since the first event fit in 32 bits for 136 years
@@ -42,25 +43,36 @@ class ItemStatistics:
         interactions: pd.DataFrame,
         positive_min_rating: float,
         recent_window_days: float,
+        engine: OfflineEngine = LOCAL,
     ) -> ItemStatistics:
+        """Statistics of ``interactions``; ``engine`` counts parts of them where it runs jobs, and their
+        counts add up to the same statistics."""
         items = schema.item_index(interactions["item_id"].to_numpy())
-        known = items > 0
-        items = items[known]
-        times = interactions["timestamp"].to_numpy(dtype=np.float64)[known]
-        ratings = interactions["rating"].to_numpy(dtype=np.float64)[known]
-        n = schema.num_items
+        times = interactions["timestamp"].to_numpy(dtype=np.float64)[items > 0]
         start = float(times.min()) if len(times) else 0.0
-        offsets = (times - start).astype(np.int64)
+        end = float(times.max()) if len(times) else 0.0
+        job = _CountItemEvents(schema, start, positive_min_rating)
+        columns = interactions[["item_id", "timestamp", "rating"]]
+        parts = [columns.iloc[rows] for rows in contiguous_parts(len(columns), engine.partitions)]
+        n = schema.num_items
+        counts, rating_sums, positives = np.zeros(n), np.zeros(n), np.zeros(n)
         first_seen = np.full(n, np.inf)
-        np.minimum.at(first_seen, items, offsets.astype(np.float64))
+        keys = []
+        for part in engine.map_parts(job, parts):
+            seen = part["items"]
+            counts[seen] += part["counts"]
+            rating_sums[seen] += part["rating_sums"]
+            positives[seen] += part["positives"]
+            np.minimum.at(first_seen, seen, part["first_seen"])
+            keys.append(part["event_keys"])
         return cls(
-            counts=np.bincount(items, minlength=n).astype(np.float64),
-            rating_sums=np.bincount(items, weights=ratings, minlength=n),
-            positives=np.bincount(items, weights=ratings >= positive_min_rating, minlength=n),
+            counts=counts,
+            rating_sums=rating_sums,
+            positives=positives,
             first_seen=first_seen,
-            event_keys=np.sort((items.astype(np.int64) << _TIME_BITS) | offsets),
+            event_keys=np.sort(np.concatenate(keys)) if keys else np.zeros(0, dtype=np.int64),
             start=start,
-            end=float(times.max()) if len(times) else 0.0,
+            end=end,
             recent_window_days=recent_window_days,
         )
 
@@ -159,3 +171,34 @@ class ItemStatistics:
                 end=end,
                 recent_window_days=window,
             )
+
+
+class _CountItemEvents(PartitionedJob):
+    """One part of the interactions -> its items (K,), their counts, rating sums, positive counts and
+    first-seen offsets (K,) each, and its event keys (E,) sorted. Offsets count from the whole window's
+    ``start``, so the parts' keys and first-seen times are the whole's."""
+
+    name = "item statistics"
+
+    def __init__(self, schema: FeatureSchema, start: float, positive_min_rating: float):
+        self.schema, self.start, self.positive_min_rating = schema, start, positive_min_rating
+
+    def run_part(self, part: dict[str, np.ndarray]) -> PartResult:
+        items = self.schema.item_index(part["item_id"])
+        known = items > 0
+        items = items[known]
+        ratings = part["rating"].astype(np.float64)[known]
+        offsets = (part["timestamp"].astype(np.float64)[known] - self.start).astype(np.int64)
+        n = self.schema.num_items
+        counts = np.bincount(items, minlength=n).astype(np.float64)
+        first_seen = np.full(n, np.inf)
+        np.minimum.at(first_seen, items, offsets.astype(np.float64))
+        seen = np.flatnonzero(counts)
+        return {
+            "items": seen,
+            "counts": counts[seen],
+            "rating_sums": np.bincount(items, weights=ratings, minlength=n)[seen],
+            "positives": np.bincount(items, weights=ratings >= self.positive_min_rating, minlength=n)[seen],
+            "first_seen": first_seen[seen],
+            "event_keys": np.sort((items.astype(np.int64) << _TIME_BITS) | offsets),
+        }

@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from cascade.core.arrays import isin
+from cascade.core.engines import LOCAL, OfflineEngine, PartitionedJob, PartResult, contiguous_parts
 from cascade.core.schema import AGE_UNKNOWN, COOCCURRENCE, GENDER_UNKNOWN, SEGMENT_POPULAR
 from cascade.core.sparse import PairRules, csr_row_entries
 from cascade.recall.config import RecallConfig
@@ -111,6 +113,38 @@ def merge_channels(channels: list[ChannelCandidates]) -> MergedCandidates:
     return MergedCandidates(items[keep].astype(np.int64), scores[keep].astype(np.float32), which[keep], names)
 
 
+class _CountPairs(PartitionedJob):
+    """One part of the users' sequences (user, item columns, sorted by user, then time) -> its item pairs
+    at most ``window`` apart as COO rows, cols and counts (P,), and each item's occurrences (num_items,)."""
+
+    name = "co-occurrence rules"
+
+    def __init__(self, num_items: int, window: int):
+        self.num_items, self.window = num_items, window
+
+    def run_part(self, part: dict[str, np.ndarray]) -> PartResult:
+        user, item = part["user"], part["item"]
+        n = self.num_items
+        pairs = sp.csr_matrix((n, n), dtype=np.float32)
+        for offset in range(1, self.window + 1):
+            same_user = user[offset:] == user[:-offset]
+            a, b = item[:-offset][same_user], item[offset:][same_user]
+            distinct = a != b
+            a, b = a[distinct], b[distinct]
+            ones = np.ones(2 * len(a), dtype=np.float32)
+            pairs = pairs + sp.csr_matrix(
+                (ones, (np.concatenate([a, b]), np.concatenate([b, a]))), shape=(n, n)
+            )
+        pairs.sum_duplicates()
+        coo = pairs.tocoo()
+        return {
+            "rows": coo.row.astype(np.int64),
+            "cols": coo.col.astype(np.int64),
+            "counts": coo.data.astype(np.float32),
+            "occurrences": np.bincount(item, minlength=n).astype(np.float32),
+        }
+
+
 class CooccurrenceRules:
     """For each item X, up to ``neighbours`` items Y with support(X, Y) >= min_support and
     confidence(X -> Y) >= min_confidence, strongest first; kept as CSR arrays over item indices."""
@@ -139,21 +173,22 @@ class CooccurrenceRules:
         min_support: int,
         min_confidence: float,
         neighbours: int,
+        engine: OfflineEngine = LOCAL,
     ) -> CooccurrenceRules:
         """``user``, ``item`` (N,): interactions sorted by user, then time. Pairs are the interactions at
-        most ``window`` apart within one user's sequence, counted in both directions."""
+        most ``window`` apart within one user's sequence, counted in both directions. ``engine`` counts the
+        pairs of parts of the users where it runs jobs; a user is never split between parts, so the parts'
+        counts add up to the whole's."""
+        frame = pd.DataFrame({"user": user, "item": item})
+        parts = [frame.iloc[rows] for rows in contiguous_parts(len(frame), engine.partitions, keys=user)]
         pairs = sp.csr_matrix((num_items, num_items), dtype=np.float32)
-        for offset in range(1, window + 1):
-            same_user = user[offset:] == user[:-offset]
-            a, b = item[:-offset][same_user], item[offset:][same_user]
-            distinct = a != b
-            a, b = a[distinct], b[distinct]
-            ones = np.ones(2 * len(a), dtype=np.float32)
+        occurrences = np.zeros(num_items, dtype=np.float32)
+        for part in engine.map_parts(_CountPairs(num_items, window), parts):
             pairs = pairs + sp.csr_matrix(
-                (ones, (np.concatenate([a, b]), np.concatenate([b, a]))), shape=(num_items, num_items)
+                (part["counts"], (part["rows"], part["cols"])), shape=(num_items, num_items)
             )
+            occurrences += part["occurrences"]
         pairs.sum_duplicates()
-        occurrences = np.bincount(item, minlength=num_items).astype(np.float32)
         coo = pairs.tocoo()
         support = coo.data
         confidence = np.minimum(support / np.maximum(occurrences[coo.row], 1.0), 1.0)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,6 +30,7 @@ from cascade.core.distributed import (
     distributed_context,
     from_first_process,
 )
+from cascade.core.engines import LOCAL, OfflineEngine, PartitionedJob, PartResult, aligned_parts
 from cascade.core.schema import FeatureSchema, ItemFeatures, UserFeatures
 from cascade.recall.config import RecallConfig
 from cascade.recall.two_tower import TwoTowerModel, TwoTowerSpec
@@ -260,33 +262,93 @@ def two_tower_optimizers(model: TwoTowerModel, config: RecallConfig) -> list[tor
     return optimizers
 
 
-@torch.inference_mode()
 def embed_items(
-    model: TwoTowerModel, items: ItemFeatures, known: np.ndarray | None = None, batch_size: int = 8192
+    model: TwoTowerModel,
+    items: ItemFeatures,
+    known: np.ndarray | None = None,
+    batch_size: int = 8192,
+    engine: OfflineEngine = LOCAL,
 ) -> np.ndarray:
     """Embeddings of catalogue rows 1..N (row 0 is padding) -> (N, D) float32.
 
     ``known`` (num_items,) bool marks items the model has seen interactions of; the others are embedded
-    from content alone, since their id embeddings were never trained."""
-    out = []
-    for start in range(1, len(items.item), batch_size):
-        idx = np.arange(start, min(start + batch_size, len(items.item)))
-        hide = None if known is None else ~known[idx]
-        out.append(model.item_tower(*item_tensors(items, idx, hide)).numpy())
+    from content alone, since their id embeddings were never trained. ``engine`` embeds runs of whole
+    batches where it runs jobs: every batch is the same rows whatever the parts, so the same numbers."""
+    parts = [
+        pd.DataFrame({"row": np.arange(rows.start, rows.stop)})
+        for rows in aligned_parts(len(items.item), engine.partitions, batch_size, first=1)
+    ]
+    out = [
+        part["embeddings"] for part in engine.map_parts(_EmbedItems(model, items, known, batch_size), parts)
+    ]
     if not out:
         return np.zeros((0, model.spec.embedding_dim), dtype=np.float32)
     return np.concatenate(out).astype(np.float32, copy=False)
 
 
-@torch.inference_mode()
 def embed_users(
-    model: TwoTowerModel, users: UserFeatures, rows: np.ndarray, history: np.ndarray, batch_size: int = 8192
+    model: TwoTowerModel,
+    users: UserFeatures,
+    rows: np.ndarray,
+    history: np.ndarray,
+    batch_size: int = 8192,
+    engine: OfflineEngine = LOCAL,
 ) -> np.ndarray:
-    """Embeddings of user-table rows (R,) with their histories (R, L) -> (R, D) float32."""
-    out = [
-        model.user_tower(*user_tensors(users, rows[s : s + batch_size], history[s : s + batch_size])).numpy()
-        for s in range(0, len(rows), batch_size)
+    """Embeddings of user-table rows (R,) with their histories (R, L) -> (R, D) float32; ``engine`` as for
+    ``embed_items``."""
+    parts = [
+        pd.DataFrame({"position": np.arange(positions.start, positions.stop)})
+        for positions in aligned_parts(len(rows), engine.partitions, batch_size)
     ]
+    job = _EmbedUsers(model, users, rows, history, batch_size)
+    out = [part["embeddings"] for part in engine.map_parts(job, parts)]
     if not out:
         return np.zeros((0, model.spec.embedding_dim), dtype=np.float32)
     return np.concatenate(out)
+
+
+class _EmbedItems(PartitionedJob):
+    """A run of catalogue rows (whole batches from row 1) -> their embeddings (R, D) float32."""
+
+    name = "item embeddings"
+
+    def __init__(self, model: TwoTowerModel, items: ItemFeatures, known: np.ndarray | None, batch_size: int):
+        self.model, self.items, self.known, self.batch_size = model, items, known, batch_size
+
+    @torch.inference_mode()
+    def run_part(self, part: dict[str, np.ndarray]) -> PartResult:
+        rows = part["row"]
+        out = []
+        for start in range(0, len(rows), self.batch_size):
+            idx = rows[start : start + self.batch_size]
+            hide = None if self.known is None else ~self.known[idx]
+            out.append(self.model.item_tower(*item_tensors(self.items, idx, hide)).numpy())
+        return {"embeddings": np.concatenate(out).astype(np.float32, copy=False)}
+
+
+class _EmbedUsers(PartitionedJob):
+    """A run of positions into ``rows`` and ``history`` (whole batches from 0) -> embeddings (R, D)."""
+
+    name = "user embeddings"
+
+    def __init__(
+        self,
+        model: TwoTowerModel,
+        users: UserFeatures,
+        rows: np.ndarray,
+        history: np.ndarray,
+        batch_size: int,
+    ):
+        self.model, self.users, self.rows, self.history = model, users, rows, history
+        self.batch_size = batch_size
+
+    @torch.inference_mode()
+    def run_part(self, part: dict[str, np.ndarray]) -> PartResult:
+        positions = part["position"]
+        out = []
+        for start in range(0, len(positions), self.batch_size):
+            at = positions[start : start + self.batch_size]
+            out.append(
+                self.model.user_tower(*user_tensors(self.users, self.rows[at], self.history[at])).numpy()
+            )
+        return {"embeddings": np.concatenate(out)}

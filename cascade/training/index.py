@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from cascade.config import AppConfig
 from cascade.core.artifacts import ArtifactRef, fingerprint
+from cascade.core.engines import open_engine
 from cascade.core.schema import SCHEMA_VERSION
 from cascade.core.seeding import seed_everything
 from cascade.recall.bundle import INDEX, RECALL, RecallBundle
@@ -43,7 +44,8 @@ def rebuild_index(config: AppConfig, if_stale: bool = False, progress: bool = Fa
     )
     started = time.perf_counter()
     model = recall.two_tower()
-    embeddings = embed_items(model, recall.items, recall.popularity() > 0)
+    with open_engine(config.offline) as engine:
+        embeddings = embed_items(model, recall.items, recall.popularity() > 0, engine=engine)
     embed_seconds = time.perf_counter() - started
     stages.set_description(f"index: building {rc.index_factory}")
     stages.update()

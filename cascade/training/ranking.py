@@ -14,8 +14,24 @@ from tqdm import tqdm
 from cascade.config import AppConfig
 from cascade.core.artifacts import ArtifactRef, ArtifactStore, fingerprint
 from cascade.core.distributed import distributed_context
+from cascade.core.engines import (
+    LOCAL,
+    LocalEngine,
+    OfflineEngine,
+    PartitionedJob,
+    PartResult,
+    contiguous_parts,
+    open_engine,
+)
 from cascade.core.metrics import auc
-from cascade.core.schema import SCHEMA_VERSION, TWO_TOWER
+from cascade.core.schema import (
+    SCHEMA_VERSION,
+    TWO_TOWER,
+    FeatureSchema,
+    ItemFeatures,
+    UserFeatures,
+    native_id,
+)
 from cascade.core.seeding import seed_everything
 from cascade.customers.profiles import user_values
 from cascade.data.dataset import Dataset
@@ -23,7 +39,9 @@ from cascade.data.split import TemporalSplit
 from cascade.ranking.als_features import ALSFeatures
 from cascade.ranking.bundle import RANKING, RankingParts
 from cascade.ranking.features import (
+    CANDIDATE_FIELDS,
     FEATURES_VERSION,
+    REQUEST_FIELDS,
     RankingBatch,
     RankingFeatureBuilder,
     UserRow,
@@ -44,9 +62,11 @@ from cascade.training.task import RecallTask
 logger = logging.getLogger(__name__)
 
 
-def item_statistics(config: AppConfig, prep: Prepared, interactions: pd.DataFrame) -> ItemStatistics:
+def item_statistics(
+    config: AppConfig, prep: Prepared, interactions: pd.DataFrame, engine: OfflineEngine = LOCAL
+) -> ItemStatistics:
     return ItemStatistics.from_interactions(
-        prep.schema, interactions, config.data.positive_min_rating, config.ranking.recent_window_days
+        prep.schema, interactions, config.data.positive_min_rating, config.ranking.recent_window_days, engine
     )
 
 
@@ -139,72 +159,158 @@ def labelled_candidates(
     sources: CandidateSources,
     max_users: int | None = None,
     progress: bool = False,
+    engine: OfflineEngine = LOCAL,
 ) -> RankingExamples:
     """For each user with held-out positives in ``split``: the candidates of every channel, merged by the
     same ``RecallChannels.merge`` serving calls (the two-tower channel by exact search), featurised as of the
     user's last training interaction, labelled 1 when among the user's held-out positives.
-    ``max_users``: a seeded sample of the users, all when None."""
+    ``max_users``: a seeded sample of the users, all when None. ``engine`` labels parts of the users where
+    it runs jobs; the parts' examples, in the users' order, are the whole's."""
     task = RecallTask.of(prep, split, config, max_users=max_users)
-    item_embeddings, queries = task.embed(sources.model, prep)
-    candidates = task.rankings(item_embeddings, queries, config.ranking.training_candidates)
-    builder = RankingFeatureBuilder(
+    item_embeddings, queries = task.embed(sources.model, prep, engine)
+    job = _LabelCandidates(
         prep.schema,
+        prep.users,
         prep.items,
-        sources.statistics,
-        config.features.history_length,
-        item_vectors=item_embeddings,
-        relations=sources.channels.cooccurrence,
-        ratings=sources.ratings,
-        preferences=sources.preferences,
-        item_item=sources.channels.item_item,
+        task,
+        item_embeddings,
+        queries,
+        sources,
+        candidates=config.ranking.training_candidates,
+        history_length=config.features.history_length,
+        last_seen=split.train.groupby("user_id")["timestamp"].max(),
+        values=user_values(split.train, config.customers),  # as of the training window's end
+        progress=progress and engine.name == "local",
     )
-    last_seen = split.train.groupby("user_id")["timestamp"].max()
-    values = user_values(split.train, config.customers)  # as of the training window's end
-    batches, labels, users = [], [], []
-    empty = np.zeros(0, dtype=np.int64)
-    users_bar = tqdm(
-        list(zip(task.users.tolist(), task.rows.tolist())),
-        desc="ranking: labelled candidates",
-        unit="user",
-        disable=not progress,
-        leave=False,
-    )
-    for i, (user, row) in enumerate(users_bar):
-        two_tower, tt_scores = candidates[user]
-        seen = task.seen.get(user, empty)
-        history = task.history[i][task.history[i] > 0]
-        user_row = replace(UserRow.of(prep.users, row), value=values.get(user, 0.0))
-        merged = sources.channels.merge(
-            ChannelCandidates(two_tower, tt_scores, TWO_TOWER), history, seen, user_row.gender, user_row.age
-        )
-        if len(merged) == 0:
-            continue
-        order, scores, vectors = two_tower_order(merged.items, item_embeddings, queries[i])
-        cand = merged.items[order]
-        at = float(last_seen.get(user, sources.statistics.end))
-        batches.append(
-            builder.build(
-                user_row,
-                history,
-                cand,
-                scores,
-                encode_channels(merged.channel_names)[merged.channels[order]],
-                at,
-                vectors,
-            )
-        )
-        labels.append(np.isin(cand, task.positives.get(user, empty)).astype(np.float32))
-        users.append(user)
+    parts = [
+        pd.DataFrame({"position": np.arange(users.start, users.stop)})
+        for users in contiguous_parts(len(task.users), engine.partitions)
+    ]
+    results = [r for r in engine.map_parts(job, parts) if len(r["labels"])]
+    fields = REQUEST_FIELDS + CANDIDATE_FIELDS
+    empty = np.zeros(0)
     return RankingExamples(
-        RankingBatch.concat(batches), np.concatenate(labels), np.array(users), task.positives
+        RankingBatch.concat([RankingBatch(**{name: r[name] for name in fields}) for r in results]),
+        np.concatenate([r["labels"] for r in results]) if results else empty.astype(np.float32),
+        np.concatenate([r["users"] for r in results]) if results else empty,
+        task.positives,
     )
+
+
+class _LabelCandidates(PartitionedJob):
+    """Positions (P,) into a task's users -> their labelled candidates: the RankingBatch's fields, labels
+    (B,) and the users (R,) that had candidates, in the positions' order."""
+
+    name = "ranking examples"
+
+    def __init__(
+        self,
+        schema: FeatureSchema,
+        users: UserFeatures,
+        items: ItemFeatures,
+        task: RecallTask,
+        item_embeddings: np.ndarray,
+        queries: np.ndarray,
+        sources: CandidateSources,
+        *,
+        candidates: int,
+        history_length: int,
+        last_seen: pd.Series,
+        values: dict,
+        progress: bool,
+    ):
+        self.schema, self.users, self.items, self.task = schema, users, items, task
+        self.item_embeddings, self.queries, self.sources = item_embeddings, queries, sources
+        self.candidates, self.history_length = candidates, history_length
+        self.last_seen, self.values, self.progress = last_seen, values, progress
+
+    def run_part(self, part: dict[str, np.ndarray]) -> PartResult:
+        task, sources = self.task, self.sources
+        positions = part["position"]
+        candidates = task.rankings(self.item_embeddings, self.queries, self.candidates, positions=positions)
+        builder = RankingFeatureBuilder(
+            self.schema,
+            self.items,
+            sources.statistics,
+            self.history_length,
+            item_vectors=self.item_embeddings,
+            relations=sources.channels.cooccurrence,
+            ratings=sources.ratings,
+            preferences=sources.preferences,
+            item_item=sources.channels.item_item,
+        )
+        batches, labels, users = [], [], []
+        empty = np.zeros(0, dtype=np.int64)
+        for i in tqdm(
+            positions.tolist(),
+            desc="ranking: labelled candidates",
+            unit="user",
+            disable=not self.progress,
+            leave=False,
+        ):
+            user, row = native_id(task.users[i]), int(task.rows[i])
+            two_tower, tt_scores = candidates[user]
+            seen = task.seen.get(user, empty)
+            history = task.history[i][task.history[i] > 0]
+            user_row = replace(UserRow.of(self.users, row), value=self.values.get(user, 0.0))
+            merged = sources.channels.merge(
+                ChannelCandidates(two_tower, tt_scores, TWO_TOWER),
+                history,
+                seen,
+                user_row.gender,
+                user_row.age,
+            )
+            if len(merged) == 0:
+                continue
+            order, scores, vectors = two_tower_order(merged.items, self.item_embeddings, self.queries[i])
+            cand = merged.items[order]
+            at = float(self.last_seen.get(user, sources.statistics.end))
+            batches.append(
+                builder.build(
+                    user_row,
+                    history,
+                    cand,
+                    scores,
+                    encode_channels(merged.channel_names)[merged.channels[order]],
+                    at,
+                    vectors,
+                )
+            )
+            labels.append(np.isin(cand, task.positives.get(user, empty)).astype(np.float32))
+            users.append(user)
+        fields = REQUEST_FIELDS + CANDIDATE_FIELDS
+        if not batches:
+            return {name: np.zeros(0) for name in fields} | {"labels": np.zeros(0), "users": np.zeros(0)}
+        batch = RankingBatch.concat(batches)
+        return {name: getattr(batch, name) for name in fields} | {
+            "labels": np.concatenate(labels),
+            "users": np.array(users),
+        }
 
 
 def ranking_training_examples(
-    config: AppConfig, prep: Prepared, recall: RecallBundle, progress: bool = False
+    config: AppConfig,
+    prep: Prepared,
+    recall: RecallBundle,
+    progress: bool = False,
+    engine: OfflineEngine = LOCAL,
 ) -> RankingExamples:
     """Labelled candidates of the nested split, from the recall artifact's validation model and rules, and
     segment counts, item statistics and rating models, all fitted on the inner training part only."""
+    inner, sources = inner_candidate_sources(config, prep, recall, progress, engine)
+    return labelled_candidates(
+        config, prep, inner, sources, config.ranking.max_training_users, progress, engine
+    )
+
+
+def inner_candidate_sources(
+    config: AppConfig,
+    prep: Prepared,
+    recall: RecallBundle,
+    progress: bool = False,
+    engine: OfflineEngine = LOCAL,
+) -> tuple[TemporalSplit, CandidateSources]:
+    """The nested split and what its training examples' candidates and features come from."""
     inner = prep.inner_split(config.data.holdout_fraction)
     sources = CandidateSources(
         model=recall.inner_two_tower(),
@@ -214,13 +320,11 @@ def ranking_training_examples(
             config.recall,
             recall.inner_item_item(),
         ),
-        statistics=item_statistics(config, prep, inner.train),
+        statistics=item_statistics(config, prep, inner.train, engine),
         ratings=rating_features(config, prep, inner.train, progress),
         preferences=als_features(config, prep, inner.train),
     )
-    return labelled_candidates(
-        config, prep, inner, sources, max_users=config.ranking.max_training_users, progress=progress
-    )
+    return inner, sources
 
 
 def ranking_fingerprint(config: AppConfig, data_fp: str, recall_version: str) -> str:
@@ -299,7 +403,10 @@ def train_ranking(config: AppConfig, force: bool = False, progress: bool = True)
         return ref
     seed_everything(config.seed)
     prep = prepare(config)
-    examples = ranking_training_examples(config, prep, recall, progress)
+    # data-parallel processes each build the examples in-process: one Ray per process would fight over CPUs
+    with open_engine(config.offline) if processes == 1 else LocalEngine() as engine:
+        examples = ranking_training_examples(config, prep, recall, progress, engine)
+        statistics = item_statistics(config, prep, prep.split.train, engine)
     ranker, metrics = fit_ranker(config, prep, examples, progress, config.ranking.type)
     if rank != 0:
         return None
@@ -308,7 +415,7 @@ def train_ranking(config: AppConfig, force: bool = False, progress: bool = True)
     logger.info("ranker %s: %s", config.ranking.type, {k: round(v, 4) for k, v in metrics.items()})
     parts = RankingParts(
         ranker=ranker,
-        statistics=item_statistics(config, prep, prep.split.train),
+        statistics=statistics,
         ratings=rating_features(config, prep, prep.split.train, progress),
         preferences=als_features(config, prep, prep.split.train),
     )

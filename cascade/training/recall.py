@@ -11,6 +11,7 @@ import numpy as np
 from cascade.config import AppConfig
 from cascade.core.artifacts import ArtifactRef, fingerprint
 from cascade.core.distributed import distributed_context
+from cascade.core.engines import LOCAL, OfflineEngine, open_engine
 from cascade.core.schema import SCHEMA_VERSION, USER_FIELDS, UserFeatures
 from cascade.core.seeding import seed_everything
 from cascade.data.dataset import Dataset
@@ -86,7 +87,9 @@ def train_two_tower_on(config: AppConfig, prep: Prepared, sequences: Interaction
     return _train(config, prep, sequences, progress=False, epochs=epochs).model
 
 
-def mine_rules(config: AppConfig, prep: Prepared, sequences: InteractionSequences) -> CooccurrenceRules:
+def mine_rules(
+    config: AppConfig, prep: Prepared, sequences: InteractionSequences, engine: OfflineEngine = LOCAL
+) -> CooccurrenceRules:
     rc = config.recall
     return CooccurrenceRules.mine(
         sequences.user,
@@ -96,6 +99,7 @@ def mine_rules(config: AppConfig, prep: Prepared, sequences: InteractionSequence
         min_support=rc.cooccurrence_min_support,
         min_confidence=rc.cooccurrence_min_confidence,
         neighbours=rc.cooccurrence_neighbours,
+        engine=engine,
     )
 
 
@@ -180,15 +184,18 @@ def train_recall(config: AppConfig, force: bool = False, progress: bool = True) 
         validation_recall_at_100=max(inner_result.validation),
     )
     logger.info("two-tower on the held-out window: %s", {k: round(v, 4) for k, v in metrics.items()})
+    with open_engine(config.offline) as engine:
+        rules = mine_rules(config, prep, test_task.sequences, engine)
+        inner_rules = mine_rules(config, prep, validation.sequences, engine)
     parts = RecallParts(
         schema=prep.schema,
         catalogue=prep.dataset.items,
         popularity=prep.item_counts(prep.split.train),
         model=final.model,
-        rules=mine_rules(config, prep, test_task.sequences),
+        rules=rules,
         segments=count_segments(config, prep, test_task.sequences),
         inner_model=inner_result.model,
-        inner_rules=mine_rules(config, prep, validation.sequences),
+        inner_rules=inner_rules,
         query_sample=_query_sample(config, prep, test_task),
         item_item=fit_item_item(config, prep, test_task.sequences),
         inner_item_item=fit_item_item(config, prep, validation.sequences),

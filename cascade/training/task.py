@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from cascade.config import AppConfig
+from cascade.core.engines import LOCAL, OfflineEngine
 from cascade.core.metrics import evaluate_rankings
 from cascade.core.schema import FeatureSchema, id_array, native_id
 from cascade.data.split import TemporalSplit
@@ -59,20 +60,32 @@ class RecallTask:
             sequences=sequences,
         )
 
-    def embed(self, model: TwoTowerModel, prep: Prepared) -> tuple[np.ndarray, np.ndarray]:
+    def embed(
+        self, model: TwoTowerModel, prep: Prepared, engine: OfflineEngine = LOCAL
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Item embeddings (N, D) of item indices 1..N and this task's user queries (U, D)."""
-        return embed_items(model, prep.items, self.known), embed_users(
-            model, prep.users, self.rows, self.history
+        return embed_items(model, prep.items, self.known, engine=engine), embed_users(
+            model, prep.users, self.rows, self.history, engine=engine
         )
 
     def rankings(
-        self, item_embeddings: np.ndarray, queries: np.ndarray, k: int, chunk: int = 2048
+        self,
+        item_embeddings: np.ndarray,
+        queries: np.ndarray,
+        k: int,
+        chunk: int = 2048,
+        positions: np.ndarray | None = None,
     ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """Exact two-tower top-k of unseen items per user -> user id: (item indices, scores)."""
+        """Exact two-tower top-k of unseen items per user -> user id: (item indices, scores); of the users
+        at ``positions`` (P,) only when given, ``queries`` still being every user's (U, D)."""
         out = {}
         nothing = np.zeros(0, dtype=np.int64)
-        for begin in range(0, len(self.users), chunk):
-            users = self.users[begin : begin + chunk]
+        if positions is not None:
+            all_users, queries = self.users[positions], queries[positions]
+        else:
+            all_users = self.users
+        for begin in range(0, len(all_users), chunk):
+            users = all_users[begin : begin + chunk]
             # widen by the longest seen list in this chunk, so k unseen items remain for everyone
             longest = max((len(self.seen.get(native_id(u), ())) for u in users), default=0)
             scores, found = exact_search(item_embeddings, queries[begin : begin + chunk], k + longest)

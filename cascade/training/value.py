@@ -15,6 +15,7 @@ import pandas as pd
 
 from cascade.config import AppConfig
 from cascade.core.artifacts import ArtifactRef, fingerprint
+from cascade.core.engines import open_engine
 from cascade.core.errors import DataError
 from cascade.core.schema import SCHEMA_VERSION
 from cascade.core.seeding import seed_everything
@@ -66,9 +67,10 @@ def value_split(config: AppConfig, dataset: str = "cdnow", period_days: float | 
             f"{dataset} spans {(end - start) / SECONDS_PER_DAY:.0f} days: too short for two value periods of "
             f"{period / SECONDS_PER_DAY:.0f} days after some history (--period-days)"
         )
-    train_x = customer_indicators(log, train_cut)
+    with open_engine(config.offline) as engine:
+        train_x = customer_indicators(log, train_cut, engine)
+        test_x = customer_indicators(log, test_cut, engine)
     train_y = future_value(log, train_cut, test_cut, train_x.index.to_numpy())
-    test_x = customer_indicators(log, test_cut)
     test_y = future_value(log, test_cut, end, test_x.index.to_numpy())
     models: list[tuple[str, ValueModel]] = [
         (WeightedRFM.name, WeightedRFM(config.customers)),
@@ -151,7 +153,8 @@ def train_value(config: AppConfig, force: bool = False) -> ArtifactRef:
     log = CustomerLog.load(config.data.data_dir, dataset, config.pseudonyms())
     period = config.customers.value_period_days * SECONDS_PER_DAY
     end = float(log.events["timestamp"].max()) + SECONDS_PER_DAY
-    indicators = customer_indicators(log, end - period)
+    with open_engine(config.offline) as engine:
+        indicators = customer_indicators(log, end - period, engine)
     realised = future_value(log, end - period, end, indicators.index.to_numpy())
     bundle = ValueBundle(
         network=BPNetwork(config.seed).fit(indicators, realised),
