@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from cascade.core.schema import native_id
+from cascade.core.arrays import rows_by_key
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class TemporalSplit:
     def positives(self, min_rating: float) -> dict[int, np.ndarray]:
         """user_id -> held-out item ids rated at least ``min_rating`` (users without any are absent)."""
         liked = self.test[self.test["rating"] >= min_rating]
-        return {native_id(u): g.to_numpy() for u, g in liked.groupby("user_id")["item_id"]}
+        return rows_by_key(liked["user_id"].to_numpy(), liked["item_id"].to_numpy())
 
 
 def temporal_split(interactions: pd.DataFrame, holdout_fraction: float) -> TemporalSplit:

@@ -181,13 +181,22 @@ class CooccurrenceRules:
         counts add up to the whole's."""
         frame = pd.DataFrame({"user": user, "item": item})
         parts = [frame.iloc[rows] for rows in contiguous_parts(len(frame), engine.partitions, keys=user)]
-        pairs = sp.csr_matrix((num_items, num_items), dtype=np.float32)
+        results = engine.map_parts(_CountPairs(num_items, window), parts)
+        # one sparse matrix of every part's pairs, whose duplicates it sums: counts are whole numbers, so
+        # their sum is the same in any order
+        pairs = sp.csr_matrix(
+            (
+                np.concatenate([r["counts"] for r in results] or [np.zeros(0, np.float32)]),
+                (
+                    np.concatenate([r["rows"] for r in results] or [np.zeros(0, np.int64)]),
+                    np.concatenate([r["cols"] for r in results] or [np.zeros(0, np.int64)]),
+                ),
+            ),
+            shape=(num_items, num_items),
+        )
         occurrences = np.zeros(num_items, dtype=np.float32)
-        for part in engine.map_parts(_CountPairs(num_items, window), parts):
-            pairs = pairs + sp.csr_matrix(
-                (part["counts"], (part["rows"], part["cols"])), shape=(num_items, num_items)
-            )
-            occurrences += part["occurrences"]
+        for r in results:
+            occurrences += r["occurrences"]
         pairs.sum_duplicates()
         coo = pairs.tocoo()
         support = coo.data

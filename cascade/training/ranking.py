@@ -20,7 +20,7 @@ from cascade.core.engines import (
     OfflineEngine,
     PartitionedJob,
     PartResult,
-    contiguous_parts,
+    aligned_parts,
     open_engine,
 )
 from cascade.core.metrics import auc
@@ -60,6 +60,11 @@ from cascade.training.recall import count_segments, recall_fingerprint
 from cascade.training.task import RecallTask
 
 logger = logging.getLogger(__name__)
+
+# Users whose candidates one exact search finds. A search is widened by its users' longest seen list, and
+# among items of equal score which ones fill the last places depends on how far it is widened; so the
+# engines' parts are runs of whole searches, and each user is searched with the same others on any engine.
+SEARCH_CHUNK = 256
 
 
 def item_statistics(
@@ -160,19 +165,21 @@ def labelled_candidates(
     max_users: int | None = None,
     progress: bool = False,
     engine: OfflineEngine = LOCAL,
+    search_chunk: int = SEARCH_CHUNK,
 ) -> RankingExamples:
     """For each user with held-out positives in ``split``: the candidates of every channel, merged by the
     same ``RecallChannels.merge`` serving calls (the two-tower channel by exact search), featurised as of the
     user's last training interaction, labelled 1 when among the user's held-out positives.
     ``max_users``: a seeded sample of the users, all when None. ``engine`` labels parts of the users where
-    it runs jobs; the parts' examples, in the users' order, are the whole's."""
+    it runs jobs, each part runs of ``search_chunk`` users searched together; the parts' examples, in the
+    users' order, are the whole's."""
     task = RecallTask.of(prep, split, config, max_users=max_users)
     item_embeddings, queries = task.embed(sources.model, prep, engine)
     job = _LabelCandidates(
         prep.schema,
         prep.users,
         prep.items,
-        task,
+        task.of_own_users(),
         item_embeddings,
         queries,
         sources,
@@ -181,10 +188,11 @@ def labelled_candidates(
         last_seen=split.train.groupby("user_id")["timestamp"].max(),
         values=user_values(split.train, config.customers),  # as of the training window's end
         progress=progress and engine.name == "local",
+        search_chunk=search_chunk,
     )
     parts = [
         pd.DataFrame({"position": np.arange(users.start, users.stop)})
-        for users in contiguous_parts(len(task.users), engine.partitions)
+        for users in aligned_parts(len(task.users), engine.partitions, search_chunk)
     ]
     results = [r for r in engine.map_parts(job, parts) if len(r["labels"])]
     fields = REQUEST_FIELDS + CANDIDATE_FIELDS
@@ -218,16 +226,20 @@ class _LabelCandidates(PartitionedJob):
         last_seen: pd.Series,
         values: dict,
         progress: bool,
+        search_chunk: int,
     ):
         self.schema, self.users, self.items, self.task = schema, users, items, task
         self.item_embeddings, self.queries, self.sources = item_embeddings, queries, sources
         self.candidates, self.history_length = candidates, history_length
         self.last_seen, self.values, self.progress = last_seen, values, progress
+        self.search_chunk = search_chunk
 
     def run_part(self, part: dict[str, np.ndarray]) -> PartResult:
         task, sources = self.task, self.sources
         positions = part["position"]
-        candidates = task.rankings(self.item_embeddings, self.queries, self.candidates, positions=positions)
+        candidates = task.rankings(
+            self.item_embeddings, self.queries, self.candidates, self.search_chunk, positions=positions
+        )
         builder = RankingFeatureBuilder(
             self.schema,
             self.items,

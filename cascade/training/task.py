@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
 from cascade.config import AppConfig
+from cascade.core.arrays import rows_by_key
 from cascade.core.engines import LOCAL, OfflineEngine
 from cascade.core.metrics import evaluate_rankings
 from cascade.core.schema import FeatureSchema, id_array, native_id
@@ -60,6 +61,12 @@ class RecallTask:
             sequences=sequences,
         )
 
+    def of_own_users(self) -> RecallTask:
+        """This task with the training sets of its own users only and without its sequences: what ranking
+        its users reads, and a job ships to each worker."""
+        seen = {user: self.seen[user] for user in self.users.tolist() if user in self.seen}
+        return replace(self, seen=seen, sequences=None)  # type: ignore[arg-type]
+
     def embed(
         self, model: TwoTowerModel, prep: Prepared, engine: OfflineEngine = LOCAL
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -105,12 +112,13 @@ class RecallTask:
 
 
 def _seen_indices(schema: FeatureSchema, interactions: pd.DataFrame) -> dict[int, np.ndarray]:
-    idx = schema.item_index(interactions["item_id"].to_numpy())
-    frame = pd.DataFrame({"user_id": interactions["user_id"].to_numpy(), "item": idx})
-    return {native_id(u): g.to_numpy() for u, g in frame.groupby("user_id")["item"]}
+    return rows_by_key(
+        interactions["user_id"].to_numpy(), schema.item_index(interactions["item_id"].to_numpy())
+    )
 
 
 def _positive_indices(
     schema: FeatureSchema, split: TemporalSplit, min_rating: float
 ) -> dict[int, np.ndarray]:
-    return {u: schema.item_index(items) for u, items in split.positives(min_rating).items()}
+    liked = split.test[split.test["rating"] >= min_rating]
+    return rows_by_key(liked["user_id"].to_numpy(), schema.item_index(liked["item_id"].to_numpy()))

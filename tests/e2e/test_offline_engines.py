@@ -52,13 +52,16 @@ def test_every_offline_job_on_ray_gives_what_it_gives_here(config, built, ray_en
 
     inner, sources = inner_candidate_sources(config, prep, recall)
     # Ray's workers run BLAS with one thread each, and the similarity features' matrix products round
-    # their last bit differently with another thread count: the same products here with one thread
+    # their last bit differently with another thread count: the same products here with one thread.
+    # Searches of 64 users: the four parts hold one or two each
     with threadpool_limits(1):
-        expected = labelled_candidates(config, prep, inner, sources, max_users=300)
+        expected = labelled_candidates(config, prep, inner, sources, max_users=300, search_chunk=64)
     assert len(expected.users) == 300 and expected.labels.sum() > 0
-    on_ray = labelled_candidates(config, prep, inner, sources, max_users=300, engine=ray_engine)
+    on_ray = labelled_candidates(
+        config, prep, inner, sources, max_users=300, engine=ray_engine, search_chunk=64
+    )
     assert_same_examples(on_ray, expected)
-    threaded = labelled_candidates(config, prep, inner, sources, max_users=300)
+    threaded = labelled_candidates(config, prep, inner, sources, max_users=300, search_chunk=64)
     np.testing.assert_allclose(on_ray.batch.dense, threaded.batch.dense, rtol=1e-6, atol=1e-7)
 
 

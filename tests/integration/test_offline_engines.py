@@ -135,9 +135,11 @@ def test_ranking_examples_are_the_same_whatever_the_parts(engine, prepared, mode
         ratings=None,
         preferences=None,
     )
-    expected = labelled_candidates(config, prep, inner, sources)
+    # searches of 16 users, so that the parts hold several each
+    expected = labelled_candidates(config, prep, inner, sources, search_chunk=16)
     assert len(expected.users) > 20 and expected.labels.sum() > 0
-    assert_same_examples(labelled_candidates(config, prep, inner, sources, engine=engine), expected)
+    got = labelled_candidates(config, prep, inner, sources, engine=engine, search_chunk=16)
+    assert_same_examples(got, expected)
 
 
 def test_engines_come_from_the_config_and_ray_refuses_a_part_it_lost(ray_engine):
