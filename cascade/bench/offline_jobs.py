@@ -59,6 +59,7 @@ class OfflineBenchSettings:
     partitions: int = 8
     object_store_mb: int = 4096
     seed: int = 0
+    jobs: tuple[str, ...] = JOBS
 
 
 def _equal(a, b) -> bool:
@@ -173,18 +174,20 @@ def run(settings: OfflineBenchSettings, progress=None) -> dict:
     say(f"generating {settings.interactions:,} interactions")
     work = _Workload(settings, progress)
     logger.info("offline bench data: %s (%.1f s)", work.sizes, work.seconds)
-    results: dict[str, dict] = {job: {} for job in JOBS}
+    jobs = [job for job in JOBS if job in settings.jobs]
+    results: dict[str, dict] = {job: {} for job in jobs}
     expected = {}
-    for job in JOBS:
+    for job in jobs:
         say(f"in process: {job}")
         started = time.perf_counter()
         expected[job] = work.run(job, LOCAL)
         results[job]["in process"] = {"seconds": time.perf_counter() - started}
     # what Ray's results are checked against: the ranking examples' exact search and similarity products
     # round their last bit by the BLAS's thread count, and a Ray worker runs one thread
-    say("in process, one thread: ranking examples (the reference for Ray's)")
-    with threadpool_limits(1):
-        expected["ranking examples"] = work.run("ranking examples", LOCAL)
+    if "ranking examples" in jobs:
+        say("in process, one thread: ranking examples (the reference for Ray's)")
+        with threadpool_limits(1):
+            expected["ranking examples"] = work.run("ranking examples", LOCAL)
     ray_start = {}
     for workers in settings.workers:
         started = time.perf_counter()
@@ -200,7 +203,7 @@ def run(settings: OfflineBenchSettings, progress=None) -> dict:
         engine.map_parts(_Warm(), [pd.DataFrame({"part": [i]}) for i in range(2 * workers)])
         ray_start[str(workers)] = time.perf_counter() - started
         try:
-            for job in JOBS:
+            for job in jobs:
                 say(f"ray, {workers} workers: {job}")
                 started = time.perf_counter()
                 got = work.run(job, engine)

@@ -1040,9 +1040,16 @@ def bench_offline(
         str, typer.Option(help="Comma-separated Ray worker counts, each run in turn.")
     ] = "1,2",
     partitions: Annotated[int, typer.Option(help="Parts each job is cut into on Ray.")] = 8,
+    jobs: Annotated[str | None, typer.Option(help="Comma-separated jobs to run (default: all).")] = None,
 ) -> None:
     """The offline jobs in this process and on a local Ray with each worker count: time and equality."""
-    from cascade.bench.offline_jobs import OfflineBenchSettings, run, write_outputs
+    from cascade.bench.offline_jobs import JOBS, OfflineBenchSettings, run, write_outputs
+
+    chosen = JOBS if jobs is None else tuple(j.strip() for j in jobs.split(","))
+    if unknown := set(chosen) - set(JOBS):
+        raise typer.BadParameter(
+            f"unknown {sorted(unknown)}; the jobs: {', '.join(JOBS)}", param_hint="--jobs"
+        )
 
     settings = OfflineBenchSettings(
         interactions=interactions,
@@ -1051,6 +1058,7 @@ def bench_offline(
         ranking_users=ranking_users,
         workers=tuple(int(w) for w in workers.split(",")),
         partitions=partitions,
+        jobs=chosen,
     )
     report = run(settings, progress=_progress("offline jobs"))
     _wrote(write_outputs(report, json_path))

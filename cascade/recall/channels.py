@@ -16,6 +16,7 @@ Item arrays hold item indices (0 = padding, never returned).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -145,6 +146,52 @@ class _CountPairs(PartitionedJob):
         }
 
 
+class _SelectRules(PartitionedJob):
+    """The pairs (rows X, cols Y, counts) of a range of X items, from every part of the users -> the rules
+    X -> Y kept (support and confidence thresholds, ``neighbours`` strongest per X) as rows, cols, conf and
+    supp, sorted by X, strongest first within each."""
+
+    name = "co-occurrence rules: selection"
+
+    def __init__(
+        self,
+        num_items: int,
+        occurrences: np.ndarray,
+        min_support: int,
+        min_confidence: float,
+        neighbours: int,
+    ):
+        self.num_items, self.occurrences = num_items, occurrences
+        self.min_support, self.min_confidence, self.neighbours = min_support, min_confidence, neighbours
+
+    def run_part(self, part: dict[str, np.ndarray]) -> PartResult:
+        n = self.num_items
+        pairs = sp.csr_matrix((part["counts"], (part["rows"], part["cols"])), shape=(n, n))
+        pairs.sum_duplicates()  # whole counts: the same sum in any order
+        coo = pairs.tocoo()
+        support = coo.data
+        confidence = np.minimum(support / np.maximum(self.occurrences[coo.row], 1.0), 1.0)
+        keep = (
+            (support >= self.min_support)
+            & (confidence >= self.min_confidence)
+            & (coo.row > 0)
+            & (coo.col > 0)
+        )
+        rows, cols, conf, supp = coo.row[keep], coo.col[keep], confidence[keep], support[keep]
+        # strongest first within each X, then cut to ``neighbours`` per X
+        order = np.lexsort((-supp, -conf, rows))
+        rows, cols, conf, supp = rows[order], cols[order], conf[order], supp[order]
+        starts = np.searchsorted(rows, np.arange(n))
+        rank = np.arange(len(rows)) - starts[rows]
+        within = rank < self.neighbours
+        return {
+            "rows": rows[within].astype(np.int64),
+            "cols": cols[within].astype(np.int64),
+            "conf": conf[within].astype(np.float32),
+            "supp": supp[within].astype(np.int32),
+        }
+
+
 class CooccurrenceRules:
     """For each item X, up to ``neighbours`` items Y with support(X, Y) >= min_support and
     confidence(X -> Y) >= min_confidence, strongest first; kept as CSR arrays over item indices."""
@@ -181,35 +228,47 @@ class CooccurrenceRules:
         counts add up to the whole's."""
         frame = pd.DataFrame({"user": user, "item": item})
         parts = [frame.iloc[rows] for rows in contiguous_parts(len(frame), engine.partitions, keys=user)]
-        results = engine.map_parts(_CountPairs(num_items, window), parts)
-        # one sparse matrix of every part's pairs, whose duplicates it sums: counts are whole numbers, so
-        # their sum is the same in any order
-        pairs = sp.csr_matrix(
-            (
-                np.concatenate([r["counts"] for r in results] or [np.zeros(0, np.float32)]),
-                (
-                    np.concatenate([r["rows"] for r in results] or [np.zeros(0, np.int64)]),
-                    np.concatenate([r["cols"] for r in results] or [np.zeros(0, np.int64)]),
-                ),
-            ),
-            shape=(num_items, num_items),
-        )
+        counted = engine.map_parts(_CountPairs(num_items, window), parts)
         occurrences = np.zeros(num_items, dtype=np.float32)
-        for r in results:
-            occurrences += r["occurrences"]
-        pairs.sum_duplicates()
-        coo = pairs.tocoo()
-        support = coo.data
-        confidence = np.minimum(support / np.maximum(occurrences[coo.row], 1.0), 1.0)
-        keep = (support >= min_support) & (confidence >= min_confidence) & (coo.row > 0) & (coo.col > 0)
-        rows, cols, conf, supp = coo.row[keep], coo.col[keep], confidence[keep], support[keep]
-        # strongest first within each X, then cut to ``neighbours`` per X
-        order = np.lexsort((-supp, -conf, rows))
-        rows, cols, conf, supp = rows[order], cols[order], conf[order], supp[order]
-        starts = np.searchsorted(rows, np.arange(num_items))
-        rank = np.arange(len(rows)) - starts[rows]
-        within = rank < neighbours
-        rows, cols, conf, supp = rows[within], cols[within], conf[within], supp[within]
+        for part in counted:
+            occurrences += part["occurrences"]
+        # Each item's rules depend on its own pairs only: the pairs go to a second round of parts by ranges
+        # of their first item (X), of about equal numbers of pairs, where they are summed and selected.
+        pairs_of_x = np.zeros(num_items, dtype=np.int64)
+        for part in counted:
+            pairs_of_x += np.bincount(part["rows"], minlength=num_items)
+        ranges = contiguous_parts(int(pairs_of_x.sum()), engine.partitions)
+        ends = np.cumsum(pairs_of_x)
+        # an X's pairs are never split: a range ends after the X holding its last pair
+        cuts = sorted({0, num_items, *(int(np.searchsorted(ends, r.stop, side="left")) + 1 for r in ranges)})
+        cuts = [min(c, num_items) for c in cuts]
+        groups = []
+        for lo, hi in itertools.pairwise(dict.fromkeys(cuts)):
+            pieces = []
+            for part in counted:  # each part's pairs are sorted by X: a range is a slice
+                a, b = np.searchsorted(part["rows"], [lo, hi])
+                pieces.append((part["rows"][a:b], part["cols"][a:b], part["counts"][a:b]))
+            if sum(len(p[0]) for p in pieces):
+                groups.append(
+                    pd.DataFrame(
+                        {
+                            "rows": np.concatenate([p[0] for p in pieces]),
+                            "cols": np.concatenate([p[1] for p in pieces]),
+                            "counts": np.concatenate([p[2] for p in pieces]),
+                        }
+                    )
+                )
+        job = _SelectRules(num_items, occurrences, min_support, min_confidence, neighbours)
+        selected = engine.map_parts(job, groups)
+        rows, cols, conf, supp = (
+            np.concatenate([r[name] for r in selected] or [np.zeros(0, dtype)])
+            for name, dtype in (
+                ("rows", np.int64),
+                ("cols", np.int64),
+                ("conf", np.float32),
+                ("supp", np.int32),
+            )
+        )
         indptr = np.searchsorted(rows, np.arange(num_items + 1)).astype(np.int64)
         return cls(indptr, cols.astype(np.int64), conf.astype(np.float32), supp.astype(np.int32))
 
