@@ -47,12 +47,19 @@ class ItemStatistics:
     ) -> ItemStatistics:
         """Statistics of ``interactions``; ``engine`` counts parts of them where it runs jobs, and their
         counts add up to the same statistics."""
+        # the items are indexed once, here: the window's start is over known items, and the parts need it
         items = schema.item_index(interactions["item_id"].to_numpy())
         times = interactions["timestamp"].to_numpy(dtype=np.float64)[items > 0]
         start = float(times.min()) if len(times) else 0.0
         end = float(times.max()) if len(times) else 0.0
-        job = _CountItemEvents(schema, start, positive_min_rating)
-        columns = interactions[["item_id", "timestamp", "rating"]]
+        job = _CountItemEvents(schema.num_items, start, positive_min_rating)
+        columns = pd.DataFrame(
+            {
+                "item": items,
+                "timestamp": interactions["timestamp"].to_numpy(),
+                "rating": interactions["rating"].to_numpy(),
+            }
+        )
         parts = [columns.iloc[rows] for rows in contiguous_parts(len(columns), engine.partitions)]
         n = schema.num_items
         counts, rating_sums, positives = np.zeros(n), np.zeros(n), np.zeros(n)
@@ -174,22 +181,22 @@ class ItemStatistics:
 
 
 class _CountItemEvents(PartitionedJob):
-    """One part of the interactions -> its items (K,), their counts, rating sums, positive counts and
-    first-seen offsets (K,) each, and its event keys (E,) sorted. Offsets count from the whole window's
-    ``start``, so the parts' keys and first-seen times are the whole's."""
+    """One part of the interactions (item indices, 0 for unknown items) -> its items (K,), their counts,
+    rating sums, positive counts and first-seen offsets (K,) each, and its event keys (E,) sorted. Offsets
+    count from the whole window's ``start``, so the parts' keys and first-seen times are the whole's."""
 
     name = "item statistics"
 
-    def __init__(self, schema: FeatureSchema, start: float, positive_min_rating: float):
-        self.schema, self.start, self.positive_min_rating = schema, start, positive_min_rating
+    def __init__(self, num_items: int, start: float, positive_min_rating: float):
+        self.num_items, self.start, self.positive_min_rating = num_items, start, positive_min_rating
 
     def run_part(self, part: dict[str, np.ndarray]) -> PartResult:
-        items = self.schema.item_index(part["item_id"])
+        items = part["item"]
         known = items > 0
         items = items[known]
         ratings = part["rating"].astype(np.float64)[known]
         offsets = (part["timestamp"].astype(np.float64)[known] - self.start).astype(np.int64)
-        n = self.schema.num_items
+        n = self.num_items
         counts = np.bincount(items, minlength=n).astype(np.float64)
         first_seen = np.full(n, np.inf)
         np.minimum.at(first_seen, items, offsets.astype(np.float64))
