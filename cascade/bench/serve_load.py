@@ -533,7 +533,21 @@ SYNTHETIC_SIZES = {
         "num_items": 1_000_000,
         "num_interactions": 5_000_000,
         "min_interactions": 50,
-    }
+    },
+    # the ends of the scale table (benchmarks/README.md): 1M users each, all of them in the feature store
+    # and drawn from by the requests
+    "synthetic-bench-100k": {
+        "num_users": 1_000_000,
+        "num_items": 100_000,
+        "num_interactions": 20_000_000,
+        "min_interactions": 20,
+    },
+    "synthetic-bench-10m": {
+        "num_users": 1_000_000,
+        "num_items": 10_000_000,
+        "num_interactions": 20_000_000,
+        "min_interactions": 20,
+    },
 }
 
 

@@ -33,10 +33,16 @@ def gpu_available() -> bool:
 
 
 def exact_search(embeddings: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force inner-product top-k: (Q, D) x (N, D) -> scores (Q, k), item indices (Q, k)."""
-    flat = faiss.IndexFlatIP(embeddings.shape[1])
-    flat.add(np.ascontiguousarray(embeddings, dtype=np.float32))
-    scores, rows = flat.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, len(embeddings)))
+    """Brute-force inner-product top-k: (Q, D) x (N, D) -> scores (Q, k), item indices (Q, k).
+
+    ``faiss.knn`` runs the same kernel as ``IndexFlatIP.search`` (equal results) on the caller's array,
+    where an index would first copy the catalogue into itself: 2.5 GB more at 10M items of d = 64."""
+    scores, rows = faiss.knn(
+        np.ascontiguousarray(queries, dtype=np.float32),
+        np.ascontiguousarray(embeddings, dtype=np.float32),
+        min(k, len(embeddings)),
+        metric=faiss.METRIC_INNER_PRODUCT,
+    )
     return scores, rows + 1
 
 

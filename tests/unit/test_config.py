@@ -156,3 +156,29 @@ def test_json_log_lines_carry_the_request_id(capsys):
     assert first["request_id"] == "req-42" and first["message"] == "degraded: stale_features"
     assert first["level"] == "WARNING" and first["user_hash"] == "ab" and first["time"].endswith("Z")
     assert second["request_id"] == "-"
+
+
+def test_every_benchmark_scenario_loads_and_keeps_to_itself(monkeypatch):
+    """A scenario that fails validation, generates a data set nobody defined, or shares a port, artifacts or
+    an embedded Redis with another would only fail (or corrupt the other) an hour into a benchmark."""
+    from cascade.bench.serve_load import SCENARIOS_DIR, SYNTHETIC_SIZES, scenario_config
+
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    paths = sorted(SCENARIOS_DIR.glob("*.toml"))
+    assert {"synthetic-100k", "synthetic-1m", "synthetic-10m", "movielens-100k"} <= {p.stem for p in paths}
+    configs = {p.stem: load_config(scenario_config(p.stem)) for p in paths}
+    for name, cfg in configs.items():
+        dataset = cfg.data.dataset
+        assert dataset in SYNTHETIC_SIZES or not dataset.startswith("synthetic"), name
+    for field in ("port", "embedded_redis_path"):
+        values = [getattr(cfg.serving, field) for cfg in configs.values()]
+        assert len(set(values)) == len(values), field
+    artifacts = [cfg.artifacts_dir for cfg in configs.values()]
+    assert len(set(artifacts)) == len(artifacts)
+    own_ports = [
+        cfg.serving.process_ports + i
+        for cfg in configs.values()
+        if cfg.serving.process_ports is not None
+        for i in range(cfg.serving.processes)
+    ]
+    assert len(set(own_ports)) == len(own_ports)
