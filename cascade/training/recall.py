@@ -157,9 +157,21 @@ def train_recall(config: AppConfig, force: bool = False, progress: bool = True) 
     prep = prepare(config)
     inner = prep.inner_split(config.data.holdout_fraction)
     validation = RecallTask.of(prep, inner, config, max_users=config.recall.validation_users)
+    test_task = RecallTask.of(prep, prep.split, config, max_users=config.recall.validation_users)
+    processes, rank = distributed_context()
+    if rank == 0:
+        # the channels that need no model are built before the towers train, and the validation split is
+        # let go once the validation model is trained: at 10M items the towers, their optimiser state and
+        # two models leave no room on a 24 GB machine for rule mining's pair counts after training
+        with open_engine(config.offline) as engine:
+            rules = mine_rules(config, prep, test_task.sequences, engine)
+            inner_rules = mine_rules(config, prep, validation.sequences, engine)
+        segments = count_segments(config, prep, test_task.sequences)
+        item_item = fit_item_item(config, prep, test_task.sequences)
+        inner_item_item = fit_item_item(config, prep, validation.sequences)
     started = time.perf_counter()
     inner_result = _train(config, prep, validation.sequences, progress, validation)
-    test_task = RecallTask.of(prep, prep.split, config, max_users=config.recall.validation_users)
+    del validation, inner
     seed_everything(config.seed)
     if config.recall.refit_epochs is None:
         final = _train(config, prep, test_task.sequences, progress, epochs=inner_result.best_epoch)
@@ -173,32 +185,29 @@ def train_recall(config: AppConfig, force: bool = False, progress: bool = True) 
             initial=inner_result.model,
         )
     train_seconds = time.perf_counter() - started
-    processes, rank = distributed_context()
     if rank != 0:
         return None  # the first process evaluates and publishes what every process trained
     rankings = test_task.rankings(*test_task.embed(final.model, prep), max(EVAL_RECALL_KS))
     metrics = test_task.evaluate({u: r for u, (r, _) in rankings.items()}, prep.schema.num_items)
+    del rankings
     metrics.update(
         train_seconds=train_seconds,
         best_epoch=float(inner_result.best_epoch),
         validation_recall_at_100=max(inner_result.validation),
     )
     logger.info("two-tower on the held-out window: %s", {k: round(v, 4) for k, v in metrics.items()})
-    with open_engine(config.offline) as engine:
-        rules = mine_rules(config, prep, test_task.sequences, engine)
-        inner_rules = mine_rules(config, prep, validation.sequences, engine)
     parts = RecallParts(
         schema=prep.schema,
         catalogue=prep.dataset.items,
         popularity=prep.item_counts(prep.split.train),
         model=final.model,
         rules=rules,
-        segments=count_segments(config, prep, test_task.sequences),
+        segments=segments,
         inner_model=inner_result.model,
         inner_rules=inner_rules,
         query_sample=_query_sample(config, prep, test_task),
-        item_item=fit_item_item(config, prep, test_task.sequences),
-        inner_item_item=fit_item_item(config, prep, validation.sequences),
+        item_item=item_item,
+        inner_item_item=inner_item_item,
     )
     logger.info("co-occurrence: %d rules over %d items", parts.rules.num_rules, prep.schema.num_items - 1)
     return store.publish(
