@@ -57,7 +57,12 @@ class TorchTrainingConfig(ComponentConfig):
     epochs: int = Field(6, ge=1, description="Most epochs; the best on validation GAUC is kept.")
     batch_size: int = Field(2048, ge=8, description="Candidates per training step.")
     learning_rate: float = Field(2e-3, gt=0, description="Adam learning rate.")
-    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay.")
+    weight_decay: float = Field(
+        0.0,
+        ge=0,
+        description="Adam weight decay of the dense weights; the user and item id tables train with lazy "
+        "Adam, which has none.",
+    )
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout between MLP layers.")
 
 

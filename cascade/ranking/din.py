@@ -150,15 +150,21 @@ class DIN(nn.Module):
     features beyond their ids. The user side (embeddings, behaviour vectors and their projection) is
     computed once per request."""
 
-    def __init__(self, spec: DINSpec):
+    def __init__(self, spec: DINSpec, sparse_ids: bool = True):
+        """sparse_ids: the item and user id tables grow with the catalogue and the user base, so their
+        gradients are sparse by default (only the rows a step touched; see ``sparse_parameters``); False
+        gives dense ones, for backends without sparse all-reduce (NCCL)."""
         super().__init__()
         self.spec = spec
         card = spec.cardinalities
-        self.item_embedding = nn.Embedding(card["item"], spec.item_dim, padding_idx=0)
+        self.item_embedding = nn.Embedding(card["item"], spec.item_dim, padding_idx=0, sparse=sparse_ids)
         self.genre_embedding = nn.Embedding(card["genre"], spec.genre_dim, padding_idx=0)
         self.register_buffer("item_genres", torch.zeros(card["item"], spec.max_genres, dtype=torch.int64))
         self.user_embeddings = nn.ModuleDict(
-            {name: nn.Embedding(card[name], spec.user_dim) for name in USER_FIELDS}
+            {
+                name: nn.Embedding(card[name], spec.user_dim, sparse=sparse_ids and name == "user")
+                for name in USER_FIELDS
+            }
         )
         self.year_embedding = nn.Embedding(card["year"], spec.user_dim)
         self.channel_embedding = nn.Embedding(card["channel"], spec.user_dim)
@@ -175,6 +181,13 @@ class DIN(nn.Module):
             width = hidden
         layers.append(nn.Linear(width, 1))
         self.mlp = nn.Sequential(*layers)
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        """The parameters with sparse gradients: the item and user id tables, (num_items, item_dim) and
+        (num_users, user_dim), unless the model was built with dense ones."""
+        if not self.item_embedding.sparse:
+            return []
+        return [self.item_embedding.weight, self.user_embeddings["user"].weight]
 
     def set_item_genres(self, genres: torch.Tensor) -> None:
         """genres: (num_items, max_genres) genre ids of each item index, 0-padded."""

@@ -22,6 +22,7 @@ from cascade.core.distributed import (
     from_first_process,
 )
 from cascade.core.metrics import gauc
+from cascade.core.optim import adam_with_lazy_tables
 from cascade.core.schema import FeatureSchema, ItemFeatures
 from cascade.ranking.config import DINConfig, RankingConfig, WideDeepConfig
 from cascade.ranking.din import DIN, DINSpec
@@ -44,9 +45,9 @@ class TorchRanker(Ranker):
     with the best validation GAUC is kept."""
 
     WEIGHTS: str
-    model: nn.Module
+    model: DIN | WideDeep
 
-    def __init__(self, model: nn.Module, config: RankingConfig):
+    def __init__(self, model: DIN | WideDeep, config: RankingConfig):
         if not isinstance(config.model, (DINConfig, WideDeepConfig)) or config.type != self.type:
             raise ValueError(f"config: a {self.type} ranker needs ranking.model.type = {self.type!r}")
         self.model = model
@@ -65,8 +66,9 @@ class TorchRanker(Ranker):
         # dropout's draws are each process's own
         torch.manual_seed(seed if world == 1 else seed + rank)
         cfg = self.config.model
-        optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+        # lazy Adam for the id tables: a step costs the batch, not the catalogue
+        optimizers = adam_with_lazy_tables(
+            self.model, self.model.sparse_parameters(), cfg.learning_rate, cfg.weight_decay
         )
         # several processes: DistributedDataParallel averages the gradients in backward, so every copy
         # takes the same step on a global batch of world * batch_size examples
@@ -83,9 +85,11 @@ class TorchRanker(Ranker):
                 rows = order[start : start + cfg.batch_size]
                 logits = step_model(batch.take(rows).tensors())
                 loss = F.binary_cross_entropy_with_logits(logits, targets[rows])
-                optimizer.zero_grad(set_to_none=True)
+                for optimizer in optimizers:
+                    optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                optimizer.step()
+                for optimizer in optimizers:
+                    optimizer.step()
                 steps += 1
                 running = loss.item() if steps == 1 else 0.95 * running + 0.05 * loss.item()
             buffers_from_first_process(self.model, world)

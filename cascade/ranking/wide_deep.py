@@ -25,6 +25,9 @@ FIELDS = {
 }
 # the cardinality of a field that shares another's id space
 CARDINALITY_OF = {"history": "item"}
+# the fields whose ids grow with the catalogue and the user base: their tables, and the crosses of them,
+# have sparse gradients (see ``WideDeep.sparse_parameters``)
+ID_FIELDS = frozenset({"user", "item", "history"})
 
 
 @dataclass(frozen=True)
@@ -58,12 +61,14 @@ class WideCross(nn.Module):
     A cross with more pairs than ``hash_buckets`` shares weights through a hash of the pair id.
     """
 
-    def __init__(self, field_a: str, field_b: str, card_a: int, card_b: int, hash_buckets: int):
+    def __init__(
+        self, field_a: str, field_b: str, card_a: int, card_b: int, hash_buckets: int, sparse: bool = False
+    ):
         super().__init__()
         self.field_a, self.field_b, self.card_b = field_a, field_b, card_b
         self.buckets = min(card_a * card_b, hash_buckets)
         self.hashed = card_a * card_b > hash_buckets
-        self.weight = nn.Embedding(self.buckets, 1)
+        self.weight = nn.Embedding(self.buckets, 1, sparse=sparse)
         nn.init.zeros_(self.weight.weight)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -86,7 +91,10 @@ class WideDeep(nn.Module):
     """RankingBatch tensors -> logits (B,). The deep part embeds the user side once per request (R rows)
     and gathers it to the candidates."""
 
-    def __init__(self, spec: WideDeepSpec):
+    def __init__(self, spec: WideDeepSpec, sparse_ids: bool = True):
+        """sparse_ids: the tables of the id fields (user, item, the history) and the crosses of them grow
+        with the catalogue and the user base, so their gradients are sparse by default (see
+        ``sparse_parameters``); False gives dense ones, for backends without sparse all-reduce (NCCL)."""
         super().__init__()
         self.spec = spec
         for a, b in spec.crosses:
@@ -95,13 +103,19 @@ class WideDeep(nn.Module):
                     raise ValueError(f"wide cross names unknown field {name!r}; known: {tuple(FIELDS)}")
         card = {name: spec.cardinalities[CARDINALITY_OF.get(name, name)] for name in FIELDS}
         self.crosses = nn.ModuleList(
-            WideCross(a, b, card[a], card[b], spec.hash_buckets) for a, b in spec.crosses
+            WideCross(a, b, card[a], card[b], spec.hash_buckets, sparse_ids and bool(ID_FIELDS & {a, b}))
+            for a, b in spec.crosses
         )
         self.wide_bias = nn.Parameter(torch.zeros(1))
         dim = spec.embedding_dim
         self.embeddings = nn.ModuleDict(
             {
-                name: nn.Embedding(card[name], dim, padding_idx=0 if name == "genre" else None)
+                name: nn.Embedding(
+                    card[name],
+                    dim,
+                    padding_idx=0 if name == "genre" else None,
+                    sparse=sparse_ids and name in ID_FIELDS,
+                )
                 for name in USER_FIELDS + CANDIDATE_FIELDS
             }
         )
@@ -113,6 +127,13 @@ class WideDeep(nn.Module):
             width = hidden
         layers.append(nn.Linear(width, 1))
         self.mlp = nn.Sequential(*layers)
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        """The parameters with sparse gradients: the user and item tables and the crosses of an id field,
+        unless the model was built with dense ones."""
+        tables = [self.embeddings[name] for name in self.embeddings if name in ID_FIELDS]
+        tables += [cross.weight for cross in self.crosses]
+        return [table.weight for table in tables if table.sparse]
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         wide = self.wide_bias + sum((cross(batch) for cross in self.crosses), torch.zeros(1))

@@ -31,6 +31,7 @@ from cascade.core.distributed import (
     from_first_process,
 )
 from cascade.core.engines import LOCAL, OfflineEngine, PartitionedJob, PartResult, aligned_parts
+from cascade.core.optim import adam_with_lazy_tables
 from cascade.core.schema import FeatureSchema, ItemFeatures, UserFeatures
 from cascade.recall.config import RecallConfig
 from cascade.recall.two_tower import TwoTowerModel, TwoTowerSpec
@@ -249,17 +250,9 @@ def train_two_tower(
 
 
 def two_tower_optimizers(model: TwoTowerModel, config: RecallConfig) -> list[torch.optim.Optimizer]:
-    """Lazy Adam (moments updated only on the rows a step touched) for the id tables, whose gradients are
-    sparse, and Adam with weight decay for the rest. Dense Adam over a million-row table would update every
-    row at every step, so a step would cost the catalogue rather than the batch."""
-    sparse = model.sparse_parameters()
-    dense = [p for p in model.parameters() if all(p is not q for q in sparse)]
-    optimizers: list[torch.optim.Optimizer] = [
-        torch.optim.Adam(dense, lr=config.learning_rate, weight_decay=config.weight_decay)
-    ]
-    if sparse:
-        optimizers.append(torch.optim.SparseAdam(sparse, lr=config.learning_rate))
-    return optimizers
+    """Lazy Adam for the id tables, whose gradients are sparse, and Adam with weight decay for the rest
+    (``adam_with_lazy_tables``)."""
+    return adam_with_lazy_tables(model, model.sparse_parameters(), config.learning_rate, config.weight_decay)
 
 
 def embed_items(

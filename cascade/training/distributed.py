@@ -10,6 +10,7 @@ equal share of the cores as torch threads.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import subprocess
@@ -70,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
     world = int(os.environ["WORLD_SIZE"])
-    # training runs on the CPU: the two-tower's sparse id gradients need gloo's sparse all-reduce (NCCL has
+    # a crash in native code (gloo, torch) prints every thread's Python stack before the process dies
+    faulthandler.enable()
+    # training runs on the CPU: the models' sparse id gradients need gloo's sparse all-reduce (NCCL has
     # none), and the rankers' batches are built on the CPU
     dist.init_process_group("gloo")
     rank = dist.get_rank()

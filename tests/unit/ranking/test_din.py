@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from cascade.core.optim import adam_with_lazy_tables
 from cascade.ranking.config import DINConfig, RankingConfig
 from cascade.ranking.din import DIN, Dice
 from cascade.ranking.din_serving import DINServing, activation_form
@@ -25,13 +26,15 @@ def _trained_din(config: RankingConfig, items: RandomItems, rng: np.random.Gener
     """A DIN after a few training steps, so that Dice's running statistics and every weight are
     non-trivial; in eval mode."""
     model = _din(config, items)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    optimizers = adam_with_lazy_tables(model, model.sparse_parameters(), 1e-2, 0.0)
     train = synthetic_batch(rng, 6, 40, 12, items)
     for _ in range(steps):
         loss = model(train.tensors()).square().mean()
-        optimizer.zero_grad()
+        for optimizer in optimizers:
+            optimizer.zero_grad()
         loss.backward()
-        optimizer.step()
+        for optimizer in optimizers:
+            optimizer.step()
     return model.eval()
 
 

@@ -10,10 +10,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from cascade.bench.ports import free_port
 from cascade.core.metrics import auc
 from cascade.ranking.config import DINConfig, RankingConfig, WideDeepConfig
 from cascade.ranking.registry import DATA_PARALLEL_RANKERS, create_ranker, load_ranker
+from tests.helpers import join_gloo_group
 from tests.unit.ranking.batches import RandomItems, StubSchema, planted_labels, synthetic_batch
 
 TRAINING = {"epochs": 3, "batch_size": 128, "learning_rate": 5e-3}
@@ -41,9 +41,8 @@ def _fit(ranker_type: str, items, train, val):
     return ranker, metrics
 
 
-def _worker(rank: int, port: int, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+def _worker(rank: int, out: str) -> None:
+    join_gloo_group(rank, 2, out)
     try:
         items, train, val, _ = _problem()
         for ranker_type in DATA_PARALLEL_RANKERS:
@@ -59,7 +58,7 @@ def _worker(rank: int, port: int, out: str) -> None:
 def test_two_processes_train_each_neural_ranker_as_well_as_one_process(tmp_path):
     """For DIN and Wide&Deep: two processes end with identical weights and the same epoch kept, each took
     half the steps, and the model ranks held-out requests as well, within noise, as one process alone."""
-    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(str(tmp_path),), nprocs=2, join=True)
     items, train, val, test = _problem()
     labels = planted_labels(test, items)
     for ranker_type in DATA_PARALLEL_RANKERS:

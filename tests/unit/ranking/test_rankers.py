@@ -3,6 +3,8 @@ Wide&Deep's crosses."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -146,3 +148,36 @@ def test_neural_rankers_train_bit_identically_run_to_run_on_several_threads(item
     for other in states[1:]:
         for name, tensor in states[0].items():
             assert torch.equal(tensor, other[name]), name
+
+
+def _id_tables(ranker) -> dict[str, torch.Tensor]:
+    model = ranker.model
+    if ranker.type == "din":
+        return {"item": model.item_embedding.weight, "user": model.user_embeddings["user"].weight}
+    return {"item": model.embeddings["item"].weight, "user": model.embeddings["user"].weight}
+
+
+@pytest.mark.parametrize("ranker_type", ["din", "wide_deep"])
+def test_a_neural_ranker_trains_its_id_tables_lazily(items, ranker_type):
+    """The user and item tables train with lazy Adam: whatever the weight decay, a row no training example
+    holds (as a user, a candidate or a behaviour) keeps its initial value exactly, so a step costs the
+    batch, not the catalogue. Dense Adam with weight decay would shrink every row at every step."""
+    rng = np.random.default_rng(3)
+    batch = synthetic_batch(rng, 60, 20, 8, items)
+    # the examples hold only items 1..29 and users 1..14
+    item = (batch.item - 1) % 29 + 1
+    history = np.where(batch.history > 0, (batch.history - 1) % 29 + 1, 0)
+    batch = dataclasses.replace(
+        batch, user=(batch.user - 1) % 14 + 1, item=item, history=history, genres=items.genres[item]
+    )
+    neural = {"epochs": 2, "batch_size": 128, "learning_rate": 5e-3, "weight_decay": 0.1}
+    model = DINConfig(**neural) if ranker_type == "din" else WideDeepConfig(**neural)
+    ranker = create_ranker(RankingConfig(model=model), StubSchema(), items)
+    assert ranker.model.sparse_parameters()
+    before = {name: table.detach().clone() for name, table in _id_tables(ranker).items()}
+    ranker.fit(batch, planted_labels(batch, items), seed=0, progress=False)
+    after = _id_tables(ranker)
+    seen = {"item": 30, "user": 15}  # rows below these appear in the examples
+    for name, first_unseen in seen.items():
+        assert torch.equal(after[name][first_unseen:], before[name][first_unseen:]), name
+        assert not torch.equal(after[name][1:first_unseen], before[name][1:first_unseen]), name

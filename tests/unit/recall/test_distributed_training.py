@@ -9,11 +9,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from cascade.bench.ports import free_port
 from cascade.core.distributed import batch_starts
 from cascade.recall.config import RecallConfig
 from cascade.recall.training import train_two_tower
 from cascade.recall.two_tower import TwoTowerModel
+from tests.helpers import join_gloo_group
 from tests.unit.recall.held_out import HISTORY, held_out_problem, held_out_recall
 
 # sampled negatives, as at a million items, where data-parallel training is for
@@ -27,9 +27,8 @@ def _train(schema, data, seq):
     return train_two_tower(CONFIG, schema, users, items, seq, seed=3, history_length=HISTORY, progress=False)
 
 
-def _worker(rank: int, port: int, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+def _worker(rank: int, out: str) -> None:
+    join_gloo_group(rank, 2, out)
     try:
         data, schema, _, seq = held_out_problem()
         result = _train(schema, data, seq)
@@ -53,7 +52,7 @@ def test_two_processes_train_one_model_as_good_as_one_process(tmp_path):
     """Two processes (gloo, sparse gradients all-reduced) end with identical weights, each took half the
     steps of a global batch twice the size, and the model recalls held-out items as well, within noise, as
     one process trained alone."""
-    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(str(tmp_path),), nprocs=2, join=True)
     first, second = (TwoTowerModel.load(tmp_path, prefix=f"rank{r}_") for r in (0, 1))
     for (name, x), (_, y) in zip(first.state_dict().items(), second.state_dict().items()):
         assert torch.equal(x, y), name
