@@ -181,3 +181,7 @@ def test_a_neural_ranker_trains_its_id_tables_lazily(items, ranker_type):
     for name, first_unseen in seen.items():
         assert torch.equal(after[name][first_unseen:], before[name][first_unseen:]), name
         assert not torch.equal(after[name][1:first_unseen], before[name][1:first_unseen]), name
+    # dense gradients are the other choice, for a backend without sparse all-reduce
+    dense = type(ranker.model)(ranker.model.spec, sparse_ids=False)
+    assert dense.sparse_parameters() == []
+    assert not any(isinstance(m, torch.nn.Embedding) and m.sparse for m in dense.modules())
