@@ -22,8 +22,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from cascade.bench import report as bench_report
-from cascade.bench.ports import free_port
 from cascade.config import AppConfig
+from cascade.core.distributed import join_local_group
 from cascade.core.seeding import seed_everything
 from cascade.ranking.config import RankingConfig
 from cascade.ranking.features import RankingBatch
@@ -227,21 +227,19 @@ def _in_processes(job: Callable[..., str], processes: int, config: AppConfig, jo
     """``job(config, world, rank, *job_args)`` in ``processes`` processes joined in one gloo group, one
     torch thread each; what process 0's returned."""
     with tempfile.TemporaryDirectory() as folder:
-        out = str(Path(folder) / "result")
-        args = (processes, free_port(), job, config.child_json(), job_args, out)
+        args = (processes, job, config.child_json(), job_args, folder)
         mp.spawn(_process, args=args, nprocs=processes, join=True)
-        return Path(out).read_text()
+        return Path(folder, "result").read_text()
 
 
 def _process(
-    rank: int, world: int, port: int, job: Callable[..., str], config_json: str, job_args: tuple, out: str
+    rank: int, world: int, job: Callable[..., str], config_json: str, job_args: tuple, folder: str
 ) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    join_local_group(rank, world, folder)
     try:
         result = job(AppConfig.model_validate_json(config_json), world, rank, *job_args)
         if rank == 0:
-            Path(out).write_text(result)
+            Path(folder, "result").write_text(result)
     finally:
         dist.destroy_process_group()
 

@@ -8,6 +8,9 @@ epoch kept and when to stop).
 
 from __future__ import annotations
 
+import faulthandler
+from pathlib import Path
+
 import torch
 import torch.distributed as dist
 
@@ -17,6 +20,17 @@ def distributed_context() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size(), dist.get_rank()
     return 1, 0
+
+
+def join_local_group(rank: int, world: int, folder: str) -> None:
+    """Join a gloo group of ``world`` processes spawned on this machine, one torch thread each, through a
+    file in ``folder`` (one folder per group): no port is picked ahead and left open for another process to
+    take meanwhile. A crash in native code (gloo, torch) prints every thread's Python stack before the
+    process dies."""
+    faulthandler.enable()
+    torch.set_num_threads(1)
+    rendezvous = Path(folder, "gloo-rendezvous")
+    dist.init_process_group("gloo", init_method=rendezvous.as_uri(), rank=rank, world_size=world)
 
 
 def batch_starts(examples: int, batch_size: int, world: int, rank: int) -> range:

@@ -67,9 +67,7 @@ class TorchRanker(Ranker):
         torch.manual_seed(seed if world == 1 else seed + rank)
         cfg = self.config.model
         # lazy Adam for the id tables: a step costs the batch, not the catalogue
-        optimizers = adam_with_lazy_tables(
-            self.model, self.model.sparse_parameters(), cfg.learning_rate, cfg.weight_decay
-        )
+        optimizers = adam_with_lazy_tables(self.model, cfg.learning_rate, cfg.weight_decay)
         # several processes: DistributedDataParallel averages the gradients in backward, so every copy
         # takes the same step on a global batch of world * batch_size examples
         step_model: nn.Module = self.model if world == 1 else nn.parallel.DistributedDataParallel(self.model)

@@ -153,7 +153,8 @@ def train_two_tower(
         if initial.spec != spec:
             raise ValueError("the initial two-tower model was built for another schema or config")
         model.load_state_dict(initial.state_dict())
-    optimizers = two_tower_optimizers(model, config)
+    # lazy Adam for the id tables: a step costs the batch, not the catalogue
+    optimizers = adam_with_lazy_tables(model, config.learning_rate, config.weight_decay)
     # one process: the model itself; several: DistributedDataParallel, which averages the gradients
     # across processes in backward (sparse ones too, on gloo) so every copy takes the same step
     step_model: nn.Module = model if world == 1 else nn.parallel.DistributedDataParallel(model)
@@ -247,12 +248,6 @@ def train_two_tower(
     model.eval()
     logger.info("two-tower trained: %d steps, running loss %.4f", steps, running)
     return TwoTowerTrainingResult(model, float(running), steps, epoch, best_epoch, scores)
-
-
-def two_tower_optimizers(model: TwoTowerModel, config: RecallConfig) -> list[torch.optim.Optimizer]:
-    """Lazy Adam for the id tables, whose gradients are sparse, and Adam with weight decay for the rest
-    (``adam_with_lazy_tables``)."""
-    return adam_with_lazy_tables(model, model.sparse_parameters(), config.learning_rate, config.weight_decay)
 
 
 def embed_items(

@@ -26,7 +26,7 @@ def _trained_din(config: RankingConfig, items: RandomItems, rng: np.random.Gener
     """A DIN after a few training steps, so that Dice's running statistics and every weight are
     non-trivial; in eval mode."""
     model = _din(config, items)
-    optimizers = adam_with_lazy_tables(model, model.sparse_parameters(), 1e-2, 0.0)
+    optimizers = adam_with_lazy_tables(model, 1e-2, 0.0)
     train = synthetic_batch(rng, 6, 40, 12, items)
     for _ in range(steps):
         loss = model(train.tensors()).square().mean()

@@ -10,10 +10,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from cascade.core.distributed import join_local_group
 from cascade.core.metrics import auc
 from cascade.ranking.config import DINConfig, RankingConfig, WideDeepConfig
 from cascade.ranking.registry import DATA_PARALLEL_RANKERS, create_ranker, load_ranker
-from tests.helpers import join_gloo_group
 from tests.unit.ranking.batches import RandomItems, StubSchema, planted_labels, synthetic_batch
 
 TRAINING = {"epochs": 3, "batch_size": 128, "learning_rate": 5e-3}
@@ -42,7 +42,7 @@ def _fit(ranker_type: str, items, train, val):
 
 
 def _worker(rank: int, out: str) -> None:
-    join_gloo_group(rank, 2, out)
+    join_local_group(rank, 2, out)
     try:
         items, train, val, _ = _problem()
         for ranker_type in DATA_PARALLEL_RANKERS:

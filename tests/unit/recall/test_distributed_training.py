@@ -9,11 +9,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from cascade.core.distributed import batch_starts
+from cascade.core.distributed import batch_starts, join_local_group
 from cascade.recall.config import RecallConfig
 from cascade.recall.training import train_two_tower
 from cascade.recall.two_tower import TwoTowerModel
-from tests.helpers import join_gloo_group
 from tests.unit.recall.held_out import HISTORY, held_out_problem, held_out_recall
 
 # sampled negatives, as at a million items, where data-parallel training is for
@@ -28,7 +27,7 @@ def _train(schema, data, seq):
 
 
 def _worker(rank: int, out: str) -> None:
-    join_gloo_group(rank, 2, out)
+    join_local_group(rank, 2, out)
     try:
         data, schema, _, seq = held_out_problem()
         result = _train(schema, data, seq)
